@@ -1,0 +1,44 @@
+"""User-facing errors and the CLI wrapper that turns them into one clear line.
+
+Library code raises :class:`MedTokError` (or a subclass) for anything the *user* can fix:
+a missing file, a malformed input, a bad option. Entry points wrap ``main`` with
+:func:`cli_entry`, so users see ``error: <what is wrong and how to fix it>`` and exit code 2
+instead of a traceback. Genuine bugs still raise normally and show a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, TypeVar
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+class MedTokError(Exception):
+    """An error caused by user input or environment, with a message that says how to fix it."""
+
+
+class DataFileError(MedTokError):
+    """A required data file is missing or corrupted."""
+
+
+class ConfigError(MedTokError):
+    """A configuration value or command-line option is invalid."""
+
+
+def cli_entry(main: F) -> F:
+    """Decorate a ``main()``: user errors print one line and exit 2; Ctrl-C exits 130."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except MedTokError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            raise SystemExit(130) from None
+
+    return wrapper  # type: ignore[return-value]

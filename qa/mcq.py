@@ -1,0 +1,229 @@
+"""Multiple-choice questions: parsing both input layouts, tiers, and the linked-dataset JSONL.
+
+Layouts accepted (options A-E; an "E: n/a" option is dropped):
+- MedDDx: ``{"query": "stem\\nA: ...\\nB: ...", "answer": "D", "sim_level_std": 0.013}``
+- the MedTok authors' QA layout: ``{"input": [question_with_options, answer], "medical_codes": [...]}``
+
+Linked dataset (DESIGN.md), one JSON object per line:
+``id, question, options {A..E}, answer, tier, mentions [{text, start, end, field, codes [{system, code, score}]}]``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from medtok_core.errors import MedTokError
+from medtok_core.io import atomic_path
+
+LETTERS = "ABCDE"
+TIERS = ("Basic", "Intermediate", "Expert")
+_OPTION_LINE = re.compile(r"^\s*([A-E])\s*[:.)]\s*(.*\S)?\s*$")
+_NA = {"n/a", "na", "none", ""}
+
+
+class MCQFormatError(MedTokError):
+    """A question item is malformed."""
+
+
+def tier_of(sim_level_std: float | None) -> str | None:
+    """KGARevion's rule: std > 0.04 Basic, < 0.02 Expert, else Intermediate."""
+    if sim_level_std is None:
+        return None
+    if sim_level_std > 0.04:
+        return "Basic"
+    if sim_level_std < 0.02:
+        return "Expert"
+    return "Intermediate"
+
+
+@dataclass
+class CodeRef:
+    system: str
+    code: str
+    score: float = 1.0
+
+
+@dataclass
+class Mention:
+    text: str
+    start: int
+    end: int
+    field: str  # "stem" or "option:A" ...
+    codes: list[CodeRef] = field(default_factory=list)
+
+
+@dataclass
+class MCQItem:
+    id: str
+    question: str  # the stem, without options
+    options: dict[str, str]  # letter -> text, in letter order
+    answer: str | None  # letter, or None when unknown (interactive use)
+    tier: str | None = None
+    sim_level_std: float | None = None
+    mentions: list[Mention] = field(default_factory=list)
+    medical_codes: list[str] = field(default_factory=list)  # as given by the authors' layout
+
+    def field_text(self, name: str) -> str:
+        """Text of a field: ``"stem"`` or ``"option:X"``."""
+        if name == "stem":
+            return self.question
+        return self.options[name.split(":", 1)[1]]
+
+    def with_options_text(self) -> str:
+        return self.question + "\n" + "\n".join(f"{k}: {v}" for k, v in self.options.items())
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        if not d["medical_codes"]:
+            d.pop("medical_codes")
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "MCQItem":
+        mentions = [Mention(**{**m, "codes": [CodeRef(**c) for c in m.get("codes", [])]})
+                    for m in d.get("mentions", [])]
+        return cls(id=str(d["id"]), question=d["question"], options=dict(d["options"]),
+                   answer=d.get("answer"), tier=d.get("tier"), sim_level_std=d.get("sim_level_std"),
+                   mentions=mentions, medical_codes=list(d.get("medical_codes", [])))
+
+
+def split_question(text: str, item_id: str = "question") -> tuple[str, dict[str, str]]:
+    """Split "stem\\nA: ...\\nB: ..." into the stem and the options (trailing option lines)."""
+    lines = text.strip().split("\n")
+    options: dict[str, str] = {}
+    first_option = len(lines)
+    for i in range(len(lines) - 1, -1, -1):
+        m = _OPTION_LINE.match(lines[i])
+        if not m or m.group(1) in options:
+            break
+        options[m.group(1)] = (m.group(2) or "").strip()
+        first_option = i
+    options = {k: options[k] for k in sorted(options)}
+    if "E" in options and options["E"].lower() in _NA:
+        del options["E"]
+    stem = "\n".join(lines[:first_option]).strip()
+    if not stem:
+        raise MCQFormatError(f"{item_id}: the question has no stem before its options")
+    if len(options) < 2:
+        raise MCQFormatError(
+            f"{item_id}: found {len(options)} option(s); write at least two as lines 'A: ...', 'B: ...'")
+    expected = LETTERS[: len(options)]
+    if "".join(options) != expected:
+        raise MCQFormatError(
+            f"{item_id}: options must be consecutive letters from A, got {', '.join(options)}")
+    for k, v in options.items():
+        if not v:
+            raise MCQFormatError(f"{item_id}: option {k} is empty")
+    return stem, options
+
+
+def _parse_answer(raw: Any, options: dict[str, str], item_id: str) -> str:
+    text = str(raw).strip()
+    m = re.match(r"^\(?([A-E])\)?(?:[:.)\s]|$)", text)
+    if not m:
+        raise MCQFormatError(f"{item_id}: answer {raw!r} is not an option letter A-E")
+    if m.group(1) not in options:
+        raise MCQFormatError(f"{item_id}: answer {m.group(1)} is not among its options {', '.join(options)}")
+    return m.group(1)
+
+
+def parse_item(raw: Any, index: int, prefix: str = "q") -> MCQItem:
+    """Parse one item of either layout; ``index`` names it in errors and default ids."""
+    item_id = f"{prefix}-{index:05d}"
+    if not isinstance(raw, dict):
+        raise MCQFormatError(f"item {index}: expected a JSON object, got {type(raw).__name__}")
+    item_id = str(raw.get("id", item_id))
+    if "query" in raw:
+        stem, options = split_question(str(raw["query"]), item_id)
+        std = raw.get("sim_level_std")
+        try:
+            std = None if std is None else float(std)
+        except (TypeError, ValueError):
+            raise MCQFormatError(f"{item_id}: sim_level_std {std!r} is not a number") from None
+        answer = _parse_answer(raw.get("answer", ""), options, item_id)
+        return MCQItem(item_id, stem, options, answer, tier_of(std), std)
+    if "input" in raw:
+        inp = raw["input"]
+        if not (isinstance(inp, list) and len(inp) == 2):
+            raise MCQFormatError(f"{item_id}: 'input' must be [question_with_options, answer]")
+        stem, options = split_question(str(inp[0]), item_id)
+        answer = _parse_answer(inp[1], options, item_id)
+        codes = raw.get("medical_codes") or []
+        if not isinstance(codes, list):
+            raise MCQFormatError(f"{item_id}: 'medical_codes' must be a list")
+        tier = raw.get("tier")
+        return MCQItem(item_id, stem, options, answer, tier if tier in TIERS else None,
+                       medical_codes=[str(c) for c in codes])
+    if "question" in raw and "options" in raw:  # our own linked layout
+        item = MCQItem.from_json({"id": item_id, **raw})
+        if len(item.options) < 2:
+            raise MCQFormatError(f"{item_id}: needs at least two options")
+        return item
+    raise MCQFormatError(
+        f"{item_id}: unknown layout (keys {', '.join(sorted(raw)) or 'none'}); expected 'query' "
+        "(MedDDx), 'input' (authors' QA layout) or 'question'+'options' (linked JSONL)")
+
+
+def _read_records(path: Path) -> list[Any]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise MCQFormatError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+        return records
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise MCQFormatError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    if isinstance(data, dict):  # {"id": item, ...}
+        return [{"id": k, **v} if isinstance(v, dict) else v for k, v in data.items()]
+    if not isinstance(data, list):
+        raise MCQFormatError(f"{path}: expected a JSON list of questions")
+    return data
+
+
+def load_mcq(path: str | Path, skip_invalid: bool = False) -> tuple[list[MCQItem], int]:
+    """Load questions from .json/.jsonl in any supported layout. Returns (items, n_skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MCQFormatError(f"question file {path} does not exist")
+    prefix = re.sub(r"[^a-z0-9]+", "-", path.stem.lower()).strip("-") or "q"
+    items, skipped = [], 0
+    for i, raw in enumerate(_read_records(path)):
+        try:
+            items.append(parse_item(raw, i, prefix))
+        except MCQFormatError:
+            if not skip_invalid:
+                raise
+            skipped += 1
+    return items, skipped
+
+
+def write_jsonl(path: str | Path, items: Iterable[MCQItem]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for item in items:
+            f.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: str | Path) -> Iterator[MCQItem]:
+    items, _ = load_mcq(Path(path))
+    yield from items
+
+
+def to_authors_layout(item: MCQItem) -> dict[str, Any]:
+    """The MedTok authors' QA layout: {"input": [question_with_options, answer], "medical_codes": [...]}."""
+    codes: list[str] = []
+    for m in item.mentions:
+        for c in m.codes:
+            key = f"{c.system}:{c.code}"
+            if key not in codes:
+                codes.append(key)
+    return {"input": [item.with_options_text(), item.answer], "medical_codes": codes or item.medical_codes}
