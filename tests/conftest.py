@@ -1,0 +1,11 @@
+"""Test-session setup: offline, temporary caches, few threads (CI machine has 2 cores)."""
+
+import os
+import tempfile
+
+_session_tmp = tempfile.mkdtemp(prefix="medtok-tests-")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HOME"] = os.path.join(_session_tmp, "hf")
+os.environ.setdefault("MEDTOK_CACHE_DIR", os.path.join(_session_tmp, "cache"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
