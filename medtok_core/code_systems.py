@@ -18,8 +18,8 @@ import importlib.metadata
 import importlib.util
 import pickletools
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
@@ -76,7 +76,7 @@ def _alt_names(short: pd.Series, long: pd.Series) -> pd.Series:
     """Short names as synonyms, only where they add something beyond the long name."""
     short = short.fillna("").astype(str).str.strip()
     differs = (short != "") & (short.str.lower() != long.str.lower())
-    return pd.Series([[s] if d else [] for s, d in zip(short, differs)], index=short.index)
+    return pd.Series([[s] if d else [] for s, d in zip(short, differs, strict=True)], index=short.index)
 
 
 # --------------------------------------------------------------------------------------- ICD-10-CM
@@ -119,7 +119,7 @@ def dot_icd9cm(codes: pd.Series) -> pd.Series:
     """CMS undotted ICD-9-CM codes to dotted: 3 characters (4 for E codes) before the dot."""
     codes = codes.str.strip().str.upper().str.replace(".", "", regex=False)
     head = codes.str.startswith("E").map({True: 4, False: 3})
-    out = [c if len(c) <= h else f"{c[:h]}.{c[h:]}" for c, h in zip(codes, head)]
+    out = [c if len(c) <= h else f"{c[:h]}.{c[h:]}" for c, h in zip(codes, head, strict=True)]
     return pd.Series(out, index=codes.index, dtype=object)
 
 
@@ -138,7 +138,7 @@ def _read_cms_desc(path: Path) -> pd.DataFrame:
 
 def _prefix_parents(system_codes: pd.Series, undotted: pd.Series) -> pd.Series:
     """Parent = the longest existing code whose undotted form is a proper prefix of this one."""
-    by_key = dict(zip(undotted, system_codes))
+    by_key = dict(zip(undotted, system_codes, strict=True))
     parents = []
     for key in undotted:
         parent = ""
@@ -174,7 +174,7 @@ def load_icd9cm() -> pd.DataFrame:
     tree = load_icd9cm_tree()
     inner = tree[~tree["code"].isin(set(leaves["code"]))].assign(synonyms=lambda d: [[] for _ in d.index])
     df = pd.concat([leaves, inner[["code", "description", "synonyms"]]], ignore_index=True)
-    parent_of = dict(zip(tree["code"], tree["parent"]))
+    parent_of = dict(zip(tree["code"], tree["parent"], strict=True))
     df["parent"] = df["code"].map(parent_of).fillna("")
     # Leaves the hierarchy file does not know get the nearest existing prefix as parent.
     orphan = (df["parent"] == "") & ~df["code"].isin(set(tree["code"]))
@@ -296,7 +296,7 @@ def load_atc() -> pd.DataFrame:
     df = pd.DataFrame({"code": raw["ATC code"].str.strip().str.upper(), "description": raw["Label"]})
     df = df.drop_duplicates("code")
     cut = df["code"].str.len().map(_ATC_PARENT_LENGTH)
-    df["parent"] = [c[: int(n)] if n == n else "" for c, n in zip(df["code"], cut)]
+    df["parent"] = [c[: int(n)] if n == n else "" for c, n in zip(df["code"], cut, strict=True)]
     df["synonyms"] = [[] for _ in df.index]
     return _frame("ATC", df)
 

@@ -126,8 +126,8 @@ def load_user_codes(csv_path: str | Path, base: pd.DataFrame | None = None) -> p
     _fail_rows(path, line, df["code"] == "", "has an empty code; fill it in or delete the row")
     _fail_rows(path, line, df["description"] == "", "has an empty description; every code needs one")
 
-    df["code"] = [_canonical_form(s, c) for s, c in zip(df["system"], df["code"])]
-    df["parent"] = [_canonical_form(s, p) if p else "" for s, p in zip(df["system"], df["parent"])]
+    df["code"] = [_canonical_form(s, c) for s, c in zip(df["system"], df["code"], strict=True)]
+    df["parent"] = [_canonical_form(s, p) if p else "" for s, p in zip(df["system"], df["parent"], strict=True)]
     key = df["system"] + ":" + _key(df["code"])
     dup = key.duplicated(keep=False)
     if dup.any():
@@ -176,7 +176,7 @@ def _merge_user_codes(base: pd.DataFrame, user: pd.DataFrame) -> pd.DataFrame:
         new_desc = over["description"].to_numpy()
         old_syn = base.loc[hit, "synonyms"].to_numpy()
         base.loc[hit, "synonyms"] = pd.Series(
-            [_unique([o, *s], exclude=n) for o, s, n in zip(old_desc, old_syn, new_desc)],
+            [_unique([o, *s], exclude=n) for o, s, n in zip(old_desc, old_syn, new_desc, strict=True)],
             index=base.index[hit], dtype=object)
         base.loc[hit, "description"] = new_desc
         new_parent = over["parent"].to_numpy()
@@ -268,19 +268,20 @@ class CodeVocab:
         self.table = table
         self._systems = table["system"].to_numpy(dtype=object)
         self._codes = table["code"].to_numpy(dtype=object)
-        keys = table["system"] + ":" + _key(table["code"])
-        if keys.duplicated().any():
-            dup = keys[keys.duplicated()].iloc[0]
+        # Plain object arrays: iterating pandas' arrow-backed strings is several times slower.
+        bare = _key(table["code"]).to_numpy(dtype=object)
+        keys = table["system"].to_numpy(dtype=object) + ":" + bare
+        self._id: dict[str, int] = dict(zip(keys, range(len(table)), strict=True))
+        if len(self._id) != len(table):
+            dup = pd.Series(keys)[pd.Series(keys).duplicated()].iloc[0]
             raise MedTokError(f"vocabulary has code {dup} twice (dotted and undotted forms collide); fix the input")
-        self._key_series = pd.Series(np.arange(len(table), dtype=np.int64), index=keys.to_numpy())
-        self._id = dict(zip(keys, range(len(table))))
-        self._bare: dict[str, list[int]] = {}
-        for i, k in enumerate(_key(table["code"])):
-            self._bare.setdefault(k, []).append(i)
-        parent_keys = table["system"] + ":" + _key(table["parent"])
-        parent_ids = parent_keys.map(self._id)
-        parent_ids[table["parent"] == ""] = -1
-        self.parent_id = parent_ids.fillna(-1).to_numpy(dtype=np.int64)
+        self._key_series = pd.Series(np.arange(len(table), dtype=np.int64), index=pd.Index(keys, dtype=object))
+        self._bare_keys = bare
+        self._bare: dict[str, list[int]] | None = None  # built on the first bare-code lookup
+        parent_keys = table["system"].to_numpy(dtype=object) + ":" + _key(table["parent"]).to_numpy(dtype=object)
+        get = self._id.get
+        self.parent_id = np.fromiter((get(k, -1) for k in parent_keys), dtype=np.int64, count=len(table))
+        self.parent_id[(table["parent"] == "").to_numpy()] = -1
 
     # ---- size and summary
     def __len__(self) -> int:
@@ -328,6 +329,10 @@ class CodeVocab:
 
     def candidates(self, code: str) -> list[int]:
         """code_ids of a bare code in every system that has it."""
+        if self._bare is None:
+            self._bare = {}
+            for i, k in enumerate(self._bare_keys):
+                self._bare.setdefault(k, []).append(i)
         return list(self._bare.get(str(code).strip().upper().replace(".", ""), []))
 
     def lookup(self, ref: str) -> int | None:
@@ -386,8 +391,17 @@ class CodeVocab:
         if not path.is_file():
             raise DataFileError(f"vocabulary file {path} does not exist; build it with build_vocab or "
                                 "`python -m medtok_core.build`")
-        table = pd.read_parquet(path)
-        table["synonyms"] = [list(s) if s is not None else [] for s in table["synonyms"]]
+        import pyarrow.parquet as pq
+
+        try:
+            arrow = pq.read_table(path)
+        except Exception as err:  # pyarrow raises several types for a truncated/foreign file
+            raise DataFileError(f"vocabulary file {path} is not a readable parquet file ({err}); rebuild it") from None
+        if "synonyms" not in arrow.column_names:
+            raise MedTokError(f"vocabulary file {path} lacks column synonyms; rebuild it with build_vocab")
+        table = arrow.drop_columns(["synonyms"]).to_pandas()
+        # to_pylist is C-speed; going through pandas would give numpy arrays per row.
+        table["synonyms"] = [s if s is not None else [] for s in arrow.column("synonyms").to_pylist()]
         return cls(table)
 
 
