@@ -268,6 +268,7 @@ class CodeVocab:
         self.table = table
         self._systems = table["system"].to_numpy(dtype=object)
         self._codes = table["code"].to_numpy(dtype=object)
+        self._system_set = frozenset(self._systems)
         # Plain object arrays: iterating pandas' arrow-backed strings is several times slower.
         bare = _key(table["code"]).to_numpy(dtype=object)
         keys = table["system"].to_numpy(dtype=object) + ":" + bare
@@ -275,7 +276,6 @@ class CodeVocab:
         if len(self._id) != len(table):
             dup = pd.Series(keys)[pd.Series(keys).duplicated()].iloc[0]
             raise MedTokError(f"vocabulary has code {dup} twice (dotted and undotted forms collide); fix the input")
-        self._key_series = pd.Series(np.arange(len(table), dtype=np.int64), index=pd.Index(keys, dtype=object))
         self._bare_keys = bare
         self._bare: dict[str, list[int]] | None = None  # built on the first bare-code lookup
         parent_keys = table["system"].to_numpy(dtype=object) + ":" + _key(table["parent"]).to_numpy(dtype=object)
@@ -297,7 +297,14 @@ class CodeVocab:
 
     @property
     def systems(self) -> list[str]:
-        return sorted(self.table["system"].unique().tolist())
+        return sorted(self._system_set)
+
+    def summary(self) -> str:
+        """Codes per system and how many hang under a parent, one line per system."""
+        has_parent = pd.Series(self.parent_id >= 0).groupby(self.table["system"].to_numpy()).sum()
+        lines = [f"{len(self)} codes"]
+        lines += [f"  {s:<10} {n:>7} codes, {int(has_parent[s]):>7} with a parent" for s, n in self.counts().items()]
+        return "\n".join(lines)
 
     # ---- lookups
     def normalize(self, system: str, code: str) -> str:
@@ -316,16 +323,23 @@ class CodeVocab:
         return i
 
     def ids_of(self, system: str | Sequence[str], codes: Sequence[str]) -> np.ndarray:
-        """Batched :meth:`id_of`: int64 array, -1 where a code is unknown."""
+        """Batched :meth:`id_of` (same rules): int64 array, -1 where a code is unknown."""
         codes = pd.Series(list(codes), dtype=object)
         if isinstance(system, str):
-            systems = pd.Series([normalize_system(system)] * len(codes), dtype=object)
+            systems = np.full(len(codes), normalize_system(system), dtype=object)
         else:
-            systems = pd.Series([normalize_system(s) for s in system], dtype=object)
-            if len(systems) != len(codes):
-                raise ValueError("ids_of: systems and codes differ in length")
-        ids = (systems + ":" + _key(codes)).map(self._key_series)
-        return ids.fillna(-1).to_numpy(dtype=np.int64)
+            system = pd.Series(list(system), dtype=object)
+            if len(system) != len(codes):
+                raise ValueError(f"ids_of: {len(system)} systems for {len(codes)} codes")
+            # Few distinct spellings: normalize each once, not once per code.
+            systems = system.map({s: normalize_system(s) for s in system.unique()}).to_numpy(dtype=object)
+        keys = systems + ":" + _key(codes).to_numpy(dtype=object)
+        get = self._id.get
+        ids = np.fromiter((get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+        retry = np.flatnonzero((ids < 0) & np.isin(systems, ["ICD9CM", "ICD9PCS"]))
+        for i in retry:
+            ids[i] = get(f"{systems[i]}:{_unpadded_icd9(systems[i], str(codes.iat[i]))}", -1)
+        return ids
 
     def candidates(self, code: str) -> list[int]:
         """code_ids of a bare code in every system that has it."""
@@ -339,7 +353,7 @@ class CodeVocab:
         """``"SYSTEM:CODE"`` or a bare code; a bare code resolves only when one system has it."""
         ref = str(ref).strip()
         system, sep, code = ref.partition(":")
-        if sep and normalize_system(system) in set(self._systems):
+        if sep and normalize_system(system) in self._system_set:
             return self.id_of(system, code)
         found = self.candidates(ref)
         if len(found) > 1:

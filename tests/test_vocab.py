@@ -102,6 +102,9 @@ def test_counts_per_system(vocab):
     assert list(counts) == sorted(["ATC", "ICD10CM", "ICD10PCS", "ICD9CM", "ICD9PCS"])
     assert sum(counts.values()) == len(vocab)
     assert counts["ATC"] > 4_000 and counts["ICD9CM"] > 17_000
+    summary = vocab.summary().splitlines()
+    assert summary[0] == f"{len(vocab)} codes" and len(summary) == 1 + len(counts)
+    assert summary[1].split()[:2] == ["ATC", str(counts["ATC"])]
 
 
 # --------------------------------------------------------------------------------------- lookups
@@ -132,8 +135,11 @@ def test_batched_lookup_matches_single(vocab):
     assert ids.tolist() == [vocab.id_of("ICD10CM", c) if vocab.id_of("ICD10CM", c) is not None else -1
                             for c in codes]
     assert ids[2] == -1
-    mixed = vocab.ids_of(["ICD10CM", "ATC"], ["E11.9", "A10BA02"])
-    assert mixed.tolist() == [vocab.id_of("ICD10CM", "E11.9"), vocab.id_of("ATC", "A10BA02")]
+    mixed = vocab.ids_of(["icd-10-cm", "ATC", "ICD9CM"], ["E11.9", "A10BA02", "1.0"])
+    assert mixed.tolist() == [vocab.id_of("ICD10CM", "E11.9"), vocab.id_of("ATC", "A10BA02"),
+                              vocab.id_of("ICD9CM", "001.0")]
+    with pytest.raises(ValueError, match="2 systems for 1 codes"):
+        vocab.ids_of(["ATC", "ATC"], ["A"])
 
 
 def test_lookup_refs_and_bare_codes(vocab):
