@@ -1,0 +1,262 @@
+"""The MedTok encoder: text + graph encoders, cross-attention, regioned quantisation (paper Sec. 3).
+
+Inputs are precomputed frozen text embeddings (see :mod:`medtok_core.text_encoder`):
+``text`` [B, S, Dt] = description (+ synonyms) of each code, ``text_mask`` [B, S];
+and a batched subgraph (PyG layout) whose nodes carry a node type and the frozen embedding of the
+node's name. Outputs are four d-dim embeddings per code, each quantised into its codebook region:
+
+    text-specific  -> text region       text-cross  -> shared region
+    graph-specific -> graph region      graph-cross -> shared region
+
+Everything is vectorised over the batch (``to_dense_batch`` + masks for attention); there is no
+per-code Python loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.nn import GATConv, GCNConv
+from torch_geometric.utils import scatter, to_dense_batch
+
+from medtok_core.quantizer import QuantOut, RegionedCodebook
+
+EMBEDDING_NAMES = ("text_specific", "text_cross", "graph_cross", "graph_specific")
+EMBEDDING_REGIONS = ("text", "shared", "shared", "graph")
+N_NODE_TYPES = 6  # code, disease, drug, gene, phenotype, side_effect (docs/interfaces.md)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the MedTok encoder and codebook."""
+
+    text_dim: int = 384
+    dim: int = 64
+    gnn: Literal["gat", "gcn"] = "gat"
+    gnn_layers: int = 2
+    gat_heads: int = 4
+    attn_heads: int = 4
+    n_relations: int = 64
+    codebook_size: int = 2048
+    text_frac: float = 0.3
+    shared_frac: float = 0.4
+    top_k: int = 5
+    tau: float = 1.0
+    beta: float = 0.25
+    # Ablations: "text" hides the relational context (subgraph = the code's own node only);
+    # "graph" hides the code's own text (text tokens off, own node name masked) so the code is
+    # known only through its neighbours.
+    modalities: Literal["both", "text", "graph"] = "both"
+    dropout: float = 0.1
+    aug_text_dropout: float = 0.3
+    aug_edge_dropout: float = 0.3
+
+
+@dataclass
+class GraphInput:
+    """A batch of subgraphs with node features already gathered (local, PyG-style indices)."""
+
+    node_text: torch.Tensor   # [N, Dt] frozen text embedding of each node's name (zeros if none)
+    node_type: torch.Tensor   # [N] long
+    edge_index: torch.Tensor  # [2, E] long, local to the batch
+    edge_type: torch.Tensor   # [E] long
+    batch: torch.Tensor       # [N] graph index of each node
+    center: torch.Tensor      # [B] index (into the N nodes) of each code's own node
+    num_graphs: int
+
+
+@dataclass
+class MedTokOutput:
+    pre: dict[str, torch.Tensor]          # encoder outputs before quantisation, [B, d] each
+    quant: dict[str, QuantOut] = field(default_factory=dict)
+    aug: dict[str, torch.Tensor] | None = None  # pre-quantisation embeddings of the augmented view
+
+    def embedding(self) -> torch.Tensor:
+        """[B, 4d]: the four quantised vectors (weighted codebook sums), in EMBEDDING_NAMES order."""
+        return torch.cat([self.quant[n].soft for n in EMBEDDING_NAMES], dim=-1)
+
+    def token_ids(self) -> torch.Tensor:
+        return torch.stack([self.quant[n].ids for n in EMBEDDING_NAMES], dim=1)  # [B, 4, K]
+
+    def token_weights(self) -> torch.Tensor:
+        return torch.stack([self.quant[n].weights for n in EMBEDDING_NAMES], dim=1)
+
+
+class GraphEncoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.dim
+        self.node_proj = nn.Linear(cfg.text_dim, d)
+        self.type_emb = nn.Embedding(N_NODE_TYPES, d)
+        self.rel_emb = nn.Embedding(cfg.n_relations, d) if cfg.gnn == "gat" else None
+        if cfg.gnn == "gat":
+            self.convs = nn.ModuleList(
+                GATConv(d, d // cfg.gat_heads, heads=cfg.gat_heads, edge_dim=d, add_self_loops=True)
+                for _ in range(cfg.gnn_layers))
+        else:
+            self.convs = nn.ModuleList(GCNConv(d, d, add_self_loops=True) for _ in range(cfg.gnn_layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(cfg.gnn_layers))
+        self.pool = nn.Linear(2 * d, d)
+        self.dropout = cfg.dropout
+
+    def forward(self, g: GraphInput) -> tuple[torch.Tensor, torch.Tensor]:
+        """Node embeddings [N, d] and the pooled graph-specific embedding [B, d]."""
+        h = self.node_proj(g.node_text) + self.type_emb(g.node_type)
+        for conv, norm in zip(self.convs, self.norms):
+            if self.rel_emb is not None:
+                msg = conv(h, g.edge_index, edge_attr=self.rel_emb(g.edge_type))
+            else:
+                msg = conv(h, g.edge_index)
+            # Residual keeps the node's own text when its neighbourhood is large or noisy.
+            h = norm(h + F.dropout(F.gelu(msg), self.dropout, self.training))
+        mean = scatter(h, g.batch, dim=0, dim_size=g.num_graphs, reduce="mean")
+        pooled = self.pool(torch.cat([h[g.center], mean], dim=-1))
+        return h, pooled
+
+
+class CrossAttention(nn.Module):
+    """One query vector per code attends over a padded set of the other modality's vectors."""
+
+    def __init__(self, d: int, heads: int, dropout: float):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out, _ = self.attn(query.unsqueeze(1), keys, keys, key_padding_mask=~mask, need_weights=False)
+        return self.norm(out.squeeze(1))
+
+
+class MedTokModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(), nn.Linear(d, d))
+        self.text_norm = nn.LayerNorm(d)
+        self.no_text = nn.Parameter(torch.zeros(d))  # the text token of the "graph" ablation
+        self.graph = GraphEncoder(cfg)
+        self.text_to_graph = CrossAttention(d, cfg.attn_heads, cfg.dropout)   # eq. 1
+        self.graph_to_text = CrossAttention(d, cfg.attn_heads, cfg.dropout)   # eq. 2
+        self.codebook = RegionedCodebook(cfg.codebook_size, d, cfg.text_frac, cfg.shared_frac,
+                                         cfg.top_k, cfg.tau, cfg.beta)
+
+    # ---- modality switches / augmentation -------------------------------------------------
+    def _apply_modalities(self, text: torch.Tensor, text_mask: torch.Tensor, g: GraphInput):
+        if self.cfg.modalities == "text":
+            g = _only_center(g)
+        elif self.cfg.modalities == "graph":
+            node_text = g.node_text.clone()
+            node_text[g.center] = 0.0
+            g = GraphInput(node_text, g.node_type, g.edge_index, g.edge_type, g.batch, g.center, g.num_graphs)
+        return text, text_mask, g
+
+    def augment(self, text: torch.Tensor, g: GraphInput) -> tuple[torch.Tensor, GraphInput]:
+        """Augmented view: feature dropout on the frozen text, edge dropout on the subgraph."""
+        text = F.dropout(text, self.cfg.aug_text_dropout, training=True)
+        keep = torch.rand(g.edge_index.shape[1], device=text.device) >= self.cfg.aug_edge_dropout
+        g = GraphInput(g.node_text, g.node_type, g.edge_index[:, keep], g.edge_type[keep], g.batch,
+                       g.center, g.num_graphs)
+        return text, g
+
+    # ---- encoders ---------------------------------------------------------------------------
+    def encode(self, text: torch.Tensor, text_mask: torch.Tensor, g: GraphInput) -> dict[str, torch.Tensor]:
+        """The four pre-quantisation embeddings, [B, d] each."""
+        text, text_mask, g = self._apply_modalities(text, text_mask, g)
+        tokens = self.text_norm(self.text_proj(text))                      # [B, S, d]
+        if self.cfg.modalities == "graph":
+            tokens = self.no_text.expand_as(tokens)
+        m = text_mask.unsqueeze(-1).to(tokens.dtype)
+        text_specific = (tokens * m).sum(1) / m.sum(1).clamp(min=1.0)
+        nodes, graph_specific = self.graph(g)
+        dense, node_mask = to_dense_batch(nodes, g.batch, batch_size=g.num_graphs)  # [B, Nmax, d]
+        text_cross = self.text_to_graph(text_specific, dense, node_mask)
+        graph_cross = self.graph_to_text(graph_specific, tokens, text_mask)
+        return {"text_specific": text_specific, "text_cross": text_cross,
+                "graph_cross": graph_cross, "graph_specific": graph_specific}
+
+    def quantize(self, pre: dict[str, torch.Tensor]) -> MedTokOutput:
+        out = MedTokOutput(pre=pre)
+        for name, region in zip(EMBEDDING_NAMES, EMBEDDING_REGIONS):
+            out.quant[name] = self.codebook(pre[name], region)
+        return out
+
+    def forward(self, text: torch.Tensor, text_mask: torch.Tensor, g: GraphInput,
+                augment: bool = False) -> MedTokOutput:
+        """Quantised tokens; with ``augment`` also encodes an augmented view (one call, so DDP sees
+        a single forward per step)."""
+        out = self.quantize(self.encode(text, text_mask, g))
+        if augment:
+            out.aug = self._encode_augmented(text, text_mask, g)
+        return out
+
+    def _encode_augmented(self, text, text_mask, g):
+        aug_text, aug_g = self.augment(text, g)
+        return self.encode(aug_text, text_mask, aug_g)
+
+
+def _only_center(g: GraphInput) -> GraphInput:
+    """Keep each graph's own node only (the text-only ablation)."""
+    idx = g.center
+    return GraphInput(g.node_text[idx], g.node_type[idx],
+                      torch.zeros(2, 0, dtype=torch.long, device=idx.device),
+                      torch.zeros(0, dtype=torch.long, device=idx.device),
+                      torch.arange(g.num_graphs, device=idx.device), torch.arange(g.num_graphs, device=idx.device),
+                      g.num_graphs)
+
+
+def build_text_inputs(encode_fn, descriptions: list[str], synonyms: list[list[str]] | None,
+                      max_synonyms: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, 1 + max_synonyms, Dt] text tokens (description first) and their mask."""
+    n_slots = 1 + max_synonyms
+    texts, slots = [], []
+    for i, desc in enumerate(descriptions):
+        extra = [s for s in (synonyms[i] if synonyms else []) if isinstance(s, str) and s.strip()]
+        for j, t in enumerate([desc] + extra[:max_synonyms]):
+            texts.append(t)
+            slots.append(i * n_slots + j)
+    emb = encode_fn(texts)
+    text = torch.zeros(len(descriptions) * n_slots, emb.shape[1])
+    mask = torch.zeros(len(descriptions) * n_slots, dtype=torch.bool)
+    idx = torch.tensor(slots, dtype=torch.long)
+    text[idx] = emb
+    mask[idx] = True
+    return text.view(len(descriptions), n_slots, -1), mask.view(len(descriptions), n_slots)
+
+
+def build_star_inputs(encode_fn, descriptions: list[str], synonyms: list[list[str]] | None,
+                      max_synonyms: int, neighbors: list[list[int]] | None, kg):
+    """Model inputs for codes outside the training graph: each code is a star over its given KG nodes."""
+    text, mask = build_text_inputs(encode_fn, descriptions, synonyms, max_synonyms)
+    b = len(descriptions)
+    nbrs = [list(map(int, n)) for n in neighbors] if neighbors is not None else [[] for _ in range(b)]
+    sizes = torch.tensor([1 + len(n) for n in nbrs])
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
+    center = ptr[:-1]
+    flat = torch.tensor([x for n in nbrs for x in n], dtype=torch.long)
+    node_text = torch.zeros(int(ptr[-1]), text.shape[-1])
+    node_type = torch.zeros(int(ptr[-1]), dtype=torch.long)
+    node_text[center] = text[:, 0]
+    if flat.numel():
+        if kg is None:
+            raise ValueError("neighbors need a knowledge graph")
+        is_nbr = torch.ones(int(ptr[-1]), dtype=torch.bool)
+        is_nbr[center] = False
+        names = [str(kg.node_name[i]) for i in flat.tolist()]
+        node_text[is_nbr] = encode_fn(names)
+        node_type[is_nbr] = torch.as_tensor(np.asarray(kg.node_type)[flat.numpy()], dtype=torch.long)
+        owner = torch.repeat_interleave(torch.arange(b), sizes - 1)
+        src = center[owner]
+        dst = is_nbr.nonzero().squeeze(1)
+        edge_index = torch.cat([torch.stack([src, dst]), torch.stack([dst, src])], dim=1)
+    else:
+        edge_index = torch.zeros(2, 0, dtype=torch.long)
+    batch = torch.repeat_interleave(torch.arange(b), sizes)
+    g = GraphInput(node_text, node_type, edge_index, torch.zeros(edge_index.shape[1], dtype=torch.long),
+                   batch, center, b)
+    return text, mask, g

