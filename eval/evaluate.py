@@ -1,0 +1,463 @@
+"""Evaluation of QA checkpoints and zero-shot base models by difficulty tier.
+
+Three layers, each usable alone (the tests drive the last two with fixed toy predictions):
+
+1. :func:`score_sources` turns checkpoints / base models / saved prediction files into
+   :class:`Run` objects (one per checkpoint, i.e. per method and seed);
+2. :func:`summarize` computes every statistic of the report from the questions and the runs
+   (pure: no model, no files);
+3. :func:`write_outputs` writes ``results.json``, ``report.md``, ``predictions/<method>.jsonl``
+   and the plots.
+
+Which questions are evaluated: questions of the configured tiers that no evaluated checkpoint
+trained on. When the checkpoints carry a ``split.json``, the Intermediate tier is restricted to
+their held-out validation slice (the questions they did not train on, chosen by option set).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+from medtok_core.errors import ConfigError, MedTokError
+from medtok_core.io import atomic_path, read_json, write_json
+from qa.mcq import LETTERS, TIERS, MCQItem, load_mcq
+
+from eval import stats
+
+ALL = "All"
+ZERO_SHOT = "zero-shot"
+# Display order of the methods the project trains (DESIGN.md, prefix modes); others follow.
+METHOD_ORDER = (ZERO_SHOT, "none", "text", "medtok-mean", "medtok", "shuffled")
+
+
+# --------------------------------------------------------------------------------------- config
+@dataclass
+class BootstrapConfig:
+    """Percentile bootstrap of accuracy."""
+
+    n_resamples: int = 2000
+    confidence_level: float = 0.95
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate QA checkpoints and zero-shot base models on a (linked) MCQ dataset, by tier."""
+
+    data: str = ""  # linked JSONL or any MCQ file (MedDDx / authors' layout); "" = MedDDx from the data dir
+    data_dir: str | None = None
+    checkpoints: list[str] = field(default_factory=list)  # QA checkpoint folders (method + seed each)
+    zero_shot: list[str] = field(default_factory=list)  # base models scored without fine-tuning ("default")
+    predictions: list[str] = field(default_factory=list)  # saved predictions/<method>.jsonl to re-report
+    output: str = "runs/eval"
+    tiers: list[str] = field(default_factory=lambda: list(TIERS))
+    max_per_tier: int = 0  # 0 = all; else a fixed pseudo-random subset of each tier (quick runs)
+    baseline: str = "none"  # the method every other method is compared against (McNemar)
+    exact_below: int = 25  # McNemar: exact binomial test when fewer discordant questions
+    batch_size: int = 32  # questions per scoring call (progress granularity)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    plots: bool = True
+
+
+# ------------------------------------------------------------------------------------------ runs
+class Scorer(Protocol):
+    def score(self, items: Sequence[MCQItem]) -> list[dict]: ...
+
+
+@dataclass
+class Run:
+    """Predictions of one model (one method, one seed) keyed by question id."""
+
+    method: str
+    seed: int | None
+    source: str
+    predictions: dict[str, dict] = field(default_factory=dict)  # id -> {"pred", "probs", "n_codes"}
+    train_ids: frozenset[str] = frozenset()
+    val_ids: frozenset[str] | None = None  # held-out slice of the checkpoint's split, if any
+    seconds: float | None = None  # scoring time
+
+    @property
+    def label(self) -> str:
+        return self.method if self.seed is None else f"{self.method} (seed {self.seed})"
+
+
+@dataclass
+class Source:
+    """Something to score: a checkpoint folder or a base model for zero-shot."""
+
+    kind: str  # "checkpoint" | "zero-shot"
+    path: str
+    method: str
+    seed: int | None
+    train_ids: frozenset[str] = frozenset()
+    val_ids: frozenset[str] | None = None
+
+
+def _read_split(folder: Path) -> tuple[frozenset[str], frozenset[str] | None]:
+    split_path = folder / "split.json"
+    if not split_path.is_file():
+        return frozenset(), None
+    split = read_json(split_path)
+    if not isinstance(split, dict) or "train" not in split:
+        raise MedTokError(f"{split_path} must be a JSON object with 'train' and 'val' id lists")
+    val = split.get("val")
+    return frozenset(map(str, split["train"])), (None if val is None else frozenset(map(str, val)))
+
+
+def _read_train_seed(folder: Path, qa_config: dict) -> int | None:
+    if "seed" in qa_config:
+        return int(qa_config["seed"])
+    cfg_path = folder / "train_config.yaml"
+    if cfg_path.is_file():
+        import yaml
+
+        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+        if isinstance(cfg, dict) and cfg.get("seed") is not None:
+            return int(cfg["seed"])
+    return None
+
+
+def checkpoint_source(path: str | Path) -> Source:
+    """Describe a QA checkpoint folder: method (prefix mode), seed, and its train/val split."""
+    folder = Path(path)
+    cfg_path = folder / "qa_config.json"
+    if not cfg_path.is_file():
+        raise MedTokError(f"{folder} is not a QA checkpoint (no qa_config.json); train one with "
+                          "`accelerate launch finetune/train.py`")
+    qa_config = read_json(cfg_path)
+    method = str(qa_config.get("prefix_mode") or "none")
+    train_ids, val_ids = _read_split(folder)
+    return Source("checkpoint", str(folder), method, _read_train_seed(folder, qa_config), train_ids, val_ids)
+
+
+def _load_scorer(source: Source) -> Scorer:
+    # Imported here: the QA model pulls in torch/transformers, which re-reporting does not need.
+    from qa import model as qa_model
+
+    if source.kind == "checkpoint":
+        return qa_model.load_qa_checkpoint(source.path)
+    return qa_model.zero_shot(None if source.path in ("", "default") else source.path)
+
+
+def score_items(scorer: Scorer, items: Sequence[MCQItem], batch_size: int,
+                progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
+    """Score ``items`` in batches; returns id -> prediction dict (checks the scorer's answers)."""
+    out: dict[str, dict] = {}
+    for start in range(0, len(items), max(1, batch_size)):
+        batch = items[start:start + batch_size]
+        results = scorer.score(list(batch))
+        if len(results) != len(batch):
+            raise RuntimeError(f"scorer returned {len(results)} results for {len(batch)} questions")
+        for item, res in zip(batch, results):
+            if str(res.get("id")) != item.id:
+                raise RuntimeError(f"scorer returned id {res.get('id')!r} for question {item.id!r}")
+            out[item.id] = {"pred": res["pred"], "probs": res.get("probs", {}),
+                            "n_codes": int(res.get("n_codes", 0))}
+        if progress:
+            progress(min(start + batch_size, len(items)), len(items))
+    return out
+
+
+def load_prediction_runs(path: str | Path) -> list[Run]:
+    """Runs from a predictions JSONL written by :func:`write_outputs` (one run per method+seed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedTokError(f"predictions file {path} does not exist")
+    runs: dict[tuple[str, int | None], Run] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            key = (str(rec["method"]), rec.get("seed"))
+            run = runs.setdefault(key, Run(key[0], key[1], str(rec.get("source", path))))
+            run.predictions[str(rec["id"])] = {"pred": rec["pred"], "probs": rec.get("probs", {}),
+                                               "n_codes": int(rec.get("n_codes", 0))}
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise MedTokError(f"{path}:{n}: not a prediction record ({err})") from None
+    return list(runs.values())
+
+
+# ------------------------------------------------------------------------------ question selection
+def has_linked_codes(item: MCQItem) -> bool:
+    return any(m.codes for m in item.mentions) or bool(item.medical_codes)
+
+
+def _stable_rank(item_id: str) -> str:
+    # A fixed pseudo-random order independent of file order (which may be sorted by topic).
+    return hashlib.sha256(item_id.encode()).hexdigest()
+
+
+def select_items(items: Sequence[MCQItem], tiers: Sequence[str], train_ids: Iterable[str],
+                 val_ids: frozenset[str] | None, max_per_tier: int = 0) -> list[MCQItem]:
+    """Questions to evaluate: in ``tiers`` (all when none is tiered), never trained on, and, for
+    Intermediate, inside the held-out slice ``val_ids`` when one is given."""
+    excluded = set(train_ids)
+    tiered = any(it.tier for it in items)
+    chosen: dict[str, list[MCQItem]] = {}
+    for it in items:
+        if it.id in excluded:
+            continue
+        if tiered and it.tier not in tiers:
+            continue
+        if it.tier == "Intermediate" and val_ids is not None and it.id not in val_ids:
+            continue
+        chosen.setdefault(it.tier or ALL, []).append(it)
+    out: list[MCQItem] = []
+    for tier in [*tiers, ALL]:
+        group = chosen.get(tier, [])
+        if max_per_tier and len(group) > max_per_tier:
+            keep = {it.id for it in sorted(group, key=lambda it: _stable_rank(it.id))[:max_per_tier]}
+            group = [it for it in group if it.id in keep]
+        out.extend(group)
+    return out
+
+
+def held_out_ids(sources: Sequence[Source]) -> frozenset[str] | None:
+    """Intermediate questions held out by every checkpoint (intersection of their val slices)."""
+    slices = [s.val_ids for s in sources if s.val_ids is not None]
+    if not slices:
+        return None
+    common = frozenset.intersection(*slices)
+    return common
+
+
+# ------------------------------------------------------------------------------------ statistics
+def method_rank(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+
+
+def _tier_groups(items: Sequence[MCQItem], tiers: Sequence[str]) -> dict[str, list[MCQItem]]:
+    groups: dict[str, list[MCQItem]] = {}
+    if any(it.tier for it in items):  # untiered data (authors' layout): the "All" row only
+        for tier in tiers:
+            groups[tier] = [it for it in items if it.tier == tier]
+    groups[ALL] = list(items)
+    return groups
+
+
+def _run_tier_stats(run: Run, group: Sequence[MCQItem], alphabet: str, boot: BootstrapConfig) -> dict:
+    def acc(sub: Sequence[MCQItem]) -> dict:
+        return stats.accuracy_ci([run.predictions[it.id]["pred"] for it in sub],
+                                 [it.answer for it in sub], confidence_level=boot.confidence_level,
+                                 n_resamples=boot.n_resamples, seed=boot.seed)
+
+    linked = [it for it in group if has_linked_codes(it)]
+    unlinked = [it for it in group if not has_linked_codes(it)]
+    n_codes = [run.predictions[it.id]["n_codes"] for it in group]
+    return {
+        **acc(group),
+        "accuracy_linked": acc(linked),
+        "accuracy_unlinked": acc(unlinked),
+        "mean_codes_used": (sum(n_codes) / len(n_codes)) if n_codes else None,
+        "share_with_codes_used": (sum(1 for k in n_codes if k > 0) / len(n_codes)) if n_codes else None,
+        "pred_distribution": stats.letter_distribution((run.predictions[it.id]["pred"] for it in group), alphabet),
+    }
+
+
+def _dataset_tier_stats(group: Sequence[MCQItem], alphabet: str) -> dict:
+    answers = [it.answer for it in group]
+    return {
+        "n": len(group),
+        "n_linked": sum(has_linked_codes(it) for it in group),
+        "share_linked": (sum(has_linked_codes(it) for it in group) / len(group)) if group else None,
+        "answer_distribution": stats.letter_distribution(answers, alphabet),
+        "majority_letter": stats.majority_letter_baseline(answers, alphabet),
+        "chance": stats.chance_accuracy([len(it.options) for it in group]),
+    }
+
+
+def _baseline_partner(run: Run, baseline_runs: Sequence[Run]) -> Run | None:
+    """The baseline run to compare ``run`` with: same seed when there is one, else the first."""
+    if not baseline_runs:
+        return None
+    for b in baseline_runs:
+        if b.seed == run.seed:
+            return b
+    return baseline_runs[0]
+
+
+def summarize(items: Sequence[MCQItem], runs: Sequence[Run], *, tiers: Sequence[str] = TIERS,
+              baseline: str = "none", boot: BootstrapConfig | None = None,
+              exact_below: int = 25, held_out: bool = False) -> dict[str, Any]:
+    """All statistics of the report. ``items`` are the evaluated questions; every run must have
+    a prediction for each of them."""
+    boot = boot or BootstrapConfig()
+    for run in runs:
+        missing = [it.id for it in items if it.id not in run.predictions]
+        if missing:
+            raise MedTokError(f"{run.label} ({run.source}) has no prediction for {len(missing)} of the "
+                              f"{len(items)} evaluated questions (e.g. {missing[0]}); score it again")
+    n_options = max((len(it.options) for it in items), default=4)
+    alphabet = LETTERS[:n_options]
+    groups = _tier_groups(items, tiers)
+    runs = sorted(runs, key=lambda r: (method_rank(r.method), r.seed if r.seed is not None else -1))
+
+    run_results = []
+    for run in runs:
+        run_results.append({
+            "label": run.label, "method": run.method, "seed": run.seed, "source": run.source,
+            "seconds": run.seconds,
+            "tiers": {t: _run_tier_stats(run, g, alphabet, boot) for t, g in groups.items()},
+        })
+
+    methods: dict[str, Any] = {}
+    for res in run_results:
+        methods.setdefault(res["method"], []).append(res)
+    method_results = {
+        m: {"n_runs": len(rs), "seeds": [r["seed"] for r in rs],
+            "tiers": {t: stats.mean_spread([r["tiers"][t]["accuracy"] for r in rs]) for t in groups}}
+        for m, rs in methods.items()
+    }
+
+    baseline_runs = [r for r in runs if r.method == baseline]
+    comparisons = []
+    for run in runs:
+        partner = None if run.method == baseline else _baseline_partner(run, baseline_runs)
+        if partner is None:
+            continue
+        for tier, group in groups.items():
+            refs = [it.answer for it in group]
+            # Baseline first: b = only the baseline right, c = only this method right.
+            test = stats.mcnemar([partner.predictions[it.id]["pred"] for it in group],
+                                 [run.predictions[it.id]["pred"] for it in group], refs, exact_below)
+            comparisons.append({"method": run.method, "seed": run.seed, "baseline": baseline,
+                                "baseline_seed": partner.seed, "tier": tier, **test})
+
+    return {
+        "alphabet": alphabet,
+        "tiers": list(groups),
+        "held_out_intermediate": held_out,
+        "bootstrap": {"n_resamples": boot.n_resamples, "confidence_level": boot.confidence_level,
+                      "seed": boot.seed},
+        "dataset": {t: _dataset_tier_stats(g, alphabet) for t, g in groups.items()},
+        "runs": run_results,
+        "methods": method_results,
+        "baseline": baseline,
+        "comparisons": comparisons,
+    }
+
+
+# --------------------------------------------------------------------------------------- outputs
+def prediction_records(items: Sequence[MCQItem], run: Run) -> list[dict]:
+    out = []
+    for it in items:
+        p = run.predictions[it.id]
+        out.append({"id": it.id, "tier": it.tier, "answer": it.answer, "pred": p["pred"],
+                    "correct": p["pred"] == it.answer, "probs": p["probs"], "n_codes": p["n_codes"],
+                    "linked": has_linked_codes(it), "method": run.method, "seed": run.seed,
+                    "source": run.source})
+    return out
+
+
+def write_predictions(out_dir: Path, items: Sequence[MCQItem], runs: Sequence[Run]) -> dict[str, str]:
+    """One JSONL per method (all its seeds); returns method -> path."""
+    by_method: dict[str, list[Run]] = {}
+    for run in runs:
+        by_method.setdefault(run.method, []).append(run)
+    paths = {}
+    for method, method_runs in by_method.items():
+        path = out_dir / "predictions" / f"{method}.jsonl"
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            for run in method_runs:
+                for rec in prediction_records(items, run):
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        paths[method] = str(path)
+    return paths
+
+
+def write_outputs(results: dict, items: Sequence[MCQItem], runs: Sequence[Run], out_dir: str | Path,
+                  plots: bool = True) -> dict[str, str]:
+    """Write predictions, plots, report.md and results.json (last: its presence means complete)."""
+    from eval import report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"predictions": write_predictions(out, items, runs)}
+    if plots:
+        files["plots"] = report.write_plots(results, out)
+    results = {**results, "files": files}
+    files["report"] = str(report.write_report(results, out / "report.md"))
+    write_json(out / "results.json", results)
+    files["results"] = str(out / "results.json")
+    return files
+
+
+# ---------------------------------------------------------------------------------- orchestration
+def sources_from_config(cfg: EvalConfig) -> list[Source]:
+    sources = [checkpoint_source(p) for p in cfg.checkpoints]
+    sources += [Source("zero-shot", base, ZERO_SHOT, None) for base in cfg.zero_shot]
+    return sources
+
+
+def load_dataset(cfg: EvalConfig) -> list[MCQItem]:
+    if cfg.data:
+        path = Path(cfg.data)
+    else:
+        from medtok_core.datadir import data_file
+
+        path = data_file("meddx/MedDDx.json", cfg.data_dir)
+    items, _ = load_mcq(path)
+    if not items:
+        raise MedTokError(f"{path} contains no questions")
+    unknown = sorted({it.tier for it in items if it.tier} - set(TIERS))
+    if unknown:
+        raise MedTokError(f"{path}: unknown tier {unknown[0]!r}; tiers are {', '.join(TIERS)}")
+    return items
+
+
+def _print_progress(label: str) -> Callable[[int, int], None]:
+    start = time.perf_counter()
+
+    def report_progress(done: int, total: int) -> None:
+        rate = done / max(time.perf_counter() - start, 1e-9)
+        print(f"  {label}: {done}/{total} questions ({rate:.1f}/s)", flush=True)
+
+    return report_progress
+
+
+def score_sources(sources: Sequence[Source], items: Sequence[MCQItem], batch_size: int = 32,
+                  log: Callable[[str], None] = print) -> list[Run]:
+    runs = []
+    for src in sources:
+        run = Run(src.method, src.seed, src.path, train_ids=src.train_ids, val_ids=src.val_ids)
+        log(f"scoring {run.label} from {src.path} on {len(items)} questions")
+        t0 = time.perf_counter()
+        scorer = _load_scorer(src)
+        run.predictions = score_items(scorer, items, batch_size, _print_progress(run.label))
+        run.seconds = time.perf_counter() - t0
+        runs.append(run)
+    return runs
+
+
+def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Score every source of ``cfg`` on the selected questions and write all outputs."""
+    unknown = sorted(set(cfg.tiers) - set(TIERS))
+    if unknown:
+        raise ConfigError(f"tiers: unknown tier {unknown[0]!r}; choose from {', '.join(TIERS)}")
+    if not (cfg.checkpoints or cfg.zero_shot or cfg.predictions):
+        raise ConfigError("nothing to evaluate: pass --checkpoints, --zero_shot or --predictions")
+    items = load_dataset(cfg)
+    sources = sources_from_config(cfg)
+    saved_runs = [run for p in cfg.predictions for run in load_prediction_runs(p)]
+    train_ids = frozenset().union(*(s.train_ids for s in sources)) if sources else frozenset()
+    held_out = held_out_ids(sources)
+    selected = select_items(items, cfg.tiers, train_ids, held_out, cfg.max_per_tier)
+    for run in saved_runs:  # re-reported runs restrict the set to what they scored
+        selected = [it for it in selected if it.id in run.predictions]
+    if not selected:
+        raise MedTokError("no question left to evaluate after removing training questions; check "
+                          "--tiers and the checkpoints' split.json")
+    runs = score_sources(sources, selected, cfg.batch_size, log) + saved_runs
+    results = summarize(selected, runs, tiers=cfg.tiers, baseline=cfg.baseline, boot=cfg.bootstrap,
+                        exact_below=cfg.exact_below, held_out=held_out is not None)
+    results["dataset_path"] = cfg.data or "MedDDx (data dir)"
+    results["n_questions_in_file"] = len(items)
+    results["n_excluded_trained_on"] = sum(it.id in train_ids for it in items)
+    results["files"] = write_outputs(results, selected, runs, cfg.output, cfg.plots)
+    return results

@@ -1,0 +1,326 @@
+"""Human-readable outputs of an evaluation: ``report.md`` and the PNG plots.
+
+Both read only the ``results`` dict of :func:`eval.evaluate.summarize`, so a report can be
+re-rendered from ``results.json`` without any model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from medtok_core.io import atomic_path, write_text
+
+from eval.evaluate import ALL, method_rank
+
+TEST_NAMES = {"exact-binomial": "exact", "chi2-continuity-corrected": "χ² cc"}
+
+
+# ------------------------------------------------------------------------------------ formatting
+def pct(x: float | None, digits: int = 1) -> str:
+    return "—" if x is None else f"{100 * x:.{digits}f}"
+
+
+def _tier_title(results: dict, tier: str) -> str:
+    if tier == "Intermediate" and results.get("held_out_intermediate"):
+        return "Intermediate (held-out)"
+    return tier
+
+
+def _methods(results: dict) -> list[str]:
+    return sorted(results["methods"], key=method_rank)
+
+
+def _runs_of(results: dict, method: str) -> list[dict]:
+    return [r for r in results["runs"] if r["method"] == method]
+
+
+def accuracy_cell(results: dict, method: str, tier: str) -> str:
+    """One seed: accuracy [95% CI]; several: mean ± sd (k seeds, min–max)."""
+    runs = _runs_of(results, method)
+    if len(runs) == 1:
+        t = runs[0]["tiers"][tier]
+        if t["accuracy"] is None:
+            return "—"
+        return f"{pct(t['accuracy'])} [{pct(t['ci_low'])}, {pct(t['ci_high'])}]"
+    s = results["methods"][method]["tiers"][tier]
+    if s["mean"] is None:
+        return "—"
+    return f"{pct(s['mean'])} ± {pct(s['std'])} ({s['n']} seeds, {pct(s['min'])}–{pct(s['max'])})"
+
+
+def _p_text(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+# --------------------------------------------------------------------------------------- markdown
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines
+
+
+def _accuracy_section(results: dict) -> list[str]:
+    tiers = results["tiers"]
+    ds = results["dataset"]
+    header = ["Method", *(f"{_tier_title(results, t)} (n={ds[t]['n']})" for t in tiers)]
+    rows = [[f"**{m}**", *(accuracy_cell(results, m, t) for t in tiers)] for m in _methods(results)]
+    rows.append(["*majority-letter baseline*",
+                 *(f"{pct(ds[t]['majority_letter']['accuracy'])} ({ds[t]['majority_letter']['letter'] or '—'})"
+                   for t in tiers)])
+    rows.append(["*chance*", *(pct(ds[t]["chance"]) for t in tiers)])
+    conf = int(round(100 * results["bootstrap"]["confidence_level"]))
+    return ["## Accuracy by tier (%)", "",
+            f"One seed: accuracy [{conf}% percentile-bootstrap CI, {results['bootstrap']['n_resamples']} "
+            f"resamples, seed {results['bootstrap']['seed']}]. Several seeds: mean ± sd over seeds "
+            "(min–max). The majority-letter baseline always answers the most frequent answer letter of "
+            "the tier: what letter bias alone scores.", "",
+            *_table(header, rows), ""]
+
+
+def _comparison_section(results: dict) -> list[str]:
+    comps = results["comparisons"]
+    base = results["baseline"]
+    if not comps:
+        return ["## Comparison with the baseline", "",
+                f"No comparison: the baseline method `{base}` was not evaluated.", ""]
+    tiers = results["tiers"]
+    rows = []
+    keys = sorted({(c["method"], c["seed"]) for c in comps},
+                  key=lambda k: (method_rank(k[0]), -1 if k[1] is None else k[1]))
+    for method, seed in keys:
+        cells = []
+        for tier in tiers:
+            c = next(x for x in comps if x["method"] == method and x["seed"] == seed and x["tier"] == tier)
+            if c["n"] == 0:
+                cells.append("—")
+                continue
+            diff = (c["c"] - c["b"]) / c["n"]
+            cells.append(f"{diff * 100:+.1f} pts (b={c['b']}, c={c['c']}, {_p_text(c['p_value'])} "
+                         f"{TEST_NAMES.get(c['test'], c['test'])})")
+        seed_text = "—" if seed is None else str(seed)
+        base_seed = next(x["baseline_seed"] for x in comps if x["method"] == method and x["seed"] == seed)
+        rows.append([f"**{method}**", seed_text, "—" if base_seed is None else str(base_seed), *cells])
+    header = ["Method", "seed", f"`{base}` seed", *(_tier_title(results, t) for t in tiers)]
+    return [f"## Paired comparison with `{base}` (McNemar)", "",
+            f"Same questions, same seed where available. b = questions `{base}` answers correctly and "
+            f"the method does not, c = the reverse; the difference is the method's accuracy minus "
+            f"`{base}`'s. Exact binomial test when b + c is small, else χ² with continuity correction "
+            "(cc). p-values are per comparison, not corrected for multiple testing.", "",
+            *_table(header, rows), ""]
+
+
+def _linked_section(results: dict) -> list[str]:
+    tiers = results["tiers"]
+    ds = results["dataset"]
+    lines = ["## Questions with and without linked codes", "",
+             *_table(["Tier", "n", "with linked codes", "share"],
+                     [[_tier_title(results, t), str(ds[t]["n"]), str(ds[t]["n_linked"]),
+                       pct(ds[t]["share_linked"])] for t in tiers]), "",
+             "Accuracy (%) on questions with / without linked codes (first seed of each method):", ""]
+    rows = []
+    for m in _methods(results):
+        run = _runs_of(results, m)[0]
+        rows.append([f"**{m}**", *(f"{pct(run['tiers'][t]['accuracy_linked']['accuracy'])} / "
+                                   f"{pct(run['tiers'][t]['accuracy_unlinked']['accuracy'])}" for t in tiers)])
+    lines += _table(["Method", *(_tier_title(results, t) for t in tiers)], rows)
+    return lines + [""]
+
+
+def mean_distribution(results: dict, method: str, tier: str) -> dict[str, float]:
+    runs = _runs_of(results, method)
+    return {a: sum(r["tiers"][tier]["pred_distribution"][a] for r in runs) / len(runs)
+            for a in results["alphabet"]}
+
+
+def _letter_section(results: dict) -> list[str]:
+    alphabet = results["alphabet"]
+    lines = ["## Letter bias: predicted letters vs answers (%)", "",
+             "A model that learned only the letter prior piles its predictions on the majority letter.", ""]
+    for tier in results["tiers"]:
+        if results["dataset"][tier]["n"] == 0:
+            continue
+        rows = [["*answers*", *(pct(results["dataset"][tier]["answer_distribution"][a]) for a in alphabet)]]
+        for m in _methods(results):
+            dist = mean_distribution(results, m, tier)
+            rows.append([f"**{m}**", *(pct(dist[a]) for a in alphabet)])
+        lines += [f"**{_tier_title(results, tier)}**", "", *_table(["", *alphabet], rows), ""]
+    return lines
+
+
+def _seeds_section(results: dict) -> list[str]:
+    if all(len(_runs_of(results, m)) <= 1 for m in results["methods"]):
+        return []
+    tiers = results["tiers"]
+    rows = [[r["label"], *(f"{pct(r['tiers'][t]['accuracy'])} [{pct(r['tiers'][t]['ci_low'])}, "
+                           f"{pct(r['tiers'][t]['ci_high'])}]" for t in tiers)] for r in results["runs"]]
+    return ["## Every run", "", *_table(["Run", *(_tier_title(results, t) for t in tiers)], rows), ""]
+
+
+def render_report(results: dict) -> str:
+    ds = results["dataset"]
+    notes = [f"- Dataset: `{results.get('dataset_path', '?')}`; {ds[ALL]['n']} questions evaluated"
+             + (f" ({results['n_excluded_trained_on']} excluded because a checkpoint trained on them)"
+                if results.get("n_excluded_trained_on") else "") + "."]
+    if results.get("held_out_intermediate"):
+        notes.append("- Intermediate = the held-out validation slice of the checkpoints' split.json "
+                     "(split by option set), never trained on.")
+    lines = ["# MedDDx evaluation by difficulty tier", "", *notes, ""]
+    plots = (results.get("files") or {}).get("plots") or {}
+    for name, path in plots.items():
+        lines += [f"![{name}]({Path(path).name})", ""]
+    lines += _accuracy_section(results) + _comparison_section(results) + _linked_section(results)
+    lines += _letter_section(results) + _seeds_section(results)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(results: dict, path: str | Path) -> Path:
+    write_text(path, render_report(results))
+    return Path(path)
+
+
+# ------------------------------------------------------------------------------------------ plots
+_COLORS = {"zero-shot": "#9e9e9e", "none": "#5f6b7a", "text": "#e69f00", "medtok-mean": "#56b4e9",
+           "medtok": "#0072b2", "shuffled": "#cc79a7"}
+_EXTRA_COLORS = ["#009e73", "#d55e00", "#f0e442", "#000000"]
+
+
+def method_color(method: str, methods: Sequence[str]) -> str:
+    if method in _COLORS:
+        return _COLORS[method]
+    extras = [m for m in methods if m not in _COLORS]
+    return _EXTRA_COLORS[extras.index(method) % len(_EXTRA_COLORS)]
+
+
+def _plot_tiers(results: dict) -> list[str]:
+    """Tiers with questions; "All" only when the data are untiered (it would repeat the tiers)."""
+    tiers = [t for t in results["tiers"] if t != ALL and results["dataset"][t]["n"] > 0]
+    return tiers or [ALL]
+
+
+def plot_accuracy(results: dict, path: Path) -> Path:
+    """Dot-and-whisker accuracy per method, one panel per tier, with the letter-bias and chance lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tiers = _plot_tiers(results)
+    methods = _methods(results)
+    fig, axes = plt.subplots(1, len(tiers), figsize=(4.2 * len(tiers) + 1.2, 0.55 * len(methods) + 2.0),
+                             sharey=True, squeeze=False)
+    highs = [r["tiers"][t]["ci_high"] or 0 for r in results["runs"] for t in tiers]
+    majors = [results["dataset"][t]["majority_letter"]["accuracy"] or 0 for t in tiers]
+    x_max = min(105.0, 100 * max(highs + majors + [0.3]) + 16)
+    for ax, tier in zip(axes[0], tiers):
+        ds = results["dataset"][tier]
+        for row, method in enumerate(methods):
+            y = len(methods) - 1 - row
+            runs = _runs_of(results, method)
+            color = method_color(method, methods)
+            offsets = [0.0] if len(runs) == 1 else [(-0.18 + 0.36 * i / (len(runs) - 1)) for i in range(len(runs))]
+            for run, dy in zip(runs, offsets):
+                t = run["tiers"][tier]
+                if t["accuracy"] is None:
+                    continue
+                acc, lo, hi = (100 * t[k] for k in ("accuracy", "ci_low", "ci_high"))
+                ax.errorbar(acc, y + dy, xerr=[[acc - lo], [hi - acc]], fmt="o", color=color,
+                            ms=7 if len(runs) == 1 else 4, capsize=3, lw=1.6,
+                            alpha=1.0 if len(runs) == 1 else 0.55)
+            summary = results["methods"][method]["tiers"][tier]
+            if summary["mean"] is not None:
+                mean = 100 * summary["mean"]
+                if len(runs) > 1:
+                    ax.plot(mean, y, marker="D", color=color, ms=9, mec="white", mew=1.2, zorder=5)
+                label = f"{mean:.1f}" + (f" ± {100 * summary['std']:.1f}" if len(runs) > 1 else "")
+                # Right of the widest whisker, so the label never covers a seed's interval.
+                right = max(100 * (r["tiers"][tier]["ci_high"] or 0) for r in runs)
+                ax.annotate(label, (right, y), xytext=(5, 0), textcoords="offset points", ha="left",
+                            va="center", fontsize=8.5, color=color, fontweight="bold")
+        maj = ds["majority_letter"]
+        if maj["accuracy"] is not None:
+            # Shade what letter bias alone reaches: a method inside it learned nothing beyond the prior.
+            ax.axvspan(0, 100 * maj["accuracy"], color="#c0392b", alpha=0.06, lw=0)
+            ax.axvline(100 * maj["accuracy"], color="#c0392b", ls="--", lw=1.3)
+            ax.text(100 * maj["accuracy"], len(methods) - 0.45, f" always '{maj['letter']}'\n {pct(maj['accuracy'])}%",
+                    color="#c0392b", fontsize=8, va="top")
+        if ds["chance"] is not None:
+            ax.axvline(100 * ds["chance"], color="#7f8c8d", ls=":", lw=1.2)
+            ax.text(100 * ds["chance"], -0.75, f"chance {pct(ds['chance'], 0)}%", color="#7f8c8d",
+                    fontsize=8, ha="center", va="bottom")
+        ax.set_title(f"{_tier_title(results, tier)}  (n={ds['n']})", fontsize=11, fontweight="bold")
+        ax.set_xlim(0, x_max)
+        ax.set_ylim(-0.9, len(methods) - 0.3)
+        ax.set_xlabel("accuracy (%)")
+        ax.grid(axis="x", color="#e5e5e5")
+        ax.set_axisbelow(True)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+    axes[0][0].set_yticks(range(len(methods)))
+    axes[0][0].set_yticklabels(list(reversed(methods)), fontsize=10)
+    for tick, method in zip(axes[0][0].get_yticklabels(), reversed(methods)):
+        tick.set_color(method_color(method, methods))
+    conf = int(round(100 * results["bootstrap"]["confidence_level"]))
+    n_seeds = max(len(_runs_of(results, m)) for m in methods)
+    what = f"dots: runs with {conf}% bootstrap CI" + ("; diamonds: mean over seeds" if n_seeds > 1 else "")
+    fig.suptitle(f"MedDDx accuracy by tier ({what}; red: majority-letter baseline)",
+                 fontsize=10, color="#333333")
+    _save(fig, path)
+    return path
+
+
+def plot_letter_bias(results: dict, path: Path) -> Path:
+    """Heatmaps of predicted-letter shares per method next to the answer distribution, per tier."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    tiers = _plot_tiers(results)
+    methods = _methods(results)
+    alphabet = results["alphabet"]
+    rows = ["answers", *methods]
+    fig, axes = plt.subplots(1, len(tiers), figsize=(0.75 * len(alphabet) * len(tiers) + 2.4 * len(tiers),
+                                                      0.42 * len(rows) + 1.6), squeeze=False)
+    for ax, tier in zip(axes[0], tiers):
+        answer = results["dataset"][tier]["answer_distribution"]
+        grid = np.array([[answer[a] for a in alphabet]]
+                        + [[mean_distribution(results, m, tier)[a] for a in alphabet] for m in methods])
+        ax.imshow(100 * grid, cmap="Blues", vmin=0, vmax=100 * max(0.5, grid.max()), aspect="auto")
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                v = 100 * grid[i, j]
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8.5,
+                        color="white" if v > 55 * max(0.5, grid.max()) else "#222222")
+        ax.axhline(0.5, color="white", lw=3)
+        ax.set_xticks(range(len(alphabet)))
+        ax.set_xticklabels(list(alphabet))
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels(rows if ax is axes[0][0] else [""] * len(rows))
+        ax.set_title(f"{_tier_title(results, tier)}", fontsize=10, fontweight="bold")
+        ax.tick_params(length=0)
+    fig.suptitle("Letter bias: % of predictions per letter (top row: % of answers)", fontsize=10)
+    _save(fig, path)
+    return path
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=130, format="png")
+    plt.close(fig)
+
+
+def write_plots(results: dict, out_dir: str | Path) -> dict[str, str]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return {"accuracy_by_tier": str(plot_accuracy(results, out / "accuracy_by_tier.png")),
+            "letter_bias": str(plot_letter_bias(results, out / "letter_bias.png"))}
+
+
+def results_markdown_table(results: dict[str, Any]) -> str:
+    """The accuracy table alone (for printing at the end of a run)."""
+    return "\n".join(_accuracy_section(results)[4:]).strip()

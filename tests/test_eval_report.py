@@ -1,0 +1,203 @@
+"""eval.evaluate / eval.report / eval.run on toy datasets and fake checkpoints (no model)."""
+
+import json
+
+import pytest
+
+from eval import evaluate as ev
+from eval.evaluate import EvalConfig, Run, evaluate, select_items, summarize, write_outputs
+from eval.run import main as run_main
+from medtok_core.errors import MedTokError
+from qa.mcq import CodeRef, MCQItem, Mention, load_mcq
+
+
+def _meddx_record(i: int, std: float, answer: str, n_options: int = 4) -> dict:
+    options = "\n".join(f"{letter}: option {letter}{i}" for letter in "ABCDE"[:n_options])
+    return {"query": f"Question {i} about disease {i}?\n{options}\n", "answer": answer, "sim_level_std": std}
+
+
+def _write_meddx(path, n_per_tier=(6, 8, 6), n_options=4):
+    """Basic (std .05), Intermediate (.03), Expert (.01); answers cycle through the letters."""
+    records, letters = [], "ABCDE"[:n_options]
+    for tier_std, n in zip((0.05, 0.03, 0.01), n_per_tier):
+        for _ in range(n):
+            i = len(records)
+            records.append(_meddx_record(i, tier_std, letters[(i * 3) % n_options], n_options))
+    path.write_text(json.dumps(records))
+    return path
+
+
+class FakeScorer:
+    """Correct on questions whose number is even for `medtok`, else predicts 'C'."""
+
+    def __init__(self, method):
+        self.method = method
+
+    def score(self, items):
+        out = []
+        for it in items:
+            number = int(it.id.rsplit("-", 1)[1])
+            right = self.method == "medtok" and number % 2 == 0 or self.method == "none" and number % 3 == 0
+            pred = it.answer if right else "C"
+            out.append({"id": it.id, "pred": pred, "probs": {k: float(k == pred) for k in it.options},
+                        "n_codes": 0})
+        return out
+
+
+def _checkpoint(root, name, method, seed, train, val):
+    folder = root / name
+    folder.mkdir()
+    (folder / "qa_config.json").write_text(json.dumps({"prefix_mode": method, "base_model": "toy"}))
+    (folder / "train_config.yaml").write_text(f"seed: {seed}\n")
+    (folder / "split.json").write_text(json.dumps({"train": train, "val": val}))
+    return folder
+
+
+@pytest.fixture
+def fake_models(monkeypatch):
+    monkeypatch.setattr(ev, "_load_scorer", lambda src: FakeScorer(src.method))
+
+
+def test_end_to_end_with_fake_checkpoints(tmp_path, fake_models):
+    data = _write_meddx(tmp_path / "MedDDx.json")
+    items, _ = load_mcq(data)
+    inter = [it.id for it in items if it.tier == "Intermediate"]
+    train, val = inter[:5], inter[5:]
+    ckpts = [_checkpoint(tmp_path, f"{m}-s{s}", m, s, train, val) for m in ("none", "medtok") for s in (0, 1)]
+    out = tmp_path / "eval"
+    results = evaluate(EvalConfig(data=str(data), checkpoints=[str(c) for c in ckpts],
+                                  zero_shot=["default"], output=str(out),
+                                  bootstrap=ev.BootstrapConfig(n_resamples=200)), log=lambda s: None)
+
+    ds = results["dataset"]
+    assert (ds["Basic"]["n"], ds["Intermediate"]["n"], ds["Expert"]["n"], ds["All"]["n"]) == (6, 3, 6, 15)
+    assert results["held_out_intermediate"] and results["n_excluded_trained_on"] == 5
+    assert results["methods"]["medtok"]["n_runs"] == 2 and results["methods"]["zero-shot"]["n_runs"] == 1
+
+    # medtok is right on even-numbered questions; check one tier by hand.
+    basic = [it for it in items if it.tier == "Basic"]
+    expected = sum(int(it.id.rsplit("-", 1)[1]) % 2 == 0 or it.answer == "C" for it in basic) / len(basic)
+    medtok_run = next(r for r in results["runs"] if r["method"] == "medtok")
+    assert medtok_run["tiers"]["Basic"]["accuracy"] == pytest.approx(expected)
+    assert ds["Basic"]["majority_letter"]["accuracy"] >= 1 / 4
+
+    comps = [c for c in results["comparisons"] if c["method"] == "medtok" and c["tier"] == "All"]
+    assert sorted(c["seed"] for c in comps) == [0, 1]
+    assert all(c["baseline_seed"] == c["seed"] for c in comps)  # paired by seed
+    assert {c["method"] for c in results["comparisons"]} == {"medtok", "zero-shot"}
+
+    for name in ("results.json", "report.md", "accuracy_by_tier.png", "letter_bias.png",
+                 "predictions/none.jsonl", "predictions/medtok.jsonl", "predictions/zero-shot.jsonl"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "accuracy_by_tier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "Intermediate (held-out) (n=3)" in report and "majority-letter baseline" in report
+    assert "McNemar" in report
+    records = [json.loads(line) for line in (out / "predictions/medtok.jsonl").read_text().splitlines()]
+    assert len(records) == 2 * 15 and {r["seed"] for r in records} == {0, 1}
+    assert not any(r["id"] in train for r in records)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["files"]["report"].endswith("report.md")
+
+
+def _runs_for(items, methods=("none", "medtok")):
+    runs = []
+    for m in methods:
+        run = Run(m, 0, f"toy/{m}")
+        for k, it in enumerate(items):
+            pred = it.answer if (k % 2 == 0) == (m == "medtok") else "A"
+            run.predictions[it.id] = {"pred": pred, "probs": {}, "n_codes": len(it.mentions)}
+        runs.append(run)
+    return runs
+
+
+def test_authors_layout_has_codes_and_no_tiers(tmp_path):
+    records = [{"input": [f"Stem {i}?\nA: a{i}\nB: b{i}\nC: c{i}\nD: d{i}", "ABCD"[i % 4]],
+                "medical_codes": ["ICD10CM:E11.9"] if i % 3 == 0 else []} for i in range(9)]
+    path = tmp_path / "authors.json"
+    path.write_text(json.dumps(records))
+    items, _ = load_mcq(path)
+    results = summarize(items, _runs_for(items))
+    assert results["tiers"] == ["All"]
+    assert results["dataset"]["All"]["n_linked"] == 3
+    run = results["runs"][0]["tiers"]["All"]
+    assert run["accuracy_linked"]["n"] == 3 and run["accuracy_unlinked"]["n"] == 6
+    files = write_outputs(results, items, _runs_for(items), tmp_path / "out")
+    assert "All (n=9)" in (tmp_path / "out" / "report.md").read_text()
+    assert set(files["plots"]) == {"accuracy_by_tier", "letter_bias"}
+
+
+def test_empty_tier_and_five_options(tmp_path):
+    data = _write_meddx(tmp_path / "five.json", n_per_tier=(5, 0, 7), n_options=5)
+    items, _ = load_mcq(data)
+    assert any(it.answer == "E" for it in items)
+    results = summarize(items, _runs_for(items))
+    assert results["alphabet"] == "ABCDE"
+    assert results["dataset"]["Intermediate"]["n"] == 0
+    empty = results["runs"][0]["tiers"]["Intermediate"]
+    assert empty["accuracy"] is None and empty["n"] == 0
+    assert results["dataset"]["Basic"]["chance"] == pytest.approx(0.2)
+    assert set(results["dataset"]["Expert"]["answer_distribution"]) == set("ABCDE")
+    write_outputs(results, items, _runs_for(items), tmp_path / "out")
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Intermediate (n=0) |" in report and "| A | B | C | D | E |" in report
+    assert (tmp_path / "out" / "accuracy_by_tier.png").stat().st_size > 1000
+
+
+def test_linked_mentions_split_accuracy():
+    opts = {"A": "a", "B": "b", "C": "c", "D": "d"}
+    linked = Mention("diabetes", 0, 8, "stem", [CodeRef("ICD10CM", "E11.9")])
+    items = [MCQItem(f"q-{i}", "diabetes?", opts, "A", "Basic", mentions=[linked] if i < 4 else [])
+             for i in range(10)]
+    run = Run("medtok", 0, "toy")
+    run.predictions = {it.id: {"pred": "A" if it.mentions else "B", "probs": {}, "n_codes": 1} for it in items}
+    res = summarize(items, [run])["runs"][0]["tiers"]["Basic"]
+    assert res["accuracy_linked"]["accuracy"] == 1.0 and res["accuracy_unlinked"]["accuracy"] == 0.0
+    assert res["accuracy"] == pytest.approx(0.4)
+
+
+def test_select_items_caps_deterministically_and_excludes_training():
+    opts = {"A": "a", "B": "b"}
+    items = [MCQItem(f"q-{i}", "s", opts, "A", "Expert") for i in range(50)]
+    picked = select_items(items, ["Expert"], train_ids={"q-1"}, val_ids=None, max_per_tier=10)
+    assert len(picked) == 10 and "q-1" not in {it.id for it in picked}
+    assert [it.id for it in picked] == [it.id for it in select_items(items, ["Expert"], {"q-1"}, None, 10)]
+    assert [it.id for it in picked] != [f"q-{i}" for i in range(10)]  # not simply the first ten
+
+
+def test_missing_prediction_is_a_user_error():
+    opts = {"A": "a", "B": "b"}
+    items = [MCQItem("q-0", "s", opts, "A", "Basic"), MCQItem("q-1", "s", opts, "B", "Basic")]
+    run = Run("none", 0, "somewhere")
+    run.predictions = {"q-0": {"pred": "A", "probs": {}, "n_codes": 0}}
+    with pytest.raises(MedTokError, match="no prediction for 1 of the 2"):
+        summarize(items, [run])
+
+
+def test_cli_rereports_saved_predictions(tmp_path, capsys):
+    data = _write_meddx(tmp_path / "MedDDx.json")
+    items, _ = load_mcq(data)
+    write_outputs(summarize(items, _runs_for(items)), items, _runs_for(items), tmp_path / "first", plots=False)
+    out = tmp_path / "again"
+    run_main(["--data", str(data), "--predictions",
+              f"{tmp_path / 'first/predictions/none.jsonl'},{tmp_path / 'first/predictions/medtok.jsonl'}",
+              "--output", str(out), "--bootstrap.n_resamples", "100", "--plots", "false"])
+    printed = capsys.readouterr().out
+    assert "| **medtok** |" in printed and "report:" in printed
+    assert json.loads((out / "results.json").read_text())["methods"].keys() == {"none", "medtok"}
+    assert (out / "eval_config.yaml").is_file()
+
+
+def test_cli_user_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_main(["--data", str(tmp_path / "missing.json"), "--zero_shot", "default",
+                  "--output", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "does not exist" in err and "\n" not in err
+    with pytest.raises(SystemExit):
+        run_main(["--output", str(tmp_path / "o")])
+    assert "nothing to evaluate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_main(["--checkpoints", str(tmp_path), "--output", str(tmp_path / "o")])
+    assert "not a QA checkpoint" in capsys.readouterr().err
