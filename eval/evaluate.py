@@ -98,9 +98,17 @@ class Source:
     val_ids: frozenset[str] | None = None
 
 
+def _beside(folder: Path, name: str) -> Path | None:
+    """``name`` in the checkpoint folder or in its run folder (a checkpoint may be ``run/best``)."""
+    for candidate in (folder / name, folder.parent / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def _read_split(folder: Path) -> tuple[frozenset[str], frozenset[str] | None]:
-    split_path = folder / "split.json"
-    if not split_path.is_file():
+    split_path = _beside(folder, "split.json")
+    if split_path is None:
         return frozenset(), None
     split = read_json(split_path)
     if not isinstance(split, dict) or "train" not in split:
@@ -112,8 +120,8 @@ def _read_split(folder: Path) -> tuple[frozenset[str], frozenset[str] | None]:
 def _read_train_seed(folder: Path, qa_config: dict) -> int | None:
     if "seed" in qa_config:
         return int(qa_config["seed"])
-    cfg_path = folder / "train_config.yaml"
-    if cfg_path.is_file():
+    cfg_path = _beside(folder, "train_config.yaml")
+    if cfg_path is not None:
         import yaml
 
         cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
@@ -124,12 +132,13 @@ def _read_train_seed(folder: Path, qa_config: dict) -> int | None:
 
 def checkpoint_source(path: str | Path) -> Source:
     """Describe a QA checkpoint folder: method (prefix mode), seed, and its train/val split."""
-    folder = Path(path)
-    cfg_path = folder / "qa_config.json"
-    if not cfg_path.is_file():
-        raise MedTokError(f"{folder} is not a QA checkpoint (no qa_config.json); train one with "
+    run_dir = Path(path)
+    # finetune/train.py writes the checkpoint to its output folder or to output/best.
+    folder = next((d for d in (run_dir, run_dir / "best") if (d / "qa_config.json").is_file()), None)
+    if folder is None:
+        raise MedTokError(f"{run_dir} is not a QA checkpoint (no qa_config.json); train one with "
                           "`accelerate launch finetune/train.py`")
-    qa_config = read_json(cfg_path)
+    qa_config = read_json(folder / "qa_config.json")
     method = str(qa_config.get("prefix_mode") or "none")
     train_ids, val_ids = _read_split(folder)
     return Source("checkpoint", str(folder), method, _read_train_seed(folder, qa_config), train_ids, val_ids)
@@ -141,7 +150,9 @@ def _load_scorer(source: Source) -> Scorer:
 
     if source.kind == "checkpoint":
         return qa_model.load_qa_checkpoint(source.path)
-    return qa_model.zero_shot(None if source.path in ("", "default") else source.path)
+    if source.path in ("", "default"):
+        return qa_model.zero_shot_model()
+    return qa_model.zero_shot_model(base_model=source.path)
 
 
 def score_items(scorer: Scorer, items: Sequence[MCQItem], batch_size: int,

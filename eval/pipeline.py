@@ -1,0 +1,329 @@
+"""The main command: the whole MedTok-QA pipeline end to end, reusing what is already built.
+
+    python -m eval.pipeline                                   # quick demo (embedded defaults)
+    python -m eval.pipeline --config configs/pipeline_full.yaml
+    python -m eval.pipeline --force finetune,eval             # redo some stages
+
+Stages, each driven through its own command line so it stays independent:
+
+1. vocabulary + knowledge graph      python -m medtok_core.build
+2. MedTok training                   python -m medtok_core.train --config configs/medtok_quick.yaml
+3. disease linking of MedDDx         python -m disease_linking.link
+4. QA fine-tuning, per method+seed   accelerate launch finetune/train.py --prefix_mode ...
+5. evaluation by tier                python -m eval.run
+
+A stage is skipped when its outputs exist and its stamp (a hash of its command, the contents of
+the files it reads, and the stamps of the stages it depends on) is unchanged. Timings of every
+stage go to ``<output>/timings.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medtok_core.config import parse_config, save_config
+from medtok_core.errors import ConfigError, MedTokError, cli_entry
+from medtok_core.io import read_json, write_json
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STAGE_GROUPS = ("build", "medtok", "link", "finetune", "eval")
+
+
+# --------------------------------------------------------------------------------------- config
+@dataclass
+class StageOptions:
+    """A stage's own config file (relative to the repository) and ``--key value`` overrides."""
+
+    config: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineConfig:
+    """Run vocabulary + graph, MedTok training, linking, QA fine-tuning and evaluation end to end."""
+
+    output: str = "runs/pipeline"
+    data_dir: str | None = None
+    dataset: str = ""  # MCQ file to link, train and evaluate on; "" = MedDDx from the data dir
+    methods: list[str] = field(default_factory=lambda: ["none", "text", "medtok-mean", "medtok", "shuffled"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    zero_shot: bool = True  # also evaluate the base model without fine-tuning
+    launcher: str = "accelerate"  # accelerate | python (fine-tuning entry point)
+    launcher_args: list[str] = field(default_factory=lambda: [
+        "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"])
+    force: list[str] = field(default_factory=list)  # stage groups to redo: build, medtok, link, finetune, eval, all
+    dry_run: bool = False  # print the plan (what would run, what is up to date) and stop
+    build: StageOptions = field(default_factory=StageOptions)
+    medtok: StageOptions = field(default_factory=lambda: StageOptions("configs/medtok_quick.yaml"))
+    link: StageOptions = field(default_factory=StageOptions)
+    finetune: StageOptions = field(default_factory=lambda: StageOptions("configs/qa_quick.yaml"))
+    eval: StageOptions = field(default_factory=StageOptions)
+
+
+# ---------------------------------------------------------------------------------------- stages
+@dataclass
+class Stage:
+    group: str  # one of STAGE_GROUPS
+    name: str  # unique, e.g. "finetune medtok seed 0"
+    title: str  # header shown to the user
+    argv: list[str]
+    outputs: list[Path]  # all must exist for the stage to count as done
+    depends: list[str] = field(default_factory=list)  # names of stages whose results it reads
+    key: str = ""  # stamp: filled in by plan()
+
+
+def _overrides(opts: StageOptions) -> list[str]:
+    args: list[str] = []
+    for key, value in opts.overrides.items():
+        if isinstance(value, (list, tuple)):
+            value = ",".join(map(str, value))
+        args += [f"--{key}", str(value)]
+    return args
+
+
+def _config_args(opts: StageOptions) -> list[str]:
+    if not opts.config:
+        return []
+    path = Path(opts.config)
+    if not (path if path.is_absolute() else REPO_ROOT / path).is_file():
+        raise ConfigError(f"config file {opts.config} does not exist (paths are relative to {REPO_ROOT})")
+    return ["--config", opts.config]
+
+
+def _python(module: str) -> list[str]:
+    return [sys.executable, "-m", module]
+
+
+def build_stages(cfg: PipelineConfig) -> list[Stage]:
+    """The plan: every stage's command line, outputs and dependencies (nothing runs here)."""
+    out = Path(cfg.output).resolve()  # stages run from the repository root
+    data_dir = ["--data_dir", cfg.data_dir] if cfg.data_dir else []
+    dataset = cfg.dataset or _default_dataset(cfg.data_dir)
+    artifact = out / "medtok" / "artifact"
+    linked = out / "linked" / "linked.jsonl"
+    stages = [
+        Stage("build", "build", "Vocabulary + knowledge graph",
+              _python("medtok_core.build") + data_dir + _config_args(cfg.build) + _overrides(cfg.build),
+              []),  # results live in the shared cache; the stamp alone records the build
+        Stage("medtok", "medtok", "MedTok training",
+              _python("medtok_core.train") + _config_args(cfg.medtok)
+              + (["--data.data_dir", cfg.data_dir] if cfg.data_dir else [])
+              + ["--output_dir", str(out / "medtok"), "--progress", "false"] + _overrides(cfg.medtok),
+              [artifact / "token_table.safetensors"], depends=["build"]),
+        Stage("link", "link", "Disease linking",
+              _python("disease_linking.link") + ["--input", str(dataset), "--output", str(linked)]
+              + data_dir + _config_args(cfg.link) + _overrides(cfg.link),
+              [linked], depends=["build"]),
+    ]
+    checkpoints = []
+    for method in cfg.methods:
+        for seed in cfg.seeds:
+            ckpt = out / "qa" / f"{method}-seed{seed}"
+            checkpoints.append(ckpt)
+            needs_medtok = method != "none"
+            stages.append(Stage(
+                "finetune", f"finetune {method} seed {seed}", f"QA fine-tuning: {method}, seed {seed}",
+                _launcher(cfg) + _config_args(cfg.finetune)
+                + ["--prefix_mode", method, "--seed", str(seed), "--data", str(linked),
+                   "--output_dir", str(ckpt)]
+                + (["--medtok", str(artifact)] if needs_medtok else []) + _overrides(cfg.finetune),
+                [ckpt / "qa_config.json"], depends=["link"] + (["medtok"] if needs_medtok else [])))
+    eval_dir = out / "eval"
+    stages.append(Stage(
+        "eval", "eval", "Evaluation by tier",
+        _python("eval.run") + ["--data", str(linked), "--output", str(eval_dir)]
+        + (["--checkpoints", ",".join(map(str, checkpoints))] if checkpoints else [])
+        + (["--zero_shot", "default"] if cfg.zero_shot else []) + _config_args(cfg.eval) + _overrides(cfg.eval),
+        [eval_dir / "results.json", eval_dir / "report.md"],
+        depends=["link"] + [s.name for s in stages if s.group == "finetune"]))
+    return stages
+
+
+def _launcher(cfg: PipelineConfig) -> list[str]:
+    script = str(REPO_ROOT / "finetune" / "train.py")
+    if cfg.launcher == "accelerate":
+        return _python("accelerate.commands.launch") + list(cfg.launcher_args) + [script]
+    if cfg.launcher == "python":
+        return [sys.executable, script]
+    raise ConfigError(f"launcher={cfg.launcher!r} is not one of accelerate, python")
+
+
+def _default_dataset(data_dir: str | None) -> Path:
+    from medtok_core.datadir import data_file
+
+    return data_file("meddx/MedDDx.json", data_dir)
+
+
+# ----------------------------------------------------------------------------------------- stamps
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stage_key(stage: Stage, upstream: dict[str, str], out: Path) -> str:
+    """Hash of what determines a stage's result: its command, the contents of the input files
+    named on it (configs, the dataset), and its dependencies' keys. Files under the pipeline's
+    own output folder are represented by the key of the stage that wrote them."""
+    h = hashlib.sha256()
+    out = out.resolve()
+    for arg in stage.argv[1:]:  # not the interpreter path: a moved venv is the same pipeline
+        h.update(arg.encode() + b"\0")
+        path = (Path(arg) if os.path.isabs(arg) else REPO_ROOT / arg).resolve()
+        if out in path.parents or not path.is_file() or path.stat().st_size > (256 << 20):
+            continue
+        h.update(_file_digest(path).encode())
+    for dep in stage.depends:
+        h.update(upstream[dep].encode())
+    return h.hexdigest()[:16]
+
+
+def _stamp_path(out: Path, stage: Stage) -> Path:
+    return out / "stamps" / (stage.name.replace(" ", "_") + ".json")
+
+
+def is_up_to_date(out: Path, stage: Stage) -> bool:
+    stamp = _stamp_path(out, stage)
+    if not stamp.is_file() or not all(p.exists() for p in stage.outputs):
+        return False
+    try:
+        return read_json(stamp).get("key") == stage.key
+    except (OSError, ValueError):
+        return False
+
+
+def plan(cfg: PipelineConfig) -> list[Stage]:
+    stages = build_stages(cfg)
+    keys: dict[str, str] = {}
+    for stage in stages:
+        stage.key = keys[stage.name] = stage_key(stage, keys, Path(cfg.output))
+    return stages
+
+
+# -------------------------------------------------------------------------------------------- run
+def _header(index: int, total: int, title: str) -> None:
+    bar = "=" * 78
+    print(f"\n{bar}\n[{index}/{total}] {title}\n{bar}", flush=True)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Nothing may reach the network at run time (DESIGN.md); the caller may still override.
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _printable(argv: list[str]) -> str:
+    shown = ["python" if a == sys.executable else a for a in argv]
+    return " ".join(shown).replace(str(REPO_ROOT) + os.sep, "")
+
+
+def run_stage(stage: Stage, out: Path) -> float:
+    """Run one stage's command (output streams through); stamp it on success. Returns seconds."""
+    print(f"$ {_printable(stage.argv)}", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(stage.argv, cwd=REPO_ROOT, env=_env())
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise MedTokError(f"stage '{stage.name}' failed (exit code {proc.returncode}) after {seconds:.0f} s; "
+                          f"its error is printed above. Fix it and re-run: finished stages are reused")
+    for p in stage.outputs:
+        if not p.exists():
+            raise MedTokError(f"stage '{stage.name}' finished but did not write {p}")
+    write_json(_stamp_path(out, stage), {"stage": stage.name, "key": stage.key, "seconds": seconds,
+                                         "argv": stage.argv[1:], "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return seconds
+
+
+def _forced(cfg: PipelineConfig) -> set[str]:
+    unknown = sorted(set(cfg.force) - set(STAGE_GROUPS) - {"all"})
+    if unknown:
+        raise ConfigError(f"force: unknown stage {unknown[0]!r}; choose from {', '.join(STAGE_GROUPS)}, all")
+    return set(STAGE_GROUPS) if "all" in cfg.force else set(cfg.force)
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    """Run (or reuse) every stage in order; write and return the timings."""
+    out = Path(cfg.output).resolve()
+    forced = _forced(cfg)
+    stages = plan(cfg)
+    ran: set[str] = set()
+
+    def must_run(stage: Stage) -> bool:
+        # A rerun dependency may have changed what this stage reads (e.g. a retrained artifact).
+        return (stage.group in forced or not is_up_to_date(out, stage)
+                or any(dep in ran for dep in stage.depends))
+
+    if cfg.dry_run:
+        for stage in stages:
+            if must_run(stage):
+                ran.add(stage.name)
+            state = "run" if stage.name in ran else "up to date"
+            print(f"{stage.name:32s} {state:11s} $ {_printable(stage.argv)}")
+        return {}
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "pipeline_config.yaml")
+    timings: dict[str, Any] = {"stages": [], "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    t_start = time.perf_counter()
+    for i, stage in enumerate(stages, 1):
+        _header(i, len(stages), stage.title)
+        if not must_run(stage):
+            print(f"up to date, reusing {', '.join(str(p) for p in stage.outputs)}", flush=True)
+            timings["stages"].append({"name": stage.name, "group": stage.group, "seconds": 0.0,
+                                      "skipped": True})
+            continue
+        seconds = run_stage(stage, out)
+        ran.add(stage.name)
+        print(f"--- {stage.name}: {seconds:.1f} s", flush=True)
+        timings["stages"].append({"name": stage.name, "group": stage.group, "seconds": round(seconds, 2),
+                                  "skipped": False})
+    timings["total_seconds"] = round(time.perf_counter() - t_start, 2)
+    timings["by_group"] = {g: round(sum(s["seconds"] for s in timings["stages"] if s["group"] == g), 2)
+                           for g in STAGE_GROUPS}
+    write_json(out / "timings.json", timings)
+    return timings
+
+
+def _summary(cfg: PipelineConfig, timings: dict[str, Any]) -> None:
+    out = Path(cfg.output)
+    print("\n" + "=" * 78)
+    print("Stage timings (s):  " + "  ".join(f"{g} {t:.0f}" for g, t in timings["by_group"].items())
+          + f"  | total {timings['total_seconds']:.0f}")
+    report = out / "eval" / "report.md"
+    results = out / "eval" / "results.json"
+    if results.is_file():
+        from eval.report import results_markdown_table
+
+        print("\n" + results_markdown_table(read_json(results)))
+    print(f"\nReport: {report.resolve()}")
+    print(f"Plots:  {(out / 'eval' / 'accuracy_by_tier.png').resolve()}")
+    print(f"Timings: {(out / 'timings.json').resolve()}")
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    cfg = parse_config(PipelineConfig, argv, prog="python -m eval.pipeline")
+    if not cfg.methods and not cfg.zero_shot:
+        raise ConfigError("nothing to evaluate: give at least one method or zero_shot: true")
+    timings = run_pipeline(cfg)
+    if timings:
+        _summary(cfg, timings)
+    return timings
+
+
+if __name__ == "__main__":
+    main()
