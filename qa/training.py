@@ -1,0 +1,424 @@
+"""QA fine-tuning under accelerate (one or several processes, CPU/GPU, optionally DeepSpeed ZeRO-2).
+
+Trains LoRA + projector on the Intermediate tier minus a held-out validation slice (whole
+option-set groups), evaluates the slice after every epoch, keeps the best checkpoint in
+``output_dir/best`` (a QA checkpoint), stops early, and writes a resumable state every
+``save_every_steps`` optimizer steps into ``output_dir/_resume``: a killed run started again
+with the same command continues from the same step with the same data order and RNG streams.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from medtok_core.config import save_config, to_dict
+from medtok_core.datadir import data_file
+from medtok_core.errors import ConfigError, MedTokError
+from medtok_core.io import read_json, write_json
+from qa.data import shuffle_options, split_by_option_set, stable_seed
+from qa.mcq import TIERS, MCQItem, load_mcq
+from qa.model import ModelOptions, PromptEncoder, QAModel, build_qa_model
+
+RESUME_DIR = "_resume"
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class DataOptions:
+    train_file: str | None = None  # linked JSONL (or MedDDx json); default: MedDDx.json in the data dir
+    data_dir: str | None = None
+    tier: str = "Intermediate"
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    limit_train: int = 0  # keep only the first N training questions (0: all), for smoke runs
+    limit_val: int = 0
+    shuffle_options: bool = True  # permute options each epoch (answer relabelled) against letter bias
+
+
+@dataclass
+class OptimOptions:
+    lr: float = 2e-4
+    projector_lr: float | None = None  # defaults to lr
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    epochs: int = 3
+    batch_size: int = 8  # per process
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    max_steps: int = 0  # stop after this many optimizer steps in total (0: no limit)
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tune a QA model (LoRA + MedTok prefix projector) on MedDDx Intermediate."""
+
+    output_dir: str = "runs/qa"
+    seed: int = 0
+    eval_batch_size: int = 16
+    early_stop_patience: int = 2  # epochs without validation improvement (0: never stop early)
+    save_every_steps: int = 50  # resumable state every N optimizer steps (and at each epoch end)
+    log_every: int = 5
+    deepspeed_config: str = "ds_config.json"  # used when accelerate launches with DeepSpeed
+    resume: bool = True
+    model: ModelOptions = field(default_factory=ModelOptions)
+    data: DataOptions = field(default_factory=DataOptions)
+    optim: OptimOptions = field(default_factory=OptimOptions)
+
+
+# ---- data -----------------------------------------------------------------------------------------
+def load_questions(opts: DataOptions) -> list[MCQItem]:
+    path = Path(opts.train_file) if opts.train_file else data_file("meddx/MedDDx.json", opts.data_dir)
+    items, _ = load_mcq(path)
+    if opts.tier:
+        if opts.tier not in TIERS:
+            raise ConfigError(f"data.tier must be one of {', '.join(TIERS)} or empty, got {opts.tier!r}")
+        items = [i for i in items if i.tier == opts.tier]
+    if not items:
+        raise MedTokError(f"no {opts.tier or ''} questions with an answer in {path}")
+    return items
+
+
+def make_split(items: list[MCQItem], opts: DataOptions) -> tuple[list[MCQItem], list[MCQItem]]:
+    train, val = split_by_option_set(items, opts.val_fraction, opts.split_seed)
+    if opts.limit_train:
+        train = train[: opts.limit_train]
+    if opts.limit_val:
+        val = val[: opts.limit_val]
+    if not train:
+        raise MedTokError("the training split is empty; lower data.val_fraction")
+    return train, val
+
+
+class EpochDataset(torch.utils.data.Dataset):
+    """Training questions in a per-epoch order, options re-shuffled per epoch; encoded on access.
+
+    Order and option permutation depend only on (seed, epoch, question id), so a resumed run sees
+    exactly the batches the interrupted one would have.
+    """
+
+    def __init__(self, items: list[MCQItem], encoder: PromptEncoder, seed: int, shuffle: bool):
+        self.items, self.encoder, self.seed, self.shuffle = items, encoder, seed, shuffle
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.order = list(range(len(self.items)))
+        random.Random(stable_seed("order", self.seed, epoch)).shuffle(self.order)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        item = self.items[self.order[index]]
+        if self.shuffle:
+            item = shuffle_options(item, stable_seed("options", self.seed, self.epoch))
+        return self.encoder.encode(item)
+
+
+# ---- accelerate / deepspeed -------------------------------------------------------------------------
+def _using_deepspeed() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in {"1", "true"}
+
+
+def filled_deepspeed_config(path: str | Path, cfg: TrainConfig, world_size: int) -> dict:
+    """ds_config.json with its "auto" values filled from the training config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"DeepSpeed config {path} does not exist; pass --deepspeed_config PATH")
+    ds = json.loads(path.read_text())
+    o = cfg.optim
+    fill = {
+        "train_micro_batch_size_per_gpu": o.batch_size,
+        "gradient_accumulation_steps": o.grad_accum,
+        "train_batch_size": o.batch_size * o.grad_accum * world_size,
+        "gradient_clipping": o.max_grad_norm,
+    }
+    for key, value in fill.items():
+        if ds.get(key) == "auto":
+            ds[key] = value
+    for prec, on in (("bf16", cfg.model.dtype == "bfloat16"), ("fp16", cfg.model.dtype == "float16")):
+        if isinstance(ds.get(prec), dict) and ds[prec].get("enabled") == "auto":
+            ds[prec]["enabled"] = on
+    zero = ds.get("zero_optimization", {})
+    for key in [k for k, v in zero.items() if v == "auto"]:
+        zero.pop(key)  # bucket sizes: DeepSpeed's defaults fit small and large models
+    return ds
+
+
+def make_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
+
+    handlers = []
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 or _using_deepspeed()
+    if distributed and not torch.cuda.is_available():
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))  # no NCCL on CPU
+    kwargs = {}
+    if _using_deepspeed():
+        ds_path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") or cfg.deepspeed_config
+        if not ds_path or ds_path == "none":
+            ds_path = cfg.deepspeed_config
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        ds = filled_deepspeed_config(ds_path, cfg, world)
+        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=ds)
+    else:
+        kwargs["gradient_accumulation_steps"] = cfg.optim.grad_accum
+    return Accelerator(kwargs_handlers=handlers, **kwargs)
+
+
+# ---- optimisation -------------------------------------------------------------------------------------
+def make_optimizer(model: QAModel, o: OptimOptions) -> torch.optim.Optimizer:
+    lora = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("projector.")]
+    proj = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("projector.")]
+    groups = [{"params": lora, "lr": o.lr}]
+    if proj:
+        groups.append({"params": proj, "lr": o.projector_lr or o.lr})
+    return torch.optim.AdamW(groups, weight_decay=o.weight_decay)
+
+
+def linear_schedule(optimizer, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def peak_rss_gib() -> float:
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return kib / 2**20
+
+
+# ---- bookkeeping --------------------------------------------------------------------------------------
+class MetricsLog:
+    """metrics.jsonl, appended by the main process; trimmed to the resumed step on resume."""
+
+    def __init__(self, path: Path, active: bool):
+        self.path, self.active = path, active
+
+    def trim_after(self, step: int) -> None:
+        if not self.active or not self.path.is_file():
+            return
+        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        self.path.write_text("".join(k + "\n" for k in keep))
+
+    def write(self, record: dict) -> None:
+        if self.active:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def evaluate(model: QAModel, items: list[MCQItem], batch_size: int) -> dict:
+    """Accuracy and mean negative log-probability of the right letter (option-letter softmax)."""
+    if not items:
+        return {"val_acc": None, "val_nll": None, "n_val": 0}
+    scores = model.score(items, batch_size)
+    correct = sum(s["pred"] == it.answer for s, it in zip(scores, items, strict=True))
+    nll = sum(-math.log(max(s["probs"][it.answer], 1e-12)) for s, it in zip(scores, items, strict=True)) / len(items)
+    with_codes = sum(s["n_codes"] > 0 for s in scores)
+    return {"val_acc": correct / len(items), "val_nll": nll, "n_val": len(items), "val_with_codes": with_codes}
+
+
+def _is_better(metrics: dict, best: dict | None) -> bool:
+    if best is None:
+        return True
+    return (metrics["val_acc"], -metrics["val_nll"]) > (best["val_acc"], -best["val_nll"])
+
+
+@dataclass
+class TrainerState:
+    epoch: int = 0
+    batches_done: int = 0  # micro-batches of `epoch` already consumed
+    global_step: int = 0  # optimizer steps
+    best: dict | None = None
+    bad_epochs: int = 0
+    finished: bool = False
+
+
+def _save_resume(accelerator, out: Path, state: TrainerState) -> None:
+    """Resumable state (trainable weights, optimizer, scheduler, RNG), swapped in atomically."""
+    final = out / RESUME_DIR
+    tmp = out / f".{RESUME_DIR}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    kwargs = {"exclude_frozen_parameters": True} if _using_deepspeed() else {}
+    accelerator.save_state(str(tmp), **kwargs)
+    if accelerator.is_main_process:
+        write_json(tmp / STATE_FILE, state.__dict__)
+        old = out / f".{RESUME_DIR}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _load_resume(accelerator, out: Path) -> TrainerState | None:
+    path = out / RESUME_DIR
+    if not (path / STATE_FILE).is_file():
+        return None
+    kwargs = {"load_module_strict": False} if _using_deepspeed() else {"strict": False}
+    accelerator.load_state(str(path), **kwargs)
+    return TrainerState(**read_json(path / STATE_FILE))
+
+
+def _register_trainable_only_saving(accelerator, trainable: set[str]) -> None:
+    """Resume states hold only trainable weights: the frozen base (GBs for 8B) is reloaded anyway."""
+
+    def save_hook(models, weights, output_dir):
+        for i, w in enumerate(weights):
+            weights[i] = {k: v for k, v in w.items() if k in trainable}
+
+    accelerator.register_save_state_pre_hook(save_hook)
+
+
+def _write_run_files(out: Path, cfg: TrainConfig, train: list[MCQItem], val: list[MCQItem]) -> None:
+    save_config(cfg, out / "train_config.yaml")
+    write_json(out / "split.json", {"tier": cfg.data.tier, "val_fraction": cfg.data.val_fraction,
+                                    "split_seed": cfg.data.split_seed, "split_by": "option_set",
+                                    "train": [i.id for i in train], "val": [i.id for i in val]})
+
+
+def _run_files(out: Path) -> dict[str, Path]:
+    return {name: out / name for name in ("train_config.yaml", "split.json", "metrics.jsonl")}
+
+
+# ---- the loop -----------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Path:
+    """Run (or resume) training; returns the best QA checkpoint folder. ``on_step(global_step)``
+    is called after each optimizer step (tests use it to interrupt a run)."""
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    accelerator = make_accelerator(cfg)
+    set_seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    items = load_questions(cfg.data)
+    train_items, val_items = make_split(items, cfg.data)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_run_files(out, cfg, train_items, val_items)
+    cfg.model.shuffle_seed = cfg.seed
+    model = build_qa_model(cfg.model, lora=True, seed=cfg.seed)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    dataset = EpochDataset(train_items, model.encoder, cfg.seed, cfg.data.shuffle_options)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.optim.batch_size, shuffle=False,
+                                         collate_fn=model.encoder.collate)
+    optimizer = make_optimizer(model, cfg.optim)
+    world = accelerator.num_processes
+    steps_per_epoch = math.ceil(math.ceil(len(train_items) / (cfg.optim.batch_size * world)) / cfg.optim.grad_accum)
+    total = steps_per_epoch * cfg.optim.epochs
+    if cfg.optim.max_steps:
+        total = min(total, cfg.optim.max_steps)
+    scheduler = linear_schedule(optimizer, int(cfg.optim.warmup_ratio * total), total)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    _register_trainable_only_saving(accelerator, trainable)
+
+    log = MetricsLog(out / "metrics.jsonl", accelerator.is_main_process)
+    state = (_load_resume(accelerator, out) if cfg.resume else None) or TrainerState()
+    if state.global_step:
+        log.trim_after(state.global_step)
+        log.write({"event": "resume", "step": state.global_step, "epoch": state.epoch})
+    if accelerator.is_main_process:
+        print(f"train {len(train_items)} / val {len(val_items)} questions ({cfg.data.tier}, split by option set); "
+              f"{steps_per_epoch} steps/epoch x {cfg.optim.epochs} epochs on {world} process(es)"
+              + (f"; resuming at step {state.global_step}" if state.global_step else ""), file=sys.stderr)
+
+    unwrapped: QAModel = accelerator.unwrap_model(model)
+    stop = state.finished
+    while not stop and state.epoch < cfg.optim.epochs:
+        dataset.set_epoch(state.epoch)
+        model.train()
+        batches = accelerator.skip_first_batches(loader, state.batches_done) if state.batches_done else loader
+        bar = tqdm(total=steps_per_epoch, initial=state.batches_done // cfg.optim.grad_accum,
+                   desc=f"epoch {state.epoch + 1}/{cfg.optim.epochs}", disable=not accelerator.is_main_process,
+                   dynamic_ncols=True)
+        t0, tokens, loss_sum, loss_n, epoch_start = time.perf_counter(), 0, 0.0, 0, time.perf_counter()
+        for batch in batches:
+            with accelerator.accumulate(model):
+                loss = model(**batch)["loss"]
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0 and not _using_deepspeed():
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            state.batches_done += 1
+            tokens += int(batch["attention_mask"].sum() + batch["prefix_mask"].sum()) * world
+            loss_sum += float(loss.detach())
+            loss_n += 1
+            if not accelerator.sync_gradients:
+                continue
+            state.global_step += 1
+            bar.update(1)
+            elapsed = time.perf_counter() - t0
+            bar.set_postfix(loss=f"{loss_sum / loss_n:.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):.0f}")
+            if state.global_step % cfg.log_every == 0:
+                log.write({"event": "train", "step": state.global_step, "epoch": state.epoch + 1,
+                           "loss": loss_sum / loss_n, "lr": scheduler.get_last_lr()[0],
+                           "tokens_per_s": tokens / max(elapsed, 1e-9), "peak_rss_gib": peak_rss_gib()})
+                t0, tokens, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
+            if cfg.optim.max_steps and state.global_step >= cfg.optim.max_steps:
+                stop = True
+            if cfg.save_every_steps and state.global_step % cfg.save_every_steps == 0 and not stop:
+                _save_resume(accelerator, out, state)
+            if on_step is not None:
+                on_step(state.global_step)
+            if stop:
+                break
+        bar.close()
+        epoch_time = time.perf_counter() - epoch_start
+        epoch_done = not stop or state.batches_done >= len(loader)
+        metrics = evaluate(unwrapped, val_items, cfg.eval_batch_size)
+        record = {"event": "eval", "step": state.global_step, "epoch": state.epoch + 1,
+                  "epoch_complete": epoch_done, "epoch_time_s": epoch_time, "peak_rss_gib": peak_rss_gib(),
+                  **metrics}
+        improved = metrics["val_acc"] is None or _is_better(metrics, state.best)
+        if improved:
+            state.best, state.bad_epochs = record, 0
+        else:
+            state.bad_epochs += 1
+        record["best"] = improved
+        log.write(record)
+        if accelerator.is_main_process:
+            print(f"epoch {state.epoch + 1}: val_acc={metrics['val_acc']} val_nll={metrics['val_nll']} "
+                  f"({epoch_time:.0f}s, peak RSS {peak_rss_gib():.2f} GiB)", file=sys.stderr)
+            if improved:
+                unwrapped.save_checkpoint(out / "best", _run_files(out))
+        accelerator.wait_for_everyone()
+        if epoch_done:
+            state.epoch += 1
+            state.batches_done = 0
+        if cfg.early_stop_patience and state.bad_epochs >= cfg.early_stop_patience:
+            log.write({"event": "early_stop", "step": state.global_step, "epoch": state.epoch})
+            stop = True
+        state.finished = stop or state.epoch >= cfg.optim.epochs
+        _save_resume(accelerator, out, state)
+    if accelerator.is_main_process:
+        best = out / "best"
+        if best.is_dir():  # final copies of the run files (metrics now complete)
+            for name, src in _run_files(out).items():
+                if src.is_file():
+                    shutil.copyfile(src, best / name)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return out / "best"
+
+
+def summary(cfg: TrainConfig) -> dict:
+    return to_dict(cfg)
