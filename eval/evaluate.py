@@ -19,15 +19,15 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Protocol
 
+from eval import stats
 from medtok_core.errors import ConfigError, MedTokError
 from medtok_core.io import atomic_path, read_json, write_json
 from qa.mcq import LETTERS, TIERS, MCQItem, load_mcq
-
-from eval import stats
 
 ALL = "All"
 ZERO_SHOT = "zero-shot"
@@ -164,7 +164,7 @@ def score_items(scorer: Scorer, items: Sequence[MCQItem], batch_size: int,
         results = scorer.score(list(batch))
         if len(results) != len(batch):
             raise RuntimeError(f"scorer returned {len(results)} results for {len(batch)} questions")
-        for item, res in zip(batch, results):
+        for item, res in zip(batch, results, strict=True):
             if str(res.get("id")) != item.id:
                 raise RuntimeError(f"scorer returned id {res.get('id')!r} for question {item.id!r}")
             out[item.id] = {"pred": res["pred"], "probs": res.get("probs", {}),

@@ -20,7 +20,6 @@ stage go to ``<output>/timings.json``.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys

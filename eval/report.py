@@ -6,12 +6,12 @@ re-rendered from ``results.json`` without any model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
-
-from medtok_core.io import atomic_path, write_text
+from typing import Any
 
 from eval.evaluate import ALL, method_rank
+from medtok_core.io import atomic_path, write_text
 
 TEST_NAMES = {"exact-binomial": "exact", "chi2-continuity-corrected": "χ² cc"}
 
@@ -212,14 +212,14 @@ def plot_accuracy(results: dict, path: Path) -> Path:
     highs = [r["tiers"][t]["ci_high"] or 0 for r in results["runs"] for t in tiers]
     majors = [results["dataset"][t]["majority_letter"]["accuracy"] or 0 for t in tiers]
     x_max = min(105.0, 100 * max(highs + majors + [0.3]) + 16)
-    for ax, tier in zip(axes[0], tiers):
+    for ax, tier in zip(axes[0], tiers, strict=True):
         ds = results["dataset"][tier]
         for row, method in enumerate(methods):
             y = len(methods) - 1 - row
             runs = _runs_of(results, method)
             color = method_color(method, methods)
             offsets = [0.0] if len(runs) == 1 else [(-0.18 + 0.36 * i / (len(runs) - 1)) for i in range(len(runs))]
-            for run, dy in zip(runs, offsets):
+            for run, dy in zip(runs, offsets, strict=True):
                 t = run["tiers"][tier]
                 if t["accuracy"] is None:
                     continue
@@ -258,7 +258,7 @@ def plot_accuracy(results: dict, path: Path) -> Path:
             ax.spines[side].set_visible(False)
     axes[0][0].set_yticks(range(len(methods)))
     axes[0][0].set_yticklabels(list(reversed(methods)), fontsize=10)
-    for tick, method in zip(axes[0][0].get_yticklabels(), reversed(methods)):
+    for tick, method in zip(axes[0][0].get_yticklabels(), reversed(methods), strict=True):
         tick.set_color(method_color(method, methods))
     conf = int(round(100 * results["bootstrap"]["confidence_level"]))
     n_seeds = max(len(_runs_of(results, m)) for m in methods)
@@ -283,7 +283,7 @@ def plot_letter_bias(results: dict, path: Path) -> Path:
     rows = ["answers", *methods]
     fig, axes = plt.subplots(1, len(tiers), figsize=(0.75 * len(alphabet) * len(tiers) + 2.4 * len(tiers),
                                                       0.42 * len(rows) + 1.6), squeeze=False)
-    for ax, tier in zip(axes[0], tiers):
+    for ax, tier in zip(axes[0], tiers, strict=True):
         answer = results["dataset"][tier]["answer_distribution"]
         grid = np.array([[answer[a] for a in alphabet]]
                         + [[mean_distribution(results, m, tier)[a] for a in alphabet] for m in methods])

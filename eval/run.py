@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medtok_core.config import parse_config, save_config
-from medtok_core.errors import cli_entry
-
 from eval.evaluate import EvalConfig, evaluate
 from eval.report import results_markdown_table
+from medtok_core.config import parse_config, save_config
+from medtok_core.errors import cli_entry
 
 
 @cli_entry

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from functools import lru_cache
+from collections.abc import Iterable, Sequence
+from functools import cache
 from pathlib import Path
-from typing import Iterable, Sequence
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_metric(name: str):
     """Load ``eval/metrics/<name>`` with ``evaluate.load`` (a local path: no network)."""
     import evaluate

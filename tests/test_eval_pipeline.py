@@ -46,7 +46,7 @@ def test_plan_wires_the_stages(tmp_path, monkeypatch):
 def _fake_stages(out: Path, config: Path) -> list[Stage]:
     """Two stages writing files with plain python; the second reads the first's output."""
     first, second = out / "a.txt", out / "b.txt"
-    write_a = f"import pathlib,sys; pathlib.Path(sys.argv[1]).write_text(open(sys.argv[2]).read())"
+    write_a = "import pathlib,sys; pathlib.Path(sys.argv[1]).write_text(open(sys.argv[2]).read())"
     write_b = "import pathlib,sys; pathlib.Path(sys.argv[1]).write_text(open(sys.argv[2]).read() + '!')"
     return [Stage("build", "build", "A", [sys.executable, "-c", write_a, str(first), str(config)], [first]),
             Stage("eval", "eval", "B", [sys.executable, "-c", write_b, str(second), str(first)], [second],

@@ -19,7 +19,7 @@ def _meddx_record(i: int, std: float, answer: str, n_options: int = 4) -> dict:
 def _write_meddx(path, n_per_tier=(6, 8, 6), n_options=4):
     """Basic (std .05), Intermediate (.03), Expert (.01); answers cycle through the letters."""
     records, letters = [], "ABCDE"[:n_options]
-    for tier_std, n in zip((0.05, 0.03, 0.01), n_per_tier):
+    for tier_std, n in zip((0.05, 0.03, 0.01), n_per_tier, strict=True):
         for _ in range(n):
             i = len(records)
             records.append(_meddx_record(i, tier_std, letters[(i * 3) % n_options], n_options))

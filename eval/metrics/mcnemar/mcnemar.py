@@ -67,7 +67,7 @@ class McNemar(evaluate.Comparison):
 
     def _compute(self, predictions1, predictions2, references, exact_below: int = 25):
         b = c = 0
-        for p1, p2, ref in zip(predictions1, predictions2, references):
+        for p1, p2, ref in zip(predictions1, predictions2, references, strict=True):
             right1, right2 = p1 == ref, p2 == ref
             b += right1 and not right2
             c += right2 and not right1

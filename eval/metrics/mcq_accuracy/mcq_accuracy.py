@@ -66,7 +66,7 @@ class MCQAccuracy(evaluate.Metric):
         if n_resamples < 1:
             raise ValueError(f"n_resamples must be positive, got {n_resamples}")
         correct = np.array([str(p).strip().upper() == str(r).strip().upper()
-                            for p, r in zip(predictions, references)], dtype=float)
+                            for p, r in zip(predictions, references, strict=True)], dtype=float)
         out = {"n": int(correct.size), "n_correct": int(correct.sum()),
                "confidence_level": confidence_level, "n_resamples": n_resamples, "seed": seed}
         if correct.size == 0:
