@@ -56,14 +56,16 @@ class PipelineConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     zero_shot: bool = True  # also evaluate the base model without fine-tuning
     launcher: str = "accelerate"  # accelerate | python (fine-tuning entry point)
-    launcher_args: list[str] = field(default_factory=lambda: [
-        "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"])
+    launcher_args: list[str] = field(default_factory=lambda: ["--config_file", "configs/accelerate/cpu.yaml"])
     force: list[str] = field(default_factory=list)  # stage groups to redo: build, medtok, link, finetune, eval, all
     dry_run: bool = False  # print the plan (what would run, what is up to date) and stop
     build: StageOptions = field(default_factory=StageOptions)
     medtok: StageOptions = field(default_factory=lambda: StageOptions("configs/medtok_quick.yaml"))
     link: StageOptions = field(default_factory=StageOptions)
-    finetune: StageOptions = field(default_factory=lambda: StageOptions("configs/qa_quick.yaml"))
+    # Quick preset (measured to fit the 20-minute demo on 2 cores): one epoch on a capped
+    # training set, a capped held-out slice (also the validation set of each epoch).
+    finetune: StageOptions = field(default_factory=lambda: StageOptions("configs/qa_quick.yaml", {
+        "optim.epochs": 1, "data.limit_train": 240, "data.limit_val": 100}))
     eval: StageOptions = field(default_factory=StageOptions)
 
 
@@ -115,7 +117,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         Stage("medtok", "medtok", "MedTok training",
               _python("medtok_core.train") + _config_args(cfg.medtok)
               + (["--data.data_dir", cfg.data_dir] if cfg.data_dir else [])
-              + ["--output_dir", str(out / "medtok"), "--progress", "false"] + _overrides(cfg.medtok),
+              + ["--output_dir", str(out / "medtok")] + _overrides(cfg.medtok),
               [artifact / "token_table.safetensors"], depends=["build"]),
         Stage("link", "link", "Disease linking",
               _python("disease_linking.link") + ["--input", str(dataset), "--output", str(linked)]
@@ -125,16 +127,19 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     checkpoints = []
     for method in cfg.methods:
         for seed in cfg.seeds:
-            ckpt = out / "qa" / f"{method}-seed{seed}"
-            checkpoints.append(ckpt)
-            needs_medtok = method != "none"
+            run_dir = out / "qa" / f"{method}-seed{seed}"
+            checkpoints.append(run_dir)
+            needs_medtok = method != "none"  # text mode reads code descriptions from the artifact
             stages.append(Stage(
                 "finetune", f"finetune {method} seed {seed}", f"QA fine-tuning: {method}, seed {seed}",
                 _launcher(cfg) + _config_args(cfg.finetune)
-                + ["--prefix_mode", method, "--seed", str(seed), "--data", str(linked),
-                   "--output_dir", str(ckpt)]
-                + (["--medtok", str(artifact)] if needs_medtok else []) + _overrides(cfg.finetune),
-                [ckpt / "qa_config.json"], depends=["link"] + (["medtok"] if needs_medtok else [])))
+                + ["--prefix_mode", method, "--seed", str(seed), "--data.train_file", str(linked),
+                   "--output_dir", str(run_dir)]
+                + (["--data.data_dir", cfg.data_dir] if cfg.data_dir else [])
+                + ["--medtok", str(artifact) if needs_medtok else "null"] + _overrides(cfg.finetune),
+                # finetune/train.py keeps the best epoch's checkpoint in output_dir/best.
+                [run_dir / "best" / "qa_config.json"],
+                depends=["link"] + (["medtok"] if needs_medtok else [])))
     eval_dir = out / "eval"
     stages.append(Stage(
         "eval", "eval", "Evaluation by tier",

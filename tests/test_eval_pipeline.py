@@ -35,6 +35,8 @@ def test_plan_wires_the_stages(tmp_path, monkeypatch):
                      "finetune medtok seed 0", "finetune medtok seed 1", "eval"]
     medtok_ft = stages[names.index("finetune medtok seed 1")]
     assert "medtok" in medtok_ft.depends and "--medtok" in medtok_ft.argv
+    none_ft = stages[names.index("finetune none seed 0")]
+    assert none_ft.argv[none_ft.argv.index("--medtok") + 1] == "null"
     assert medtok_ft.argv[medtok_ft.argv.index("--seed") + 1] == "1"
     assert "medtok" not in stages[names.index("finetune none seed 0")].depends
     ev = stages[-1]
