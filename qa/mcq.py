@@ -54,6 +54,7 @@ class Mention:
     end: int
     field: str  # "stem" or "option:A" ...
     codes: list[CodeRef] = field(default_factory=list)
+    kind: str = ""  # what the mention names: "disease", "drug", "phenotype" ("" when unknown)
 
 
 @dataclass

@@ -1,0 +1,86 @@
+"""Link the mentions of an MCQ file to medical codes.
+
+    python -m disease_linking.link --input MedDDx.json --output linked.jsonl [--authors_output qa.json]
+
+Writes the linked JSONL, optionally the authors' QA layout, and ``<output>.summary.json`` (coverage
+per tier, mentions per question, codes per system, disease/drug/phenotype split, timings).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from disease_linking.linker import LinkConfig, Linker
+from disease_linking.summary import format_summary, summarize
+from medtok_core.config import parse_config, save_config, to_dict
+from medtok_core.datadir import data_file
+from medtok_core.errors import ConfigError, cli_entry
+from medtok_core.io import atomic_path, write_json
+from qa.mcq import load_mcq, to_authors_layout, write_jsonl
+
+
+@dataclass
+class LinkCLIConfig:
+    """Link disease, drug and phenotype mentions of multiple-choice questions to medical codes."""
+
+    # Question file (MedDDx layout, the authors' QA layout, or linked JSONL); default: MedDDx.json of the data dir.
+    input: str | None = None
+    # Linked JSONL to write.
+    output: str = "linked.jsonl"
+    # Also write the questions in the authors' QA layout ({"input": [...], "medical_codes": [...]}) here.
+    authors_output: str | None = None
+    # Data directory (default: $MEDTOK_DATA_DIR or ../shared/data).
+    data_dir: str | None = None
+    # Skip (and count) malformed questions instead of stopping at the first one.
+    skip_invalid: bool = False
+    # Show progress bars.
+    progress: bool = True
+    linking: LinkConfig = field(default_factory=LinkConfig)
+
+
+def summary_path(output: Path) -> Path:
+    return output.with_name(output.name.removesuffix(".jsonl") + ".summary.json")
+
+
+def run(cfg: LinkCLIConfig) -> dict:
+    if not cfg.output:
+        raise ConfigError("--output is required (path of the linked JSONL to write)")
+    input_path = Path(cfg.input) if cfg.input else data_file("meddx/MedDDx.json", cfg.data_dir)
+    items, skipped = load_mcq(input_path, skip_invalid=cfg.skip_invalid)
+    t0 = time.perf_counter()
+    linker = Linker.from_cache(cfg.linking, cfg.data_dir, progress=cfg.progress)
+    t_load = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    linked = linker.link_items(items, progress=cfg.progress)
+    t_link = time.perf_counter() - t0
+    output = Path(cfg.output)
+    write_jsonl(output, linked)
+    if cfg.authors_output:
+        with atomic_path(cfg.authors_output) as tmp:
+            tmp.write_text(json.dumps([to_authors_layout(it) for it in linked], ensure_ascii=False, indent=1),
+                           encoding="utf-8")
+    summary = summarize(linked)
+    summary["run"] = {"input": str(input_path), "questions": len(items), "skipped_invalid": skipped,
+                      "load_s": round(t_load, 2), "link_s": round(t_link, 2),
+                      "questions_per_s": round(len(items) / max(t_link, 1e-9), 1),
+                      "lexicon_terms": len(linker.lexicon), "config": to_dict(cfg)}
+    write_json(summary_path(output), summary)
+    save_config(cfg, output.with_name(output.name.removesuffix(".jsonl") + ".config.yaml"))
+    return summary
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(LinkCLIConfig, argv, prog="python -m disease_linking.link")
+    summary = run(cfg)
+    r = summary["run"]
+    print(format_summary(summary))
+    print(f"linked {r['questions']} questions ({r['skipped_invalid']} skipped) in {r['link_s']} s "
+          f"(+{r['load_s']} s loading) -> {cfg.output}; summary: {summary_path(Path(cfg.output))}")
+
+
+if __name__ == "__main__":
+    main()

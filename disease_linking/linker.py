@@ -1,0 +1,273 @@
+"""Mentions -> ranked codes for multiple-choice questions.
+
+    linker = Linker.from_cache(LinkConfig())          # builds the lexicon once, then loads it
+    item = linker.link_item(item)                      # fills item.mentions
+    items = linker.link_items(items)                   # batched through nlp.pipe
+
+For every field (the stem and each option) the pipeline finds lexicon hits; abbreviations defined
+in the text ("chronic obstructive pulmonary disease (COPD)") give every later "COPD" of the same
+question, options included, the long form's codes. Phrases that look like a disease mention but hit
+nothing (a disease-like head word, an abbreviation's long form, or a whole option when the question
+asks for a disease or phenotype) fall back to embedding similarity against ICD-10-CM descriptions.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from spacy.language import Language
+from spacy.tokens import Doc
+
+from disease_linking.lexicon import Lexicon
+from disease_linking.normalize import norm_word
+from disease_linking.pipeline import SPAN_KEY, make_nlp, set_lexicon
+from qa.mcq import CodeRef, MCQItem, Mention
+
+
+@dataclass
+class LinkConfig:
+    """Options of the linker (the ``linking`` section of the CLI config)."""
+
+    # Installed spaCy/scispaCy model name or path; "" = blank English tokenizer.
+    spacy_model: str = ""
+    # Most codes kept per mention (ranked best first).
+    max_codes: int = 5
+    # Code systems to keep (empty = all).
+    systems: list[str] | None = None
+    # Embedding-similarity fallback for disease-like phrases with no lexicon hit.
+    embedding_fallback: bool = True
+    # Minimum cosine similarity for a fallback code (tuned on eval/gold_linking.jsonl).
+    fallback_threshold: float = 0.8
+    # Codes kept per fallback mention.
+    fallback_top_k: int = 1
+    # Keep mentions whose lexicon entry has no code (e.g. a phenotype without a code mapping).
+    keep_unlinked: bool = False
+    # Texts per nlp.pipe batch.
+    batch_size: int = 256
+    # Text encoder folder for the fallback ("" = default all-MiniLM-L6-v2).
+    text_encoder: str = ""
+
+
+# What a question asks for: the first of these words in the stem usually names the answer type
+# ("Which medications act upon genes ..." -> drug; "What condition is associated with the TBX4 gene"
+# -> disease). Options are embedded as disease mentions only for disease/phenotype questions.
+_TARGET_WORDS = [
+    ("disease", r"diseases?|conditions?|disorders?|illness(?:es)?|syndromes?|diagnos[ie]s|cancers?|tumou?rs?"),
+    ("drug", r"drugs?|medications?|medicines?|compounds?|treatments?|therap(?:y|ies)|agents?"),
+    ("phenotype", r"phenotypes?|symptoms?|signs?|manifestations?|side effects?|effects?|features?"),
+    ("gene", r"genes?|proteins?"),
+    ("other", r"anatomical|anatomy|tissues?|pathways?|biological process(?:es)?|molecular functions?|"
+              r"cellular components?|exposures?|organs?|structures?|cell types?"),
+]
+_TARGET_RE = re.compile("|".join(f"(?P<{name}>\\b(?:{pat})\\b)" for name, pat in _TARGET_WORDS), re.I)
+
+# Head words (normalized) and suffixes that make an unmatched phrase worth the embedding fallback.
+_HEADS = frozenset(norm_word(w) for w in (
+    "syndrome disease disorder deficiency cancer carcinoma tumor tumour neoplasm infection dystrophy "
+    "anemia atrophy palsy fever failure insufficiency defect malformation dysplasia aplasia "
+    "dysgenesis ataxia epilepsy encephalopathy myopathy neuropathy cardiomyopathy retinopathy "
+    "leukemia lymphoma sarcoma melanoma cyst hernia stenosis agenesis").split())
+_HEAD_SUFFIXES = ("itis", "oma", "pathy", "emia", "osis", "plasia", "trophy", "algia", "penia", "uria",
+                  "ectasia", "iasis", "phobia", "megaly")
+_PHRASE_STOP = frozenset("""a an the of in on at to for with without and or not no by from as is are be
+which what who that this these those it its their has have had can could may might will would should
+do does did i my me you your we our they them linked associated related involving affecting caused
+characterized known called identify find list name also both either any some""".split())
+
+
+def target_type(stem: str) -> str:
+    """The answer type a question stem asks for: disease, drug, phenotype, gene, other or unknown."""
+    m = _TARGET_RE.search(stem)
+    return m.lastgroup if m else "unknown"
+
+
+def _is_head(token_text: str) -> bool:
+    w = norm_word(token_text)
+    return w in _HEADS or (len(w) > 6 and w.endswith(_HEAD_SUFFIXES))
+
+
+def _head_phrases(doc: Doc, covered: set[int]) -> list[tuple[int, int]]:
+    """Token ranges ending in a disease-like head word, extended left over content words, whose
+    head no lexicon hit covers (a noun-chunk stand-in that needs no parser)."""
+    out = []
+    for tok in doc:
+        if tok.i in covered or not tok.is_alpha or not _is_head(tok.text):
+            continue
+        start = tok.i
+        while start > 0:
+            prev = doc[start - 1]
+            if prev.is_punct and prev.text != "-":
+                break
+            if prev.text != "-" and (prev.lower_ in _PHRASE_STOP or not (prev.is_alpha or prev.like_num
+                                                                          or "-" in prev.text)):
+                break
+            start -= 1
+        if doc[start].text == "-":
+            start += 1
+        if tok.i + 1 - start >= 1:
+            out.append((start, tok.i + 1))
+    return out
+
+
+class CodeIndex:
+    """Unit-normalized embeddings of code descriptions for the similarity fallback."""
+
+    def __init__(self, refs: list[tuple[str, str]], emb: np.ndarray, encoder):
+        self.refs = refs
+        self.emb = emb.astype(np.float32)
+        self.encoder = encoder
+
+    def search(self, texts: list[str], top_k: int, threshold: float) -> list[list[CodeRef]]:
+        if not texts:
+            return []
+        q = self.encoder(texts)
+        sims = q @ self.emb.T
+        out = []
+        for row in sims:
+            best = np.argsort(-row, kind="stable")[:top_k]
+            out.append([CodeRef(*self.refs[j], round(float(row[j]), 4)) for j in best if row[j] >= threshold])
+        return out
+
+
+@dataclass
+class _Pending:
+    """A fallback candidate waiting for the batched embedding search."""
+
+    item: int
+    mention: Mention
+    text: str
+
+
+class Linker:
+    """Extract mentions with the spaCy pipeline and link them to codes (see module docstring)."""
+
+    def __init__(self, nlp: Language, lexicon: Lexicon, cfg: LinkConfig | None = None,
+                 code_index: CodeIndex | None = None):
+        self.nlp = nlp
+        self.lexicon = lexicon
+        self.cfg = cfg or LinkConfig()
+        self.code_index = code_index
+        set_lexicon(nlp, lexicon)
+
+    @classmethod
+    def from_lexicon(cls, lexicon: Lexicon, cfg: LinkConfig | None = None,
+                     code_index: CodeIndex | None = None) -> Linker:
+        cfg = cfg or LinkConfig()
+        return cls(make_nlp(cfg.spacy_model), lexicon, cfg, code_index)
+
+    @classmethod
+    def from_cache(cls, cfg: LinkConfig | None = None, data_dir: str | Path | None = None,
+                   progress: bool = False) -> Linker:
+        """Load the cached lexicon (building it on first use from the vocabulary and the KG)."""
+        from disease_linking.build import load_or_build_resources
+
+        cfg = cfg or LinkConfig()
+        nlp = make_nlp(cfg.spacy_model)
+        lexicon, code_index = load_or_build_resources(nlp, cfg, data_dir, progress=progress)
+        return cls(nlp, lexicon, cfg, code_index)
+
+    # ------------------------------------------------------------------ public API
+    def link_item(self, item: MCQItem) -> MCQItem:
+        return self.link_items([item])[0]
+
+    def link_items(self, items: list[MCQItem], progress: bool = False) -> list[MCQItem]:
+        """Copies of ``items`` with ``mentions`` filled (stem first, then options in letter order)."""
+        fields = [(i, name, item.field_text(name)) for i, item in enumerate(items)
+                  for name in ["stem", *(f"option:{k}" for k in item.options)]]
+        docs = self.nlp.pipe((text for _, _, text in fields), batch_size=self.cfg.batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            docs = tqdm(docs, total=len(fields), desc="linking fields", unit="field")
+        out = [copy.copy(item) for item in items]
+        for item in out:
+            item.mentions = []
+        pending: list[_Pending] = []
+        abbrevs: dict[str, tuple[int, str]] = {}  # short form -> (lexicon row, kind), per question
+        targets = [target_type(item.question) for item in items]
+        for (i, name, _), doc in zip(fields, docs, strict=True):
+            if name == "stem":
+                abbrevs = {}
+            mentions, cands = self._link_doc(doc, name, abbrevs, targets[i])
+            out[i].mentions.extend(mentions)
+            pending.extend(_Pending(i, m, m.text) for m in cands)
+        self._resolve_fallback(out, pending)
+        for item in out:
+            order = {"stem": -1, **{f"option:{k}": n for n, k in enumerate(item.options)}}
+            item.mentions.sort(key=lambda m: (order[m.field], m.start, m.end))
+        return out
+
+    # ------------------------------------------------------------------ internals
+    def _codes(self, row: int) -> list[CodeRef]:
+        codes = self.lexicon.codes(row)
+        if self.cfg.systems:
+            codes = [c for c in codes if c.system in self.cfg.systems]
+        return codes[: self.cfg.max_codes]
+
+    def _mention(self, doc: Doc, start: int, end: int, field: str, row: int) -> Mention:
+        span = doc[start:end]
+        return Mention(span.text, span.start_char, span.end_char, field, self._codes(row),
+                       kind=self.lexicon.kind(row))
+
+    def _link_doc(self, doc: Doc, field: str, abbrevs: dict[str, tuple[int, str]],
+                  target: str) -> tuple[list[Mention], list[Mention]]:
+        """Mentions with codes, and fallback candidates (mentions still without codes)."""
+        spans = list(doc.spans[SPAN_KEY])
+        covered = {t for s in spans for t in range(s.start, s.end)}
+        fallback: list[Mention] = []
+        # Abbreviations defined here: the short form takes the long form's best hit.
+        for short in doc._.abbreviations:
+            long = short._.long_form
+            inside = [s for s in spans if s.start >= long.start and s.end <= long.end]
+            if inside:
+                best = max(inside, key=lambda s: (len(s), -s.start))
+                if len(best) >= max(1, len(long) - 1):  # the hit names (nearly) the whole long form
+                    abbrevs[short.text] = (int(best.kb_id_), best.label_)
+            elif field == "stem" and long.text not in {m.text for m in fallback}:
+                fallback.append(Mention(long.text, long.start_char, long.end_char, field, [],
+                                        kind="disease"))
+        mentions = []
+        for s in spans:
+            if s.text in abbrevs and len(s) == 1:
+                continue  # the definition in this question wins over the generic acronym entry
+            mentions.append(self._mention(doc, s.start, s.end, field, int(s.kb_id_)))
+        single = {s.start for s in spans if len(s) == 1}
+        for tok in doc:
+            if tok.text not in abbrevs or (tok.i in covered and tok.i not in single):
+                continue  # not a defined short form, or inside a longer lexicon hit
+            mentions.append(self._mention(doc, tok.i, tok.i + 1, field, abbrevs[tok.text][0]))
+            covered.add(tok.i)
+        if not self.cfg.keep_unlinked:
+            mentions = [m for m in mentions if m.codes]
+        if self.cfg.embedding_fallback and self.code_index is not None:
+            fallback += self._fallback_candidates(doc, field, covered, target, bool(spans))
+        return mentions, fallback
+
+    def _fallback_candidates(self, doc: Doc, field: str, covered: set[int], target: str,
+                             has_hits: bool) -> list[Mention]:
+        if field != "stem":
+            # Options of a disease/phenotype question name one entity each: embed the whole option.
+            if target in ("disease", "phenotype") and not has_hits and any(t.is_alpha for t in doc):
+                return [Mention(doc.text, 0, len(doc.text), field, [], kind=target)]
+            return []
+        out = []
+        for start, end in _head_phrases(doc, covered):
+            span = doc[start:end]
+            if len(span) == 1 and norm_word(span.text) in _HEADS:
+                continue  # a bare "syndrome"/"disease" names nothing
+            out.append(Mention(span.text, span.start_char, span.end_char, field, [], kind="disease"))
+        return out
+
+    def _resolve_fallback(self, items: list[MCQItem], pending: list[_Pending]) -> None:
+        if not pending or self.code_index is None:
+            return
+        results = self.code_index.search([p.text for p in pending], self.cfg.fallback_top_k,
+                                         self.cfg.fallback_threshold)
+        for p, codes in zip(pending, results, strict=True):
+            if codes:
+                p.mention.codes = codes
+                items[p.item].mentions.append(p.mention)
