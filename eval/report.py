@@ -23,7 +23,7 @@ def pct(x: float | None, digits: int = 1) -> str:
 
 def _tier_title(results: dict, tier: str) -> str:
     if tier == "Intermediate" and results.get("held_out_intermediate"):
-        return "Intermediate (held-out)"
+        return "Intermediate held-out"
     return tier
 
 

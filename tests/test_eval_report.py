@@ -91,7 +91,7 @@ def test_end_to_end_with_fake_checkpoints(tmp_path, fake_models):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert (out / "accuracy_by_tier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
-    assert "Intermediate (held-out) (n=3)" in report and "majority-letter baseline" in report
+    assert "Intermediate held-out (n=3)" in report and "majority-letter baseline" in report
     assert "McNemar" in report
     records = [json.loads(line) for line in (out / "predictions/medtok.jsonl").read_text().splitlines()]
     assert len(records) == 2 * 15 and {r["seed"] for r in records} == {0, 1}
