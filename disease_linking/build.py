@@ -25,7 +25,7 @@ from disease_linking.pipeline import tokenizer_id
 from medtok_core.io import atomic_path, cache_dir, read_json, write_json
 
 # Bump when term rows, scores or keys change for the same inputs.
-LEXICON_VERSION = 4
+LEXICON_VERSION = 5
 FALLBACK_SYSTEMS = ("ICD10CM",)
 
 
@@ -58,13 +58,25 @@ def load_vocab_and_graph(data_dir: str | Path | None, progress: bool = False):
 def build_lexicon(nlp: Language, vocab, kg) -> Lexicon:
     from disease_linking.sources import all_terms, gene_symbols
 
-    return Lexicon.from_terms(all_terms(vocab, kg), nlp.tokenizer, exclude_acronyms=gene_symbols(kg))
+    t = vocab.table
+    code_texts = dict(zip((t.system + ":" + t.code).tolist(), t.description.tolist(), strict=True))
+    return Lexicon.from_terms(all_terms(vocab, kg), nlp.tokenizer, exclude_acronyms=gene_symbols(kg),
+                              code_texts=code_texts)
+
+
+# Chapters the fallback never returns: injuries, external causes and health-status factors (S-Z)
+# never describe the diseases and findings MedDDx asks about, and they are 2/3 of ICD-10-CM.
+FALLBACK_SKIP_CHAPTERS = tuple("STVWXYZ")
+# Codes up to 6 characters ("G25.82"): categories, subcategories and most diagnoses; the 7th
+# character (laterality/encounter) adds nothing a question mention can tell apart.
+FALLBACK_MAX_CODE_LEN = 6
 
 
 def fallback_codes(vocab) -> tuple[list[tuple[str, str]], list[str]]:
     """(system, code) and description of each code the fallback may return (no chapters/blocks)."""
     t = vocab.table
-    t = t[t.system.isin(FALLBACK_SYSTEMS) & ~t.code.str.contains("-") & ~t.code.str.isdigit()]
+    t = t[t.system.isin(FALLBACK_SYSTEMS) & ~t.code.str.contains("-") & ~t.code.str.isdigit()
+          & ~t.code.str[0].isin(FALLBACK_SKIP_CHAPTERS) & (t.code.str.len() <= FALLBACK_MAX_CODE_LEN)]
     return list(zip(t.system.tolist(), t.code.tolist(), strict=True)), t.description.tolist()
 
 

@@ -44,7 +44,7 @@ disease diseases disorder disorders syndrome syndromes condition conditions illn
 abnormality abnormalities abnormal anomaly finding findings sign signs symptom symptoms complication
 pain injury lesion lesions mass growth process activity activities function functions change changes
 effect effects reaction reactions state status level levels increased decreased high low normal
-body system tissue cell cells gene genes protein proteins factor factors receptor receptors
+sodium potassium body system tissue cell cells gene genes protein proteins factor factors receptor receptors
 drug drugs medication medications medicine agent agents therapy treatment product products
 patient patients person people family history age onset early late adult adults child children
 individual infant newborn left right bilateral unilateral upper lower part site region
@@ -75,6 +75,12 @@ def term_variants(term: str) -> list[str]:
     base = _PAREN.sub("", _UNSPEC.sub("", term)).strip(" ,;")
     if base and base != term:
         out.append(base)
+    # ICD-10-CM puts nonessential modifiers in parentheses: "Venous insufficiency (chronic)
+    # (peripheral)" is also written "chronic venous insufficiency".
+    for modifier in _PAREN.findall(term):
+        word = modifier.strip(" ()[]")
+        if word.isalpha() and base:
+            out.append(f"{word} {base}")
     head, sep, tail = base.partition(", ")
     if sep and "," not in tail and 1 <= len(tail.split()) <= 4:
         out.append(f"{tail} {head}")
@@ -93,13 +99,34 @@ def _informative(key: str, cs: bool) -> bool:
     return True
 
 
-def _merge_codes(code_lists: Iterable[list]) -> tuple[list[str], list[float]]:
-    """Union of (system, code, score) lists, max score per code, ranked by score then system order."""
+_WORD = re.compile(r"[A-Za-z0-9]+")
+# Weight of the word overlap between a term and a code's description, added to codes reached
+# through the KG (score < 1): it orders the several codes one concept cross-references, so that
+# "stiff-person syndrome" ranks G25.82 "Stiff-man syndrome" above G25.8 "Other specified
+# extrapyramidal ... disorders". Below 0.1, so a direct description match (1.0) stays first.
+OVERLAP_BONUS = 0.09
+
+
+def word_set(text: str) -> frozenset[str]:
+    return frozenset(w for w in (norm_word(x) for x in _WORD.findall(text)) if w not in GENERIC_WORDS)
+
+
+def _overlap(a: frozenset[str], b: frozenset[str]) -> float:
+    return len(a & b) / len(a | b) if a and b else 0.0
+
+
+def _merge_codes(code_lists: Iterable[list], term_words: frozenset[str] = frozenset(),
+                 code_words: dict[str, frozenset[str]] | None = None) -> tuple[list[str], list[float]]:
+    """Union of (system, code, score) lists, max score per code (plus the word-overlap bonus for
+    KG-derived codes), ranked by score then system order."""
     best: dict[tuple[str, str], float] = {}
     for codes in code_lists:
         for system, code, score in codes:
             k = (system, code)
-            best[k] = max(best.get(k, 0.0), float(score))
+            score = float(score)
+            if code_words is not None and score < 1.0:
+                score += OVERLAP_BONUS * _overlap(term_words, code_words.get(f"{system}:{code}", frozenset()))
+            best[k] = max(best.get(k, 0.0), score)
     rank = {s: i for i, s in enumerate(SYSTEM_ORDER)}
     items = sorted(best.items(), key=lambda kv: (-kv[1], rank.get(kv[0][0], len(rank)), kv[0][1]))
     return [f"{s}:{c}" for (s, c), _ in items], [round(v, 4) for _, v in items]
@@ -175,12 +202,15 @@ class Lexicon:
         return cls(pd.read_parquet(path))
 
     @classmethod
-    def from_terms(cls, terms: pd.DataFrame, tokenizer, exclude_acronyms: Iterable[str] = ()) -> Lexicon:
+    def from_terms(cls, terms: pd.DataFrame, tokenizer, exclude_acronyms: Iterable[str] = (),
+                   code_texts: dict[str, str] | None = None) -> Lexicon:
         """Build from term rows (columns :data:`TERM_COLUMNS`; ``codes`` a list of (system, code, score)).
 
         ``tokenizer``: the spaCy tokenizer the matcher uses. ``exclude_acronyms``: case-sensitive
         forms never to match (gene symbols such as "CAT" that are also disease acronyms).
+        ``code_texts``: "SYSTEM:CODE" -> description, for ranking a concept's codes by word overlap.
         """
+        code_words = {k: word_set(v) for k, v in code_texts.items()} if code_texts else None
         missing = [c for c in TERM_COLUMNS if c not in terms.columns]
         if missing:
             raise ValueError(f"term rows lack column(s) {missing}")
@@ -209,7 +239,7 @@ class Lexicon:
         order = {k: i for i, k in enumerate(KIND_ORDER)}
         out = []
         for (key, cs), slot in sorted(merged.items()):
-            codes, scores = _merge_codes(slot["codes"])
+            codes, scores = _merge_codes(slot["codes"], word_set(slot["term"]), code_words)
             kinds = sorted(slot["kinds"], key=lambda k: order.get(k, len(order)))
             out.append((key, cs, slot["term"], "|".join(kinds), "|".join(slot["concepts"][:20]),
                         "|".join(codes), "|".join(map(str, scores))))

@@ -114,6 +114,18 @@ def test_unlinked_entries_dropped_unless_asked(lexicon):
 def test_term_variants():
     assert "autosomal recessive Deafness" in term_variants("Deafness, autosomal recessive")
     assert "Epilepsy" in term_variants("Epilepsy, unspecified")
+    assert "chronic Venous insufficiency" in term_variants("Venous insufficiency (chronic) (peripheral)")
+
+
+def test_kg_codes_ranked_by_word_overlap_with_description():
+    rows = pd.DataFrame([("stiff-person syndrome", "disease", "MONDO:7", "test",
+                          [("ICD10CM", "G25.8", 0.9), ("ICD10CM", "G25.82", 0.9)])],
+                        columns=["term", "kind", "concept", "source", "codes"])
+    texts = {"ICD10CM:G25.8": "Other specified extrapyramidal and movement disorders",
+             "ICD10CM:G25.82": "Stiff-man syndrome"}
+    lex = Lexicon.from_terms(rows, spacy.blank("en").tokenizer, code_texts=texts)
+    codes = lex.codes(lex.ci_index["stiff person syndrome"])
+    assert [c.code for c in codes] == ["G25.82", "G25.8"] and codes[0].score < 1.0
 
 
 def test_target_type():
