@@ -45,10 +45,15 @@ def machine_facts() -> dict:
 
 
 def markdown(timings: dict) -> str:
-    rows = ["| stage | seconds |", "|---|---|"]
+    rows = ["| stage | wall s | CPU s |", "|---|---|---|"]
     for stage in timings["stages"]:
-        rows.append(f"| {stage['name']} | {'reused' if stage['skipped'] else format(stage['seconds'], '.0f')} |")
-    rows.append(f"| **total** | **{timings['total_seconds']:.0f}** ({timings['total_seconds'] / 60:.1f} min) |")
+        if stage["skipped"]:
+            rows.append(f"| {stage['name']} | reused | |")
+        else:
+            rows.append(f"| {stage['name']} | {stage['seconds']:.0f} | {stage.get('cpu_seconds', 0):.0f} |")
+    cpu = sum(s.get("cpu_seconds", 0) for s in timings["stages"])
+    rows.append(f"| **total** | **{timings['total_seconds']:.0f}** ({timings['total_seconds'] / 60:.1f} min) "
+                f"| {cpu:.0f} |")
     groups = "  ".join(f"{g}: {t:.0f} s" for g, t in timings.get("by_group", {}).items())
     return "\n".join(rows) + (f"\n\nBy stage group: {groups}" if groups else "")
 

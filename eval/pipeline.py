@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -236,12 +237,21 @@ def _printable(argv: list[str]) -> str:
     return " ".join(shown).replace(str(REPO_ROOT) + os.sep, "")
 
 
-def run_stage(stage: Stage, out: Path) -> float:
-    """Run one stage's command (output streams through); stamp it on success. Returns seconds."""
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_stage(stage: Stage, out: Path) -> tuple[float, float]:
+    """Run one stage's command (output streams through); stamp it on success.
+
+    Returns (wall seconds, CPU seconds of the stage's processes). CPU time is reported too
+    because wall time on a shared machine says more about the neighbours than about the stage.
+    """
     print(f"$ {_printable(stage.argv)}", flush=True)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _children_cpu_seconds()
     proc = subprocess.run(stage.argv, cwd=REPO_ROOT, env=_env())
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, _children_cpu_seconds() - cpu0
     if proc.returncode != 0:
         raise MedTokError(f"stage '{stage.name}' failed (exit code {proc.returncode}) after {seconds:.0f} s; "
                           f"its error is printed above. Fix it and re-run: finished stages are reused")
@@ -249,8 +259,9 @@ def run_stage(stage: Stage, out: Path) -> float:
         if not p.exists():
             raise MedTokError(f"stage '{stage.name}' finished but did not write {p}")
     write_json(_stamp_path(out, stage), {"stage": stage.name, "key": stage.key, "seconds": seconds,
-                                         "argv": stage.argv[1:], "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
-    return seconds
+                                         "cpu_seconds": cpu, "argv": stage.argv[1:],
+                                         "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return seconds, cpu
 
 
 def _forced(cfg: PipelineConfig) -> set[str]:
@@ -288,16 +299,20 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         if not must_run(stage):
             print(f"up to date, reusing {', '.join(str(p) for p in stage.outputs)}", flush=True)
             timings["stages"].append({"name": stage.name, "group": stage.group, "seconds": 0.0,
-                                      "skipped": True})
+                                      "cpu_seconds": 0.0, "skipped": True})
             continue
-        seconds = run_stage(stage, out)
+        seconds, cpu = run_stage(stage, out)
         ran.add(stage.name)
-        print(f"--- {stage.name}: {seconds:.1f} s", flush=True)
+        print(f"--- {stage.name}: {seconds:.1f} s wall, {cpu:.1f} s CPU", flush=True)
         timings["stages"].append({"name": stage.name, "group": stage.group, "seconds": round(seconds, 2),
-                                  "skipped": False})
+                                  "cpu_seconds": round(cpu, 2), "skipped": False})
+        write_json(out / "timings.json", timings)  # partial timings survive a failed later stage
     timings["total_seconds"] = round(time.perf_counter() - t_start, 2)
     timings["by_group"] = {g: round(sum(s["seconds"] for s in timings["stages"] if s["group"] == g), 2)
                            for g in STAGE_GROUPS}
+    timings["cpu_by_group"] = {g: round(sum(s["cpu_seconds"] for s in timings["stages"] if s["group"] == g), 2)
+                               for g in STAGE_GROUPS}
+    timings["load_average"] = os.getloadavg()  # how busy the machine was when the run ended
     write_json(out / "timings.json", timings)
     return timings
 
@@ -305,8 +320,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 def _summary(cfg: PipelineConfig, timings: dict[str, Any]) -> None:
     out = Path(cfg.output)
     print("\n" + "=" * 78)
-    print("Stage timings (s):  " + "  ".join(f"{g} {t:.0f}" for g, t in timings["by_group"].items())
+    print("Stage wall time (s): " + "  ".join(f"{g} {t:.0f}" for g, t in timings["by_group"].items())
           + f"  | total {timings['total_seconds']:.0f}")
+    print("Stage CPU time (s):  " + "  ".join(f"{g} {t:.0f}" for g, t in timings["cpu_by_group"].items()))
     report = out / "eval" / "report.md"
     results = out / "eval" / "results.json"
     if results.is_file():
