@@ -101,7 +101,7 @@ def _informative(key: str, cs: bool) -> bool:
 
 _WORD = re.compile(r"[A-Za-z0-9]+")
 # Weight of the word overlap between a term and a code's description, added to codes reached
-# through the KG (score < 1): it orders the several codes one concept cross-references, so that
+# through the KG (score < 0.95): it orders the several codes one concept cross-references, so that
 # "stiff-person syndrome" ranks G25.82 "Stiff-man syndrome" above G25.8 "Other specified
 # extrapyramidal ... disorders". Below 0.1, so a direct description match (1.0) stays first.
 OVERLAP_BONUS = 0.09
@@ -124,7 +124,7 @@ def _merge_codes(code_lists: Iterable[list], term_words: frozenset[str] = frozen
         for system, code, score in codes:
             k = (system, code)
             score = float(score)
-            if code_words is not None and score < 1.0:
+            if code_words is not None and score < 0.95:
                 score += OVERLAP_BONUS * _overlap(term_words, code_words.get(f"{system}:{code}", frozenset()))
             best[k] = max(best.get(k, 0.0), score)
     rank = {s: i for i, s in enumerate(SYSTEM_ORDER)}

@@ -22,7 +22,7 @@ import numpy as np
 from spacy.language import Language
 from spacy.tokens import Doc
 
-from disease_linking.lexicon import Lexicon
+from disease_linking.lexicon import GENERIC_WORDS, Lexicon
 from disease_linking.normalize import norm_word
 from disease_linking.pipeline import SPAN_KEY, make_nlp, set_lexicon
 from qa.mcq import CodeRef, MCQItem, Mention
@@ -76,7 +76,20 @@ _HEAD_SUFFIXES = ("itis", "oma", "pathy", "emia", "osis", "plasia", "trophy", "a
 _PHRASE_STOP = frozenset("""a an the of in on at to for with without and or not no by from as is are be
 which what who that this these those it its their has have had can could may might will would should
 do does did i my me you your we our they them linked associated related involving affecting caused
-characterized known called identify find list name also both either any some""".split())
+characterized known called identify find list name also both either any some identifying having causing
+affecting involving including treating managing developing presenting showing""".split())
+
+
+# Modifiers that leave a head phrase vague ("same diseases", "hereditary disorders", "differential
+# diagnosis"): a fallback candidate needs a word outside these and the generic words.
+_VAGUE = frozenset(norm_word(w) for w in """same main common mutual parent particular similar mild milder
+deadly rare hereditary inherited familial genetic congenital differential diagnosis diagnose possible
+potential specific certain distinct different related underlying major minor known new""".split())
+
+
+def _informative_phrase(text: str) -> bool:
+    words = [norm_word(w) for w in re.findall(r"[A-Za-z0-9]+", text)]
+    return any(w not in GENERIC_WORDS and w not in _VAGUE and w not in _HEADS for w in words)
 
 
 def target_type(stem: str) -> str:
@@ -217,7 +230,10 @@ class Linker:
                   target: str) -> tuple[list[Mention], list[Mention]]:
         """Mentions with codes, and fallback candidates (mentions still without codes)."""
         spans = list(doc.spans[SPAN_KEY])
-        covered = {t for s in spans for t in range(s.start, s.end)}
+        # Hits whose entry has no code (e.g. a phenotype without a mapping) leave their tokens open
+        # to the fallback.
+        linked = [s for s in spans if self._codes(int(s.kb_id_))]
+        covered = {t for s in linked for t in range(s.start, s.end)}
         fallback: list[Mention] = []
         # Abbreviations defined here: the short form takes the long form's best hit.
         for short in doc._.abbreviations:
@@ -244,21 +260,21 @@ class Linker:
         if not self.cfg.keep_unlinked:
             mentions = [m for m in mentions if m.codes]
         if self.cfg.embedding_fallback and self.code_index is not None:
-            fallback += self._fallback_candidates(doc, field, covered, target, bool(spans))
+            fallback += self._fallback_candidates(doc, field, covered, target, bool(linked))
         return mentions, fallback
 
     def _fallback_candidates(self, doc: Doc, field: str, covered: set[int], target: str,
                              has_hits: bool) -> list[Mention]:
         if field != "stem":
             # Options of a disease/phenotype question name one entity each: embed the whole option.
-            if target in ("disease", "phenotype") and not has_hits and any(t.is_alpha for t in doc):
+            if target in ("disease", "phenotype") and not has_hits and _informative_phrase(doc.text):
                 return [Mention(doc.text, 0, len(doc.text), field, [], kind=target)]
             return []
         out = []
         for start, end in _head_phrases(doc, covered):
             span = doc[start:end]
-            if len(span) == 1 and norm_word(span.text) in _HEADS:
-                continue  # a bare "syndrome"/"disease" names nothing
+            if not _informative_phrase(span.text):
+                continue  # "syndrome", "hereditary disorders", "differential diagnosis" name nothing
             out.append(Mention(span.text, span.start_char, span.end_char, field, [], kind="disease"))
         return out
 

@@ -86,19 +86,27 @@ def _ratio(a: int, b: int) -> float:
 
 
 def score(items: list[MCQItem], gold: list[dict], kind: str | None = None) -> dict:
-    pred = [(it.id, m) for it in items for m in it.mentions if m.codes and (kind is None or m.kind == kind)]
-    gold = [g for g in gold if kind is None or g["kind"] == kind]
+    """Metrics over all mentions, or for one gold kind (predictions matched to a gold mention of that
+    kind, plus unmatched predictions whose own kind is that kind)."""
+    pred = [(it.id, m) for it in items for m in it.mentions if m.codes]
     pairs = match(pred, gold)
+    if kind is not None:
+        matched_pred = {i for i, _ in pairs}
+        pairs = [(i, j) for i, j in pairs if gold[j]["kind"] == kind]
+        n_pred = len(pairs) + sum(1 for i, (_, m) in enumerate(pred) if i not in matched_pred and m.kind == kind)
+        n_gold = sum(g["kind"] == kind for g in gold)
+    else:
+        n_pred, n_gold = len(pred), len(gold)
     top1 = sum(f"{pred[i][1].codes[0].system}:{pred[i][1].codes[0].code}" in gold[j]["codes"] for i, j in pairs)
     anyk = sum(any(f"{c.system}:{c.code}" in gold[j]["codes"] for c in pred[i][1].codes) for i, j in pairs)
     exact = sum(pred[i][1].start == gold[j]["start"] and pred[i][1].end == gold[j]["end"] for i, j in pairs)
-    p, r = _ratio(len(pairs), len(pred)), _ratio(len(pairs), len(gold))
-    return {"gold": len(gold), "predicted": len(pred), "matched": len(pairs),
+    p, r = _ratio(len(pairs), n_pred), _ratio(len(pairs), n_gold)
+    return {"gold": n_gold, "predicted": n_pred, "matched": len(pairs),
             "mention_precision": p, "mention_recall": r,
             "mention_f1": round(2 * p * r / (p + r), 4) if p + r else 0.0,
             "exact_span_share": _ratio(exact, len(pairs)),
-            "code_precision": _ratio(top1, len(pred)), "code_recall": _ratio(anyk, len(gold)),
-            "code_recall_at_1": _ratio(top1, len(gold))}
+            "code_precision": _ratio(top1, n_pred), "code_recall": _ratio(anyk, n_gold),
+            "code_recall_at_1": _ratio(top1, n_gold)}
 
 
 def evaluate(linker: Linker, items: list[MCQItem], gold: list[dict]) -> dict:

@@ -182,6 +182,21 @@ def test_deterministic_and_summary(linker):
     assert s["Basic"]["coverage_by_kind_stem_options"] == {"disease": 1.0, "drug": 1.0, "phenotype": 1.0}
 
 
+def test_cli_writes_linked_authors_and_summary(tmp_path, linker, monkeypatch):
+    from disease_linking import link as link_cli
+
+    monkeypatch.setattr(link_cli.Linker, "from_cache", classmethod(lambda cls, *a, **k: linker))
+    src = _write(tmp_path / "m.json", MEDDDX)
+    out = tmp_path / "out" / "linked.jsonl"
+    link_main(["--input", str(src), "--output", str(out), "--authors_output", str(tmp_path / "qa.json"),
+               "--progress", "false"])
+    (item,), _ = load_mcq(out)
+    assert [m.text for m in item.mentions] == ["type 2 diabetes mellitus", "Aspirin"]
+    assert json.loads((tmp_path / "qa.json").read_text())[0]["medical_codes"][0] == "ICD10CM:E11"
+    summary = json.loads((tmp_path / "out" / "linked.summary.json").read_text())
+    assert summary["Expert"]["coverage_stem"] == 1.0 and summary["run"]["questions"] == 1
+
+
 MEDDDX_FILE = Path(os.environ.get("MEDTOK_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")) \
     / "meddx" / "MedDDx.json"
 
