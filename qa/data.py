@@ -14,7 +14,7 @@ from collections import defaultdict
 from dataclasses import replace
 
 from medtok_core.errors import MedTokError
-from qa.mcq import LETTERS, MCQItem, Mention
+from qa.mcq import LETTERS, MCQItem
 
 CODE_FIELDS = ("stem", "stem+options")
 
@@ -70,7 +70,7 @@ def shuffle_options(item: MCQItem, seed: int) -> MCQItem:
         field = m.field
         if field.startswith("option:"):
             field = "option:" + new_of_old[field.split(":", 1)[1]]
-        mentions.append(Mention(m.text, m.start, m.end, field, copy.deepcopy(m.codes)))
+        mentions.append(replace(m, field=field, codes=copy.deepcopy(m.codes)))
     answer = new_of_old[item.answer] if item.answer else None
     return replace(item, options=options, answer=answer, mentions=mentions)
 

@@ -101,30 +101,44 @@ def make_split(items: list[MCQItem], opts: DataOptions) -> tuple[list[MCQItem], 
     return train, val
 
 
-class EpochDataset(torch.utils.data.Dataset):
-    """Training questions in a per-epoch order, options re-shuffled per epoch; encoded on access.
+class EpochBatches:
+    """This process's micro-batches of one epoch, built without accelerate's DataLoader wrapper.
 
-    Order and option permutation depend only on (seed, epoch, question id), so a resumed run sees
-    exactly the batches the interrupted one would have.
+    Order and option permutation depend only on (seed, epoch, question id); each process takes
+    every world-th question of the epoch order (wrapped around so all ranks have as many), and
+    the tail that does not fill a whole accumulation group is dropped, so optimizer steps align
+    with epochs. A resumed run skips the batches already done and sees exactly the batches the
+    interrupted one would have. (accelerate's prepared loaders pickle their sampler into the
+    resume state and restore a stale copy of the dataset with it.)
     """
 
-    def __init__(self, items: list[MCQItem], encoder: PromptEncoder, seed: int, shuffle: bool):
+    def __init__(self, items: list[MCQItem], encoder: PromptEncoder, seed: int, shuffle: bool,
+                 batch_size: int, grad_accum: int, rank: int, world: int):
         self.items, self.encoder, self.seed, self.shuffle = items, encoder, seed, shuffle
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.order = list(range(len(self.items)))
-        random.Random(stable_seed("order", self.seed, epoch)).shuffle(self.order)
+        self.batch_size, self.grad_accum, self.rank, self.world = batch_size, grad_accum, rank, world
 
     def __len__(self) -> int:
-        return len(self.items)
+        per_rank = math.ceil(len(self.items) / self.world)
+        n = math.ceil(per_rank / self.batch_size)
+        return max(self.grad_accum, n - n % self.grad_accum)
 
-    def __getitem__(self, index: int):
-        item = self.items[self.order[index]]
-        if self.shuffle:
-            item = shuffle_options(item, stable_seed("options", self.seed, self.epoch))
-        return self.encoder.encode(item)
+    def indices(self, epoch: int) -> list[list[int]]:
+        order = list(range(len(self.items)))
+        random.Random(stable_seed("order", self.seed, epoch)).shuffle(order)
+        per_rank = math.ceil(len(order) / self.world)
+        order = (order * (self.world + 1))[: per_rank * self.world]
+        mine = order[self.rank::self.world]
+        batches = [mine[i:i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
+        while len(batches) < len(self):  # tiny sets: repeat so one accumulation group exists
+            batches += batches
+        return batches[: len(self)]
+
+    def epoch(self, epoch: int, skip: int = 0):
+        for idx in self.indices(epoch)[skip:]:
+            items = [self.items[i] for i in idx]
+            if self.shuffle:
+                items = [shuffle_options(it, stable_seed("options", self.seed, epoch)) for it in items]
+            yield self.encoder.collate([self.encoder.encode(it) for it in items])
 
 
 # ---- accelerate / deepspeed -------------------------------------------------------------------------
@@ -248,6 +262,23 @@ class TrainerState:
     finished: bool = False
 
 
+def _rng_state() -> dict:
+    """RNG streams (dropout, python) as JSON: accelerate's own pickle of them does not load with
+    weights_only=True, and it then silently skips them."""
+    state = {"torch": torch.get_rng_state().tolist(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
 def _save_resume(accelerator, out: Path, state: TrainerState) -> None:
     """Resumable state (trainable weights, optimizer, scheduler, RNG), swapped in atomically."""
     final = out / RESUME_DIR
@@ -257,6 +288,8 @@ def _save_resume(accelerator, out: Path, state: TrainerState) -> None:
     accelerator.wait_for_everyone()
     kwargs = {"exclude_frozen_parameters": True} if _using_deepspeed() else {}
     accelerator.save_state(str(tmp), **kwargs)
+    write_json(tmp / f"rng_{accelerator.process_index}.json", _rng_state())
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json(tmp / STATE_FILE, state.__dict__)
         old = out / f".{RESUME_DIR}.old"
@@ -274,6 +307,9 @@ def _load_resume(accelerator, out: Path) -> TrainerState | None:
         return None
     kwargs = {"load_module_strict": False} if _using_deepspeed() else {"strict": False}
     accelerator.load_state(str(path), **kwargs)
+    rng = path / f"rng_{accelerator.process_index}.json"
+    if rng.is_file():
+        _set_rng_state(read_json(rng))
     return TrainerState(**read_json(path / STATE_FILE))
 
 
@@ -316,40 +352,46 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Pat
     cfg.model.shuffle_seed = cfg.seed
     model = build_qa_model(cfg.model, lora=True, seed=cfg.seed)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    dataset = EpochDataset(train_items, model.encoder, cfg.seed, cfg.data.shuffle_options)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.optim.batch_size, shuffle=False,
-                                         collate_fn=model.encoder.collate)
-    optimizer = make_optimizer(model, cfg.optim)
     world = accelerator.num_processes
-    steps_per_epoch = math.ceil(math.ceil(len(train_items) / (cfg.optim.batch_size * world)) / cfg.optim.grad_accum)
+    grad_accum = accelerator.gradient_accumulation_steps
+    batches = EpochBatches(train_items, model.encoder, cfg.seed, cfg.data.shuffle_options, cfg.optim.batch_size,
+                           grad_accum, accelerator.process_index, world)
+    optimizer = make_optimizer(model, cfg.optim)
+    steps_per_epoch = len(batches) // grad_accum
     total = steps_per_epoch * cfg.optim.epochs
     if cfg.optim.max_steps:
         total = min(total, cfg.optim.max_steps)
     scheduler = linear_schedule(optimizer, int(cfg.optim.warmup_ratio * total), total)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     _register_trainable_only_saving(accelerator, trainable)
 
     log = MetricsLog(out / "metrics.jsonl", accelerator.is_main_process)
     state = (_load_resume(accelerator, out) if cfg.resume else None) or TrainerState()
+    accelerator.step = state.global_step * grad_accum  # accumulation phase (saved only at boundaries)
     if state.global_step:
         log.trim_after(state.global_step)
         log.write({"event": "resume", "step": state.global_step, "epoch": state.epoch})
     if accelerator.is_main_process:
         print(f"train {len(train_items)} / val {len(val_items)} questions ({cfg.data.tier}, split by option set); "
-              f"{steps_per_epoch} steps/epoch x {cfg.optim.epochs} epochs on {world} process(es)"
+              f"{steps_per_epoch} steps/epoch x {cfg.optim.epochs} epochs on {world} process(es), "
+              f"{accelerator.distributed_type.value} on {accelerator.device}"
               + (f"; resuming at step {state.global_step}" if state.global_step else ""), file=sys.stderr)
 
     unwrapped: QAModel = accelerator.unwrap_model(model)
     stop = state.finished
     while not stop and state.epoch < cfg.optim.epochs:
-        dataset.set_epoch(state.epoch)
         model.train()
-        batches = accelerator.skip_first_batches(loader, state.batches_done) if state.batches_done else loader
-        bar = tqdm(total=steps_per_epoch, initial=state.batches_done // cfg.optim.grad_accum,
+        bar = tqdm(total=steps_per_epoch, initial=state.batches_done // grad_accum,
                    desc=f"epoch {state.epoch + 1}/{cfg.optim.epochs}", disable=not accelerator.is_main_process,
                    dynamic_ncols=True)
         t0, tokens, loss_sum, loss_n, epoch_start = time.perf_counter(), 0, 0.0, 0, time.perf_counter()
-        for batch in batches:
+        for batch in batches.epoch(state.epoch, skip=state.batches_done):
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            # Dropout draws from a stream fixed by (seed, rank, position in training), so a resumed run
+            # repeats the interrupted one exactly, whatever else consumed random numbers meanwhile
+            # (creating a DataLoader iterator does).
+            torch.manual_seed(stable_seed("batch", cfg.seed, accelerator.process_index, state.epoch,
+                                          state.batches_done) % 2**63)
             with accelerator.accumulate(model):
                 loss = model(**batch)["loss"]
                 accelerator.backward(loss)
@@ -383,7 +425,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Pat
                 break
         bar.close()
         epoch_time = time.perf_counter() - epoch_start
-        epoch_done = not stop or state.batches_done >= len(loader)
+        epoch_done = not stop or state.batches_done >= len(batches)
         metrics = evaluate(unwrapped, val_items, cfg.eval_batch_size)
         record = {"event": "eval", "step": state.global_step, "epoch": state.epoch + 1,
                   "epoch_complete": epoch_done, "epoch_time_s": epoch_time, "peak_rss_gib": peak_rss_gib(),

@@ -1,0 +1,166 @@
+"""Ask a QA checkpoint a multiple-choice question.
+
+    python -m qa.ask --checkpoint runs/qa_quick                      # interactive prompt
+    python -m qa.ask --checkpoint runs/qa_quick --question $'Which ...?\nA: ...\nB: ...'
+    echo '{"question": "...", "options": {"A": "...", "B": "..."}}' | python -m qa.ask --checkpoint DIR --json
+
+Shows the linked mentions, the codes used as prefix, the chosen answer and each option's
+probability (``--json``: one JSON object per question). Input may be "stem + lettered option
+lines", or JSON in any layout ``qa.mcq`` reads (MedDDx ``query``, authors' ``input``, or
+``question`` + ``options``). A bad question prints one line and the prompt keeps running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from typing import TextIO
+
+from medtok_core.errors import MedTokError, cli_entry
+from qa.mcq import MCQFormatError, MCQItem, parse_item, split_question
+
+PROMPT_HELP = ("Type a question, then its options as lines 'A: ...', 'B: ...'; finish with an empty "
+               "line (or paste JSON on one line). Ctrl-D quits.")
+
+
+def parse_question(text: str, index: int = 0) -> MCQItem:
+    """A question from text: JSON (any supported layout) or stem followed by option lines."""
+    text = text.strip()
+    if not text:
+        raise MCQFormatError("empty question")
+    if text.startswith("{"):
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise MCQFormatError(f"not valid JSON ({err.msg})") from None
+        if isinstance(raw, dict) and "answer" not in raw and ("query" in raw):
+            stem, options = split_question(str(raw["query"]), f"question {index + 1}")
+            return MCQItem(str(raw.get("id", f"ask-{index + 1}")), stem, options, None)
+        if isinstance(raw, dict) and "question" in raw and "options" in raw:
+            if not isinstance(raw["options"], dict) or len(raw["options"]) < 2:
+                raise MCQFormatError("'options' must map at least two letters to option texts")
+            raw = {"id": f"ask-{index + 1}", "answer": None, **raw}
+        return parse_item(raw, index, "ask")
+    stem, options = split_question(text, f"question {index + 1}")
+    return MCQItem(f"ask-{index + 1}", stem, options, None)
+
+
+def read_blocks(stream: TextIO, interactive: bool) -> Iterator[str]:
+    """Questions from a stream: a JSON line is one question; otherwise blocks end at an empty line."""
+    block: list[str] = []
+    while True:
+        if interactive:
+            print("question> " if not block else "... ", end="", file=sys.stderr, flush=True)
+        line = stream.readline()
+        if not line:
+            break
+        line = line.rstrip("\n")
+        if not block and line.strip().startswith("{"):
+            yield line
+            continue
+        if line.strip():
+            block.append(line)
+        elif block:
+            yield "\n".join(block)
+            block = []
+    if block:
+        yield "\n".join(block)
+
+
+class Asker:
+    """The checkpoint, the optional linker, and the formatting of one answer."""
+
+    def __init__(self, model, linker=None):
+        self.model, self.linker = model, linker
+
+    def answer(self, item: MCQItem) -> dict:
+        if self.linker is not None and not item.mentions:
+            item = self.linker.link_item(item)
+        (score,) = self.model.score([item], batch_size=1)
+        prefix = self.model.code_source.prefix(item)
+        return {"id": item.id, "question": item.question, "options": item.options,
+                "prefix_mode": self.model.options.prefix_mode,
+                "mentions": [{"text": m.text, "field": m.field,
+                              "codes": [f"{c.system}:{c.code}" for c in m.codes]} for m in item.mentions],
+                "prefix_codes": prefix.codes, "answer": score["pred"], "probs": score["probs"]}
+
+
+def format_answer(result: dict) -> str:
+    lines = []
+    if result["mentions"]:
+        lines.append("linked mentions:")
+        for m in result["mentions"]:
+            lines.append(f"  [{m['field']}] {m['text']!r} -> {', '.join(m['codes']) or '(no code)'}")
+    else:
+        lines.append("linked mentions: none")
+    used = ", ".join(result["prefix_codes"]) or "none"
+    lines.append(f"codes used ({result['prefix_mode']}): {used}")
+    for letter, text in result["options"].items():
+        mark = "*" if letter == result["answer"] else " "
+        lines.append(f" {mark} {letter}: {result['probs'][letter]:6.1%}  {text}")
+    lines.append(f"answer: {result['answer']}: {result['options'][result['answer']]}")
+    return "\n".join(lines)
+
+
+def load_linker(enabled: bool, data_dir: str | None):
+    """The disease linker when installed and its resources load; otherwise None (with a note)."""
+    if not enabled:
+        return None
+    try:
+        from disease_linking.linker import Linker
+
+        return Linker.from_cache(data_dir=data_dir)
+    except (ImportError, MedTokError, OSError) as err:
+        print(f"note: disease linker unavailable ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+              "only codes given in the input are used", file=sys.stderr)
+        return None
+
+
+def run(asker: Asker, texts: Iterator[str], as_json: bool, out: TextIO = sys.stdout) -> int:
+    """Answer each question; a bad one prints one error line and the loop goes on. Returns #errors."""
+    errors = 0
+    for i, text in enumerate(texts):
+        try:
+            result = asker.answer(parse_question(text, i))
+        except MedTokError as err:
+            errors += 1
+            msg = f"error: {err}"
+            print(json.dumps({"error": str(err)}) if as_json else msg, file=out if as_json else sys.stderr,
+                  flush=True)
+            continue
+        print(json.dumps(result, ensure_ascii=False) if as_json else format_answer(result) + "\n", file=out,
+              flush=True)
+    return errors
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m qa.ask", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="QA checkpoint folder (or a run folder with best/)")
+    parser.add_argument("--question", help="question text (stem + 'A: ...' lines) or JSON; else read stdin")
+    parser.add_argument("--json", action="store_true", help="one JSON object per question on stdout")
+    parser.add_argument("--medtok", help="MedTok artifact folder, if it moved since training")
+    parser.add_argument("--no-linker", action="store_true", help="do not link mentions (use codes in the input)")
+    parser.add_argument("--data-dir", help="data directory for the linker")
+    args = parser.parse_args(argv)
+
+    from qa.model import load_qa_checkpoint
+
+    asker = Asker(load_qa_checkpoint(args.checkpoint, medtok=args.medtok), load_linker(not args.no_linker,
+                                                                                       args.data_dir))
+    if args.question is not None:
+        texts: Iterator[str] = iter([args.question])
+    else:
+        interactive = sys.stdin.isatty()
+        if interactive:
+            print(PROMPT_HELP, file=sys.stderr)
+        texts = read_blocks(sys.stdin, interactive)
+    errors = run(asker, texts, args.json)
+    # A single question that failed is a failed command; an interactive session is not.
+    return 2 if args.question is not None and errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
