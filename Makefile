@@ -21,10 +21,13 @@ $(STAMP): pyproject.toml constraints.txt requirements-data.txt
 	touch $@
 
 demo: install
-	$(PY) -m medtok_core.build
+	$(PY) -m eval.pipeline
 
 test: install
 	$(PY) -m pytest -q
+
+bench: install
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 lint: install
 	$(VENV)/bin/ruff check .
