@@ -40,8 +40,9 @@ class LinkConfig:
     systems: list[str] | None = None
     # Embedding-similarity fallback for disease-like phrases with no lexicon hit.
     embedding_fallback: bool = True
-    # Minimum cosine similarity for a fallback code (tuned on eval/gold_linking.jsonl).
-    fallback_threshold: float = 0.8
+    # Minimum cosine similarity for a fallback code. On eval/gold_linking.jsonl, 0.75 / 0.8 / 0.85 / 0.9
+    # gave code precision 76.8 / 83.0 / 83.8 / 85.4 % at code recall 73.5 / 73.5 / 73.5 / 72.6 %.
+    fallback_threshold: float = 0.85
     # Codes kept per fallback mention.
     fallback_top_k: int = 1
     # Keep mentions whose lexicon entry has no code (e.g. a phenotype without a code mapping).
@@ -260,6 +261,10 @@ class Linker:
         if not self.cfg.keep_unlinked:
             mentions = [m for m in mentions if m.codes]
         if self.cfg.embedding_fallback and self.code_index is not None:
+            # A known disease/phenotype name without a code (many HPO terms): find its code by meaning.
+            fallback += [Mention(s.text, s.start_char, s.end_char, field, [], kind=s.label_)
+                         for s in spans if s.label_ in ("disease", "phenotype") and not self._codes(int(s.kb_id_))
+                         and _informative_phrase(s.text)]
             fallback += self._fallback_candidates(doc, field, covered, target, bool(linked))
         return mentions, fallback
 
