@@ -84,6 +84,7 @@ def _encoder(path: str):
     from medtok_core.text_encoder import get_encoder
 
     enc = get_encoder(path or None)
+    enc.encode_texts([])  # imports transformers and reads the config now, at load time, not mid-run
     return lambda texts: enc.encode_texts(list(texts)).numpy()
 
 

@@ -141,8 +141,11 @@ class CodeIndex:
         q = self.encoder(texts)
         sims = q @ self.emb.T
         out = []
-        for row in sims:
-            best = np.argsort(-row, kind="stable")[:top_k]
+        k = min(top_k, sims.shape[1])
+        # argpartition: a full sort of ~2*10^4 similarities per candidate cost 8 s on MedDDx.
+        tops = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k else np.zeros((len(sims), 0), int)
+        for row, top in zip(sims, tops, strict=True):
+            best = sorted(top.tolist(), key=lambda j: (-row[j], j))
             out.append([CodeRef(*self.refs[j], round(float(row[j]), 4)) for j in best if row[j] >= threshold])
         return out
 
