@@ -104,9 +104,14 @@ class GraphEncoder(nn.Module):
         self.pool = nn.Linear(2 * d, d)
         self.dropout = cfg.dropout
 
-    def forward(self, g: GraphInput) -> tuple[torch.Tensor, torch.Tensor]:
-        """Node embeddings [N, d] and the pooled graph-specific embedding [B, d]."""
-        h = self.node_proj(g.node_text) + self.type_emb(g.node_type)
+    def node_inputs(self, g: GraphInput) -> torch.Tensor:
+        return self.node_proj(g.node_text) + self.type_emb(g.node_type)
+
+    def forward(self, g: GraphInput, h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Node embeddings [N, d] and the pooled graph-specific embedding [B, d].
+
+        ``h``: precomputed :meth:`node_inputs` (shared by the original and the edge-dropped view)."""
+        h = self.node_inputs(g) if h is None else h
         for conv, norm in zip(self.convs, self.norms):
             if self.rel_emb is not None:
                 msg = conv(h, g.edge_index, edge_attr=self.rel_emb(g.edge_type))
@@ -165,20 +170,33 @@ class MedTokModel(nn.Module):
         return text, g
 
     # ---- encoders ---------------------------------------------------------------------------
-    def encode(self, text: torch.Tensor, text_mask: torch.Tensor, g: GraphInput) -> dict[str, torch.Tensor]:
-        """The four pre-quantisation embeddings, [B, d] each."""
-        text, text_mask, g = self._apply_modalities(text, text_mask, g)
+    def _text_tokens(self, text: torch.Tensor, text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.text_norm(self.text_proj(text))                      # [B, S, d]
         if self.cfg.modalities == "graph":
             tokens = self.no_text.expand_as(tokens)
         m = text_mask.unsqueeze(-1).to(tokens.dtype)
-        text_specific = (tokens * m).sum(1) / m.sum(1).clamp(min=1.0)
-        nodes, graph_specific = self.graph(g)
+        return tokens, (tokens * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+    def encode(self, text: torch.Tensor, text_mask: torch.Tensor, g: GraphInput,
+               augment: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """The four pre-quantisation embeddings ([B, d] each); with ``augment`` also the two
+        specific embeddings of an augmented view (the only ones its loss uses)."""
+        text, text_mask, g = self._apply_modalities(text, text_mask, g)
+        tokens, text_specific = self._text_tokens(text, text_mask)
+        h0 = self.graph.node_inputs(g)
+        nodes, graph_specific = self.graph(g, h0)
         dense, node_mask = to_dense_batch(nodes, g.batch, batch_size=g.num_graphs)  # [B, Nmax, d]
         text_cross = self.text_to_graph(text_specific, dense, node_mask)
         graph_cross = self.graph_to_text(graph_specific, tokens, text_mask)
-        return {"text_specific": text_specific, "text_cross": text_cross,
-                "graph_cross": graph_cross, "graph_specific": graph_specific}
+        pre = {"text_specific": text_specific, "text_cross": text_cross,
+               "graph_cross": graph_cross, "graph_specific": graph_specific}
+        aug = None
+        if augment:
+            aug_text, aug_g = self.augment(text, g)
+            _, aug_text_specific = self._text_tokens(aug_text, text_mask)
+            _, aug_graph_specific = self.graph(aug_g, h0)
+            aug = {"text_specific": aug_text_specific, "graph_specific": aug_graph_specific}
+        return pre, aug
 
     def quantize(self, pre: dict[str, torch.Tensor]) -> MedTokOutput:
         out = MedTokOutput(pre=pre)
@@ -190,14 +208,10 @@ class MedTokModel(nn.Module):
                 augment: bool = False) -> MedTokOutput:
         """Quantised tokens; with ``augment`` also encodes an augmented view (one call, so DDP sees
         a single forward per step)."""
-        out = self.quantize(self.encode(text, text_mask, g))
-        if augment:
-            out.aug = self._encode_augmented(text, text_mask, g)
+        pre, aug = self.encode(text, text_mask, g, augment)
+        out = self.quantize(pre)
+        out.aug = aug
         return out
-
-    def _encode_augmented(self, text, text_mask, g):
-        aug_text, aug_g = self.augment(text, g)
-        return self.encode(aug_text, text_mask, aug_g)
 
 
 def _only_center(g: GraphInput) -> GraphInput:
