@@ -157,21 +157,42 @@ def via_cui(kg, codes: GraphCodes, cuis_of_node) -> callable:
     return codes_of
 
 
-def drug_ner_terms(kg, codes: GraphCodes) -> pd.DataFrame:
-    """Drug synonyms of the drug-named-entity-recognition package, attached to KG drugs by DrugBank id."""
+def atc_substances(table: pd.DataFrame) -> dict[str, list[tuple[str, str, float]]]:
+    """Lower-cased ATC substance name (level 5) -> its ATC codes."""
+    atc = table[(table.system == "ATC") & (table.code.str.len() == 7)]
+    out: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
+    for code, desc in zip(atc.code.tolist(), atc.description.tolist(), strict=True):
+        out[desc.lower().strip()].append(("ATC", code, 0.85))
+    return out
+
+
+def drug_ner_terms(kg, codes: GraphCodes, table: pd.DataFrame) -> pd.DataFrame:
+    """Drug synonyms of the drug-named-entity-recognition package, grouped by DrugBank id.
+
+    A drug's codes are its KG ATC codes plus the ATC codes of any of its synonyms that is an ATC
+    substance name: "Quinacrine" has no ATC code in DrugBank 4.2, but its synonym "mepacrine" is
+    ATC P01AX05; "Rutin" gets C05CA01 through "rutoside"."""
     try:
         from drug_named_entity_recognition import drugs_finder as df
     except ImportError:
         return _rows([])
     # The package fills these dicts from its own bundled dictionary when imported.
     df.reset_drugs_data()
-    recs = []
-    for variant, canonicals in sorted(df.drug_variant_to_canonical.items()):
+    substances = atc_substances(table)
+    variants: dict[str, set[str]] = defaultdict(set)
+    for variant, canonicals in df.drug_variant_to_canonical.items():
         for canonical in canonicals:
             dbid = df.drug_canonical_to_data.get(canonical, {}).get("drugbank_id")
-            node = kg.node_id(dbid) if dbid else None
-            if node is not None:
-                recs.append((variant, "drug", dbid, "drug-ner", codes.scored(node, 0.85)))
+            if dbid:
+                variants[dbid].update((variant, canonical))
+    recs = []
+    for dbid in sorted(variants):
+        names = sorted(variants[dbid])
+        node = kg.node_id(dbid)
+        drug_codes = codes.scored(node, 0.85) if node is not None else []
+        drug_codes += [c for n in names for c in substances.get(n.lower(), ())]
+        if drug_codes:
+            recs.extend((n, "drug", dbid, "drug-ner", drug_codes) for n in names)
     return _rows(recs)
 
 
@@ -198,7 +219,7 @@ def all_terms(vocab, kg) -> pd.DataFrame:
         vocab_terms(vocab.table),
         concept_terms(kg, codes, "disease", "disease", 0.9, 0.85),
         concept_terms(kg, codes, "drug", "drug", 0.9, 0.85),
-        drug_ner_terms(kg, codes),
+        drug_ner_terms(kg, codes, vocab.table),
         concept_terms(kg, codes, "phenotype", "phenotype", 0.8, 0.75, via_cui(kg, codes, hpo_of)),
         concept_terms(kg, codes, "side_effect", "phenotype", 0.8, 0.75, via_cui(kg, codes, se_of)),
     ]

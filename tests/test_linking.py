@@ -135,6 +135,21 @@ def test_target_type():
     assert target_type("Which anatomical structures lack expression?") == "other"
 
 
+def test_drug_synonyms_inherit_atc_codes_of_substance_names():
+    from disease_linking.sources import drug_ner_terms
+
+    class NoGraph:  # a KG that knows no drug: codes can only come from ATC substance names
+        def node_id(self, key):
+            return None
+
+    table = pd.DataFrame({"system": ["ATC", "ATC"], "code": ["P01AX05", "P01AX"],
+                          "description": ["mepacrine", "Other agents against amoebiasis"]})
+    rows = drug_ner_terms(NoGraph(), None, table)
+    quinacrine = rows[rows.term.str.lower() == "quinacrine"]
+    assert not quinacrine.empty and quinacrine.iloc[0].codes == [("ATC", "P01AX05", 0.85)]
+    assert quinacrine.iloc[0].concept.startswith("DB")
+
+
 def _write(path: Path, data) -> Path:
     path.write_text(json.dumps(data), encoding="utf-8")
     return path
