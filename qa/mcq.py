@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from medtok_core.errors import MedTokError
 from medtok_core.io import atomic_path
@@ -84,7 +85,7 @@ class MCQItem:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "MCQItem":
+    def from_json(cls, d: dict[str, Any]) -> MCQItem:
         mentions = [Mention(**{**m, "codes": [CodeRef(**c) for c in m.get("codes", [])]})
                     for m in d.get("mentions", [])]
         return cls(id=str(d["id"]), question=d["question"], options=dict(d["options"]),
