@@ -53,6 +53,9 @@ class EvalConfig:
     data_dir: str | None = None
     checkpoints: list[str] = field(default_factory=list)  # QA checkpoint folders (method + seed each)
     zero_shot: list[str] = field(default_factory=list)  # base models scored without fine-tuning ("default")
+    # dtype of zero-shot models: auto = bfloat16 on a GPU, float32 on CPU (CPUs without native bf16
+    # run bf16 matmuls far slower than fp32).
+    zero_shot_dtype: str = "auto"
     predictions: list[str] = field(default_factory=list)  # saved predictions/<method>.jsonl to re-report
     output: str = "runs/eval"
     tiers: list[str] = field(default_factory=lambda: list(TIERS))
@@ -96,6 +99,7 @@ class Source:
     seed: int | None
     train_ids: frozenset[str] = frozenset()
     val_ids: frozenset[str] | None = None
+    dtype: str = "auto"  # zero-shot models only (a checkpoint keeps its training dtype)
 
 
 def _beside(folder: Path, name: str) -> Path | None:
@@ -144,15 +148,24 @@ def checkpoint_source(path: str | Path) -> Source:
     return Source("checkpoint", str(folder), method, _read_train_seed(folder, qa_config), train_ids, val_ids)
 
 
+def resolve_dtype(dtype: str) -> str:
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
 def _load_scorer(source: Source) -> Scorer:
     # Imported here: the QA model pulls in torch/transformers, which re-reporting does not need.
     from qa import model as qa_model
 
     if source.kind == "checkpoint":
         return qa_model.load_qa_checkpoint(source.path)
-    if source.path in ("", "default"):
-        return qa_model.zero_shot_model()
-    return qa_model.zero_shot_model(base_model=source.path)
+    kwargs = {"dtype": resolve_dtype(source.dtype)}
+    if source.path not in ("", "default"):
+        kwargs["base_model"] = source.path
+    return qa_model.zero_shot_model(**kwargs)
 
 
 def score_items(scorer: Scorer, items: Sequence[MCQItem], batch_size: int,
@@ -402,7 +415,7 @@ def write_outputs(results: dict, items: Sequence[MCQItem], runs: Sequence[Run], 
 # ---------------------------------------------------------------------------------- orchestration
 def sources_from_config(cfg: EvalConfig) -> list[Source]:
     sources = [checkpoint_source(p) for p in cfg.checkpoints]
-    sources += [Source("zero-shot", base, ZERO_SHOT, None) for base in cfg.zero_shot]
+    sources += [Source("zero-shot", base, ZERO_SHOT, None, dtype=cfg.zero_shot_dtype) for base in cfg.zero_shot]
     return sources
 
 

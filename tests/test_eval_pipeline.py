@@ -96,3 +96,13 @@ def test_unknown_forced_stage_is_a_config_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         pl.main(["--output", str(tmp_path), "--force", "vocab"])
     assert exc.value.code == 2 and "unknown stage 'vocab'" in capsys.readouterr().err
+
+
+def test_nested_overrides_flatten_and_zero_shot_uses_finetune_dtype(tmp_path, monkeypatch):
+    monkeypatch.setattr(pl, "_config_args", lambda opts: [])
+    cfg = PipelineConfig(output=str(tmp_path / "p"), dataset=str(tmp_path / "q.json"), methods=["none"],
+                         finetune=pl.StageOptions("", {"model": {"dtype": "float32"}, "optim.epochs": 1}))
+    stages = pl.build_stages(cfg)
+    ft, ev = stages[3], stages[-1]
+    assert ft.argv[-4:] == ["--model.dtype", "float32", "--optim.epochs", "1"]
+    assert ev.argv[ev.argv.index("--zero_shot_dtype") + 1] == "float32"
