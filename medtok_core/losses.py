@@ -6,6 +6,11 @@ authors' code leaves out), be mutually identifiable in the batch (InfoNCE) and c
 Specific information: each specific token should still identify its own code under
 augmentation (InfoNCE against an augmented view) and carry what the shared token does not
 (orthogonality to the shared token of the same modality).
+
+The contrastive, alignment and orthogonality terms act on the encoder outputs before quantisation.
+On the quantised (straight-through) vectors their value is a mix of a few codebook vectors, and a
+first run collapsed both cross embeddings onto one code (InfoNCE at log(batch)); the VQ term
+ties the quantised vectors to these outputs, and the KL acts on the codebook distributions.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ def orthogonality(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def medtok_losses(out: MedTokOutput, aug: dict[str, torch.Tensor] | None, w: LossWeights) -> dict[str, torch.Tensor]:
     """Every loss component (unweighted) plus ``total`` (weighted sum)."""
-    q = {n: out.quant[n].quantized for n in EMBEDDING_NAMES}
+    q = out.pre
     parts = {
         "vq": sum(out.quant[n].vq_loss for n in EMBEDDING_NAMES),
         "kl": symmetric_kl(out.quant["text_cross"].log_probs, out.quant["graph_cross"].log_probs),

@@ -46,7 +46,7 @@ class ModelConfig:
     text_frac: float = 0.3
     shared_frac: float = 0.4
     top_k: int = 5
-    tau: float = 1.0
+    tau: float = 0.1
     beta: float = 0.25
     # Ablations: "text" hides the relational context (subgraph = the code's own node only);
     # "graph" hides the code's own text (text tokens off, own node name masked) so the code is

@@ -6,6 +6,8 @@ came from (the authors' code lets graph ids collide with text ids; this layout c
 
 Each embedding takes its K nearest vectors in its region; the quantised vector is their
 softmax(-distance / tau)-weighted sum, passed to the encoder with the straight-through estimator.
+Embeddings and codebook vectors are L2-normalised before the distance (as in ViT-VQGAN): with raw
+vectors the encoder outran the codebook and most codes went unused.
 Dead codes are handled by (1) initialising each region with k-means on real embeddings and
 (2) restarting rarely used codes on recent embeddings of their region during training.
 """
@@ -61,7 +63,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 10, generator: torch.Generator 
 
 class RegionedCodebook(nn.Module):
     def __init__(self, size: int, dim: int, text_frac: float = 0.3, shared_frac: float = 0.4,
-                 top_k: int = 5, tau: float = 1.0, beta: float = 0.25, usage_decay: float = 0.99):
+                 top_k: int = 5, tau: float = 0.1, beta: float = 0.25):
         super().__init__()
         self.size, self.dim, self.top_k, self.tau, self.beta = size, dim, top_k, tau, beta
         n_text, n_shared, n_graph = region_sizes(size, text_frac, shared_frac)
@@ -70,9 +72,8 @@ class RegionedCodebook(nn.Module):
         if top_k > min(self.counts.values()):
             raise ValueError(f"top_k={top_k} exceeds the smallest codebook region ({min(self.counts.values())})")
         self.embedding = nn.Parameter(torch.randn(size, dim) / dim ** 0.5)
-        self.usage_decay = usage_decay
-        # EMA of how often each code is picked (in units of picks per batch); persisted for resume.
-        self.register_buffer("usage", torch.ones(size))
+        # Weighted picks of each code since the last dead-code check; persisted for resume.
+        self.register_buffer("usage", torch.zeros(size))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
     def region_range(self, region: str) -> tuple[int, int]:
@@ -85,9 +86,9 @@ class RegionedCodebook(nn.Module):
 
     def forward(self, x: torch.Tensor, region: str) -> QuantOut:
         lo, hi = self.region_range(region)
-        book = self.embedding[lo:hi]
-        # Squared euclidean distance; the minimal form avoids materialising [B, R, d].
-        dist = (x.pow(2).sum(-1, keepdim=True) - 2 * x @ book.t() + book.pow(2).sum(-1)[None]).clamp(min=0)
+        book = F.normalize(self.embedding[lo:hi], dim=-1)
+        x = F.normalize(x, dim=-1)
+        dist = (2 - 2 * x @ book.t()).clamp(min=0)  # squared distance of unit vectors
         log_probs = F.log_softmax(-dist / self.tau, dim=-1)
         top_d, top_i = dist.topk(self.top_k, dim=-1, largest=False)
         weights = F.softmax(-top_d / self.tau, dim=-1)
@@ -101,22 +102,22 @@ class RegionedCodebook(nn.Module):
 
     @torch.no_grad()
     def _update_usage(self, ids: torch.Tensor, weights: torch.Tensor) -> None:
-        hits = torch.zeros(self.size, device=ids.device).index_add_(0, ids.reshape(-1), weights.reshape(-1).detach())
-        self.usage.mul_(self.usage_decay).add_(hits, alpha=1 - self.usage_decay)
+        self.usage.index_add_(0, ids.reshape(-1), weights.reshape(-1).detach())
 
     @torch.no_grad()
     def init_from_data(self, samples: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> None:
         """k-means each region on embeddings that will be quantised into it."""
         for region, x in samples.items():
             lo, hi = self.region_range(region)
-            self.embedding.data[lo:hi] = kmeans(x.detach().float(), hi - lo, generator=generator)
-        self.usage.fill_(1.0)
+            self.embedding.data[lo:hi] = kmeans(F.normalize(x.detach().float(), dim=-1), hi - lo, generator=generator)
+        self.usage.zero_()
         self.initialized.fill_(True)
 
     @torch.no_grad()
     def restart_dead(self, samples: dict[str, torch.Tensor], rel_threshold: float,
                      generator: torch.Generator | None = None) -> int:
-        """Move codes used less than ``rel_threshold`` x their region's mean usage onto recent embeddings."""
+        """Move codes used less than ``rel_threshold`` x their region's mean usage since the last
+        check onto recent embeddings, then start counting afresh."""
         restarted = 0
         for region, x in samples.items():
             lo, hi = self.region_range(region)
@@ -126,8 +127,8 @@ class RegionedCodebook(nn.Module):
             if dead.numel() == 0 or x.shape[0] == 0:
                 continue
             pick = torch.randint(x.shape[0], (dead.numel(),), generator=generator)
-            noise = 0.01 * torch.randn(dead.numel(), self.dim, generator=generator)
-            self.embedding.data[lo + dead] = x[pick].detach().float() + noise * x.std()
-            self.usage[lo + dead] = usage.mean()  # give them time to be picked before the next check
+            noise = 0.05 * torch.randn(dead.numel(), self.dim, generator=generator) / self.dim ** 0.5
+            self.embedding.data[lo + dead] = F.normalize(x[pick].detach().float(), dim=-1) + noise
             restarted += dead.numel()
+        self.usage.zero_()
         return restarted
