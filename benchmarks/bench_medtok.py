@@ -46,6 +46,8 @@ class BenchConfig:
     raw_text: bool = True
     speed: bool = True
     seed: int = 0
+    # Torch CPU threads; 1 measured far faster than 2 for these small ops on a shared 2-core box.
+    num_threads: int = 1
 
 
 def _normalized(x: torch.Tensor) -> torch.Tensor:
@@ -201,8 +203,10 @@ def print_table(results: dict) -> None:
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(BenchConfig, argv, prog="benchmarks/bench_medtok.py")
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
     named = [a.split("=", 1) if "=" in a else (Path(a).parent.name, a) for a in cfg.artifacts]
-    results: dict = {"quality": {}}
+    results: dict = {"quality": {}, "num_threads": torch.get_num_threads()}
     first = None
     for name, path in named:
         tok = MedTokTokenizer.from_pretrained(path)
