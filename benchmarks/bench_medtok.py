@@ -73,7 +73,7 @@ def hierarchy_auc(vocab: pd.DataFrame, emb: torch.Tensor, n_random: int, seed: i
         idx = idx.to_numpy()
         a = rng.choice(idx, size=min(len(idx), 10), replace=False)
         b = np.roll(a, 1)
-        pos += list(zip(a, b))
+        pos += list(zip(a, b, strict=True))
     pos = np.array(pos[: n_random])
     systems = vocab["system"].to_numpy()
     neg = []
@@ -105,7 +105,7 @@ def gem_pairs(tok: MedTokTokenizer, data_dir: str | None) -> np.ndarray:
         return out
 
     r9, r10 = rows("ICD9CM", gem["icd9cm"]), rows("ICD10CM", gem["icd10cm"])
-    pairs = {(r9[a], r10[b]) for a, b in zip(gem["icd9cm"], gem["icd10cm"]) if a in r9 and b in r10}
+    pairs = {(r9[a], r10[b]) for a, b in zip(gem["icd9cm"], gem["icd10cm"], strict=True) if a in r9 and b in r10}
     return np.array(sorted(pairs))
 
 

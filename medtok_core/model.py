@@ -112,7 +112,7 @@ class GraphEncoder(nn.Module):
 
         ``h``: precomputed :meth:`node_inputs` (shared by the original and the edge-dropped view)."""
         h = self.node_inputs(g) if h is None else h
-        for conv, norm in zip(self.convs, self.norms):
+        for conv, norm in zip(self.convs, self.norms, strict=True):
             if self.rel_emb is not None:
                 msg = conv(h, g.edge_index, edge_attr=self.rel_emb(g.edge_type))
             else:
@@ -200,7 +200,7 @@ class MedTokModel(nn.Module):
 
     def quantize(self, pre: dict[str, torch.Tensor]) -> MedTokOutput:
         out = MedTokOutput(pre=pre)
-        for name, region in zip(EMBEDDING_NAMES, EMBEDDING_REGIONS):
+        for name, region in zip(EMBEDDING_NAMES, EMBEDDING_REGIONS, strict=True):
             out.quant[name] = self.codebook(pre[name], region)
         return out
 

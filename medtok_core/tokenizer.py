@@ -22,9 +22,9 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -75,7 +75,7 @@ class MedTokTokenizer:
 
     # ---- loading / saving ------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> "MedTokTokenizer":
+    def from_pretrained(cls, path: str | os.PathLike) -> MedTokTokenizer:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -134,7 +134,7 @@ class MedTokTokenizer:
         keys = [code_key(c) for c in self.vocab["code"].astype(str)]
         self._by_system: dict[str, dict[str, int]] = {}
         self._bare: dict[str, list[int]] = {}
-        for i, (s, k) in enumerate(zip(systems, keys)):
+        for i, (s, k) in enumerate(zip(systems, keys, strict=True)):
             self._by_system.setdefault(s, {})[k] = i
             self._bare.setdefault(k, []).append(i)
         self._codes = self.vocab["code"].astype(str).tolist()

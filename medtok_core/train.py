@@ -15,16 +15,17 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
-from medtok_core.config import ConfigError, from_dict, parse_config, save_config, to_dict
-from medtok_core.errors import MedTokError, cli_entry
+from medtok_core.config import ConfigError, parse_config, save_config, to_dict
+from medtok_core.errors import cli_entry
 from medtok_core.io import atomic_dir, atomic_path, write_json
 from medtok_core.losses import LossWeights, medtok_losses
 from medtok_core.model import EMBEDDING_NAMES, EMBEDDING_REGIONS, GraphInput, MedTokModel, ModelConfig
@@ -175,7 +176,7 @@ def build_text_features(descriptions: list[str], synonyms: list[list[str]], node
                         encode_fn: Callable[[list[str]], torch.Tensor]):
     """Deduplicated text table + row indices for code texts and for the used KG nodes."""
     per_code = [[d] + [s for s in syn if isinstance(s, str) and s.strip()][:max_synonyms]
-                for d, syn in zip(descriptions, synonyms)]
+                for d, syn in zip(descriptions, synonyms, strict=True)]
     texts = [t for ts in per_code for t in ts]
     used = np.nonzero(node_used)[0]
     texts += [node_names[i] for i in used if node_names[i]]
@@ -203,7 +204,7 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> TrainData:
     index = SubgraphIndex.load_or_build(kg, knowledge_graph_dir(vocab, kg_cfg), cfg.k_hops, cfg.max_nodes,
                                         cfg.fanout, progress=progress)
     sel = select_codes(vocab.table, cfg)
-    vocab_ids = torch.as_tensor(sel["code_id"].to_numpy(), dtype=torch.long)
+    vocab_ids = torch.tensor(sel["code_id"].to_numpy(dtype=np.int64))
 
     def subgraphs(rows: torch.Tensor):
         return index.batch(vocab_ids[rows].numpy())
@@ -252,7 +253,7 @@ def init_codebook(model: MedTokModel, data: TrainData, cfg: TrainConfig, device:
     samples: dict[str, list[torch.Tensor]] = {"text": [], "shared": [], "graph": []}
     for s in range(0, len(rows), 1024):
         pre, _ = model.encode(*_batch_inputs(data, rows[s:s + 1024], device))
-        for name, region in zip(EMBEDDING_NAMES, EMBEDDING_REGIONS):
+        for name, region in zip(EMBEDDING_NAMES, EMBEDDING_REGIONS, strict=True):
             samples[region].append(pre[name].cpu())
     model.train()
     model.codebook.init_from_data({r: torch.cat(v) for r, v in samples.items()}, generator=gen)
@@ -355,7 +356,7 @@ def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
         if world == 1 and cfg.restart_every and step % cfg.restart_every == 0:
             # Single process only: restarts from one rank's batch would desynchronise replicas.
             samples = {region: out_main.pre[name].detach().cpu()
-                       for name, region in zip(EMBEDDING_NAMES, EMBEDDING_REGIONS)}
+                       for name, region in zip(EMBEDDING_NAMES, EMBEDDING_REGIONS, strict=True)}
             record["restarted"] = core.codebook.restart_dead(samples, cfg.dead_threshold)
         history.append(record)
         if step % cfg.log_every == 0 or step == total:

@@ -17,8 +17,15 @@ from medtok_core.errors import MedTokError
 from medtok_core.losses import LossWeights
 from medtok_core.model import ModelConfig
 from medtok_core.tokenizer import MedTokTokenizer, UnknownCodeWarning
-from medtok_core.train import (DataConfig, OptimConfig, TrainConfig, TrainData, encode_all, export_artifact,
-                               train)
+from medtok_core.train import (
+    DataConfig,
+    OptimConfig,
+    TrainConfig,
+    TrainData,
+    encode_all,
+    export_artifact,
+    train,
+)
 
 TEXT_DIM = 16
 
@@ -29,7 +36,7 @@ class TinySubgraphs:
     def __init__(self, n_nodes: int, edges: np.ndarray, edge_type: np.ndarray, node_type: np.ndarray,
                  code_node: np.ndarray, max_nodes: int = 6):
         self.adj = {i: [] for i in range(n_nodes)}
-        for (a, b), t in zip(edges.T.tolist(), edge_type.tolist()):
+        for (a, b), t in zip(edges.T.tolist(), edge_type.tolist(), strict=True):
             self.adj[a].append((b, t))
         self.node_type, self.code_node, self.max_nodes = node_type, code_node, max_nodes
 
@@ -227,7 +234,7 @@ def test_real_minilm_encode_new(tmp_path):
 
     enc = TextEncoder()
     vocab = tiny_vocab()
-    texts = [f"{d} of the {s} system" for d, s in zip(vocab["description"], vocab["system"])]
+    texts = [f"{d} of the {s} system" for d, s in zip(vocab["description"], vocab["system"], strict=True)]
     emb = enc.encode_texts(texts)
     assert emb.shape == (len(texts), 384)
     assert torch.allclose(emb.norm(dim=-1), torch.ones(len(texts)), atol=1e-2)
