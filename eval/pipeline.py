@@ -63,14 +63,15 @@ class PipelineConfig:
     build: StageOptions = field(default_factory=StageOptions)
     medtok: StageOptions = field(default_factory=lambda: StageOptions("configs/medtok_quick.yaml"))
     link: StageOptions = field(default_factory=StageOptions)
-    # Quick preset, sized from measured costs on this 2-core AMD EPYC (fp32 scoring ~0.4 s and
-    # training ~1 s per question on a quiet machine): one epoch on a capped training set and a
-    # capped held-out slice (also each epoch's validation set). float32, because this CPU has no
-    # native bf16: a bf16 matmul measured 60x slower than fp32 here.
+    # Quick preset, sized from costs measured on this 2-core AMD EPYC (SmolLM2-135M, fp32, ~124
+    # prompt tokens: ~1 CPU-s per scored question, ~4 CPU-s per trained question, measured on a
+    # busy machine): one epoch on a capped training set and a capped held-out slice (also each
+    # epoch's validation set). A demo of the pipeline, not a result: use pipeline_full.yaml for
+    # numbers. float32, because this CPU has no native bf16 (a bf16 matmul measured 60x slower).
     finetune: StageOptions = field(default_factory=lambda: StageOptions("configs/qa_quick.yaml", {
-        "model.dtype": "float32", "optim.epochs": 1, "data.limit_train": 48, "data.limit_val": 32}))
-    # A fixed pseudo-random 40 questions of Basic and of Expert (plus the held-out slice).
-    eval: StageOptions = field(default_factory=lambda: StageOptions("", {"max_per_tier": 40}))
+        "model.dtype": "float32", "optim.epochs": 1, "data.limit_train": 32, "data.limit_val": 24}))
+    # A fixed pseudo-random 30 questions of Basic and of Expert (plus the held-out slice).
+    eval: StageOptions = field(default_factory=lambda: StageOptions("", {"max_per_tier": 30}))
 
 
 # ---------------------------------------------------------------------------------------- stages
