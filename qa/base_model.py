@@ -24,10 +24,27 @@ _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
 
+def resolve_dtype(name: str) -> str:
+    """``auto``: bf16 where the hardware computes it natively (CUDA, CPUs with AVX512-BF16/AMX), else fp32.
+
+    On an AVX2-only CPU (like the 2-core machines this project is tested on) a bf16 matmul was
+    measured ~50x slower than fp32, so "bf16 is faster on CPU" only holds with native support.
+    """
+    if name != "auto":
+        if name not in _DTYPES:
+            raise MedTokError(f"dtype {name!r} is not one of auto, {', '.join(_DTYPES)}")
+        return name
+    if torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    try:
+        native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native_bf16 = False
+    return "bfloat16" if native_bf16 else "float32"
+
+
 def torch_dtype(name: str) -> torch.dtype:
-    if name not in _DTYPES:
-        raise MedTokError(f"dtype {name!r} is not one of {', '.join(_DTYPES)}")
-    return _DTYPES[name]
+    return _DTYPES[resolve_dtype(name)]
 
 
 def default_gguf_path() -> Path:
@@ -104,7 +121,7 @@ def load_tokenizer(name: str):
     return tok
 
 
-def load_base_model(name: str, dtype: str = "bfloat16"):
+def load_base_model(name: str, dtype: str = "auto"):
     """(model, tokenizer) for ``name``; never trusts remote code."""
     from transformers import AutoModelForCausalLM
 

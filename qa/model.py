@@ -24,7 +24,7 @@ from torch import nn
 from medtok_core.config import from_dict
 from medtok_core.errors import MedTokError
 from medtok_core.io import atomic_dir, read_json, sha256_file, write_json
-from qa.base_model import DEFAULT_BASE_MODEL, load_base_model
+from qa.base_model import DEFAULT_BASE_MODEL, load_base_model, resolve_dtype
 from qa.mcq import LETTERS, MCQItem
 from qa.prefix import EMBEDDING_MODES, CodeSource, ItemPrefix, Projector, pad_prefixes
 from qa.prompts import SYSTEM_PROMPT, encode_prompt, letter_token_ids, render_prompt
@@ -47,7 +47,7 @@ class ModelOptions:
     """How questions become model inputs; saved in every QA checkpoint."""
 
     base_model: str = DEFAULT_BASE_MODEL  # alias, HF folder or hub id
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # auto = bf16 on hardware with native bf16, else float32 (see resolve_dtype)
     prefix_mode: str = "medtok"  # none | text | medtok | medtok-mean | shuffled
     medtok: str | None = None  # MedTok artifact folder (needed by all modes but none)
     code_fields: str = "stem"  # stem (paper) | stem+options
@@ -259,6 +259,7 @@ def _code_source(options: ModelOptions, medtok_tok) -> CodeSource:
 def build_qa_model(options: ModelOptions, lora: bool = True, model_and_tokenizer=None,
                    seed: int = 0) -> QAModel:
     """A fresh QA model: base LM (+ LoRA), projector initialised from ``seed`` when the mode needs one."""
+    options.dtype = resolve_dtype(options.dtype)  # the checkpoint records what was actually used
     medtok_tok = load_medtok(options.medtok) if options.prefix_mode != "none" else None
     code_source = _code_source(options, medtok_tok)  # validates mode vs artifact first
     lm, tokenizer = model_and_tokenizer or load_base_model(options.base_model, options.dtype)
@@ -278,7 +279,7 @@ def build_qa_model(options: ModelOptions, lora: bool = True, model_and_tokenizer
 
 
 def zero_shot_model(base_model: str = DEFAULT_BASE_MODEL, prefix_mode: str = "none",
-                    medtok: str | None = None, dtype: str = "bfloat16", **option_overrides) -> QAModel:
+                    medtok: str | None = None, dtype: str = "auto", **option_overrides) -> QAModel:
     """The base model without adapter or projector (baselines): prefix_mode ``none`` or ``text``."""
     if prefix_mode not in ("none", "text"):
         raise MedTokError(f"a zero-shot model has no trained projector; use prefix_mode none or text, "

@@ -27,6 +27,7 @@ from medtok_core.config import save_config, to_dict
 from medtok_core.datadir import data_file
 from medtok_core.errors import ConfigError, MedTokError
 from medtok_core.io import read_json, write_json
+from qa.base_model import resolve_dtype
 from qa.data import shuffle_options, split_by_option_set, stable_seed
 from qa.mcq import TIERS, MCQItem, load_mcq
 from qa.model import ModelOptions, PromptEncoder, QAModel, build_qa_model
@@ -162,7 +163,8 @@ def filled_deepspeed_config(path: str | Path, cfg: TrainConfig, world_size: int)
     for key, value in fill.items():
         if ds.get(key) == "auto":
             ds[key] = value
-    for prec, on in (("bf16", cfg.model.dtype == "bfloat16"), ("fp16", cfg.model.dtype == "float16")):
+    dtype = resolve_dtype(cfg.model.dtype)
+    for prec, on in (("bf16", dtype == "bfloat16"), ("fp16", dtype == "float16")):
         if isinstance(ds.get(prec), dict) and ds[prec].get("enabled") == "auto":
             ds[prec]["enabled"] = on
     zero = ds.get("zero_optimization", {})

