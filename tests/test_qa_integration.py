@@ -8,11 +8,11 @@ provision_default_model()"``) and is skipped when there is none.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 
 from qa.mcq import MCQItem
+
 
 @pytest.mark.integration
 def test_smollm2_zero_shot_scores_two_questions():
