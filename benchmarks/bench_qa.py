@@ -1,4 +1,4 @@
-"""QA fine-tune/scoring figures with SmolLM2-135M-Instruct in bf16 on this CPU.
+"""QA fine-tune/scoring figures with SmolLM2-135M-Instruct on this CPU (dtype auto: fp32 without native bf16).
 
     nice python benchmarks/bench_qa.py [--steps 6] [--batch_size 8] [--medtok DIR] [--linked FILE]
 
@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from qa.base_model import DEFAULT_BASE_MODEL, load_base_model  # noqa: E402
+from qa.base_model import DEFAULT_BASE_MODEL, load_base_model, resolve_dtype  # noqa: E402
 from qa.mcq import CodeRef, Mention, load_mcq  # noqa: E402
 from qa.model import ModelOptions, build_qa_model  # noqa: E402
 from qa.tiny import build_tiny_medtok  # noqa: E402
@@ -74,6 +74,7 @@ def main() -> None:
     p.add_argument("--linked")
     p.add_argument("--score_n", type=int, default=64)
     p.add_argument("--gradient_checkpointing", action="store_true")
+    p.add_argument("--dtype", default="auto")
     p.add_argument("--out", default="benchmarks/results_qa.json")
     args = p.parse_args()
     torch.manual_seed(0)
@@ -83,7 +84,8 @@ def main() -> None:
     medtok = args.medtok or random_artifact(tmp, items, 500, args.codes)
 
     t = time.perf_counter()
-    base = load_base_model(DEFAULT_BASE_MODEL, "bfloat16")
+    dtype = resolve_dtype(args.dtype)
+    base = load_base_model(DEFAULT_BASE_MODEL, dtype)
     load_s = time.perf_counter() - t
     # PEFT injects LoRA layers into the module it wraps: each mode gets its own copy of the base,
     # taken before any wrapping.
@@ -91,7 +93,7 @@ def main() -> None:
     models = {}
     for mode in ("none", "medtok"):
         # Both modes wrap the same frozen base weights: the comparison isolates the prefix.
-        opts = ModelOptions(prefix_mode=mode, medtok=medtok if mode != "none" else None,
+        opts = ModelOptions(prefix_mode=mode, medtok=medtok if mode != "none" else None, dtype=dtype,
                             gradient_checkpointing=args.gradient_checkpointing)
         opts.lora.target_modules = ["q_proj", "k_proj", "v_proj", "o_proj"]
         m = build_qa_model(opts, model_and_tokenizer=bases[mode], seed=0)
@@ -110,7 +112,7 @@ def main() -> None:
                 times[mode].append(dt)
                 tokens[mode].append(int(batch["attention_mask"].sum() + batch["prefix_mask"].sum()))
     res = {"device": "cpu", "threads": torch.get_num_threads(), "base_model": DEFAULT_BASE_MODEL,
-           "dtype": "bfloat16", "batch_size": args.batch_size, "steps_measured": args.steps,
+           "dtype": dtype, "batch_size": args.batch_size, "steps_measured": args.steps,
            "codes_per_question": args.codes, "gradient_checkpointing": args.gradient_checkpointing,
            "base_load_s": load_s, "train_questions": len(train)}
     for mode in models:
