@@ -148,20 +148,14 @@ def checkpoint_source(path: str | Path) -> Source:
     return Source("checkpoint", str(folder), method, _read_train_seed(folder, qa_config), train_ids, val_ids)
 
 
-def resolve_dtype(dtype: str) -> str:
-    if dtype != "auto":
-        return dtype
-    import torch
-
-    return "bfloat16" if torch.cuda.is_available() else "float32"
-
-
 def _load_scorer(source: Source) -> Scorer:
     # Imported here: the QA model pulls in torch/transformers, which re-reporting does not need.
     from qa import model as qa_model
 
     if source.kind == "checkpoint":
         return qa_model.load_qa_checkpoint(source.path)
+    from qa.base_model import resolve_dtype
+
     kwargs = {"dtype": resolve_dtype(source.dtype)}
     if source.path not in ("", "default"):
         kwargs["base_model"] = source.path

@@ -67,9 +67,9 @@ class PipelineConfig:
     # prompt tokens: ~1 CPU-s per scored question, ~4 CPU-s per trained question, measured on a
     # busy machine): one epoch on a capped training set and a capped held-out slice (also each
     # epoch's validation set). A demo of the pipeline, not a result: use pipeline_full.yaml for
-    # numbers. float32, because this CPU has no native bf16 (a bf16 matmul measured 60x slower).
+    # numbers. dtype auto = float32 here (no native bf16: a bf16 matmul measured 60x slower).
     finetune: StageOptions = field(default_factory=lambda: StageOptions("configs/qa_quick.yaml", {
-        "model.dtype": "float32", "optim.epochs": 1, "data.limit_train": 32, "data.limit_val": 24}))
+        "optim.epochs": 1, "data.limit_train": 32, "data.limit_val": 24}))
     # A fixed pseudo-random 30 questions of Basic and of Expert (plus the held-out slice).
     eval: StageOptions = field(default_factory=lambda: StageOptions("", {"max_per_tier": 30}))
 
