@@ -72,12 +72,27 @@ class CodeSource:
         return int(self.tok.embedding_dim) if self.tok is not None else 0
 
     def known_codes(self, item: MCQItem) -> list[str]:
-        """The item's linked codes present in the artifact, capped, in deterministic order."""
+        """The item's linked codes as the artifact knows them, capped, in deterministic order.
+
+        A linked code the artifact lacks is replaced by its nearest known ancestor (a quick
+        artifact holds ICD-10-CM categories, while the linker emits full codes such as E11.9);
+        a code with no known ancestor is dropped. Duplicates after that mapping count once.
+        """
         if self.tok is None:
             return []
-        codes = [c for c in linked_codes(item, self.code_fields, self.codes_per_mention, 0)
-                 if self.tok.has_code(c)]
+        codes: list[str] = []
+        for code in linked_codes(item, self.code_fields, self.codes_per_mention, 0):
+            known = self._nearest_known(code)
+            if known is not None and known not in codes:
+                codes.append(known)
         return codes[: self.max_codes] if self.max_codes > 0 else codes
+
+    def _nearest_known(self, code: str) -> str | None:
+        try:
+            hit = self.tok.resolve(code, warn=False)
+        except MedTokError:
+            return None
+        return f"{hit.system}:{hit.code}"
 
     def _vocabulary(self) -> list[str]:
         if self._all_codes is None:

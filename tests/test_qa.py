@@ -162,6 +162,24 @@ def test_prefix_modes(assets):
         build_qa_model(options(assets, prefix_mode="medtok", medtok=None), lora=False)
 
 
+def test_linked_codes_missing_from_the_artifact_use_their_nearest_ancestor(assets):
+    """A quick artifact holds categories; the linker emits full codes (E11.9 -> E11 there)."""
+    import pandas as pd
+
+    from qa.tiny import build_tiny_medtok
+
+    coarse = build_tiny_medtok(Path(assets["root"]) / "coarse", [
+        ("ICD10CM", "E11", "Type 2 diabetes mellitus"), ("ICD10CM", "I50", "Heart failure")])
+    model = build_qa_model(options(assets, medtok=str(coarse)), lora=False)
+    item = item_with_codes()
+    item.mentions.append(Mention("unknown", 0, 7, "stem", [CodeRef("ICD10CM", "Z99.9")]))
+    prefix = model.code_source.prefix(item)
+    # E11.9 (twice) -> E11 once, I50.9 -> I50; Z99.9 has no known ancestor and is dropped.
+    assert prefix.codes == ["ICD10CM:E11", "ICD10CM:I50"]
+    assert prefix.embeddings.shape[0] == 2
+    assert set(pd.read_parquet(Path(coarse) / "vocab.parquet")["code"]) == {"E11", "I50"}
+
+
 def test_save_load_round_trip_identical(assets, medtok_model, tmp_path):
     with torch.no_grad():  # make the adapter and projector non-trivial
         for p in medtok_model.parameters():
