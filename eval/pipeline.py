@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -83,6 +84,7 @@ class Stage:
     argv: list[str]
     outputs: list[Path]  # all must exist for the stage to count as done
     depends: list[str] = field(default_factory=list)  # names of stages whose results it reads
+    workdir: Path | None = None  # the stage's own folder, with its resumable state
     key: str = ""  # stamp: filled in by plan()
 
 
@@ -134,7 +136,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
               _python("medtok_core.train") + _config_args(cfg.medtok)
               + (["--data.data_dir", cfg.data_dir] if cfg.data_dir else [])
               + ["--output_dir", str(out / "medtok")] + _overrides(cfg.medtok),
-              [artifact / "token_table.safetensors"], depends=["build"]),
+              [artifact / "token_table.safetensors"], depends=["build"], workdir=out / "medtok"),
         Stage("link", "link", "Disease linking",
               _python("disease_linking.link") + ["--input", str(dataset), "--output", str(linked)]
               + data_dir + _config_args(cfg.link) + _overrides(cfg.link),
@@ -155,7 +157,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
                 + ["--medtok", str(artifact) if needs_medtok else "null"] + _overrides(cfg.finetune),
                 # finetune/train.py keeps the best epoch's checkpoint in output_dir/best.
                 [run_dir / "best" / "qa_config.json"],
-                depends=["link"] + (["medtok"] if needs_medtok else [])))
+                depends=["link"] + (["medtok"] if needs_medtok else []), workdir=run_dir))
     eval_dir = out / "eval"
     stages.append(Stage(
         "eval", "eval", "Evaluation by tier",
@@ -222,9 +224,28 @@ def is_up_to_date(out: Path, stage: Stage) -> bool:
     if not stamp.is_file() or not all(p.exists() for p in stage.outputs):
         return False
     try:
-        return read_json(stamp).get("key") == stage.key
+        done = read_json(stamp)
     except (OSError, ValueError):
         return False
+    return done.get("key") == stage.key and bool(done.get("finished"))
+
+
+def clear_stale_state(out: Path, stage: Stage) -> None:
+    """Before (re)running a stage: keep its folder only if it is an interrupted run of the same key.
+
+    Training commands resume from what they find in their output folder. That is right after a
+    kill, but wrong when the stage finished before (forced rerun) or its settings/inputs changed:
+    it would "resume" a finished or different run.
+    """
+    stamp = _stamp_path(out, stage)
+    try:
+        previous = read_json(stamp) if stamp.is_file() else None
+    except (OSError, ValueError):
+        previous = {}
+    if previous is not None and (previous.get("finished") or previous.get("key") != stage.key):
+        if stage.workdir is not None:
+            shutil.rmtree(stage.workdir, ignore_errors=True)
+    write_json(stamp, {"stage": stage.name, "key": stage.key, "finished": None})
 
 
 def plan(cfg: PipelineConfig) -> list[Stage]:
@@ -269,6 +290,7 @@ def run_stage(stage: Stage, out: Path) -> tuple[float, float]:
     because wall time on a shared machine says more about the neighbours than about the stage.
     """
     print(f"$ {_printable(stage.argv)}", flush=True)
+    clear_stale_state(out, stage)
     t0, cpu0 = time.perf_counter(), _children_cpu_seconds()
     proc = subprocess.run(stage.argv, cwd=REPO_ROOT, env=_env())
     seconds, cpu = time.perf_counter() - t0, _children_cpu_seconds() - cpu0

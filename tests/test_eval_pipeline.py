@@ -89,7 +89,38 @@ def test_failing_stage_is_one_line_error_and_not_stamped(tmp_path, monkeypatch):
     monkeypatch.setattr(pl, "build_stages", lambda cfg: [bad])
     with pytest.raises(MedTokError, match="stage 'build' failed \\(exit code 3\\)"):
         pl.run_pipeline(PipelineConfig(output=str(out)))
-    assert not (out / "stamps" / "build.json").exists()
+    stamp = out / "stamps" / "build.json"
+    assert not json.loads(stamp.read_text())["finished"]  # started, never finished: not reused
+
+
+def _resumable_stage(out: Path, config: Path) -> Stage:
+    """Counts its runs in workdir/state.txt, as a training command resumes from its folder."""
+    work = out / "train"
+    code = ("import pathlib,sys; w=pathlib.Path(sys.argv[1]); w.mkdir(parents=True, exist_ok=True); "
+            "s=w/'state.txt'; n=int(s.read_text()) if s.exists() else 0; s.write_text(str(n+1)); "
+            "(w/'done').write_text(open(sys.argv[2]).read())")
+    return Stage("finetune", "finetune x", "T", [sys.executable, "-c", code, str(work), str(config)],
+                 [work / "done"], workdir=work)
+
+
+def test_stale_state_is_cleared_but_an_interrupted_run_resumes(tmp_path, monkeypatch):
+    out, config = tmp_path / "run", tmp_path / "settings.yaml"
+    config.write_text("x: 1\n")
+    monkeypatch.setattr(pl, "build_stages", lambda cfg: [_resumable_stage(out, config)])
+    state = out / "train" / "state.txt"
+    pl.run_pipeline(PipelineConfig(output=str(out)))
+    assert state.read_text() == "1"
+    pl.run_pipeline(PipelineConfig(output=str(out), force=["finetune"]))
+    assert state.read_text() == "1"  # forced: a fresh run, not a "resume" of the finished one
+    config.write_text("x: 2\n")
+    pl.run_pipeline(PipelineConfig(output=str(out)))
+    assert state.read_text() == "1"  # changed inputs: fresh run too
+    # An interrupted run (started with the same key, never finished) keeps its state and resumes.
+    (stage,) = pl.plan(PipelineConfig(output=str(out)))
+    pl.write_json(out / "stamps" / "finetune_x.json", {"stage": stage.name, "key": stage.key, "finished": None})
+    (out / "train" / "done").unlink()
+    pl.run_pipeline(PipelineConfig(output=str(out)))
+    assert state.read_text() == "2"
 
 
 def test_unknown_forced_stage_is_a_config_error(tmp_path, capsys):
