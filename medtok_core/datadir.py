@@ -17,7 +17,6 @@ import sys
 import tempfile
 import urllib.request
 import zipfile
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 

@@ -4,8 +4,17 @@ import json
 
 import pytest
 
-from qa.mcq import (CodeRef, MCQFormatError, Mention, load_mcq, read_jsonl, split_question,
-                    tier_of, to_authors_layout, write_jsonl)
+from qa.mcq import (
+    CodeRef,
+    MCQFormatError,
+    Mention,
+    load_mcq,
+    read_jsonl,
+    split_question,
+    tier_of,
+    to_authors_layout,
+    write_jsonl,
+)
 
 MEDDX = {"query": "Which drug treats beriberi?\nA: Niacin\nB: Thiamine\nC: Zinc\nD: Iron\n",
          "answer": "B", "sim_level_std": 0.05}
