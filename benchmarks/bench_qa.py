@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import statistics
 import sys
 import tempfile
@@ -31,11 +30,7 @@ from qa.base_model import DEFAULT_BASE_MODEL, load_base_model, resolve_dtype  # 
 from qa.mcq import CodeRef, Mention, load_mcq  # noqa: E402
 from qa.model import ModelOptions, build_qa_model  # noqa: E402
 from qa.tiny import build_tiny_medtok  # noqa: E402
-from qa.training import make_optimizer, split_by_option_set  # noqa: E402
-
-
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+from qa.training import make_optimizer, peak_rss_gib, split_by_option_set  # noqa: E402
 
 
 def questions(args) -> list:
