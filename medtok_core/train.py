@@ -48,6 +48,9 @@ class DataConfig:
     max_codes: int = 0
     user_codes: str | None = None
     kg_csv: str | None = None
+    # Held-out edge file (CSV src,dst,relation of node keys): removed from the graph before
+    # subgraphs are cut, hashed into the graph cache key (see medtok_core.heldout).
+    heldout_edges: str | None = None
     skip_sources: list[str] = field(default_factory=list)
     k_hops: int = 2
     max_nodes: int = 32
@@ -199,7 +202,8 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> TrainData:
     from medtok_core.vocab import VocabConfig, load_or_build_vocab
 
     vocab = load_or_build_vocab(VocabConfig(user_codes=cfg.user_codes))
-    kg_cfg = KGConfig(data_dir=cfg.data_dir, kg_csv=cfg.kg_csv, skip_sources=list(cfg.skip_sources))
+    kg_cfg = KGConfig(data_dir=cfg.data_dir, kg_csv=cfg.kg_csv, skip_sources=list(cfg.skip_sources),
+                      heldout_edges=cfg.heldout_edges)
     kg = build_knowledge_graph(vocab, kg_cfg, progress=progress)
     index = SubgraphIndex.load_or_build(kg, knowledge_graph_dir(vocab, kg_cfg), cfg.k_hops, cfg.max_nodes,
                                         cfg.fanout, progress=progress)
@@ -386,6 +390,19 @@ def encode_all(model: MedTokModel, data: TrainData, batch_size: int = 1024) -> d
     return {"ids": torch.cat(ids), "weights": torch.cat(weights), "embeddings": torch.cat(emb)}
 
 
+@torch.no_grad()
+def encode_continuous(model: MedTokModel, data: TrainData, batch_size: int = 1024) -> torch.Tensor:
+    """[n, 4d]: the four encoder outputs before quantisation, each unit-normalised as the quantiser
+    sees them (the "continuous" MedTok embedding, for locating what quantisation loses)."""
+    model.eval()
+    out = []
+    for s in range(0, len(data), batch_size):
+        rows = torch.arange(s, min(s + batch_size, len(data)))
+        pre, _ = model.encode(*_batch_inputs(data, rows, torch.device("cpu")))
+        out.append(torch.cat([torch.nn.functional.normalize(pre[n].float(), dim=-1) for n in EMBEDDING_NAMES], -1))
+    return torch.cat(out)
+
+
 def artifact_config(cfg: TrainConfig, model: MedTokModel, data: TrainData, extra: dict | None = None) -> dict:
     cb = model.codebook
     return {
@@ -415,16 +432,9 @@ def export_artifact(path: str | Path, cfg: TrainConfig, model: MedTokModel, data
 
 def codebook_stats(ids: torch.Tensor, weights: torch.Tensor, model: MedTokModel) -> dict[str, dict[str, float]]:
     """Utilisation (fraction of codes ever used) and perplexity of the weighted usage per region."""
-    stats = {}
-    for region in ("text", "shared", "graph"):
-        lo, hi = model.codebook.region_range(region)
-        sel = (ids >= lo) & (ids < hi)
-        counts = torch.zeros(hi - lo).index_add_(0, (ids[sel] - lo).long(), weights[sel].float())
-        p = counts / counts.sum().clamp(min=1e-12)
-        ent = -(p[p > 0] * p[p > 0].log()).sum()
-        stats[region] = {"size": hi - lo, "utilization": float((counts > 0).float().mean()),
-                         "perplexity": float(ent.exp())}
-    return stats
+    from medtok_core.quality import codebook_usage
+
+    return codebook_usage(ids, weights, {r: model.codebook.region_range(r) for r in ("text", "shared", "graph")})
 
 
 def run(cfg: TrainConfig) -> Path:
