@@ -53,7 +53,8 @@ class QualityConfig:
 
     # MedTok training config (YAML, relative to the cwd or the repository) shared by every variant.
     medtok_config: str = "configs/medtok_quick.yaml"
-    # Overrides of that config, key=value (comma-separated on the command line): model.dim=128.
+    # Overrides of that config, key=value (comma-separated on the command line): model.dim=128;
+    # a list value inside one override separates its items with ';' (data.link_relations=a;b).
     medtok_overrides: list[str] = field(default_factory=list)
     output: str = "runs/medtok_quality"
     methods: list[str] = field(default_factory=lambda: list(METHODS))
@@ -65,7 +66,7 @@ class QualityConfig:
     max_test_pairs: int = 1500
     # A relation with fewer test pairs is reported as skipped (too few for a stable score).
     min_test_pairs: int = 50
-    max_train_pairs: int = 10000
+    max_train_pairs: int = 4000
     neg_per_pos: int = 5
     n_random_pairs: int = 20000
     max_parent_queries: int = 3000
@@ -87,8 +88,10 @@ def training_config(cfg: QualityConfig):
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise ConfigError(f"medtok_overrides item {item!r} must look like key=value (e.g. model.dim=128)")
-        argv.append(f"--{key.strip()}={value.strip()}")
-    return parse_config(TrainConfig, argv, prog="medtok_overrides")
+        argv.append(f"--{key.strip()}={value.strip().replace(';', ',')}")
+    tcfg = parse_config(TrainConfig, argv, prog="medtok_overrides")
+    tcfg.progress = cfg.progress
+    return tcfg
 
 
 def check(cfg: QualityConfig) -> None:
@@ -142,7 +145,8 @@ def make_splits(cfg: QualityConfig, kg, selected: pd.DataFrame) -> tuple[list[Re
 
 # ============================================================================== embeddings
 def _stamp(tcfg, heldout_sha: str) -> str:
-    return hashlib.sha256(json.dumps({"config": to_dict(tcfg), "heldout": heldout_sha},
+    conf = {k: v for k, v in to_dict(tcfg).items() if k not in ("progress", "log_every")}
+    return hashlib.sha256(json.dumps({"config": conf, "heldout": heldout_sha},
                                      sort_keys=True).encode()).hexdigest()
 
 

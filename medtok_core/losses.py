@@ -32,6 +32,12 @@ class LossWeights:
     specific_nce: float = 0.5
     ortho: float = 0.1
     temperature: float = 0.1
+    # Keep the text-specific embedding's geometry that of the frozen description vectors
+    # (batch cosine-similarity matrices matched, MSE): MedTok should not lose what its text knows.
+    text_distill: float = 0.0
+    # Link prediction over code pairs joined in the training graph (TrainConfig.link_relations):
+    # InfoNCE between the two codes' fused embeddings, in-batch negatives.
+    link: float = 0.0
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -52,8 +58,23 @@ def orthogonality(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(a, b, dim=-1).pow(2).mean()
 
 
-def medtok_losses(out: MedTokOutput, aug: dict[str, torch.Tensor] | None, w: LossWeights) -> dict[str, torch.Tensor]:
-    """Every loss component (unweighted) plus ``total`` (weighted sum)."""
+def similarity_distill(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """MSE between the batch cosine-similarity matrices of ``x`` and of the reference vectors."""
+    sx = F.normalize(x, dim=-1) @ F.normalize(x, dim=-1).t()
+    sr = F.normalize(ref.float(), dim=-1) @ F.normalize(ref.float(), dim=-1).t()
+    return (sx - sr.detach()).pow(2).mean()
+
+
+def fused(pre: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The continuous counterpart of the exported embedding: the four unit-normalised parts."""
+    return torch.cat([F.normalize(pre[n], dim=-1) for n in EMBEDDING_NAMES], dim=-1)
+
+
+def medtok_losses(out: MedTokOutput, aug: dict[str, torch.Tensor] | None, w: LossWeights,
+                  text_ref: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Every loss component (unweighted) plus ``total`` (weighted sum).
+
+    ``text_ref`` [B, Dt]: the frozen description vectors, for the ``text_distill`` term."""
     q = out.pre
     parts = {
         "vq": sum(out.quant[n].vq_loss for n in EMBEDDING_NAMES),
@@ -66,5 +87,7 @@ def medtok_losses(out: MedTokOutput, aug: dict[str, torch.Tensor] | None, w: Los
     if aug is not None:
         parts["specific_nce"] = (info_nce(q["text_specific"], aug["text_specific"], w.temperature)
                                  + info_nce(q["graph_specific"], aug["graph_specific"], w.temperature))
+    if w.text_distill > 0 and text_ref is not None:
+        parts["text_distill"] = similarity_distill(q["text_specific"], text_ref)
     parts["total"] = sum(getattr(w, k) * v for k, v in parts.items())
     return parts

@@ -46,7 +46,7 @@ def roc_auc(pos: np.ndarray, neg: np.ndarray) -> float:
 
 def cosine_scores(emb: torch.Tensor, pairs: np.ndarray) -> np.ndarray:
     e = normalized(emb)
-    p = torch.as_tensor(np.asarray(pairs, dtype=np.int64).reshape(-1, 2))
+    p = torch.tensor(np.asarray(pairs, dtype=np.int64).reshape(-1, 2))
     return (e[p[:, 0]] * e[p[:, 1]]).sum(-1).numpy()
 
 
@@ -199,6 +199,19 @@ def sample_negatives(cand_a: np.ndarray, cand_b: np.ndarray, n: int, exclude: np
     return np.concatenate(out)[:n] if out else np.zeros((0, 2), np.int64)
 
 
+def fit_logistic(x: np.ndarray, y: np.ndarray, c: float = 1.0, max_iter: int = 100, seed: int = 0) -> torch.Tensor:
+    """L2-regularised logistic regression (sklearn, lbfgs); the weights (the intercept does not
+    change any ranking)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    with warnings.catch_warnings():
+        # A probe stopped at max_iter is still a valid, slightly more regularised probe.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        lr = LogisticRegression(C=c, max_iter=max_iter, random_state=seed).fit(x, y)
+    return torch.as_tensor(lr.coef_[0], dtype=torch.float32)
+
+
 @dataclass
 class PairProbe:
     """Logistic regression on [cos(a, b), a * b, a, b] of unit-normalised embeddings, folded into
@@ -221,18 +234,11 @@ class PairProbe:
 
     @classmethod
     def fit(cls, emb: torch.Tensor, pos: np.ndarray, neg: np.ndarray, c: float = 1.0, seed: int = 0,
-            max_iter: int = 300) -> PairProbe:
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.linear_model import LogisticRegression
-
+            max_iter: int = 100) -> PairProbe:
         e = normalized(emb)
         x = np.concatenate([cls.features(e, pos), cls.features(e, neg)])
         y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-        with warnings.catch_warnings():
-            # A probe that stops at max_iter is still a valid (slightly regularised) probe.
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            lr = LogisticRegression(C=c, max_iter=max_iter, random_state=seed).fit(x, y)
-        w = torch.as_tensor(lr.coef_[0], dtype=torch.float32)
+        w = fit_logistic(x, y, c, max_iter, seed)
         d = e.shape[1]
         return cls(w[0] + d * w[1:d + 1], d ** 0.5 * w[d + 1:2 * d + 1], d ** 0.5 * w[2 * d + 1:])
 

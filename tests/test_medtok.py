@@ -259,3 +259,32 @@ def test_real_minilm_encode_new(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tok.embed("A01")  # known code: no warning
+
+
+def test_link_and_distill_losses_train_and_resume(tmp_path):
+    """Link pairs ride in the batch's forward pass; the run stays finite and resumable."""
+    data = tiny_data()
+    data.link_pairs = {"code_is_a": torch.tensor([[1, 0], [2, 1], [4, 3], [5, 4]]),
+                       "indication": torch.tensor([[40, 2], [41, 6]])}
+
+    def cfg(out, steps):
+        c = tiny_config(out, max_steps=steps)
+        c.loss.link, c.loss.text_distill, c.model.cross_residual = 1.0, 1.0, True
+        c.optim.link_batch = 4
+        return c
+
+    full = train(cfg(tmp_path / "a", 6), data)
+    for rec in full.history:
+        assert math.isfinite(rec["link"]) and math.isfinite(rec["text_distill"]), rec
+    train(cfg(tmp_path / "b", 3), data)
+    resumed = train(cfg(tmp_path / "b", 6), data)
+    assert [r["total"] for r in full.history] == [r["total"] for r in resumed.history]
+
+
+def test_similarity_distill_is_zero_for_a_rotation():
+    from medtok_core.losses import similarity_distill
+
+    x = torch.randn(10, 6)
+    q, _ = torch.linalg.qr(torch.randn(6, 6))
+    assert similarity_distill(x @ q, x).item() < 1e-10
+    assert similarity_distill(torch.randn(10, 6), x).item() > 1e-3
