@@ -298,6 +298,13 @@ class TrainResult:
     codes_per_s: float
 
 
+def resolved_config(cfg: TrainConfig, data: TrainData) -> TrainConfig:
+    """``cfg`` with the model sizes the data decide (relation count, text dimension) filled in."""
+    model = dataclasses.replace(cfg.model, n_relations=max(cfg.model.n_relations, data.n_relations),
+                                text_dim=int(data.text_table.shape[1]))
+    return dataclasses.replace(cfg, model=model)
+
+
 def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
     """Train on ``data``; resumes from ``output_dir/checkpoint`` when present and ``cfg.resume``."""
     from accelerate import Accelerator
@@ -308,10 +315,8 @@ def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    model_cfg = dataclasses.replace(cfg.model, n_relations=max(cfg.model.n_relations, data.n_relations),
-                                    text_dim=int(data.text_table.shape[1]))
-    cfg.model = model_cfg
-    model = MedTokModel(model_cfg)
+    cfg = resolved_config(cfg, data)
+    model = MedTokModel(cfg.model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     world, rank = acc.num_processes, acc.process_index
     per_rank = len(data) // world
@@ -387,6 +392,7 @@ def encode_all(model: MedTokModel, data: TrainData, batch_size: int = 1024) -> d
 
 
 def artifact_config(cfg: TrainConfig, model: MedTokModel, data: TrainData, extra: dict | None = None) -> dict:
+    cfg = resolved_config(cfg, data)
     cb = model.codebook
     return {
         "format": FORMAT, "version": 1,
@@ -421,11 +427,12 @@ def codebook_stats(ids: torch.Tensor, weights: torch.Tensor, model: MedTokModel)
 
 def run(cfg: TrainConfig) -> Path:
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     t0 = time.perf_counter()
     data = prepare_data(cfg.data, progress=cfg.progress)
     prep_s = time.perf_counter() - t0
+    cfg = resolved_config(cfg, data)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")  # what runs, sizes resolved
     print(f"data: {len(data)} codes, {data.text_table.shape[0]} unique texts, prepared in {prep_s:.1f}s", flush=True)
     result = train(cfg, data)
     t1 = time.perf_counter()
