@@ -9,12 +9,13 @@ per tier, mentions per question, codes per system, disease/drug/phenotype split,
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from disease_linking.linker import LinkConfig, Linker
-from disease_linking.questions import load_mcq, to_authors_layout, write_jsonl
+from disease_linking.questions import load_mcq, skip_summary, to_authors_layout, write_jsonl
 from disease_linking.summary import format_summary, summarize
 from medtok_core.config import parse_config, save_config, to_dict
 from medtok_core.datadir import data_file
