@@ -439,6 +439,20 @@ def starts_fresh(cfg: TrainConfig, out: Path) -> bool:
                       "or --force true to discard that run")
 
 
+def preflight_checks(cfg: TrainConfig) -> None:
+    """What can fail before training processes start: output folder, run-folder conflicts,
+    the question file, the method's MedTok artifact, an explicit DeepSpeed config."""
+    from qa.model import make_method
+
+    cfg = dataclasses.replace(cfg, model=resolved_options(cfg.model, cfg.seed))
+    check_writable_dir(cfg.output_dir, "--output_dir")
+    starts_fresh(cfg, Path(cfg.output_dir))
+    make_split(load_questions(cfg.data), cfg.data)
+    make_method(cfg.model)
+    if cfg.deepspeed_config:
+        deepspeed_config_path(cfg)
+
+
 def clear_run(out: Path) -> None:
     """Remove what a previous run left in ``out`` (only the trainer's own files)."""
     shutil.rmtree(out / RESUME_DIR, ignore_errors=True)
