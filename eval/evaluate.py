@@ -18,21 +18,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from eval import stats
+from disease_linking.questions import LETTERS, TIERS, MCQItem, load_mcq, skip_summary
+from eval import report, stats
+from eval.report import ALL, ZERO_SHOT, method_rank
+from medtok_core.config import FieldError, require_range, save_config
 from medtok_core.errors import ConfigError, MedTokError
 from medtok_core.io import atomic_path, read_json, write_json
-from qa.mcq import LETTERS, TIERS, MCQItem, load_mcq
-
-ALL = "All"
-ZERO_SHOT = "zero-shot"
-# Display order of the methods the project trains (DESIGN.md, prefix modes); others follow.
-METHOD_ORDER = (ZERO_SHOT, "none", "text", "medtok-mean", "medtok", "shuffled")
+from qa.checkpoint import find_checkpoint, read_checkpoint_config
 
 
 # --------------------------------------------------------------------------------------- config
@@ -43,6 +42,10 @@ class BootstrapConfig:
     n_resamples: int = 2000
     confidence_level: float = 0.95
     seed: int = 0
+
+    def __post_init__(self):
+        require_range(self, "n_resamples", 1)
+        require_range(self, "confidence_level", 0.0, 1.0, low_open=True, high_open=True)
 
 
 @dataclass
@@ -65,6 +68,15 @@ class EvalConfig:
     batch_size: int = 32  # questions per scoring call (progress granularity)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     plots: bool = True
+    skip_invalid: bool = False  # leave out malformed questions (reported) instead of stopping
+
+    def __post_init__(self):
+        for tier in self.tiers:
+            if tier not in TIERS:
+                raise FieldError("tiers", f"holds unknown tier {tier!r}; choose from {', '.join(TIERS)}")
+        require_range(self, "max_per_tier", 0)
+        require_range(self, "exact_below", 0)
+        require_range(self, "batch_size", 1)
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -136,14 +148,9 @@ def _read_train_seed(folder: Path, qa_config: dict) -> int | None:
 
 def checkpoint_source(path: str | Path) -> Source:
     """Describe a QA checkpoint folder: method (prefix mode), seed, and its train/val split."""
-    run_dir = Path(path)
-    # finetune/train.py writes the checkpoint to its output folder or to output/best.
-    folder = next((d for d in (run_dir, run_dir / "best") if (d / "qa_config.json").is_file()), None)
-    if folder is None:
-        raise MedTokError(f"{run_dir} is not a QA checkpoint (no qa_config.json); train one with "
-                          "`accelerate launch finetune/train.py`")
-    qa_config = read_json(folder / "qa_config.json")
-    method = str(qa_config.get("prefix_mode") or "none")
+    folder = find_checkpoint(path)
+    qa_config = read_checkpoint_config(folder)
+    method = qa_config["prefix_mode"]
     train_ids, val_ids = _read_split(folder)
     return Source("checkpoint", str(folder), method, _read_train_seed(folder, qa_config), train_ids, val_ids)
 
@@ -246,10 +253,6 @@ def held_out_ids(sources: Sequence[Source]) -> frozenset[str] | None:
 
 
 # ------------------------------------------------------------------------------------ statistics
-def method_rank(method: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
-
-
 def _tier_groups(items: Sequence[MCQItem], tiers: Sequence[str]) -> dict[str, list[MCQItem]]:
     groups: dict[str, list[MCQItem]] = {}
     if any(it.tier for it in items):  # untiered data (authors' layout): the "All" row only
@@ -390,10 +393,9 @@ def write_predictions(out_dir: Path, items: Sequence[MCQItem], runs: Sequence[Ru
 
 
 def write_outputs(results: dict, items: Sequence[MCQItem], runs: Sequence[Run], out_dir: str | Path,
-                  plots: bool = True) -> dict[str, str]:
-    """Write predictions, plots, report.md and results.json (last: its presence means complete)."""
-    from eval import report
-
+                  plots: bool = True, config: Any = None) -> dict[str, str]:
+    """Write predictions, plots, report.md, eval_config.yaml (``config``) and results.json (last:
+    its presence means the set is complete)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"predictions": write_predictions(out, items, runs)}
@@ -401,6 +403,8 @@ def write_outputs(results: dict, items: Sequence[MCQItem], runs: Sequence[Run], 
         files["plots"] = report.write_plots(results, out)
     results = {**results, "files": files}
     files["report"] = str(report.write_report(results, out / "report.md"))
+    if config is not None:
+        save_config(config, out / "eval_config.yaml")
     write_json(out / "results.json", results)
     files["results"] = str(out / "results.json")
     return files
@@ -420,7 +424,9 @@ def load_dataset(cfg: EvalConfig) -> list[MCQItem]:
         from medtok_core.datadir import data_file
 
         path = data_file("meddx/MedDDx.json", cfg.data_dir)
-    items, _ = load_mcq(path)
+    items, skipped = load_mcq(path, skip_invalid=cfg.skip_invalid)
+    if skipped:
+        print(skip_summary(skipped), file=sys.stderr)
     if not items:
         raise MedTokError(f"{path} contains no questions")
     unknown = sorted({it.tier for it in items if it.tier} - set(TIERS))
@@ -455,9 +461,6 @@ def score_sources(sources: Sequence[Source], items: Sequence[MCQItem], batch_siz
 
 def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Score every source of ``cfg`` on the selected questions and write all outputs."""
-    unknown = sorted(set(cfg.tiers) - set(TIERS))
-    if unknown:
-        raise ConfigError(f"tiers: unknown tier {unknown[0]!r}; choose from {', '.join(TIERS)}")
     if not (cfg.checkpoints or cfg.zero_shot or cfg.predictions):
         raise ConfigError("nothing to evaluate: pass --checkpoints, --zero_shot or --predictions")
     items = load_dataset(cfg)
@@ -477,5 +480,5 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
     results["dataset_path"] = cfg.data or "MedDDx (data dir)"
     results["n_questions_in_file"] = len(items)
     results["n_excluded_trained_on"] = sum(it.id in train_ids for it in items)
-    results["files"] = write_outputs(results, selected, runs, cfg.output, cfg.plots)
+    results["files"] = write_outputs(results, selected, runs, cfg.output, cfg.plots, config=cfg)
     return results

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from disease_linking.linker import LinkConfig, Linker
+from disease_linking.questions import MCQItem, Mention, load_mcq
 from disease_linking.summary import format_summary, summarize
 from medtok_core.config import parse_config
 from medtok_core.datadir import data_file
 from medtok_core.errors import MedTokError, cli_entry
 from medtok_core.io import write_json
-from qa.mcq import MCQItem, Mention, load_mcq
 
 GOLD = Path(__file__).with_name("gold_linking.jsonl")
 

@@ -152,6 +152,7 @@ def _stamp(tcfg, heldout_sha: str) -> str:
 
 def variant_embeddings(tcfg, variant: str, data, out: Path, heldout_sha: str, retrain: bool) -> dict:
     """Train (or reuse) one MedTok variant; its exported and pre-quantisation embeddings."""
+    from medtok_core.artifact import artifact_dir
     from medtok_core.tokenizer import MedTokTokenizer
     from medtok_core.train import encode_continuous, export_artifact, train
 
@@ -162,14 +163,14 @@ def variant_embeddings(tcfg, variant: str, data, out: Path, heldout_sha: str, re
     stamp_file = folder / "stamp.json"
     info = {}
     if not retrain and stamp_file.is_file() and read_json(stamp_file).get("stamp") == stamp:
-        tok = MedTokTokenizer.from_pretrained(folder / "artifact")
+        tok = MedTokTokenizer.from_pretrained(artifact_dir(folder))
         model = tok.model()
         info = read_json(stamp_file).get("train", {})
     else:
         save_config(cfg, folder / "config.yaml")
         result = train(cfg, data)
-        export_artifact(folder / "artifact", cfg, result.model, data)
-        tok = MedTokTokenizer.from_pretrained(folder / "artifact")
+        export_artifact(artifact_dir(folder), cfg, result.model, data)
+        tok = MedTokTokenizer.from_pretrained(artifact_dir(folder))
         model = result.model
         info = {"train_s": round(result.seconds, 1), "steps": result.steps,
                 "codes_per_s": round(result.codes_per_s, 1)}

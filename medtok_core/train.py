@@ -24,12 +24,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medtok_core.config import ConfigError, parse_config, save_config, to_dict
+from medtok_core.artifact import FORMAT, artifact_dir, load_artifact, write_artifact
+from medtok_core.config import ConfigError, parse_config, require_range, save_config, to_dict
 from medtok_core.errors import cli_entry
-from medtok_core.io import atomic_dir, atomic_path, write_json
+from medtok_core.io import atomic_path, write_json
 from medtok_core.losses import LossWeights, fused, info_nce, medtok_losses
 from medtok_core.model import EMBEDDING_NAMES, EMBEDDING_REGIONS, GraphInput, MedTokModel, ModelConfig
-from medtok_core.tokenizer import FORMAT
 
 # ============================================================================== config
 
@@ -68,6 +68,10 @@ class DataConfig:
     # between the nodes two codes attach to, "relation:SYSTEM_A:SYSTEM_B" (medtok_core.heldout).
     link_relations: list[str] = field(default_factory=list)
 
+    def __post_init__(self):
+        for name, low in (("max_codes", 0), ("k_hops", 0), ("max_nodes", 1), ("fanout", 1), ("max_synonyms", 0)):
+            require_range(self, name, low)
+
 
 @dataclass
 class OptimConfig:
@@ -80,6 +84,15 @@ class OptimConfig:
     # Code pairs per step for the link loss (drawn evenly over data.link_relations), encoded in the
     # same forward pass as the batch.
     link_batch: int = 128
+
+    def __post_init__(self):
+        require_range(self, "lr", 0.0, low_open=True)
+        require_range(self, "weight_decay", 0.0)
+        require_range(self, "epochs", 1)
+        require_range(self, "batch_size", 2)  # contrastive losses need a second code in the batch
+        require_range(self, "grad_clip", 0.0)
+        require_range(self, "warmup_steps", 0)
+        require_range(self, "link_batch", 2)  # the link InfoNCE needs a second pair in the batch
 
 
 @dataclass
@@ -105,6 +118,13 @@ class TrainConfig:
     # CPU threads for training (0 = torch default). The per-op work is small, and on a shared
     # 2-core machine one thread measured ~10x faster than two (no OpenMP spin-waiting).
     num_threads: int = 0
+
+    def __post_init__(self):
+        for name in ("checkpoint_every", "init_samples", "restart_every", "log_every"):
+            require_range(self, name, 1)
+        require_range(self, "max_steps", 0)
+        require_range(self, "num_threads", 0)
+        require_range(self, "dead_threshold", 0.0, 1.0)
 
 
 # ============================================================================== data
@@ -351,6 +371,13 @@ class TrainResult:
     codes_per_s: float
 
 
+def resolved_config(cfg: TrainConfig, data: TrainData) -> TrainConfig:
+    """``cfg`` with the model sizes the data decide (relation count, text dimension) filled in."""
+    model = dataclasses.replace(cfg.model, n_relations=max(cfg.model.n_relations, data.n_relations),
+                                text_dim=int(data.text_table.shape[1]))
+    return dataclasses.replace(cfg, model=model)
+
+
 def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
     """Train on ``data``; resumes from ``output_dir/checkpoint`` when present and ``cfg.resume``."""
     from accelerate import Accelerator
@@ -361,10 +388,8 @@ def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    model_cfg = dataclasses.replace(cfg.model, n_relations=max(cfg.model.n_relations, data.n_relations),
-                                    text_dim=int(data.text_table.shape[1]))
-    cfg.model = model_cfg
-    model = MedTokModel(model_cfg)
+    cfg = resolved_config(cfg, data)
+    model = MedTokModel(cfg.model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     world, rank = acc.num_processes, acc.process_index
     per_rank = len(data) // world
@@ -399,10 +424,10 @@ def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
             rows = torch.cat([rows, link_rows(data, cfg.optim.link_batch, cfg.seed, step).reshape(-1)])
         text, mask, g = _batch_inputs(data, rows, device)
         out_main = model(text, mask, g, augment=cfg.loss.specific_nce > 0)
-        text_ref = text[:, 0] if model_cfg.modalities != "graph" else None  # graph-only sees no own text
+        text_ref = text[:, 0] if cfg.model.modalities != "graph" else None  # graph-only sees no own text
         losses = medtok_losses(out_main, out_main.aug, cfg.loss, text_ref)
         if use_link:
-            pair = fused(out_main.pre)[n_main:].view(-1, 2, 4 * model_cfg.dim)
+            pair = fused(out_main.pre)[n_main:].view(-1, 2, 4 * cfg.model.dim)
             losses["link"] = info_nce(pair[:, 0], pair[:, 1], cfg.loss.temperature)
             losses["total"] = losses["total"] + cfg.loss.link * losses["link"]
         optimizer.zero_grad(set_to_none=True)
@@ -462,6 +487,7 @@ def encode_continuous(model: MedTokModel, data: TrainData, batch_size: int = 102
 
 
 def artifact_config(cfg: TrainConfig, model: MedTokModel, data: TrainData, extra: dict | None = None) -> dict:
+    cfg = resolved_config(cfg, data)
     cb = model.codebook
     return {
         "format": FORMAT, "version": 1,
@@ -476,16 +502,8 @@ def artifact_config(cfg: TrainConfig, model: MedTokModel, data: TrainData, extra
 
 def export_artifact(path: str | Path, cfg: TrainConfig, model: MedTokModel, data: TrainData,
                     extra: dict | None = None) -> Path:
-    from safetensors.torch import save_file
-
-    table = encode_all(model, data)
-    path = Path(path)
-    with atomic_dir(path) as tmp:
-        write_json(tmp / "config.json", artifact_config(cfg, model, data, extra))
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-        data.vocab.to_parquet(tmp / "vocab.parquet", index=False)
-        save_file(table, str(tmp / "token_table.safetensors"))
-    return path
+    return write_artifact(path, artifact_config(cfg, model, data, extra), data.vocab, encode_all(model, data),
+                          model.state_dict())
 
 
 def codebook_stats(ids: torch.Tensor, weights: torch.Tensor, model: MedTokModel) -> dict[str, dict[str, float]]:
@@ -497,23 +515,22 @@ def codebook_stats(ids: torch.Tensor, weights: torch.Tensor, model: MedTokModel)
 
 def run(cfg: TrainConfig) -> Path:
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     t0 = time.perf_counter()
     data = prepare_data(cfg.data, progress=cfg.progress)
     prep_s = time.perf_counter() - t0
+    cfg = resolved_config(cfg, data)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")  # what runs, sizes resolved
     print(f"data: {len(data)} codes, {data.text_table.shape[0]} unique texts, prepared in {prep_s:.1f}s", flush=True)
     result = train(cfg, data)
     t1 = time.perf_counter()
     summary = {"n_codes": len(data), "prepare_s": round(prep_s, 2), "train_s": round(result.seconds, 2),
                "train_codes_per_s": round(result.codes_per_s, 1), "steps": result.steps,
                "final_losses": result.history[-1] if result.history else {}}
-    artifact = export_artifact(out / "artifact", cfg, result.model, data, {"summary": summary})
+    artifact = export_artifact(artifact_dir(out), cfg, result.model, data, {"summary": summary})
     summary["export_s"] = round(time.perf_counter() - t1, 2)
     summary["total_s"] = round(time.perf_counter() - t0, 2)
-    from safetensors.torch import load_file
-
-    table = load_file(artifact / "token_table.safetensors")
+    table = load_artifact(artifact).table
     summary["codebook"] = codebook_stats(table["ids"], table["weights"], result.model)
     write_json(out / "summary.json", summary)
     with atomic_path(out / "history.jsonl") as tmp:

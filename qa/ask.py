@@ -6,7 +6,7 @@
 
 Shows the linked mentions, the codes used as prefix, the chosen answer and each option's
 probability (``--json``: one JSON object per question). Input may be "stem + lettered option
-lines", or JSON in any layout ``qa.mcq`` reads (MedDDx ``query``, authors' ``input``, or
+lines", or JSON in any layout ``disease_linking.questions`` reads (MedDDx ``query``, authors' ``input``, or
 ``question`` + ``options``). A bad question prints one line and the prompt keeps running.
 """
 
@@ -18,8 +18,8 @@ import sys
 from collections.abc import Iterator
 from typing import TextIO
 
-from medtok_core.errors import MedTokError, cli_entry
-from qa.mcq import MCQFormatError, MCQItem, parse_item, split_question
+from disease_linking.questions import MCQFormatError, MCQItem, parse_item, split_question
+from medtok_core.errors import ConfigError, MedTokError, cli_entry
 
 PROMPT_HELP = ("Type a question, then its options as lines 'A: ...', 'B: ...'; finish with an empty "
                "line (or paste JSON on one line). Ctrl-D quits.")
@@ -79,7 +79,7 @@ class Asker:
         if self.linker is not None and not item.mentions:
             item = self.linker.link_item(item)
         (score,) = self.model.score([item], batch_size=1)
-        prefix = self.model.code_source.prefix(item)
+        prefix = self.model.method.item_prefix(item)
         return {"id": item.id, "question": item.question, "options": item.options,
                 "prefix_mode": self.model.options.prefix_mode,
                 "mentions": [{"text": m.text, "field": m.field,
@@ -135,6 +135,10 @@ def run(asker: Asker, texts: Iterator[str], as_json: bool, out: TextIO = sys.std
     return errors
 
 
+def _one_line_error(message: str):
+    raise ConfigError(f"{message}; see python -m qa.ask --help")
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qa.ask", description=__doc__.split("\n\n")[0])
@@ -144,12 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--medtok", help="MedTok artifact folder, if it moved since training")
     parser.add_argument("--no-linker", action="store_true", help="do not link mentions (use codes in the input)")
     parser.add_argument("--data-dir", help="data directory for the linker")
+    parser.add_argument("--allow-download", action="store_true",
+                        help="fetch the checkpoint's base model from the Hugging Face Hub if it is not cached")
+    parser.error = _one_line_error  # type: ignore[method-assign]
     args = parser.parse_args(argv)
 
     from qa.model import load_qa_checkpoint
 
-    asker = Asker(load_qa_checkpoint(args.checkpoint, medtok=args.medtok), load_linker(not args.no_linker,
-                                                                                       args.data_dir))
+    model = load_qa_checkpoint(args.checkpoint, medtok=args.medtok, allow_download=args.allow_download)
+    asker = Asker(model, load_linker(not args.no_linker, args.data_dir))
     if args.question is not None:
         texts: Iterator[str] = iter([args.question])
     else:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from medtok_core.io import atomic_dir, write_json
+from medtok_core.io import atomic_dir
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -46,50 +46,69 @@ def build_tiny_tokenizer(path: str | Path, vocab_size: int = 300):
     return fast
 
 
-def build_tiny_llama(path: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2,
-                     vocab_size: int = 300) -> Path:
-    """A random 2-layer LLaMA with the tiny tokenizer, saved as an HF folder (bf16 weights)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+TINY_ARCHITECTURES = ("llama", "gpt2", "gpt_neox")
+
+
+def _tiny_config(arch: str, tok, hidden: int, layers: int):
+    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
+
+    ids = {"pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
+    if arch == "llama":
+        return LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                           num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                           max_position_embeddings=512, tie_word_embeddings=True, **ids)
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=len(tok), n_embd=hidden, n_layer=layers, n_head=4, n_positions=512, **ids)
+    if arch == "gpt_neox":
+        return GPTNeoXConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                             num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=512,
+                             **ids)
+    raise ValueError(f"tiny architecture must be one of {', '.join(TINY_ARCHITECTURES)}, got {arch!r}")
+
+
+def build_tiny_lm(path: str | Path, arch: str = "llama", seed: int = 0, hidden: int = 64, layers: int = 2,
+                  vocab_size: int = 300) -> Path:
+    """A random 2-layer causal LM (LLaMA, GPT-2 or GPT-NeoX) with the tiny tokenizer, saved as an
+    HF folder (bf16 weights)."""
+    from transformers import AutoModelForCausalLM
 
     path = Path(path)
     with atomic_dir(path) as tmp:
         tok = build_tiny_tokenizer(tmp, vocab_size)
-        config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-                             num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                             max_position_embeddings=512, tie_word_embeddings=True,
-                             pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                             eos_token_id=tok.eos_token_id)
+        config = _tiny_config(arch, tok, hidden, layers)
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
         model.save_pretrained(tmp)
     return path
+
+
+def build_tiny_llama(path: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2,
+                     vocab_size: int = 300) -> Path:
+    return build_tiny_lm(path, "llama", seed, hidden, layers, vocab_size)
 
 
 def build_tiny_medtok(path: str | Path, codes: list[tuple[str, str, str]], dim: int = 8, top_k: int = 2,
                       codebook: int = 24, seed: int = 0) -> Path:
     """A random MedTok artifact folder in the documented format for ``codes`` = [(system, code, description)]."""
     import pandas as pd
-    from safetensors.torch import save_file
 
-    path = Path(path)
+    from medtok_core.artifact import write_artifact
+
     g = torch.Generator().manual_seed(seed)
     n = len(codes)
     third = codebook // 3
-    with atomic_dir(path) as tmp:
-        write_json(tmp / "config.json", {
-            "format": "medtok-artifact", "top_k": top_k, "model": {"dim": dim},
-            "codebook": {"size": codebook,
-                         "regions": {"text": [0, third], "shared": [third, 2 * third], "graph": [2 * third, codebook]}},
-            "text_encoder": {"path": None}})
-        save_file({"placeholder": torch.zeros(1)}, str(tmp / "model.safetensors"))
-        pd.DataFrame({"code_id": list(range(n)), "system": [c[0] for c in codes], "code": [c[1] for c in codes],
-                      "description": [c[2] for c in codes], "parent": [""] * n}).to_parquet(
-            tmp / "vocab.parquet", index=False)
-        weights = torch.rand(n, 4, top_k, generator=g)
-        save_file({"ids": torch.randint(0, codebook, (n, 4, top_k), generator=g, dtype=torch.int32),
-                   "weights": weights / weights.sum(-1, keepdim=True),
-                   "embeddings": torch.randn(n, 4 * dim, generator=g)}, str(tmp / "token_table.safetensors"))
-    return path
+    config = {"top_k": top_k, "model": {"dim": dim},
+              "codebook": {"size": codebook,
+                           "regions": {"text": [0, third], "shared": [third, 2 * third], "graph": [2 * third, codebook]}},
+              "text_encoder": {"path": None}}
+    vocab = pd.DataFrame({"code_id": list(range(n)), "system": [c[0] for c in codes],
+                          "code": [c[1] for c in codes], "description": [c[2] for c in codes], "parent": [""] * n})
+    weights = torch.rand(n, 4, top_k, generator=g)
+    table = {"ids": torch.randint(0, codebook, (n, 4, top_k), generator=g, dtype=torch.int32),
+             "weights": weights / weights.sum(-1, keepdim=True),
+             "embeddings": torch.randn(n, 4 * dim, generator=g)}
+    # No trained model behind a random table: an empty weight file (encode_new is unavailable).
+    return write_artifact(path, config, vocab, table, {})
 
 
 TINY_CODES = [("ICD10CM", "E11.9", "Type 2 diabetes mellitus without complications"),
@@ -108,7 +127,7 @@ def tiny_questions(n: int, seed: int = 0, tier: str = "Intermediate"):
     Option sets repeat (groups of identical options, as in MedDDx), so the option-set split has
     something to respect.
     """
-    from qa.mcq import CodeRef, MCQItem, Mention
+    from disease_linking.questions import CodeRef, MCQItem, Mention
 
     rng = random.Random(seed)
     items = []
