@@ -162,6 +162,16 @@ def test_results_schema_and_targets(tmp_path):
     MQ.plot(res, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 0
     assert "| gem_icd9_icd10cm_mrr | mrr |" in MQ.markdown_table(res)
+    res.update(targets=tg, training={"both": {"train_s": 10.0}}, medtok_config="c.yaml", medtok_overrides=[],
+               n_codes=8)
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\n\n<!-- medtok_quality:quick -->\nold\n<!-- /medtok_quality:quick -->\n\ntail\n")
+    MQ.update_readme(readme, res, "quick", tmp_path / "p.png")
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("tail\n") and "| hierarchy_sibling_auc |" in text
+    assert (tmp_path / "docs" / "medtok_quality_quick.png").is_file()
+    MQ.update_readme(readme, res, "full", tmp_path / "p.png")  # a second block is appended
+    assert readme.read_text().count("<!-- medtok_quality:") == 2
 
 
 @pytest.mark.parametrize("mutate, match", [
