@@ -12,6 +12,7 @@ selected code and write the artifact atomically.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -28,7 +29,7 @@ from medtok_core.artifact import FORMAT, artifact_dir, load_artifact, write_arti
 from medtok_core.config import ConfigError, parse_config, require_range, save_config, to_dict
 from medtok_core.errors import cli_entry
 from medtok_core.io import atomic_path, write_json
-from medtok_core.losses import LossWeights, fused, info_nce, medtok_losses
+from medtok_core.losses import LossWeights, fused, info_nce, medtok_losses, mix
 from medtok_core.model import EMBEDDING_NAMES, EMBEDDING_REGIONS, GraphInput, MedTokModel, ModelConfig
 
 # ============================================================================== config
@@ -378,6 +379,12 @@ def resolved_config(cfg: TrainConfig, data: TrainData) -> TrainConfig:
     return dataclasses.replace(cfg, model=model)
 
 
+def _pair_nce(emb: torch.Tensor, start: int, temperature: float) -> torch.Tensor:
+    """InfoNCE between the two codes of each link pair (rows ``start:`` of ``emb``, pairs adjacent)."""
+    pair = emb[start:].reshape(-1, 2, emb.shape[1])
+    return info_nce(pair[:, 0], pair[:, 1], temperature)
+
+
 def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
     """Train on ``data``; resumes from ``output_dir/checkpoint`` when present and ``cfg.resume``."""
     from accelerate import Accelerator
@@ -427,8 +434,8 @@ def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
         text_ref = text[:, 0] if cfg.model.modalities != "graph" else None  # graph-only sees no own text
         losses = medtok_losses(out_main, out_main.aug, cfg.loss, text_ref)
         if use_link:
-            pair = fused(out_main.pre)[n_main:].view(-1, 2, 4 * cfg.model.dim)
-            losses["link"] = info_nce(pair[:, 0], pair[:, 1], cfg.loss.temperature)
+            link_nce = functools.partial(_pair_nce, start=n_main, temperature=cfg.loss.temperature)
+            losses["link"] = mix(cfg.loss.quantized_share, link_nce, fused(out_main.pre), out_main.embedding())
             losses["total"] = losses["total"] + cfg.loss.link * losses["link"]
         optimizer.zero_grad(set_to_none=True)
         acc.backward(losses["total"])

@@ -291,7 +291,7 @@ def test_link_and_distill_losses_train_and_resume(tmp_path):
 
     def cfg(out, steps):
         c = tiny_config(out, max_steps=steps)
-        c.loss.link, c.loss.text_distill, c.model.cross_residual = 1.0, 1.0, True
+        c.loss.link, c.loss.text_distill, c.loss.quantized_share, c.model.cross_residual = 1.0, 1.0, 0.5, True
         c.optim.link_batch = 4
         return c
 
@@ -308,5 +308,6 @@ def test_similarity_distill_is_zero_for_a_rotation():
 
     x = torch.randn(10, 6)
     q, _ = torch.linalg.qr(torch.randn(6, 6))
-    assert similarity_distill(x @ q, x).item() < 1e-10
-    assert similarity_distill(torch.randn(10, 6), x).item() > 1e-3
+    for t in (0.0, 0.1):
+        assert similarity_distill(x @ q, x, t).item() < 1e-6
+        assert similarity_distill(torch.randn(10, 6), x, t).item() > 1e-3
