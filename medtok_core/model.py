@@ -48,6 +48,10 @@ class ModelConfig:
     top_k: int = 5
     tau: float = 0.1
     beta: float = 0.25
+    # How the K tokens of an embedding are chosen and weighted (medtok_core.quantizer): "softmax"
+    # (the K nearest, softmax(-distance / tau) weights, the paper's) or "pursuit" (matching pursuit,
+    # signed projection weights; keeps far more of the encoder output).
+    quantizer: Literal["softmax", "pursuit"] = "softmax"
     # Ablations: "text" hides the relational context (subgraph = the code's own node only);
     # "graph" hides the code's own text (text tokens off, own node name masked) so the code is
     # known only through its neighbours.
@@ -154,7 +158,7 @@ class MedTokModel(nn.Module):
         self.text_to_graph = CrossAttention(d, cfg.attn_heads, cfg.dropout, cfg.cross_residual)   # eq. 1
         self.graph_to_text = CrossAttention(d, cfg.attn_heads, cfg.dropout, cfg.cross_residual)   # eq. 2
         self.codebook = RegionedCodebook(cfg.codebook_size, d, cfg.text_frac, cfg.shared_frac,
-                                         cfg.top_k, cfg.tau, cfg.beta)
+                                         cfg.top_k, cfg.tau, cfg.beta, cfg.quantizer)
 
     # ---- modality switches / augmentation -------------------------------------------------
     def _apply_modalities(self, text: torch.Tensor, text_mask: torch.Tensor, g: GraphInput):

@@ -310,7 +310,8 @@ def codebook_usage(ids: torch.Tensor, weights: torch.Tensor, regions: dict[str, 
     out = {}
     for region, (lo, hi) in regions.items():
         sel = (ids >= lo) & (ids < hi)
-        counts = torch.zeros(hi - lo).index_add_(0, (ids[sel] - lo).long(), weights[sel].float())
+        # |weight|: pursuit weights are signed projection coefficients
+        counts = torch.zeros(hi - lo).index_add_(0, (ids[sel] - lo).long(), weights[sel].float().abs())
         p = counts[counts > 0] / counts.sum().clamp(min=1e-12)
         out[region] = {"size": hi - lo, "utilization": float((counts > 0).float().mean()),
                        "perplexity": float(torch.exp(-(p * p.log()).sum()))}

@@ -311,3 +311,26 @@ def test_similarity_distill_is_zero_for_a_rotation():
     for t in (0.0, 0.1):
         assert similarity_distill(x @ q, x, t).item() < 1e-6
         assert similarity_distill(torch.randn(10, 6), x, t).item() > 1e-3
+
+
+def test_pursuit_quantizer_reconstructs_better_and_trains(tmp_path):
+    from medtok_core.quantizer import RegionedCodebook
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 16)
+    errors = {}
+    for mode in ("softmax", "pursuit"):
+        cb = RegionedCodebook(120, 16, top_k=4, mode=mode)
+        cb.init_from_data({r: torch.randn(200, 16) for r in ("text", "shared", "graph")})
+        q = cb(x, "shared")
+        lo, hi = cb.region_range("shared")
+        assert ((q.ids >= lo) & (q.ids < hi)).all() and q.ids.shape == q.weights.shape == (64, 4)
+        # the exported vector is exactly the weighted sum of its tokens' (unit) codebook vectors
+        book = torch.nn.functional.normalize(cb.embedding, dim=-1)
+        assert torch.allclose((q.weights.unsqueeze(-1) * book[q.ids]).sum(1), q.soft, atol=1e-5)
+        errors[mode] = 1 - torch.nn.functional.cosine_similarity(q.soft, x).mean()
+    assert errors["pursuit"] < errors["softmax"]
+    cfg = tiny_config(tmp_path / "p", max_steps=3)
+    cfg.model.quantizer = "pursuit"
+    res = train(cfg, tiny_data())
+    assert all(math.isfinite(r["total"]) for r in res.history)
