@@ -488,6 +488,26 @@ def _symmetrize(edges: pd.DataFrame, n_nodes: int) -> tuple[np.ndarray, np.ndarr
     return np.stack([st // len(names), d]), (st % len(names)).astype(np.int16), names
 
 
+def remove_heldout(kg: KnowledgeGraph, heldout: pd.DataFrame) -> tuple[KnowledgeGraph, int]:
+    """The graph without any edge listed in ``heldout`` (both directions; rows whose nodes or
+    relation are not in the graph are ignored). Returns (graph, number of directed edges removed)."""
+    index = pd.Index(np.asarray(kg.node_key, dtype=object))
+    src, dst = index.get_indexer(heldout.src), index.get_indexer(heldout.dst)
+    rid = {r: i for i, r in enumerate(kg.relations)}
+    rel = heldout.relation.map(rid).fillna(-1).to_numpy(np.int64)
+    back = heldout.relation.map(lambda r: rid.get(REVERSE_RELATIONS.get(r, r), -1)).to_numpy(np.int64)
+    ok = (src >= 0) & (dst >= 0) & (rel >= 0)
+    n, n_rel = kg.num_nodes, max(1, len(kg.relations))
+    drop = np.concatenate([(src[ok] * n_rel + rel[ok]) * n + dst[ok], (dst[ok] * n_rel + back[ok]) * n + src[ok]])
+    ei = np.asarray(kg.edge_index, dtype=np.int64)
+    et = np.asarray(kg.edge_type, dtype=np.int64)
+    keep = ~np.isin((ei[0] * n_rel + et) * n + ei[1], drop)
+    out = KnowledgeGraph(node_key=kg.node_key, node_type=kg.node_type, node_name=kg.node_name,
+                         edge_index=kg.edge_index[:, keep], edge_type=kg.edge_type[keep], relations=kg.relations,
+                         code_node=kg.code_node, node_synonyms=kg.node_synonyms, node_xrefs=kg.node_xrefs)
+    return out, int((~keep).sum())
+
+
 # ============================================================================ caching
 _file_sha: dict[tuple[str, float, int], str] = {}
 
@@ -562,7 +582,7 @@ def build_knowledge_graph(vocab, cfg: KGConfig | None = None, progress: bool = F
             return kg
     kg = attach_codes(load_or_build_base_graph(cfg, progress), vocab, cfg)
     if cfg.heldout_edges:
-        from medtok_core.heldout import read_heldout, remove_heldout
+        from medtok_core.heldout import read_heldout
 
         kg, removed = remove_heldout(kg, read_heldout(cfg.heldout_edges))
         log.info("held-out edges: removed %d directed edges listed in %s", removed, cfg.heldout_edges)

@@ -12,7 +12,7 @@ Honest evaluation of such pairs (``python -m eval.medtok_quality``):
    support of every test pair, so no path of length one through ``r`` still joins them;
 3. :func:`write_heldout` saves those edges as the *held-out file* (CSV ``src,dst,relation`` of
    node keys); ``KGConfig.heldout_edges`` / ``DataConfig.heldout_edges`` take it, its hash joins
-   the graph cache key, and :func:`remove_heldout` drops both directions of each edge from the
+   the graph cache key, and :func:`medtok_core.graph.remove_heldout` drops both directions of each edge from the
    graph before subgraphs are cut, so no MedTok training ever sees them;
 4. training pairs are the pairs still supported by a remaining edge; pairs that lost their whole
    support as a side effect of the removal are neither training nor test pairs.
@@ -138,25 +138,3 @@ def heldout_fingerprint(path: str | Path | None) -> str | None:
         return None
     read_heldout(path)  # a missing or malformed file is a clear error here, before any build
     return sha256_file(path)
-
-
-def remove_heldout(kg, heldout: pd.DataFrame):
-    """The graph without any edge listed in ``heldout`` (both directions; rows whose nodes or
-    relation are not in the graph are ignored). Returns (graph, number of directed edges removed)."""
-    from medtok_core.graph import REVERSE_RELATIONS, KnowledgeGraph
-
-    index = pd.Index(np.asarray(kg.node_key, dtype=object))
-    src, dst = index.get_indexer(heldout.src), index.get_indexer(heldout.dst)
-    rid = {r: i for i, r in enumerate(kg.relations)}
-    rel = heldout.relation.map(rid).fillna(-1).to_numpy(np.int64)
-    back = heldout.relation.map(lambda r: rid.get(REVERSE_RELATIONS.get(r, r), -1)).to_numpy(np.int64)
-    ok = (src >= 0) & (dst >= 0) & (rel >= 0)
-    n, n_rel = kg.num_nodes, max(1, len(kg.relations))
-    drop = np.concatenate([(src[ok] * n_rel + rel[ok]) * n + dst[ok], (dst[ok] * n_rel + back[ok]) * n + src[ok]])
-    ei = np.asarray(kg.edge_index, dtype=np.int64)
-    et = np.asarray(kg.edge_type, dtype=np.int64)
-    keep = ~np.isin((ei[0] * n_rel + et) * n + ei[1], drop)
-    out = KnowledgeGraph(node_key=kg.node_key, node_type=kg.node_type, node_name=kg.node_name,
-                         edge_index=kg.edge_index[:, keep], edge_type=kg.edge_type[keep], relations=kg.relations,
-                         code_node=kg.code_node, node_synonyms=kg.node_synonyms, node_xrefs=kg.node_xrefs)
-    return out, int((~keep).sum())
