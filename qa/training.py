@@ -472,6 +472,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Pat
     out = Path(cfg.output_dir)
     check_writable_dir(out, "--output_dir")
     fresh = starts_fresh(cfg, out)  # before anything is written: a conflicting folder is an error
+    if cfg.deepspeed_config:
+        deepspeed_config_path(cfg)  # given but missing is an error even when DeepSpeed is not used
     accelerator = make_accelerator(cfg)
     set_seed(cfg.seed)
     items = load_questions(cfg.data)
