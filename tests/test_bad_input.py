@@ -219,3 +219,20 @@ def test_at_least_forty_cases_over_every_entry_point():
     assert len(CASES) >= 40
     assert mains == {TRAIN, launch_cli.main, eval_cli.main, ask_cli.main, link_cli.main, linking_quality.main,
                      medtok_cli.main, build_cli.main, pipeline.main}
+
+
+def test_a_run_folder_with_other_settings_resumes_only_when_they_match(tmp_path):
+    """The rule both trainers (MedTok, QA) apply before writing into an output folder."""
+    from medtok_core.config import ConfigError, save_config, starts_fresh
+    from medtok_core.train import TrainConfig as MedTokConfig
+
+    saved = tmp_path / "config.yaml"
+    cfg = MedTokConfig(output_dir=str(tmp_path))
+    assert starts_fresh(cfg, saved, tmp_path) is False  # nothing there: a new run (no clearing needed)
+    save_config(cfg, saved)
+    assert starts_fresh(cfg, saved, tmp_path) is False  # same settings: resume
+    other = MedTokConfig(output_dir=str(tmp_path), seed=3)
+    with pytest.raises(ConfigError, match=r"holds a run with other settings \(seed: 0 -> 3\)"):
+        starts_fresh(other, saved, tmp_path)
+    other.force = True
+    assert starts_fresh(other, saved, tmp_path) is True
