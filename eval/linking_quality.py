@@ -43,13 +43,13 @@ GOLD = Path(__file__).with_name("gold_linking.jsonl")
 class QualityConfig:
     """Precision/recall of mention linking on the gold sample, coverage and throughput on MedDDx."""
 
-    gold: str = str(GOLD)
+    gold: str = str(GOLD)  # hand-annotated gold JSONL
     input: str | None = None  # MedDDx file (default: data dir)
-    data_dir: str | None = None
+    data_dir: str | None = None  # data directory (default: $MEDTOK_DATA_DIR or ../shared/data)
     # Fallback thresholds to compare (the linker's own threshold is used for --full).
     thresholds: list[float] = field(default_factory=lambda: [0.7, 0.75, 0.8, 0.85, 0.9, 1.01])
-    full: bool = True
-    output: str | None = None
+    full: bool = True  # also link all of MedDDx (coverage, speed)
+    output: str | None = None  # write the results as JSON here
     linking: LinkConfig = field(default_factory=LinkConfig)
 
 

@@ -235,9 +235,9 @@ def _set_dotted(tree: dict[str, Any], dotted: str, values: list[str]) -> None:
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
     """Help text of each field of dataclass ``cls``, from its source: ``metadata={"help": ...}``,
-    else the comment on the field's line, else the comment block above it (a block above a run of
-    uncommented fields, with no blank line between, documents all of them), else a string
-    literal right after the field."""
+    else the comment on the field's line(s), else the comment lines right above it, else a string
+    literal right after it. A comment documents one field only: one above a group would be read
+    as the first field's."""
     docs = {f.name: f.metadata["help"] for f in dataclasses.fields(cls) if "help" in f.metadata}
     try:
         source = textwrap.dedent(inspect.getsource(cls))
@@ -250,29 +250,20 @@ def field_docs(cls: type) -> dict[str, str]:
             comments[tok.start[0]] = tok.string.lstrip("#").strip()
         elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER):
             code_lines.update(range(tok.start[0], tok.end[0] + 1))
-    lines = source.splitlines()
     body = ast.parse(source).body[0].body
-    block = ""  # the comment block above the current run of fields
     for i, node in enumerate(body):
         if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
-            block = ""
             continue
-        name, first, last = node.target.id, node.lineno, node.end_lineno or node.lineno
+        first, last = node.lineno, node.end_lineno or node.lineno
         above, line = [], first - 1
-        while line >= 1 and line in comments and line not in code_lines:
+        while line in comments and line not in code_lines:
             above.insert(0, comments[line])
             line -= 1
-        if above:
-            block = " ".join(above)
-        elif line >= 1 and not lines[line - 1].strip():  # a blank line ends the run
-            block = ""
         own = " ".join(comments[n] for n in range(first, last + 1) if n in comments)
         after = body[i + 1] if i + 1 < len(body) else None
         literal = (after.value.value if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
                    and isinstance(after.value.value, str) else "")
-        docs.setdefault(name, own or block or " ".join(literal.split()))
-        if own:
-            block = ""
+        docs.setdefault(node.target.id, own or " ".join(above) or " ".join(literal.split()))
     return {k: v for k, v in docs.items() if v}
 
 

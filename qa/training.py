@@ -44,12 +44,12 @@ RUN_FILES = ("train_config.yaml", "split.json", "metrics.jsonl")
 @dataclass
 class DataOptions:
     train_file: str | None = None  # linked JSONL (or MedDDx json); default: MedDDx.json in the data dir
-    data_dir: str | None = None
-    tier: str = "Intermediate"
-    val_fraction: float = 0.2
-    split_seed: int = 0
+    data_dir: str | None = None  # data directory (default: $MEDTOK_DATA_DIR or ../shared/data)
+    tier: str = "Intermediate"  # tier trained on ("" = every tier)
+    val_fraction: float = 0.2  # held-out share (whole option-set groups)
+    split_seed: int = 0  # seed of the train/held-out split
     limit_train: int = 0  # keep only the first N training questions (0: all), for smoke runs
-    limit_val: int = 0
+    limit_val: int = 0  # keep only the first N held-out questions (0: all)
     shuffle_options: bool = True  # permute options each epoch (answer relabelled) against letter bias
     skip_invalid: bool = False  # leave out malformed questions (reported) instead of stopping
 
@@ -62,14 +62,14 @@ class DataOptions:
 
 @dataclass
 class OptimOptions:
-    lr: float = 2e-4
+    lr: float = 2e-4  # AdamW learning rate (LoRA)
     projector_lr: float | None = None  # defaults to lr
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.05
-    epochs: int = 3
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_ratio: float = 0.05  # warm-up share of all steps
+    epochs: int = 3  # passes over the training questions
     batch_size: int = 8  # per process
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_grad_norm: float = 1.0  # gradient norm clip (0: none)
     max_steps: int = 0  # stop after this many optimizer steps in total (0: no limit)
 
     def __post_init__(self):
@@ -88,16 +88,16 @@ class OptimOptions:
 class TrainConfig:
     """Fine-tune a QA model (LoRA + MedTok prefix projector) on MedDDx Intermediate."""
 
-    output_dir: str = "runs/qa"
-    seed: int = 0
-    eval_batch_size: int = 16
+    output_dir: str = "runs/qa"  # run folder (best/ is the best checkpoint)
+    seed: int = 0  # seed of initialisation and data order
+    eval_batch_size: int = 16  # questions per validation scoring call
     early_stop_patience: int = 2  # epochs without validation improvement (0: never stop early)
     save_every_steps: int = 50  # resumable state every N optimizer steps (and at each epoch end)
-    log_every: int = 5
+    log_every: int = 5  # metrics.jsonl record every N steps
     # DeepSpeed JSON when accelerate launches with DeepSpeed. Given here, it wins over the
     # accelerate config's deepspeed_config_file; None: that file, else ds_config.json.
     deepspeed_config: str | None = None
-    resume: bool = True
+    resume: bool = True  # continue a run found in output_dir
     force: bool = False  # start over in an output_dir that holds a run with other settings
     model: ModelOptions = field(default_factory=ModelOptions)
     data: DataOptions = field(default_factory=DataOptions)

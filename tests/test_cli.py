@@ -34,8 +34,8 @@ class Cmd:
     checkpoints: list[str] = field(default_factory=list)  # checkpoint folders
     seeds: list[int] = field(default_factory=lambda: [0])
     lr: float = 1e-3
-    # Two fields under one comment block:
-    # both get it.
+    # A comment block of
+    # two lines.
     alpha: float = 1.0
     beta: float = 2.0
 
@@ -87,9 +87,10 @@ def test_list_edge_cases():
 def test_help_text_comes_from_the_field_comments():
     docs = field_docs(Cmd)
     assert docs["checkpoints"] == "checkpoint folders"
-    assert docs["alpha"] == docs["beta"] == "Two fields under one comment block: both get it."
+    assert docs["alpha"] == "A comment block of two lines."
+    assert "beta" not in docs  # a comment documents the field below it only
     assert "seeds" not in docs and "lr" not in docs  # nothing above them, nothing on their line
-    assert docs["gamma"] == "Attribute docstring."  # the blank line above ends the comment block
+    assert docs["gamma"] == "Attribute docstring."
     assert docs["name"] == "explicit help"
     assert field_docs(Inner) == {"r": "LoRA rank", "targets": "Modules to adapt."}
 
