@@ -1,21 +1,27 @@
-"""Quality and speed of disease_linking against the hand-annotated gold sample.
+"""Quality and speed of disease_linking against the hand-annotated gold standards.
 
-    python -m eval.linking_quality [--gold eval/gold_linking.jsonl] [--thresholds 0.75,0.8,0.85]
-                                   [--output linking_quality.json] [--full true]
+    python -m eval.linking_quality [--output linking_quality.json] [--errors errors.jsonl] [--full true]
 
-Gold (``eval/gold_linking.jsonl``): the first record gives the annotation rules and the list of
-questions annotated exhaustively; every other record is one mention (id, field, start, end, kind,
-codes = acceptable codes, preferred first).
+Gold splits (see ``eval/linking_gold.py`` and ``eval/gold/RULES.md``):
 
-Metrics on the annotated questions (one-to-one greedy matching of predicted and gold mentions in
-the same field whose spans overlap):
+- ``v1``: ``eval/gold_linking.jsonl``, the first 113-mention sample (kept for comparability);
+- ``v2-tune`` / ``v2-report``: the two seeded halves of ``eval/gold/linking_v2.jsonl``. The
+  fallback threshold is chosen on *tune* (highest top-code recall among the thresholds whose
+  code precision reaches ``target_precision``) and every split is then scored with it; quote
+  *report*.
 
-- mention precision / recall / F1 (overlap), and the share of matched pairs with identical spans;
+Metrics per split, overall, per kind (disease / drug / phenotype) and per tier (one-to-one greedy
+matching of predicted and gold mentions in the same field whose spans overlap):
+
+- mention precision / recall (overlap);
 - code precision: predicted mentions whose top-ranked code is acceptable / all predicted mentions
   (an unmatched prediction counts as wrong);
-- code recall: gold mentions that a prediction matches with any acceptable code among its ranked
-  codes / all gold mentions; also recall@1 (top code acceptable);
-- the same per kind (disease / drug / phenotype), and for each fallback threshold in ``thresholds``.
+- code recall@1 ("top code"): gold mentions matched by a prediction whose top code is acceptable;
+  code recall (any): ... with an acceptable code anywhere in its ranked list.
+
+A code is acceptable if it is one of the gold codes or an ancestor of one down to the ICD-10-CM
+3-character category / ATC level 4 (:func:`acceptable`). Per kind, a prediction counts when it
+matches a gold mention of that kind, or is unmatched and has that kind itself.
 
 With ``--full`` it also links all of MedDDx and reports coverage per tier and throughput.
 """
@@ -30,34 +36,51 @@ from pathlib import Path
 
 from disease_linking.linker import LinkConfig, Linker
 from disease_linking.summary import format_summary, summarize
+from eval.linking_gold import GOLD_V1, GOLD_V2, KINDS, TIERS, load_gold
 from medtok_core.config import parse_config
 from medtok_core.datadir import data_file
 from medtok_core.errors import MedTokError, cli_entry
-from medtok_core.io import write_json
+from medtok_core.io import atomic_path, write_json
 from qa.mcq import MCQItem, Mention, load_mcq
 
-GOLD = Path(__file__).with_name("gold_linking.jsonl")
+SPLITS = ("v1", "v2-tune", "v2-report")
 
 
 @dataclass
 class QualityConfig:
-    """Precision/recall of mention linking on the gold sample, coverage and throughput on MedDDx."""
+    """Precision/recall of mention linking on the gold splits, coverage and throughput on MedDDx."""
 
-    gold: str = str(GOLD)
+    gold_v1: str = str(GOLD_V1)
+    gold_v2: str = str(GOLD_V2)
     input: str | None = None  # MedDDx file (default: data dir)
     data_dir: str | None = None
-    # Fallback thresholds to compare (the linker's own threshold is used for --full).
-    thresholds: list[float] = field(default_factory=lambda: [0.7, 0.75, 0.8, 0.85, 0.9, 1.01])
+    # Fallback thresholds tried on v2-tune (1.01 = no fallback).
+    thresholds: list[float] = field(default_factory=lambda: [0.8, 0.85, 0.88, 0.9, 0.92, 0.95, 1.01])
+    # Pick the threshold on v2-tune (else keep --linking.fallback_threshold).
+    tune: bool = True
+    # The code precision the tuned threshold must reach on v2-tune.
+    target_precision: float = 0.90
+    # Link all of MedDDx for coverage and throughput.
     full: bool = True
     output: str | None = None
+    # Write every error (spurious mention, wrong top code, missed mention) here as JSONL.
+    errors: str | None = None
     linking: LinkConfig = field(default_factory=LinkConfig)
 
 
-def load_gold(path: str | Path) -> tuple[list[str], list[dict]]:
-    lines = [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
-    if not lines or "questions" not in lines[0]:
-        raise MedTokError(f"{path}: first record must hold the annotation rules and 'questions'")
-    return lines[0]["questions"], lines[1:]
+def acceptable(codes: list[str]) -> set[str]:
+    """The gold codes and their ancestors down to the ICD-10-CM category / ATC level 4."""
+    out = set(codes)
+    for ref in codes:
+        system, _, code = ref.partition(":")
+        if system == "ATC":
+            out.update(f"ATC:{code[:n]}" for n in (5,) if len(code) > n)
+        elif system.startswith("ICD"):
+            c = code
+            while len(c.replace(".", "")) > 3:
+                c = c[:-1].rstrip(".")
+                out.add(f"{system}:{c}")
+    return out
 
 
 def _overlap(a_start: int, a_end: int, b_start: int, b_end: int) -> bool:
@@ -85,9 +108,17 @@ def _ratio(a: int, b: int) -> float:
     return round(a / b, 4) if b else 0.0
 
 
+def _ref(c) -> str:
+    return f"{c.system}:{c.code}"
+
+
+def top_code_right(m: Mention, g: dict) -> bool:
+    return bool(m.codes) and _ref(m.codes[0]) in acceptable(g["codes"])
+
+
 def score(items: list[MCQItem], gold: list[dict], kind: str | None = None) -> dict:
-    """Metrics over all mentions, or for one gold kind (predictions matched to a gold mention of that
-    kind, plus unmatched predictions whose own kind is that kind)."""
+    """Metrics over all mentions of ``items``, or for one gold kind (predictions matched to a gold
+    mention of that kind, plus unmatched predictions whose own kind is that kind)."""
     pred = [(it.id, m) for it in items for m in it.mentions if m.codes]
     pairs = match(pred, gold)
     if kind is not None:
@@ -97,52 +128,120 @@ def score(items: list[MCQItem], gold: list[dict], kind: str | None = None) -> di
         n_gold = sum(g["kind"] == kind for g in gold)
     else:
         n_pred, n_gold = len(pred), len(gold)
-    top1 = sum(f"{pred[i][1].codes[0].system}:{pred[i][1].codes[0].code}" in gold[j]["codes"] for i, j in pairs)
-    anyk = sum(any(f"{c.system}:{c.code}" in gold[j]["codes"] for c in pred[i][1].codes) for i, j in pairs)
-    exact = sum(pred[i][1].start == gold[j]["start"] and pred[i][1].end == gold[j]["end"] for i, j in pairs)
+    top1 = sum(top_code_right(pred[i][1], gold[j]) for i, j in pairs)
+    anyk = sum(any(_ref(c) in acceptable(gold[j]["codes"]) for c in pred[i][1].codes) for i, j in pairs)
     p, r = _ratio(len(pairs), n_pred), _ratio(len(pairs), n_gold)
     return {"gold": n_gold, "predicted": n_pred, "matched": len(pairs),
             "mention_precision": p, "mention_recall": r,
-            "mention_f1": round(2 * p * r / (p + r), 4) if p + r else 0.0,
-            "exact_span_share": _ratio(exact, len(pairs)),
-            "code_precision": _ratio(top1, n_pred), "code_recall": _ratio(anyk, n_gold),
-            "code_recall_at_1": _ratio(top1, n_gold)}
+            "code_precision": _ratio(top1, n_pred), "code_recall_at_1": _ratio(top1, n_gold),
+            "code_recall": _ratio(anyk, n_gold)}
 
 
-def evaluate(linker: Linker, items: list[MCQItem], gold: list[dict]) -> dict:
-    linked = linker.link_items(items)
-    return {"all": score(linked, gold), **{k: score(linked, gold, k) for k in ("disease", "drug", "phenotype")}}
+def score_groups(linked: list[MCQItem], gold: list[dict]) -> dict:
+    """``all``, each kind and each tier present."""
+    out = {"all": score(linked, gold), **{k: score(linked, gold, k) for k in KINDS}}
+    for tier in TIERS:
+        items = [it for it in linked if it.tier == tier]
+        if items:
+            out[tier] = score(items, [g for g in gold if g.get("tier") == tier])
+    return out
+
+
+def errors(linked: list[MCQItem], gold: list[dict], split: str) -> list[dict]:
+    """Every spurious mention, wrong top code and missed gold mention, for reading."""
+    pred = [(it.id, m) for it in linked for m in it.mentions if m.codes]
+    pairs = match(pred, gold)
+    out = []
+    paired_p = {i: j for i, j in pairs}
+    for i, (qid, m) in enumerate(pred):
+        j = paired_p.get(i)
+        codes = [_ref(c) for c in m.codes]
+        if j is None:
+            out.append({"split": split, "error": "spurious", "id": qid, "field": m.field, "text": m.text,
+                        "kind": m.kind, "codes": codes, "why": [getattr(c, "source", "") for c in m.codes[:1]]})
+        elif not top_code_right(m, gold[j]):
+            out.append({"split": split, "error": "wrong_code", "id": qid, "field": m.field, "text": m.text,
+                        "gold_text": gold[j]["text"], "kind": gold[j]["kind"], "codes": codes,
+                        "gold": gold[j]["codes"], "why": [getattr(c, "source", "") for c in m.codes[:1]]})
+    paired_g = {j for _, j in pairs}
+    out += [{"split": split, "error": "missed", "id": g["id"], "field": g["field"], "text": g["text"],
+             "kind": g["kind"], "gold": g["codes"]} for j, g in enumerate(gold) if j not in paired_g]
+    return out
+
+
+def load_splits(cfg: QualityConfig) -> dict[str, tuple[list[str], list[dict]]]:
+    """Split name -> (question ids, gold mention records)."""
+    h1, g1 = load_gold(cfg.gold_v1)
+    h2, g2 = load_gold(cfg.gold_v2)
+    out = {"v1": (h1["questions"], g1)}
+    for half in ("tune", "report"):
+        ids = set(h2[half])
+        out[f"v2-{half}"] = (h2[half], [g for g in g2 if g["id"] in ids])
+    return out
 
 
 def _row(name: str, s: dict) -> str:
-    return (f"{name:<22}{s['gold']:>5}{s['predicted']:>6}{s['mention_precision']:>8.1%}{s['mention_recall']:>8.1%}"
-            f"{s['code_precision']:>8.1%}{s['code_recall']:>8.1%}{s['code_recall_at_1']:>8.1%}")
+    return (f"{name:<16}{s['gold']:>5}{s['predicted']:>6}{s['mention_precision']:>8.1%}{s['mention_recall']:>8.1%}"
+            f"{s['code_precision']:>8.1%}{s['code_recall_at_1']:>8.1%}{s['code_recall']:>8.1%}")
+
+
+HEADER = f"{'':<16}{'gold':>5}{'pred':>6}{'men P':>8}{'men R':>8}{'code P':>8}{'R@1':>8}{'R any':>8}"
+
+
+def format_table(split: str, groups: dict) -> str:
+    return "\n".join([f"{split}  ({HEADER.strip()})", *(_row(f"  {k}", s) for k, s in groups.items())])
+
+
+def tune_threshold(linker: Linker, items: list[MCQItem], gold: list[dict], base: LinkConfig,
+                   thresholds: list[float], target: float) -> tuple[float, dict]:
+    """The threshold with the highest top-code recall among those reaching ``target`` code
+    precision on ``gold`` (else the most precise one), and the sweep."""
+    sweep = {}
+    for th in thresholds:
+        linker.cfg = dataclasses.replace(base, fallback_threshold=th)
+        sweep[th] = score(linker.link_items(items), gold)
+    ok = [th for th in thresholds if sweep[th]["code_precision"] >= target]
+    if ok:
+        best = max(ok, key=lambda th: (sweep[th]["code_recall_at_1"], sweep[th]["code_precision"], -th))
+    else:
+        best = max(thresholds, key=lambda th: (sweep[th]["code_precision"], sweep[th]["code_recall_at_1"]))
+    return best, {str(th): s for th, s in sweep.items()}
 
 
 def run(cfg: QualityConfig) -> dict:
-    questions, gold = load_gold(cfg.gold)
+    splits = load_splits(cfg)
     input_path = Path(cfg.input) if cfg.input else data_file("meddx/MedDDx.json", cfg.data_dir)
     all_items, _ = load_mcq(input_path)
     by_id = {it.id: it for it in all_items}
-    missing = [q for q in questions if q not in by_id]
-    if missing:
-        raise MedTokError(f"gold question {missing[0]} is not in {input_path}; pass the MedDDx file it was annotated on")
-    sample = [by_id[q] for q in questions]
+    for name, (qids, _) in splits.items():
+        missing = [q for q in qids if q not in by_id]
+        if missing:
+            raise MedTokError(f"{name}: gold question {missing[0]} is not in {input_path}; "
+                              "pass the MedDDx file it was annotated on")
     t0 = time.perf_counter()
     linker = Linker.from_cache(cfg.linking, cfg.data_dir)
-    result: dict = {"load_s": round(time.perf_counter() - t0, 2), "gold_questions": len(sample),
-                    "gold_mentions": len(gold)}
-    print(f"{'setting':<22}{'gold':>5}{'pred':>6}{'men P':>8}{'men R':>8}{'code P':>8}{'code R':>8}{'R@1':>8}")
-    sweeps = {}
-    for th in cfg.thresholds:
-        linker.cfg = dataclasses.replace(cfg.linking, fallback_threshold=th)
-        sweeps[str(th)] = evaluate(linker, sample, gold)
-        print(_row(f"fallback >= {th}", sweeps[str(th)]["all"]))
-    linker.cfg = cfg.linking
-    result["by_threshold"] = sweeps
-    result["configured"] = evaluate(linker, sample, gold)
-    for k, s in result["configured"].items():
-        print(_row(f"[{cfg.linking.fallback_threshold}] {k}", s))
+    result: dict = {"load_s": round(time.perf_counter() - t0, 2)}
+    link_cfg = cfg.linking
+    if cfg.tune:
+        qids, gold = splits["v2-tune"]
+        best, sweep = tune_threshold(linker, [by_id[q] for q in qids], gold, cfg.linking, cfg.thresholds,
+                                     cfg.target_precision)
+        result["tuning"] = {"split": "v2-tune", "target_precision": cfg.target_precision,
+                            "chosen_fallback_threshold": best, "sweep": sweep}
+        print(f"fallback threshold tuned on v2-tune: {best} (sweep: " + ", ".join(
+            f"{th}: P {s['code_precision']:.1%} R@1 {s['code_recall_at_1']:.1%}" for th, s in sweep.items()) + ")")
+        link_cfg = dataclasses.replace(cfg.linking, fallback_threshold=best)
+    linker.cfg = link_cfg
+    result["splits"], errs = {}, []
+    for name, (qids, gold) in splits.items():
+        linked = linker.link_items([by_id[q] for q in qids])
+        result["splits"][name] = {"questions": len(qids), "mentions": len(gold), **score_groups(linked, gold)}
+        print(format_table(f"{name}: {len(qids)} questions, {len(gold)} mentions",
+                           {k: v for k, v in result["splits"][name].items() if isinstance(v, dict)}))
+        errs += errors(linked, gold, name)
+    if cfg.errors:
+        with atomic_path(cfg.errors) as tmp:
+            tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errs), encoding="utf-8")
     if cfg.full:
         t0 = time.perf_counter()
         linked = linker.link_items(all_items)
