@@ -26,8 +26,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from disease_linking.questions import CodeRef, Mention, load_mcq  # noqa: E402
 from qa.base_model import DEFAULT_BASE_MODEL, load_base_model, resolve_dtype  # noqa: E402
-from qa.mcq import CodeRef, Mention, load_mcq  # noqa: E402
 from qa.model import ModelOptions, build_qa_model  # noqa: E402
 from qa.tiny import build_tiny_medtok  # noqa: E402
 from qa.training import make_optimizer, peak_rss_gib, split_by_option_set  # noqa: E402

@@ -109,7 +109,7 @@ def build_code_index(folder: Path, vocab, encoder_path: str, progress: bool) -> 
 def load_code_index(folder: Path, encoder_path: str):
     from safetensors.numpy import load_file
 
-    from disease_linking.linker import CodeIndex
+    from disease_linking.code_index import CodeIndex
 
     refs = [tuple(r.split(":", 1)) for r in read_json(folder / "codes.json")]
     return CodeIndex(refs, load_file(str(_emb_file(folder, encoder_path)))["emb"], _encoder(encoder_path))

@@ -20,9 +20,9 @@ from pathlib import Path
 import pandas as pd
 
 from disease_linking.normalize import is_acronym, norm_word, term_key
+from disease_linking.questions import CodeRef
 from medtok_core.errors import DataFileError
 from medtok_core.io import atomic_path
-from qa.mcq import CodeRef
 
 # Order used to rank codes of equal score and to name a term's main kind.
 KIND_ORDER = ("disease", "phenotype", "drug")

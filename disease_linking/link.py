@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from disease_linking.linker import LinkConfig, Linker
+from disease_linking.questions import load_mcq, to_authors_layout, write_jsonl
 from disease_linking.summary import format_summary, summarize
 from medtok_core.config import parse_config, save_config, to_dict
 from medtok_core.datadir import data_file
 from medtok_core.errors import ConfigError, cli_entry
 from medtok_core.io import atomic_path, write_json
-from qa.mcq import load_mcq, to_authors_layout, write_jsonl
 
 
 @dataclass

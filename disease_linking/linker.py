@@ -18,14 +18,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from spacy.language import Language
 from spacy.tokens import Doc
 
+from disease_linking.code_index import CodeIndex
 from disease_linking.lexicon import GENERIC_WORDS, Lexicon
 from disease_linking.normalize import norm_word
 from disease_linking.pipeline import SPAN_KEY, make_nlp, set_lexicon
-from qa.mcq import CodeRef, MCQItem, Mention
+from disease_linking.questions import CodeRef, MCQItem, Mention
 
 
 @dataclass
@@ -125,29 +125,6 @@ def _head_phrases(doc: Doc, covered: set[int]) -> list[tuple[int, int]]:
         if tok.i + 1 - start >= 1:
             out.append((start, tok.i + 1))
     return out
-
-
-class CodeIndex:
-    """Unit-normalized embeddings of code descriptions for the similarity fallback."""
-
-    def __init__(self, refs: list[tuple[str, str]], emb: np.ndarray, encoder):
-        self.refs = refs
-        self.emb = emb.astype(np.float32)
-        self.encoder = encoder
-
-    def search(self, texts: list[str], top_k: int, threshold: float) -> list[list[CodeRef]]:
-        if not texts:
-            return []
-        q = self.encoder(texts)
-        sims = q @ self.emb.T
-        out = []
-        k = min(top_k, sims.shape[1])
-        # argpartition: a full sort of ~2*10^4 similarities per candidate cost 8 s on MedDDx.
-        tops = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k else np.zeros((len(sims), 0), int)
-        for row, top in zip(sims, tops, strict=True):
-            best = sorted(top.tolist(), key=lambda j: (-row[j], j))
-            out.append([CodeRef(*self.refs[j], round(float(row[j]), 4)) for j in best if row[j] >= threshold])
-        return out
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from qa.mcq import TIERS, MCQItem
+from disease_linking.questions import TIERS, MCQItem
 
 KINDS = ("disease", "drug", "phenotype")
 

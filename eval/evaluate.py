@@ -24,15 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from eval import stats
+from disease_linking.questions import LETTERS, TIERS, MCQItem, load_mcq
+from eval import report, stats
+from eval.report import ALL, ZERO_SHOT, method_rank
 from medtok_core.errors import ConfigError, MedTokError
 from medtok_core.io import atomic_path, read_json, write_json
-from qa.mcq import LETTERS, TIERS, MCQItem, load_mcq
-
-ALL = "All"
-ZERO_SHOT = "zero-shot"
-# Display order of the methods the project trains (DESIGN.md, prefix modes); others follow.
-METHOD_ORDER = (ZERO_SHOT, "none", "text", "medtok-mean", "medtok", "shuffled")
+from qa.checkpoint import find_checkpoint, read_checkpoint_config
 
 
 # --------------------------------------------------------------------------------------- config
@@ -136,14 +133,9 @@ def _read_train_seed(folder: Path, qa_config: dict) -> int | None:
 
 def checkpoint_source(path: str | Path) -> Source:
     """Describe a QA checkpoint folder: method (prefix mode), seed, and its train/val split."""
-    run_dir = Path(path)
-    # finetune/train.py writes the checkpoint to its output folder or to output/best.
-    folder = next((d for d in (run_dir, run_dir / "best") if (d / "qa_config.json").is_file()), None)
-    if folder is None:
-        raise MedTokError(f"{run_dir} is not a QA checkpoint (no qa_config.json); train one with "
-                          "`accelerate launch finetune/train.py`")
-    qa_config = read_json(folder / "qa_config.json")
-    method = str(qa_config.get("prefix_mode") or "none")
+    folder = find_checkpoint(path)
+    qa_config = read_checkpoint_config(folder)
+    method = qa_config["prefix_mode"]
     train_ids, val_ids = _read_split(folder)
     return Source("checkpoint", str(folder), method, _read_train_seed(folder, qa_config), train_ids, val_ids)
 
@@ -246,10 +238,6 @@ def held_out_ids(sources: Sequence[Source]) -> frozenset[str] | None:
 
 
 # ------------------------------------------------------------------------------------ statistics
-def method_rank(method: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
-
-
 def _tier_groups(items: Sequence[MCQItem], tiers: Sequence[str]) -> dict[str, list[MCQItem]]:
     groups: dict[str, list[MCQItem]] = {}
     if any(it.tier for it in items):  # untiered data (authors' layout): the "All" row only
@@ -392,8 +380,6 @@ def write_predictions(out_dir: Path, items: Sequence[MCQItem], runs: Sequence[Ru
 def write_outputs(results: dict, items: Sequence[MCQItem], runs: Sequence[Run], out_dir: str | Path,
                   plots: bool = True) -> dict[str, str]:
     """Write predictions, plots, report.md and results.json (last: its presence means complete)."""
-    from eval import report
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"predictions": write_predictions(out, items, runs)}

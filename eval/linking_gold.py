@@ -172,7 +172,7 @@ def load_gold(path: str | Path) -> tuple[dict, list[dict]]:
 
 def _meddx(data_dir=None):
     from medtok_core.datadir import data_file
-    from qa.mcq import load_mcq
+    from disease_linking.questions import load_mcq
 
     items, _ = load_mcq(data_file("meddx/MedDDx.json", data_dir))
     return items

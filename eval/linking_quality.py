@@ -35,13 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from disease_linking.linker import LinkConfig, Linker
+from disease_linking.questions import MCQItem, Mention, load_mcq
 from disease_linking.summary import format_summary, summarize
 from eval.linking_gold import GOLD_V1, GOLD_V2, KINDS, TIERS, load_gold
 from medtok_core.config import parse_config
 from medtok_core.datadir import data_file
 from medtok_core.errors import MedTokError, cli_entry
 from medtok_core.io import atomic_path, write_json
-from qa.mcq import MCQItem, Mention, load_mcq
 
 SPLITS = ("v1", "v2-tune", "v2-report")
 

@@ -30,9 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medtok_core.artifact import TABLE, artifact_dir
 from medtok_core.config import parse_config, save_config
 from medtok_core.errors import ConfigError, MedTokError, cli_entry
 from medtok_core.io import read_json, write_json
+from qa.checkpoint import QA_CONFIG, best_checkpoint
+from qa.prefix_methods import get_method, method_names
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STAGE_GROUPS = ("build", "medtok", "link", "finetune", "eval")
@@ -54,7 +57,8 @@ class PipelineConfig:
     output: str = "runs/pipeline"
     data_dir: str | None = None
     dataset: str = ""  # MCQ file to link, train and evaluate on; "" = MedDDx from the data dir
-    methods: list[str] = field(default_factory=lambda: ["none", "text", "medtok-mean", "medtok", "shuffled"])
+    # Prefix methods to fine-tune (default: every registered one, qa/prefix_methods/).
+    methods: list[str] = field(default_factory=method_names, metadata={"choices": method_names})
     seeds: list[int] = field(default_factory=lambda: [0])
     zero_shot: bool = True  # also evaluate the base model without fine-tuning
     launcher: str = "accelerate"  # accelerate | python (fine-tuning entry point)
@@ -73,6 +77,10 @@ class PipelineConfig:
         "optim.epochs": 1, "data.limit_train": 32, "data.limit_val": 24}))
     # A fixed pseudo-random 30 questions of Basic and of Expert (plus the held-out slice).
     eval: StageOptions = field(default_factory=lambda: StageOptions("", {"max_per_tier": 30}))
+
+    def __post_init__(self):
+        for method in self.methods:
+            get_method(method)  # unknown names fail when the config is parsed, listing the registered ones
 
 
 # ---------------------------------------------------------------------------------------- stages
@@ -126,7 +134,8 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     out = Path(cfg.output).resolve()  # stages run from the repository root
     data_dir = ["--data_dir", cfg.data_dir] if cfg.data_dir else []
     dataset = cfg.dataset or _default_dataset(cfg.data_dir)
-    artifact = out / "medtok" / "artifact"
+    medtok_run = out / "medtok"
+    artifact = artifact_dir(medtok_run)
     linked = out / "linked" / "linked.jsonl"
     stages = [
         Stage("build", "build", "Vocabulary + knowledge graph",
@@ -135,8 +144,8 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         Stage("medtok", "medtok", "MedTok training",
               _python("medtok_core.train") + _config_args(cfg.medtok)
               + (["--data.data_dir", cfg.data_dir] if cfg.data_dir else [])
-              + ["--output_dir", str(out / "medtok")] + _overrides(cfg.medtok),
-              [artifact / "token_table.safetensors"], depends=["build"], workdir=out / "medtok"),
+              + ["--output_dir", str(medtok_run)] + _overrides(cfg.medtok),
+              [artifact / TABLE], depends=["build"], workdir=medtok_run),
         Stage("link", "link", "Disease linking",
               _python("disease_linking.link") + ["--input", str(dataset), "--output", str(linked)]
               + data_dir + _config_args(cfg.link) + _overrides(cfg.link),
@@ -147,7 +156,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         for seed in cfg.seeds:
             run_dir = out / "qa" / f"{method}-seed{seed}"
             checkpoints.append(run_dir)
-            needs_medtok = method != "none"  # text mode reads code descriptions from the artifact
+            needs_medtok = get_method(method).needs_artifact
             stages.append(Stage(
                 "finetune", f"finetune {method} seed {seed}", f"QA fine-tuning: {method}, seed {seed}",
                 _launcher(cfg) + _config_args(cfg.finetune)
@@ -155,8 +164,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
                    "--output_dir", str(run_dir)]
                 + (["--data.data_dir", cfg.data_dir] if cfg.data_dir else [])
                 + ["--medtok", str(artifact) if needs_medtok else "null"] + _overrides(cfg.finetune),
-                # finetune/train.py keeps the best epoch's checkpoint in output_dir/best.
-                [run_dir / "best" / "qa_config.json"],
+                [best_checkpoint(run_dir) / QA_CONFIG],
                 depends=["link"] + (["medtok"] if needs_medtok else []), workdir=run_dir))
     eval_dir = out / "eval"
     stages.append(Stage(

@@ -10,10 +10,43 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from eval.evaluate import ALL, method_rank
 from medtok_core.io import atomic_path, write_text
+from qa.prefix_methods import get_method, method_names
 
+ALL = "All"  # the row over every tier
+ZERO_SHOT = "zero-shot"  # the base model without fine-tuning (not a prefix method)
 TEST_NAMES = {"exact-binomial": "exact", "chi2-continuity-corrected": "χ² cc"}
+
+
+# ------------------------------------------------------------------------ methods (from the registry)
+_ZERO_SHOT_COLOR = "#9e9e9e"
+_UNREGISTERED_COLORS = ["#f0e442", "#000000", "#8c564b", "#17becf"]
+
+
+def _registered(method: str) -> bool:
+    return method in method_names()
+
+
+def method_rank(method: str) -> tuple[int, str]:
+    """Report order: zero-shot first, then registered methods by their ``order``, then the rest."""
+    if method == ZERO_SHOT:
+        return (-1, "")
+    if _registered(method):
+        return (get_method(method).order, method)
+    return (10**6, method)
+
+
+def method_label(method: str) -> str:
+    return (get_method(method).label or method) if _registered(method) else method
+
+
+def method_color(method: str, methods: Sequence[str]) -> str:
+    if method == ZERO_SHOT:
+        return _ZERO_SHOT_COLOR
+    if _registered(method):
+        return get_method(method).color
+    others = [m for m in methods if m != ZERO_SHOT and not _registered(m)]
+    return _UNREGISTERED_COLORS[others.index(method) % len(_UNREGISTERED_COLORS)]
 
 
 # ------------------------------------------------------------------------------------ formatting
@@ -100,7 +133,7 @@ def _comparison_section(results: dict) -> list[str]:
                          f"{TEST_NAMES.get(c['test'], c['test'])})")
         seed_text = "—" if seed is None else str(seed)
         base_seed = next(x["baseline_seed"] for x in comps if x["method"] == method and x["seed"] == seed)
-        rows.append([f"**{method}**", seed_text, "—" if base_seed is None else str(base_seed), *cells])
+        rows.append([f"**{method_label(method)}**", seed_text, "—" if base_seed is None else str(base_seed), *cells])
     header = ["Method", "seed", f"`{base}` seed", *(_tier_title(results, t) for t in tiers)]
     return [f"## Paired comparison with `{base}` (McNemar)", "",
             f"Same questions, same seed where available. b = questions `{base}` answers correctly and "
@@ -180,18 +213,6 @@ def write_report(results: dict, path: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ plots
-_COLORS = {"zero-shot": "#9e9e9e", "none": "#5f6b7a", "text": "#e69f00", "medtok-mean": "#56b4e9",
-           "medtok": "#0072b2", "shuffled": "#cc79a7"}
-_EXTRA_COLORS = ["#009e73", "#d55e00", "#f0e442", "#000000"]
-
-
-def method_color(method: str, methods: Sequence[str]) -> str:
-    if method in _COLORS:
-        return _COLORS[method]
-    extras = [m for m in methods if m not in _COLORS]
-    return _EXTRA_COLORS[extras.index(method) % len(_EXTRA_COLORS)]
-
-
 def _plot_tiers(results: dict) -> list[str]:
     """Tiers with questions; "All" only when the data are untiered (it would repeat the tiers)."""
     tiers = [t for t in results["tiers"] if t != ALL and results["dataset"][t]["n"] > 0]
@@ -257,7 +278,7 @@ def plot_accuracy(results: dict, path: Path) -> Path:
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
     axes[0][0].set_yticks(range(len(methods)))
-    axes[0][0].set_yticklabels(list(reversed(methods)), fontsize=10)
+    axes[0][0].set_yticklabels([method_label(m) for m in reversed(methods)], fontsize=10)
     for tick, method in zip(axes[0][0].get_yticklabels(), reversed(methods), strict=True):
         tick.set_color(method_color(method, methods))
     conf = int(round(100 * results["bootstrap"]["confidence_level"]))

@@ -154,7 +154,10 @@ def _help_lines(cls: type, prefix: str = "") -> list[str]:
         else:
             default = f.default if f.default is not dataclasses.MISSING else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
-            lines.append(f"  --{prefix}{f.name} (default: {default})")
+            line = f"  --{prefix}{f.name} (default: {default})"
+            if callable(f.metadata.get("choices")):  # e.g. a registry of plug-ins, read at --help time
+                line += f"  choices: {', '.join(f.metadata['choices']())}"
+            lines.append(line)
     return lines
 
 

@@ -19,7 +19,6 @@ where ``i`` is the global codebook id (regions never overlap).
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -30,13 +29,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medtok_core.artifact import load_artifact, load_model_state, write_artifact
 from medtok_core.errors import MedTokError
-from medtok_core.io import atomic_dir, read_json, write_json
 
-ARTIFACT_FILES = ("config.json", "model.safetensors", "vocab.parquet", "token_table.safetensors")
-TABLE_KEYS = ("ids", "weights", "embeddings")
-VOCAB_COLUMNS = ("code_id", "system", "code", "description", "parent")
-FORMAT = "medtok-artifact"
 REGION_TAGS = ("t", "s", "g")
 
 
@@ -76,57 +71,13 @@ class MedTokTokenizer:
     # ---- loading / saving ------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> MedTokTokenizer:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        if not path.is_dir():
-            raise MedTokError(f"MedTok artifact folder {path} does not exist; train one with "
-                              "`python -m medtok_core.train --config configs/medtok_quick.yaml`")
-        missing = [f for f in ARTIFACT_FILES if not (path / f).is_file()]
-        if missing:
-            raise MedTokError(f"MedTok artifact {path} is incomplete: missing {', '.join(missing)}; "
-                              "re-export it with medtok_core.train")
-        try:
-            config = read_json(path / "config.json")
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise MedTokError(f"MedTok artifact {path}/config.json is not valid JSON ({err}); re-export it") from None
-        if not isinstance(config, dict) or config.get("format") != FORMAT:
-            raise MedTokError(f"{path}/config.json is not a MedTok artifact config (format != {FORMAT!r})")
-        try:
-            table = load_file(path / "token_table.safetensors")
-        except (SafetensorError, OSError) as err:
-            raise MedTokError(f"{path}/token_table.safetensors is unreadable ({err}); re-export the artifact") from None
-        absent = [k for k in TABLE_KEYS if k not in table]
-        if absent:
-            raise MedTokError(f"{path}/token_table.safetensors lacks tensor(s) {', '.join(absent)}")
-        try:
-            vocab = pd.read_parquet(path / "vocab.parquet")
-        except Exception as err:  # pyarrow raises several types for a corrupt file
-            raise MedTokError(f"{path}/vocab.parquet is unreadable ({type(err).__name__}); re-export the artifact") from None
-        cols = [c for c in VOCAB_COLUMNS if c not in vocab.columns]
-        if cols:
-            raise MedTokError(f"{path}/vocab.parquet lacks column(s) {', '.join(cols)}")
-        n, k, d4 = len(vocab), config["top_k"], 4 * config["model"]["dim"]
-        expect = {"ids": (n, 4, k), "weights": (n, 4, k), "embeddings": (n, d4)}
-        for key, shape in expect.items():
-            if tuple(table[key].shape) != shape:
-                raise MedTokError(f"{path}/token_table.safetensors: {key} has shape {tuple(table[key].shape)}, "
-                                  f"expected {shape} for {n} codes; re-export the artifact")
-        return cls(config, vocab, table, path)
+        """Load an artifact folder (or a training run folder holding ``artifact/``), validated."""
+        art = load_artifact(path)
+        return cls(art.config, art.vocab, art.table, art.path)
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        state = self._load_model_state()
-        with atomic_dir(path) as tmp:
-            write_json(tmp / "config.json", self.config)
-            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
-            self.vocab.to_parquet(tmp / "vocab.parquet", index=False)
-            save_file({"ids": self.ids.contiguous(), "weights": self.weights.contiguous(),
-                       "embeddings": self.embeddings.contiguous()}, str(tmp / "token_table.safetensors"))
-        return path
+        table = {"ids": self.ids, "weights": self.weights, "embeddings": self.embeddings}
+        return write_artifact(path, self.config, self.vocab, table, self._load_model_state())
 
     # ---- code resolution -------------------------------------------------------------------
     def _build_index(self) -> None:
@@ -261,11 +212,9 @@ class MedTokTokenizer:
     # ---- new codes through the trained model -------------------------------------------------
     def _load_model_state(self) -> dict[str, torch.Tensor]:
         if self._model_state is None:
-            from safetensors.torch import load_file
-
             if self.path is None:
                 raise MedTokError("this tokenizer has no model weights (not loaded from an artifact)")
-            self._model_state = load_file(self.path / "model.safetensors")
+            self._model_state = load_model_state(self.path)
         return self._model_state
 
     def model(self):

@@ -24,12 +24,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medtok_core.artifact import FORMAT, artifact_dir, load_artifact, write_artifact
 from medtok_core.config import ConfigError, parse_config, save_config, to_dict
 from medtok_core.errors import cli_entry
-from medtok_core.io import atomic_dir, atomic_path, write_json
+from medtok_core.io import atomic_path, write_json
 from medtok_core.losses import LossWeights, medtok_losses
 from medtok_core.model import EMBEDDING_NAMES, EMBEDDING_REGIONS, GraphInput, MedTokModel, ModelConfig
-from medtok_core.tokenizer import FORMAT
 
 # ============================================================================== config
 
@@ -401,16 +401,8 @@ def artifact_config(cfg: TrainConfig, model: MedTokModel, data: TrainData, extra
 
 def export_artifact(path: str | Path, cfg: TrainConfig, model: MedTokModel, data: TrainData,
                     extra: dict | None = None) -> Path:
-    from safetensors.torch import save_file
-
-    table = encode_all(model, data)
-    path = Path(path)
-    with atomic_dir(path) as tmp:
-        write_json(tmp / "config.json", artifact_config(cfg, model, data, extra))
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-        data.vocab.to_parquet(tmp / "vocab.parquet", index=False)
-        save_file(table, str(tmp / "token_table.safetensors"))
-    return path
+    return write_artifact(path, artifact_config(cfg, model, data, extra), data.vocab, encode_all(model, data),
+                          model.state_dict())
 
 
 def codebook_stats(ids: torch.Tensor, weights: torch.Tensor, model: MedTokModel) -> dict[str, dict[str, float]]:
@@ -440,12 +432,10 @@ def run(cfg: TrainConfig) -> Path:
     summary = {"n_codes": len(data), "prepare_s": round(prep_s, 2), "train_s": round(result.seconds, 2),
                "train_codes_per_s": round(result.codes_per_s, 1), "steps": result.steps,
                "final_losses": result.history[-1] if result.history else {}}
-    artifact = export_artifact(out / "artifact", cfg, result.model, data, {"summary": summary})
+    artifact = export_artifact(artifact_dir(out), cfg, result.model, data, {"summary": summary})
     summary["export_s"] = round(time.perf_counter() - t1, 2)
     summary["total_s"] = round(time.perf_counter() - t0, 2)
-    from safetensors.torch import load_file
-
-    table = load_file(artifact / "token_table.safetensors")
+    table = load_artifact(artifact).table
     summary["codebook"] = codebook_stats(table["ids"], table["weights"], result.model)
     write_json(out / "summary.json", summary)
     with atomic_path(out / "history.jsonl") as tmp:

@@ -6,7 +6,7 @@
 
 Shows the linked mentions, the codes used as prefix, the chosen answer and each option's
 probability (``--json``: one JSON object per question). Input may be "stem + lettered option
-lines", or JSON in any layout ``qa.mcq`` reads (MedDDx ``query``, authors' ``input``, or
+lines", or JSON in any layout ``disease_linking.questions`` reads (MedDDx ``query``, authors' ``input``, or
 ``question`` + ``options``). A bad question prints one line and the prompt keeps running.
 """
 
@@ -18,8 +18,8 @@ import sys
 from collections.abc import Iterator
 from typing import TextIO
 
+from disease_linking.questions import MCQFormatError, MCQItem, parse_item, split_question
 from medtok_core.errors import MedTokError, cli_entry
-from qa.mcq import MCQFormatError, MCQItem, parse_item, split_question
 
 PROMPT_HELP = ("Type a question, then its options as lines 'A: ...', 'B: ...'; finish with an empty "
                "line (or paste JSON on one line). Ctrl-D quits.")
@@ -79,7 +79,7 @@ class Asker:
         if self.linker is not None and not item.mentions:
             item = self.linker.link_item(item)
         (score,) = self.model.score([item], batch_size=1)
-        prefix = self.model.code_source.prefix(item)
+        prefix = self.model.method.item_prefix(item)
         return {"id": item.id, "question": item.question, "options": item.options,
                 "prefix_mode": self.model.options.prefix_mode,
                 "mentions": [{"text": m.text, "field": m.field,

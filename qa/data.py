@@ -13,8 +13,8 @@ import random
 from collections import defaultdict
 from dataclasses import replace
 
+from disease_linking.questions import LETTERS, MCQItem
 from medtok_core.errors import MedTokError
-from qa.mcq import LETTERS, MCQItem
 
 CODE_FIELDS = ("stem", "stem+options")
 
@@ -76,16 +76,18 @@ def shuffle_options(item: MCQItem, seed: int) -> MCQItem:
 
 
 def linked_codes(item: MCQItem, code_fields: str = "stem", codes_per_mention: int = 1,
-                 max_codes: int = 8) -> list[str]:
+                 max_codes: int = 8, fields: list[str] | None = None) -> list[str]:
     """``SYSTEM:CODE`` strings for the prefix, in a deterministic order, without duplicates.
 
     Stem mentions come in text order; with ``stem+options`` each option's mentions follow in
-    option-letter order. Per mention the best ``codes_per_mention`` codes (linker ranking).
-    Items without mentions fall back to the authors' ``medical_codes`` list.
+    option-letter order. ``fields`` (mention fields such as ``["option:B"]``) overrides
+    ``code_fields``. Per mention the best ``codes_per_mention`` codes (linker ranking).
+    Items without mentions fall back to the authors' ``medical_codes`` list (stem codes).
     """
     if code_fields not in CODE_FIELDS:
         raise MedTokError(f"code_fields must be one of {', '.join(CODE_FIELDS)}, got {code_fields!r}")
-    fields = ["stem"] + ([f"option:{k}" for k in item.options] if code_fields == "stem+options" else [])
+    if fields is None:
+        fields = ["stem"] + ([f"option:{k}" for k in item.options] if code_fields == "stem+options" else [])
     out: list[str] = []
     if item.mentions:
         for name in fields:
@@ -94,6 +96,6 @@ def linked_codes(item: MCQItem, code_fields: str = "stem", codes_per_mention: in
                     key = f"{c.system}:{c.code}"
                     if key not in out:
                         out.append(key)
-    else:
+    elif "stem" in fields:
         out = list(dict.fromkeys(item.medical_codes))
     return out[:max_codes] if max_codes > 0 else out

@@ -14,6 +14,7 @@ only: full-sequence vocabulary logits would cost B*T*V memory and, measured here
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,17 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from disease_linking.questions import LETTERS, MCQItem
 from medtok_core.config import from_dict
 from medtok_core.errors import MedTokError
-from medtok_core.io import atomic_dir, read_json, sha256_file, write_json
+from qa import checkpoint
 from qa.base_model import DEFAULT_BASE_MODEL, load_base_model, resolve_dtype
-from qa.mcq import LETTERS, MCQItem
-from qa.prefix import EMBEDDING_MODES, CodeSource, ItemPrefix, Projector, pad_prefixes
+from qa.prefix import CodeSource, pad_prefixes
+from qa.prefix_methods import ItemPrefix, PrefixMethod, get_method, method_names
 from qa.prompts import SYSTEM_PROMPT, encode_prompt, letter_token_ids, render_prompt
-
-CHECKPOINT_FORMAT = "medtok-qa-checkpoint"
-QA_CONFIG = "qa_config.json"
-PROJECTOR_FILE = "projector.safetensors"
 
 
 @dataclass
@@ -39,7 +37,9 @@ class LoraOptions:
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    # None: peft's usual attention projections for the architecture (q_proj/v_proj for LLaMA,
+    # c_attn for GPT-2, query_key_value for GPT-NeoX, ...).
+    target_modules: list[str] | None = None
 
 
 @dataclass
@@ -48,16 +48,23 @@ class ModelOptions:
 
     base_model: str = DEFAULT_BASE_MODEL  # alias, HF folder or hub id
     dtype: str = "auto"  # auto = bf16 on hardware with native bf16, else float32 (see resolve_dtype)
-    prefix_mode: str = "medtok"  # none | text | medtok | medtok-mean | shuffled
-    medtok: str | None = None  # MedTok artifact folder (needed by all modes but none)
+    prefix_mode: str = field(default="medtok", metadata={"choices": method_names})  # a registered prefix method
+    medtok: str | None = None  # MedTok artifact folder (needed by every method but none)
     code_fields: str = "stem"  # stem (paper) | stem+options
     codes_per_mention: int = 1
     max_codes: int = 8
     projector: str = "linear"  # linear (paper) | mlp
+    prefix_tokens: int = 4  # methods that pool codes into a fixed number of tokens (medtok-attn)
     cutoff_len: int = 256
-    shuffle_seed: int = 0  # seed of the shuffled-codes control
+    shuffle_seed: int | None = None  # seed of the shuffled-codes control (None: the run's seed)
     gradient_checkpointing: bool = False
     lora: LoraOptions = field(default_factory=LoraOptions)
+
+    def __post_init__(self):
+        get_method(self.prefix_mode)  # unknown names fail when the config is parsed
+
+    def method(self) -> type[PrefixMethod]:
+        return get_method(self.prefix_mode)
 
 
 @dataclass
@@ -80,19 +87,21 @@ def load_medtok(path: str | None):
 
 
 def token_table_sha(path: str | None) -> str | None:
-    return sha256_file(Path(path) / "token_table.safetensors") if path else None
+    from medtok_core.artifact import table_sha256
+
+    return table_sha256(path) if path else None
 
 
 class PromptEncoder:
     """Question -> token ids + prefix embeddings + label; and the batch collation."""
 
-    def __init__(self, tokenizer, code_source: CodeSource, options: ModelOptions):
-        self.tokenizer, self.codes, self.options = tokenizer, code_source, options
+    def __init__(self, tokenizer, method: PrefixMethod, options: ModelOptions):
+        self.tokenizer, self.method, self.options = tokenizer, method, options
         self.letter_ids = letter_token_ids(tokenizer, LETTERS)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def encode(self, item: MCQItem) -> Encoded:
-        prefix = self.codes.prefix(item)
+        prefix = self.method.item_prefix(item)
         text = render_prompt(self.tokenizer, item, prefix.context)
         ids, truncated = encode_prompt(self.tokenizer, text, self.options.cutoff_len)
         label = self.letter_ids[item.answer] if item.answer else -100
@@ -105,13 +114,15 @@ class PromptEncoder:
         for i, e in enumerate(batch):  # left padding: every prompt ends at the last column
             input_ids[i, width - len(e.input_ids):] = torch.tensor(e.input_ids)
             attention[i, width - len(e.input_ids):] = 1
-        prefix_emb, prefix_mask = pad_prefixes([e.prefix for e in batch], max(self.codes.embedding_dim, 1))
+        prefix_emb, prefix_mask, prefix_tags = pad_prefixes([e.prefix for e in batch],
+                                                            max(self.method.embedding_dim, 1))
         n_opt = torch.tensor([e.n_options for e in batch])
         return {
             "input_ids": input_ids,
             "attention_mask": attention,
             "prefix_emb": prefix_emb,
             "prefix_mask": prefix_mask,
+            "prefix_tags": prefix_tags,
             "labels": torch.tensor([e.label for e in batch]),
             "option_mask": torch.arange(len(LETTERS))[None, :] < n_opt[:, None],
         }
@@ -120,13 +131,13 @@ class PromptEncoder:
 class QAModel(nn.Module):
     """Base LM (+ LoRA) + projector. ``forward`` returns the letter loss and the letters' logits."""
 
-    def __init__(self, lm: nn.Module, tokenizer, options: ModelOptions, code_source: CodeSource,
-                 projector: Projector | None):
+    def __init__(self, lm: nn.Module, tokenizer, options: ModelOptions, method: PrefixMethod,
+                 projector: nn.Module | None):
         super().__init__()
         self.lm = lm
-        self.projector = projector
+        self.projector = projector  # the prefix method's trainable module
         self.options = options
-        self.encoder = PromptEncoder(tokenizer, code_source, options)
+        self.encoder = PromptEncoder(tokenizer, method, options)
         self.register_buffer("letter_ids", torch.tensor([self.encoder.letter_ids[x] for x in LETTERS]),
                              persistent=False)
 
@@ -139,10 +150,10 @@ class QAModel(nn.Module):
         return self.encoder.tokenizer
 
     @property
-    def code_source(self) -> CodeSource:
-        return self.encoder.codes
+    def method(self) -> PrefixMethod:
+        return self.encoder.method
 
-    def build_inputs(self, input_ids, attention_mask, prefix_emb, prefix_mask):
+    def build_inputs(self, input_ids, attention_mask, prefix_emb, prefix_mask, prefix_tags=None):
         """(inputs_embeds, attention_mask, position_ids) with the prefix right before each prompt."""
         causal = self._causal_lm()
         tok = causal.get_input_embeddings()(input_ids)
@@ -150,10 +161,12 @@ class QAModel(nn.Module):
         if self.projector is not None:
             # Run the projector even on an empty prefix so every trainable parameter takes part
             # in each step (DDP/DeepSpeed expect it).
-            weight = next(self.projector.parameters())
-            pre = self.projector(prefix_emb.to(weight.dtype)).to(tok.dtype)
+            if prefix_tags is None:
+                prefix_tags = torch.zeros_like(prefix_mask, dtype=torch.long)
+            pre, pre_mask = self.method.prefix_embeddings(self.projector, prefix_emb, prefix_mask.bool(),
+                                                          prefix_tags, tok, mask)
             emb = torch.cat([pre, tok], dim=1)
-            mask = torch.cat([prefix_mask.bool(), mask], dim=1)
+            mask = torch.cat([pre_mask, mask], dim=1)
             # A stable sort on the mask moves each row's real positions (prefix, then prompt) to
             # the right end, preserving their order: [pad..][prefix][prompt].
             order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
@@ -164,14 +177,17 @@ class QAModel(nn.Module):
         position_ids = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
         return emb, mask.long(), position_ids
 
-    def last_hidden(self, input_ids, attention_mask, prefix_emb, prefix_mask) -> torch.Tensor:
-        emb, mask, pos = self.build_inputs(input_ids, attention_mask, prefix_emb, prefix_mask)
-        decoder = self._causal_lm().model
+    def last_hidden(self, input_ids, attention_mask, prefix_emb, prefix_mask, prefix_tags=None) -> torch.Tensor:
+        emb, mask, pos = self.build_inputs(input_ids, attention_mask, prefix_emb, prefix_mask, prefix_tags)
+        # The transformer body under the LM head (`model` in LLaMA, `transformer` in GPT-2,
+        # `gpt_neox` in GPT-NeoX): its final hidden state is what the LM head reads.
+        decoder = self._causal_lm().base_model
         out = decoder(inputs_embeds=emb, attention_mask=mask, position_ids=pos, use_cache=False)
         return out.last_hidden_state[:, -1]
 
-    def forward(self, input_ids, attention_mask, prefix_emb, prefix_mask, labels=None, option_mask=None):
-        h = self.last_hidden(input_ids, attention_mask, prefix_emb, prefix_mask)
+    def forward(self, input_ids, attention_mask, prefix_emb, prefix_mask, prefix_tags=None, labels=None,
+                option_mask=None):
+        h = self.last_hidden(input_ids, attention_mask, prefix_emb, prefix_mask, prefix_tags)
         logits = self._causal_lm().get_output_embeddings()(h)  # [B, V], only the last position
         letter_logits = logits.index_select(1, self.letter_ids).float()
         if option_mask is not None:
@@ -213,7 +229,7 @@ class QAModel(nn.Module):
 
     def qa_config(self) -> dict:
         opts = asdict(self.options)
-        return {"format": CHECKPOINT_FORMAT, "version": 1, **opts,
+        return {"format": checkpoint.FORMAT, "version": 1, **opts,
                 "medtok": str(Path(self.options.medtok).resolve()) if self.options.medtok else None,
                 "medtok_token_table_sha256": token_table_sha(self.options.medtok),
                 "has_adapter": hasattr(self.lm, "peft_config"),
@@ -221,28 +237,15 @@ class QAModel(nn.Module):
                 "letter_token_ids": self.encoder.letter_ids}
 
     def save_checkpoint(self, path: str | Path, extra_files: dict[str, Path] | None = None) -> Path:
-        """Write the QA checkpoint folder atomically (adapter, projector, qa_config.json, extras)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        with atomic_dir(path) as tmp:
-            if hasattr(self.lm, "peft_config"):
-                self.lm.save_pretrained(tmp)
-            if self.projector is not None:
-                state = {k: v.detach().float().contiguous().cpu() for k, v in self.projector.state_dict().items()}
-                save_file(state, str(tmp / PROJECTOR_FILE))
-            write_json(tmp / QA_CONFIG, self.qa_config())
-            for name, src in (extra_files or {}).items():
-                if Path(src).is_file():
-                    (tmp / name).write_bytes(Path(src).read_bytes())
-        return path
+        """Write the QA checkpoint folder atomically (adapter, prefix module, qa_config.json, extras)."""
+        return checkpoint.write_checkpoint(path, self.qa_config(), self.lm, self.projector, extra_files)
 
 
 def _attach_lora(lm: nn.Module, lora: LoraOptions) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM", bias="none")
+                        target_modules=None if lora.target_modules is None else list(lora.target_modules), task_type="CAUSAL_LM", bias="none")
     try:
         # autocast_adapter_dtype keeps LoRA weights in fp32 over a bf16 base (stable small updates).
         return get_peft_model(lm, config, autocast_adapter_dtype=True)
@@ -251,61 +254,59 @@ def _attach_lora(lm: nn.Module, lora: LoraOptions) -> nn.Module:
                           f"{str(err).splitlines()[0]}") from None
 
 
-def _code_source(options: ModelOptions, medtok_tok) -> CodeSource:
-    return CodeSource(options.prefix_mode, medtok_tok, options.code_fields, options.codes_per_mention,
-                      options.max_codes, options.shuffle_seed)
+def make_method(options: ModelOptions) -> PrefixMethod:
+    """The configured prefix method, with its MedTok codes when it reads the artifact."""
+    cls = options.method()
+    codes = None
+    if cls.needs_artifact and options.medtok:
+        codes = CodeSource(load_medtok(options.medtok), options.code_fields, options.codes_per_mention,
+                           options.max_codes, 0 if options.shuffle_seed is None else options.shuffle_seed)
+    return cls(options, codes)  # raises when the method needs an artifact and has none
+
+
+def resolved_options(options: ModelOptions, seed: int = 0) -> ModelOptions:
+    """A copy with every "auto"/None setting replaced by what will run (saved configs say what ran)."""
+    return dataclasses.replace(options, dtype=resolve_dtype(options.dtype),
+                               shuffle_seed=seed if options.shuffle_seed is None else options.shuffle_seed)
 
 
 def build_qa_model(options: ModelOptions, lora: bool = True, model_and_tokenizer=None,
                    seed: int = 0) -> QAModel:
-    """A fresh QA model: base LM (+ LoRA), projector initialised from ``seed`` when the mode needs one."""
-    options.dtype = resolve_dtype(options.dtype)  # the checkpoint records what was actually used
-    medtok_tok = load_medtok(options.medtok) if options.prefix_mode != "none" else None
-    code_source = _code_source(options, medtok_tok)  # validates mode vs artifact first
+    """A fresh QA model: base LM (+ LoRA), prefix module initialised from ``seed`` when the method has one."""
+    options = resolved_options(options, seed)
+    method = make_method(options)  # checks method vs artifact before the LM loads
     lm, tokenizer = model_and_tokenizer or load_base_model(options.base_model, options.dtype)
     for p in lm.parameters():
         p.requires_grad_(False)
     projector = None
-    if options.prefix_mode in EMBEDDING_MODES:
+    if method.trainable:
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
-        projector = Projector(medtok_tok.embedding_dim, lm.config.hidden_size, options.projector)
+        projector = method.build_module(method.embedding_dim, lm.config.hidden_size)
         torch.random.set_rng_state(gen_state)
     if options.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora:
         lm = _attach_lora(lm, options.lora)
-    return QAModel(lm, tokenizer, options, code_source, projector)
+    return QAModel(lm, tokenizer, options, method, projector)
 
 
 def zero_shot_model(base_model: str = DEFAULT_BASE_MODEL, prefix_mode: str = "none",
                     medtok: str | None = None, dtype: str = "auto", **option_overrides) -> QAModel:
-    """The base model without adapter or projector (baselines): prefix_mode ``none`` or ``text``."""
-    if prefix_mode not in ("none", "text"):
-        raise MedTokError(f"a zero-shot model has no trained projector; use prefix_mode none or text, "
+    """The base model without adapter or prefix module (baselines): a method with nothing to train."""
+    if get_method(prefix_mode).trainable:
+        untrained = ", ".join(n for n in method_names() if not get_method(n).trainable)
+        raise MedTokError(f"a zero-shot model has no trained prefix module; use prefix_mode {untrained}, "
                           f"not {prefix_mode}")
     options = ModelOptions(base_model=base_model, prefix_mode=prefix_mode, medtok=medtok, dtype=dtype,
                            **option_overrides)
     return build_qa_model(options, lora=False).eval()
 
 
-def _checkpoint_dir(path: str | Path) -> Path:
-    path = Path(path)
-    for candidate in (path, path / "best"):
-        if (candidate / QA_CONFIG).is_file():
-            return candidate
-    raise MedTokError(f"{path} is not a QA checkpoint (no {QA_CONFIG}); pass the folder written by "
-                      "finetune/train.py (its output_dir or output_dir/best)")
-
-
 def load_qa_checkpoint(path: str | Path, medtok: str | None = None, device: str | None = None) -> QAModel:
     """Load a QA checkpoint (folder or run folder with ``best/``); ``medtok`` overrides the artifact path."""
-    from safetensors.torch import load_file
-
-    ckpt = _checkpoint_dir(path)
-    cfg = read_json(ckpt / QA_CONFIG)
-    if cfg.get("format") != CHECKPOINT_FORMAT:
-        raise MedTokError(f"{ckpt}/{QA_CONFIG} is not a QA checkpoint config")
+    ckpt = checkpoint.find_checkpoint(path)
+    cfg = checkpoint.read_checkpoint_config(ckpt)
     keys = {f for f in ModelOptions.__dataclass_fields__}
     options = from_dict(ModelOptions, {k: v for k, v in cfg.items() if k in keys})
     if medtok:
@@ -320,11 +321,13 @@ def load_qa_checkpoint(path: str | Path, medtok: str | None = None, device: str 
     options.gradient_checkpointing = False
     model = build_qa_model(options, lora=False)
     if cfg.get("has_adapter"):
-        from peft import PeftModel
-
-        model.lm = PeftModel.from_pretrained(model.lm, str(ckpt), is_trainable=False)
+        model.lm = checkpoint.load_adapter(model.lm, ckpt)
     if model.projector is not None:
-        model.projector.load_state_dict(load_file(str(ckpt / PROJECTOR_FILE)))
+        try:
+            model.projector.load_state_dict(checkpoint.load_module_state(ckpt))
+        except RuntimeError as err:
+            raise checkpoint.CheckpointError(f"{ckpt / checkpoint.PROJECTOR} does not fit prefix method "
+                                             f"{options.prefix_mode}: {str(err).splitlines()[0]}") from None
     if device:
         model.to(device)
     return model.eval()

@@ -1,28 +1,19 @@
-"""MedTok prefix tokens: which codes, their embeddings, the projector into the LM's hidden size.
-
-Prefix modes (DESIGN.md):
-- ``none``: no prefix (LoRA-only baseline);
-- ``text``: the linked codes' descriptions are written into the prompt instead;
-- ``medtok``: one prefix token per linked code (capped at ``max_codes``, deterministic order);
-- ``medtok-mean``: one token, the mean of the codes' MedTok embeddings (the paper);
-- ``shuffled``: control with as many random codes from the artifact vocabulary as the question
-  has linked codes, deterministic in (seed, question id): same token budget, no information.
-"""
+"""Building blocks of the prefix methods (``qa/prefix_methods/``): which codes a question has, as
+the MedTok artifact knows them, their embeddings, the projector into the LM's hidden size, and
+batch padding."""
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from disease_linking.questions import MCQItem
 from medtok_core.errors import MedTokError
-from qa.data import linked_codes, stable_seed
-from qa.mcq import MCQItem
+from qa.data import CODE_FIELDS, linked_codes, stable_seed
+from qa.prefix_methods.base import ItemPrefix
 
-PREFIX_MODES = ("none", "text", "medtok", "medtok-mean", "shuffled")
-EMBEDDING_MODES = ("medtok", "medtok-mean", "shuffled")  # modes that need the MedTok artifact
 PROJECTORS = ("linear", "mlp")
 
 
@@ -44,44 +35,34 @@ class Projector(nn.Module):
         return self.net(x)
 
 
-@dataclass
-class ItemPrefix:
-    """What one question contributes besides its prompt."""
-
-    codes: list[str] = field(default_factory=list)  # codes whose embeddings form the prefix
-    embeddings: torch.Tensor | None = None  # [n_tokens, 4*d] float32 (n_tokens 0 for no prefix)
-    context: str | None = None  # text-mode description block
-
-
 class CodeSource:
-    """Turns a question's linked codes into prefix embeddings or a description block."""
+    """A question's linked codes as the MedTok artifact knows them, their embeddings and descriptions."""
 
-    def __init__(self, mode: str, tokenizer=None, code_fields: str = "stem", codes_per_mention: int = 1,
-                 max_codes: int = 8, seed: int = 0):
-        if mode not in PREFIX_MODES:
-            raise MedTokError(f"prefix_mode must be one of {', '.join(PREFIX_MODES)}, got {mode!r}")
-        if mode in EMBEDDING_MODES + ("text",) and tokenizer is None:
-            raise MedTokError(f"prefix_mode {mode} needs a MedTok artifact; pass model.medtok PATH")
-        self.mode, self.tok = mode, tokenizer
+    def __init__(self, tokenizer, code_fields: str = "stem", codes_per_mention: int = 1, max_codes: int = 8,
+                 seed: int = 0):
+        if code_fields not in CODE_FIELDS:
+            raise MedTokError(f"code_fields must be one of {', '.join(CODE_FIELDS)}, got {code_fields!r}")
+        self.tok = tokenizer
         self.code_fields, self.codes_per_mention, self.max_codes = code_fields, codes_per_mention, max_codes
         self.seed = seed
         self._all_codes: list[str] | None = None
 
     @property
     def embedding_dim(self) -> int:
-        return int(self.tok.embedding_dim) if self.tok is not None else 0
+        return int(self.tok.embedding_dim)
 
-    def known_codes(self, item: MCQItem) -> list[str]:
+    def known_codes(self, item: MCQItem, code_fields: str | None = None, fields: list[str] | None = None
+                    ) -> list[str]:
         """The item's linked codes as the artifact knows them, capped, in deterministic order.
 
-        A linked code the artifact lacks is replaced by its nearest known ancestor (a quick
-        artifact holds ICD-10-CM categories, while the linker emits full codes such as E11.9);
-        a code with no known ancestor is dropped. Duplicates after that mapping count once.
+        ``code_fields`` (default: the configured one) or an explicit list of mention ``fields``
+        chooses where codes come from. A linked code the artifact lacks is replaced by its
+        nearest known ancestor (a quick artifact holds ICD-10-CM categories, while the linker
+        emits full codes such as E11.9); a code with no known ancestor is dropped. Duplicates
+        after that mapping count once.
         """
-        if self.tok is None:
-            return []
         codes: list[str] = []
-        for code in linked_codes(item, self.code_fields, self.codes_per_mention, 0):
+        for code in linked_codes(item, code_fields or self.code_fields, self.codes_per_mention, 0, fields):
             known = self._nearest_known(code)
             if known is not None and known not in codes:
                 codes.append(known)
@@ -94,6 +75,10 @@ class CodeSource:
             return None
         return f"{hit.system}:{hit.code}"
 
+    def embed(self, codes: list[str]) -> torch.Tensor:
+        """[len(codes), 4*d] float32 (an empty [0, 4*d] tensor for no codes)."""
+        return self.tok.embed(codes).float() if codes else torch.zeros(0, self.embedding_dim)
+
     def _vocabulary(self) -> list[str]:
         if self._all_codes is None:
             v = self.tok.vocab
@@ -101,24 +86,10 @@ class CodeSource:
         return self._all_codes
 
     def random_codes(self, item: MCQItem, n: int) -> list[str]:
+        """``n`` artifact codes drawn deterministically from (seed, question id)."""
         rng = random.Random(stable_seed("shuffled", self.seed, item.id))
         vocab = self._vocabulary()
         return [vocab[rng.randrange(len(vocab))] for _ in range(n)]
-
-    def prefix(self, item: MCQItem) -> ItemPrefix:
-        if self.mode == "none":
-            return ItemPrefix()
-        codes = self.known_codes(item)
-        if self.mode == "text":
-            return ItemPrefix(codes, None, self.describe(codes))
-        if self.mode == "shuffled":
-            codes = self.random_codes(item, len(codes))
-        if not codes:
-            return ItemPrefix([], torch.zeros(0, self.embedding_dim))
-        emb = self.tok.embed(codes).float()
-        if self.mode == "medtok-mean":
-            emb = emb.mean(dim=0, keepdim=True)
-        return ItemPrefix(codes, emb)
 
     def describe(self, codes: list[str]) -> str | None:
         if not codes:
@@ -127,14 +98,18 @@ class CodeSource:
         return "Medical codes linked to this question:\n" + "\n".join(lines)
 
 
-def pad_prefixes(prefixes: list[ItemPrefix], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack per-item prefix embeddings: ([B, P, dim] zero-padded at the end, [B, P] bool mask)."""
+def pad_prefixes(prefixes: list[ItemPrefix], dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack per-item prefixes: [B, P, dim] embeddings zero-padded at the end, [B, P] bool mask,
+    [B, P] long tags (0 where a method does not tag its tokens)."""
     sizes = [0 if p.embeddings is None else p.embeddings.shape[0] for p in prefixes]
     width = max(sizes, default=0)
     emb = torch.zeros(len(prefixes), width, dim)
     mask = torch.zeros(len(prefixes), width, dtype=torch.bool)
+    tags = torch.zeros(len(prefixes), width, dtype=torch.long)
     for i, (p, n) in enumerate(zip(prefixes, sizes, strict=True)):
         if n:
             emb[i, :n] = p.embeddings
             mask[i, :n] = True
-    return emb, mask
+            if p.tags is not None:
+                tags[i, :n] = torch.tensor(p.tags[:n])
+    return emb, mask, tags

@@ -7,8 +7,8 @@ letters' logits at that position (no sampling, no substring matching).
 
 from __future__ import annotations
 
+from disease_linking.questions import MCQItem
 from medtok_core.errors import MedTokError
-from qa.mcq import MCQItem
 
 SYSTEM_PROMPT = ("You are a medical expert answering multiple-choice questions. "
                  "Reply with the letter of the single correct option and nothing else.")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from medtok_core.io import atomic_dir, write_json
+from medtok_core.io import atomic_dir
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -69,27 +69,24 @@ def build_tiny_medtok(path: str | Path, codes: list[tuple[str, str, str]], dim: 
                       codebook: int = 24, seed: int = 0) -> Path:
     """A random MedTok artifact folder in the documented format for ``codes`` = [(system, code, description)]."""
     import pandas as pd
-    from safetensors.torch import save_file
 
-    path = Path(path)
+    from medtok_core.artifact import write_artifact
+
     g = torch.Generator().manual_seed(seed)
     n = len(codes)
     third = codebook // 3
-    with atomic_dir(path) as tmp:
-        write_json(tmp / "config.json", {
-            "format": "medtok-artifact", "top_k": top_k, "model": {"dim": dim},
-            "codebook": {"size": codebook,
-                         "regions": {"text": [0, third], "shared": [third, 2 * third], "graph": [2 * third, codebook]}},
-            "text_encoder": {"path": None}})
-        save_file({"placeholder": torch.zeros(1)}, str(tmp / "model.safetensors"))
-        pd.DataFrame({"code_id": list(range(n)), "system": [c[0] for c in codes], "code": [c[1] for c in codes],
-                      "description": [c[2] for c in codes], "parent": [""] * n}).to_parquet(
-            tmp / "vocab.parquet", index=False)
-        weights = torch.rand(n, 4, top_k, generator=g)
-        save_file({"ids": torch.randint(0, codebook, (n, 4, top_k), generator=g, dtype=torch.int32),
-                   "weights": weights / weights.sum(-1, keepdim=True),
-                   "embeddings": torch.randn(n, 4 * dim, generator=g)}, str(tmp / "token_table.safetensors"))
-    return path
+    config = {"top_k": top_k, "model": {"dim": dim},
+              "codebook": {"size": codebook,
+                           "regions": {"text": [0, third], "shared": [third, 2 * third], "graph": [2 * third, codebook]}},
+              "text_encoder": {"path": None}}
+    vocab = pd.DataFrame({"code_id": list(range(n)), "system": [c[0] for c in codes],
+                          "code": [c[1] for c in codes], "description": [c[2] for c in codes], "parent": [""] * n})
+    weights = torch.rand(n, 4, top_k, generator=g)
+    table = {"ids": torch.randint(0, codebook, (n, 4, top_k), generator=g, dtype=torch.int32),
+             "weights": weights / weights.sum(-1, keepdim=True),
+             "embeddings": torch.randn(n, 4 * dim, generator=g)}
+    # No trained model behind a random table: an empty weight file (encode_new is unavailable).
+    return write_artifact(path, config, vocab, table, {})
 
 
 TINY_CODES = [("ICD10CM", "E11.9", "Type 2 diabetes mellitus without complications"),
@@ -108,7 +105,7 @@ def tiny_questions(n: int, seed: int = 0, tier: str = "Intermediate"):
     Option sets repeat (groups of identical options, as in MedDDx), so the option-set split has
     something to respect.
     """
-    from qa.mcq import CodeRef, MCQItem, Mention
+    from disease_linking.questions import CodeRef, MCQItem, Mention
 
     rng = random.Random(seed)
     items = []

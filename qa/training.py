@@ -9,6 +9,7 @@ with the same command continues from the same step with the same data order and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -23,14 +24,15 @@ from pathlib import Path
 
 import torch
 
+from disease_linking.questions import TIERS, MCQItem, load_mcq
 from medtok_core.config import save_config, to_dict
 from medtok_core.datadir import data_file
 from medtok_core.errors import ConfigError, MedTokError
 from medtok_core.io import read_json, write_json
 from qa.base_model import resolve_dtype
+from qa.checkpoint import best_checkpoint
 from qa.data import shuffle_options, split_by_option_set, stable_seed
-from qa.mcq import TIERS, MCQItem, load_mcq
-from qa.model import ModelOptions, PromptEncoder, QAModel, build_qa_model
+from qa.model import ModelOptions, PromptEncoder, QAModel, build_qa_model, resolved_options
 
 RESUME_DIR = "_resume"
 STATE_FILE = "trainer_state.json"
@@ -343,6 +345,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Pat
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
+    cfg = dataclasses.replace(cfg, model=resolved_options(cfg.model, cfg.seed))  # saved = what runs
     accelerator = make_accelerator(cfg)
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
@@ -351,7 +354,6 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Pat
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         _write_run_files(out, cfg, train_items, val_items)
-    cfg.model.shuffle_seed = cfg.seed
     model = build_qa_model(cfg.model, lora=True, seed=cfg.seed)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     world = accelerator.num_processes
@@ -443,7 +445,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Pat
             print(f"epoch {state.epoch + 1}: val_acc={metrics['val_acc']} val_nll={metrics['val_nll']} "
                   f"({epoch_time:.0f}s, peak RSS {peak_rss_gib():.2f} GiB)", file=sys.stderr)
             if improved:
-                unwrapped.save_checkpoint(out / "best", _run_files(out))
+                unwrapped.save_checkpoint(best_checkpoint(out), _run_files(out))
         accelerator.wait_for_everyone()
         if epoch_done:
             state.epoch += 1
@@ -453,15 +455,15 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Pat
             stop = True
         state.finished = stop or state.epoch >= cfg.optim.epochs
         _save_resume(accelerator, out, state)
+    best = best_checkpoint(out)
     if accelerator.is_main_process:
-        best = out / "best"
         if best.is_dir():  # final copies of the run files (metrics now complete)
             for name, src in _run_files(out).items():
                 if src.is_file():
                     shutil.copyfile(src, best / name)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return out / "best"
+    return best
 
 
 def summary(cfg: TrainConfig) -> dict:

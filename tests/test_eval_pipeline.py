@@ -10,6 +10,7 @@ from eval import pipeline as pl
 from eval.pipeline import PipelineConfig, Stage
 from medtok_core.config import parse_config
 from medtok_core.errors import MedTokError
+from qa.prefix_methods import method_names
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,7 +22,8 @@ def test_quick_config_file_is_the_embedded_default():
 def test_full_config_has_several_seeds_and_all_methods():
     full = parse_config(PipelineConfig, ["--config", str(REPO / "configs/pipeline_full.yaml")])
     assert len(full.seeds) >= 3
-    assert set(full.methods) == {"none", "text", "medtok-mean", "medtok", "shuffled"}
+    assert full.methods == method_names()  # every registered prefix method
+    assert {"none", "text", "medtok-mean", "medtok", "shuffled", "medtok-options", "medtok-attn"} <= set(full.methods)
     assert full.output != PipelineConfig().output
 
 

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
+from disease_linking.questions import CodeRef, MCQItem, Mention, load_mcq
 from eval import evaluate as ev
 from eval.evaluate import EvalConfig, Run, evaluate, select_items, summarize, write_outputs
 from eval.run import main as run_main
 from medtok_core.errors import MedTokError
-from qa.mcq import CodeRef, MCQItem, Mention, load_mcq
 
 
 def _meddx_record(i: int, std: float, answer: str, n_options: int = 4) -> dict:
@@ -45,12 +45,14 @@ class FakeScorer:
 
 
 def _checkpoint(root, name, method, seed, train, val):
-    folder = root / name
-    folder.mkdir()
-    (folder / "qa_config.json").write_text(json.dumps({"prefix_mode": method, "base_model": "toy"}))
-    (folder / "train_config.yaml").write_text(f"seed: {seed}\n")
-    (folder / "split.json").write_text(json.dumps({"train": train, "val": val}))
-    return folder
+    from qa.checkpoint import write_checkpoint
+
+    (root / "run_files").mkdir(exist_ok=True)
+    run_config, split = root / "run_files" / f"{name}.yaml", root / "run_files" / f"{name}.json"
+    run_config.write_text(f"seed: {seed}\n")
+    split.write_text(json.dumps({"train": train, "val": val}))
+    return write_checkpoint(root / name, {"prefix_mode": method, "base_model": "toy"},
+                            extra_files={"train_config.yaml": run_config, "split.json": split})
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ import spacy
 from disease_linking.lexicon import Lexicon, term_variants
 from disease_linking.link import main as link_main
 from disease_linking.linker import LinkConfig, Linker, target_type
+from disease_linking.questions import MCQFormatError, MCQItem, load_mcq, to_authors_layout
 from disease_linking.summary import summarize
-from qa.mcq import MCQFormatError, MCQItem, load_mcq, to_authors_layout
 
 TERMS = [
     ("Chronic obstructive pulmonary disease, unspecified", "disease", "ICD10CM:J44.9", [("ICD10CM", "J44.9", 1.0)]),

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from qa.mcq import (
+from disease_linking.questions import (
     CodeRef,
     MCQFormatError,
     Mention,

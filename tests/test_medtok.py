@@ -202,7 +202,8 @@ def test_tokenizer_rejects_malformed_artifacts(trained, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     for f in trained.artifact.iterdir():
-        (broken / f.name).write_bytes(f.read_bytes())
+        if f.name != "manifest.json":  # the file checks below, not the manifest, must catch each case
+            (broken / f.name).write_bytes(f.read_bytes())
     (broken / "token_table.safetensors").unlink()
     with pytest.raises(MedTokError, match="missing token_table.safetensors"):
         MedTokTokenizer.from_pretrained(broken)
@@ -216,6 +217,27 @@ def test_tokenizer_rejects_malformed_artifacts(trained, tmp_path):
     (broken / "config.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(MedTokError, match="not a MedTok artifact"):
         MedTokTokenizer.from_pretrained(broken)
+
+
+def test_damaged_artifacts_never_load(trained, tmp_path):
+    """A flipped byte is caught by the export manifest; NaN values by the table check without one."""
+    from safetensors.torch import load_file, save_file
+
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for f in trained.artifact.iterdir():
+        (damaged / f.name).write_bytes(f.read_bytes())
+    table = bytearray((damaged / "token_table.safetensors").read_bytes())
+    table[-5] ^= 0xFF
+    (damaged / "token_table.safetensors").write_bytes(bytes(table))
+    with pytest.raises(MedTokError, match="token_table.safetensors differs from the sha256"):
+        MedTokTokenizer.from_pretrained(damaged)
+    (damaged / "manifest.json").unlink()
+    tensors = load_file(trained.artifact / "token_table.safetensors")
+    tensors["embeddings"][3, 0] = float("nan")
+    save_file(tensors, str(damaged / "token_table.safetensors"))
+    with pytest.raises(MedTokError, match="NaN or infinite values for 1 code"):
+        MedTokTokenizer.from_pretrained(damaged)
 
 
 def test_text_and_graph_ablations_run(tmp_path):

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from disease_linking.questions import CodeRef, MCQItem, Mention, write_jsonl
 from medtok_core.errors import MedTokError
 from qa.data import linked_codes, option_set_key, shuffle_options, split_by_option_set
-from qa.mcq import CodeRef, MCQItem, Mention, write_jsonl
 from qa.model import ModelOptions, build_qa_model, load_qa_checkpoint
 from qa.prompts import render_prompt
 from qa.tiny import TINY_CODES, build_tiny_llama, build_tiny_medtok, tiny_questions
@@ -145,16 +145,16 @@ def test_score_probabilities_and_independence_from_batch(medtok_model):
 def test_prefix_modes(assets):
     item = item_with_codes()
     mean = build_qa_model(options(assets, prefix_mode="medtok-mean"), lora=False)
-    p = mean.code_source.prefix(item)
+    p = mean.method.item_prefix(item)
     assert p.embeddings.shape == (1, 32) and p.codes == ["ICD10CM:E11.9", "ICD10CM:I50.9"]
     text = build_qa_model(options(assets, prefix_mode="text"), lora=False)
     assert text.projector is None
-    prompt = render_prompt(text.tokenizer, item, text.code_source.prefix(item).context)
+    prompt = render_prompt(text.tokenizer, item, text.method.item_prefix(item).context)
     assert "Type 2 diabetes mellitus" in prompt and "Heart failure, unspecified" in prompt
     shuffled = build_qa_model(options(assets, prefix_mode="shuffled", shuffle_seed=1), lora=False)
-    a, b = shuffled.code_source.prefix(item), shuffled.code_source.prefix(item)
+    a, b = shuffled.method.item_prefix(item), shuffled.method.item_prefix(item)
     assert a.codes == b.codes and len(a.codes) == 2  # deterministic, same token budget
-    assert [shuffled.code_source.prefix(dataclasses.replace(item, id=f"x{i}")).codes for i in range(6)] != \
+    assert [shuffled.method.item_prefix(dataclasses.replace(item, id=f"x{i}")).codes for i in range(6)] != \
         [a.codes] * 6  # other questions get other codes
     none = build_qa_model(options(assets, prefix_mode="none", medtok=None), lora=False)
     assert none.score([item])[0]["n_codes"] == 0
@@ -173,7 +173,7 @@ def test_linked_codes_missing_from_the_artifact_use_their_nearest_ancestor(asset
     model = build_qa_model(options(assets, medtok=str(coarse)), lora=False)
     item = item_with_codes()
     item.mentions.append(Mention("unknown", 0, 7, "stem", [CodeRef("ICD10CM", "Z99.9")]))
-    prefix = model.code_source.prefix(item)
+    prefix = model.method.item_prefix(item)
     # E11.9 (twice) -> E11 once, I50.9 -> I50; Z99.9 has no known ancestor and is dropped.
     assert prefix.codes == ["ICD10CM:E11", "ICD10CM:I50"]
     assert prefix.embeddings.shape[0] == 2

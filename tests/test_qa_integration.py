@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from qa.mcq import MCQItem
+from disease_linking.questions import MCQItem
 
 
 @pytest.mark.integration
