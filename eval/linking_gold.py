@@ -171,8 +171,8 @@ def load_gold(path: str | Path) -> tuple[dict, list[dict]]:
 
 
 def _meddx(data_dir=None):
-    from medtok_core.datadir import data_file
     from disease_linking.questions import load_mcq
+    from medtok_core.datadir import data_file
 
     items, _ = load_mcq(data_file("meddx/MedDDx.json", data_dir))
     return items
