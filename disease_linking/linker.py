@@ -25,7 +25,16 @@ from disease_linking.code_index import CodeIndex
 from disease_linking.lexicon import GENERIC_WORDS, Lexicon
 from disease_linking.normalize import norm_word
 from disease_linking.pipeline import SPAN_KEY, make_nlp, set_lexicon
+from disease_linking.normalize import term_key
 from disease_linking.questions import CodeRef, MCQItem, Mention
+from disease_linking.rules import (
+    dedupe,
+    inside_chemical_name,
+    inverted_forms,
+    is_class_only_drug,
+    names_molecule,
+    rank_codes,
+)
 
 
 @dataclass
@@ -191,6 +200,7 @@ class Linker:
             pending.extend(_Pending(i, m, m.text) for m in cands)
         self._resolve_fallback(out, pending)
         for item in out:
+            item.mentions = dedupe(item.mentions)
             order = {"stem": -1, **{f"option:{k}": n for n, k in enumerate(item.options)}}
             item.mentions.sort(key=lambda m: (order[m.field], m.start, m.end))
         return out
@@ -200,21 +210,61 @@ class Linker:
         codes = self.lexicon.codes(row)
         if self.cfg.systems:
             codes = [c for c in codes if c.system in self.cfg.systems]
-        return codes[: self.cfg.max_codes]
+        return rank_codes(codes)[: self.cfg.max_codes]
 
-    def _mention(self, doc: Doc, start: int, end: int, field: str, row: int) -> Mention:
+    def _lookup(self, text: str) -> int | None:
+        """Lexicon row whose key is exactly ``text`` (normalized like the matcher), if any."""
+        doc = self.nlp.tokenizer(text)
+        return self.lexicon.ci_index.get(term_key([t.text for t in doc], [t.is_punct for t in doc]))
+
+    def _inverted_option(self, doc: Doc, field: str, spans: list) -> Mention | None:
+        """The whole option as one mention when its inverted form "modifier X" is a lexicon term
+        with codes and no single hit already spans the option (see rules.inverted_forms)."""
+        if field == "stem" or any(s.start == 0 and s.end == len(doc) for s in spans):
+            return None
+        for form in inverted_forms(doc.text):
+            row = self._lookup(form)
+            codes = self._codes(row) if row is not None else []
+            if codes:
+                why = f"option inverted to '{form}'; "
+                codes = [CodeRef(c.system, c.code, c.score, why=why + c.why) for c in codes]
+                return Mention(doc.text, 0, len(doc.text), field, codes, kind=self.lexicon.kind(row))
+        return None
+
+    def _not_a_mention(self, doc: Doc, span, tokens: list[str]) -> bool:
+        """Hits that name a molecule, part of a chemical name, or a drug class (see rules)."""
+        if names_molecule(tokens, span.end):
+            return True
+        if span.label_ != "drug":
+            return False
+        return inside_chemical_name(tokens, span.start, span.end) or is_class_only_drug(self._codes(int(span.kb_id_)))
+
+    def _mention(self, doc: Doc, start: int, end: int, field: str, row: int, why: str = "") -> Mention:
         span = doc[start:end]
-        return Mention(span.text, span.start_char, span.end_char, field, self._codes(row),
-                       kind=self.lexicon.kind(row))
+        codes = self._codes(row)
+        if why:
+            codes = [CodeRef(c.system, c.code, c.score, why=why + c.why) for c in codes]
+        return Mention(span.text, span.start_char, span.end_char, field, codes, kind=self.lexicon.kind(row))
 
     def _link_doc(self, doc: Doc, field: str, abbrevs: dict[str, tuple[int, str]],
                   target: str) -> tuple[list[Mention], list[Mention]]:
         """Mentions with codes, and fallback candidates (mentions still without codes)."""
-        spans = list(doc.spans[SPAN_KEY])
+        if field != "stem" and target in ("gene", "other"):
+            return [], []  # options name genes, anatomy or pathways ("Glycogen storage disease type II (GAA)")
+        inverted = self._inverted_option(doc, field, list(doc.spans[SPAN_KEY]))
+        if inverted is not None:
+            return [inverted], []
+        tokens = [t.text for t in doc]
+        spans, dropped = [], set()
+        for s in doc.spans[SPAN_KEY]:
+            if self._not_a_mention(doc, s, tokens):
+                dropped.update(range(s.start, s.end))  # and no fallback candidate may use these tokens
+            else:
+                spans.append(s)
         # Hits whose entry has no code (e.g. a phenotype without a mapping) leave their tokens open
         # to the fallback.
         linked = [s for s in spans if self._codes(int(s.kb_id_))]
-        covered = {t for s in linked for t in range(s.start, s.end)}
+        covered = {t for s in linked for t in range(s.start, s.end)} | dropped
         fallback: list[Mention] = []
         # Abbreviations defined here: the short form takes the long form's best hit.
         for short in doc._.abbreviations:
@@ -236,7 +286,8 @@ class Linker:
         for tok in doc:
             if tok.text not in abbrevs or (tok.i in covered and tok.i not in single):
                 continue  # not a defined short form, or inside a longer lexicon hit
-            mentions.append(self._mention(doc, tok.i, tok.i + 1, field, abbrevs[tok.text][0]))
+            mentions.append(self._mention(doc, tok.i, tok.i + 1, field, abbrevs[tok.text][0],
+                                          why=f"abbreviation '{tok.text}' defined in the question; "))
             covered.add(tok.i)
         if not self.cfg.keep_unlinked:
             mentions = [m for m in mentions if m.codes]

@@ -46,6 +46,11 @@ class CodeRef:
     system: str
     code: str
     score: float = 1.0
+    # Why the linker chose this code: the lexicon entry (term and concepts), the abbreviation, the
+    # embedding fallback with its similarity, or the rule that added it. "" when unknown.
+    why: str = ""
+    # Calibrated probability that the code is right (disease_linking.calibration); None = not calibrated.
+    confidence: float | None = None
 
 
 @dataclass
