@@ -67,7 +67,8 @@ class LinkConfig:
 # -> disease). Options are embedded as disease mentions only for disease/phenotype questions.
 _TARGET_WORDS = [
     ("disease", r"diseases?|conditions?|disorders?|illness(?:es)?|syndromes?|diagnos[ie]s|cancers?|tumou?rs?"),
-    ("drug", r"drugs?|medications?|medicines?|compounds?|treatments?|therap(?:y|ies)|agents?"),
+    ("drug", r"drugs?|medications?|medicines?|compounds?|treatments?|therap(?:y|ies)|agents?|substances?|"
+             r"pharmaceuticals?|antibiotics?"),
     ("phenotype", r"phenotypes?|symptoms?|signs?|manifestations?|side effects?|effects?|features?"),
     ("gene", r"genes?|proteins?"),
     ("other", r"anatomical|anatomy|tissues?|pathways?|biological process(?:es)?|molecular functions?|"

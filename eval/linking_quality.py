@@ -158,11 +158,11 @@ def errors(linked: list[MCQItem], gold: list[dict], split: str) -> list[dict]:
         codes = [_ref(c) for c in m.codes]
         if j is None:
             out.append({"split": split, "error": "spurious", "id": qid, "field": m.field, "text": m.text,
-                        "kind": m.kind, "codes": codes, "why": [getattr(c, "source", "") for c in m.codes[:1]]})
+                        "kind": m.kind, "codes": codes, "why": [c.why for c in m.codes[:1]]})
         elif not top_code_right(m, gold[j]):
             out.append({"split": split, "error": "wrong_code", "id": qid, "field": m.field, "text": m.text,
                         "gold_text": gold[j]["text"], "kind": gold[j]["kind"], "codes": codes,
-                        "gold": gold[j]["codes"], "why": [getattr(c, "source", "") for c in m.codes[:1]]})
+                        "gold": gold[j]["codes"], "why": [c.why for c in m.codes[:1]]})
     paired_g = {j for _, j in pairs}
     out += [{"split": split, "error": "missed", "id": g["id"], "field": g["field"], "text": g["text"],
              "kind": g["kind"], "gold": g["codes"]} for j, g in enumerate(gold) if j not in paired_g]

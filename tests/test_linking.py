@@ -17,7 +17,7 @@ import spacy
 from disease_linking.lexicon import Lexicon, term_variants
 from disease_linking.link import main as link_main
 from disease_linking.linker import LinkConfig, Linker, target_type
-from disease_linking.questions import MCQFormatError, MCQItem, load_mcq, to_authors_layout
+from disease_linking.questions import CodeRef, MCQFormatError, MCQItem, load_mcq, to_authors_layout
 from disease_linking.summary import summarize
 
 TERMS = [
@@ -226,3 +226,91 @@ def test_real_meddx_parses_and_links_fast(linker):
     for it in out:
         for m in it.mentions:
             assert it.field_text(m.field)[m.start:m.end] == m.text
+
+
+# --------------------------------------------------------------------------- rules (disease_linking/rules.py)
+RULE_TERMS = [
+    ("dopamine", "drug", "ATC:C01CA04", [("ATC", "C01CA04", 1.0)]),
+    ("glycine", "drug", "ATC:B05CX03", [("ATC", "B05CX03", 1.0)]),
+    ("Glycogen storage disease", "disease", "MONDO:8", [("ICD10CM", "E74.00", 0.9)]),
+    ("Zinc", "drug", "DB01593", [("ATC", "A12CB01", 0.9)]),
+    ("Nicotinamide", "drug", "ATC:A11HA01", [("ATC", "A11HA01", 1.0)]),
+    ("Enzymes", "drug", "ATC:A16AB", [("ATC", "A16AB", 0.99), ("ATC", "B01AD", 0.99)]),
+    ("multiple endocrine neoplasia", "disease", "MONDO:9",
+     [("ICD10CM", "E31.21", 0.9), ("ICD10CM", "E31.22", 0.9), ("ICD10CM", "E31.23", 0.9)]),
+    ("deficiency anemia", "disease", "MONDO:10", [("ICD9CM", "281.9", 0.94), ("ICD10CM", "D53.9", 0.88)]),
+    ("idiopathic generalized epilepsy", "disease", "ICD10CM:G40.309", [("ICD10CM", "G40.309", 0.95)]),
+    ("epilepsy", "disease", "ICD10CM:G40.909", [("ICD10CM", "G40.909", 1.0)]),
+    ("nabothian cyst", "disease", "MONDO:11", []),
+]
+
+
+@pytest.fixture(scope="module")
+def rule_linker() -> Linker:
+    rows = pd.DataFrame([(t, k, c, "test", codes) for t, k, c, codes in RULE_TERMS],
+                        columns=["term", "kind", "concept", "source", "codes"])
+    return Linker.from_lexicon(Lexicon.from_terms(rows, spacy.blank("en").tokenizer),
+                               LinkConfig(embedding_fallback=False))
+
+
+def _texts(item) -> list[str]:
+    return [m.text for m in item.mentions]
+
+
+def test_rule_molecule_and_pathway_names_are_not_mentions(rule_linker):
+    out = rule_linker.link_item(_item(
+        "Which drugs act on the dopamine D1 receptor, glycine C-acetyltransferase and the Glycogen storage "
+        "diseases pathway, unlike dopamine or glycine?", {"A": "a", "B": "b"}))
+    assert _texts(out) == ["dopamine", "glycine"]  # only the last two, which name the substances
+
+
+def test_rule_parts_of_chemical_names_and_drug_classes_are_not_drug_mentions(rule_linker):
+    out = rule_linker.link_item(_item("Which drug?", {"A": "Zinc cation", "B": "Nicotinamide adenine dinucleotide",
+                                                        "C": "Enzymes", "D": "Zinc"}))
+    assert [(m.field, m.text) for m in out.mentions] == [("option:D", "Zinc")]
+
+
+def test_rule_ranking_icd9_last_and_parent_of_tied_siblings_first(rule_linker):
+    out = rule_linker.link_item(_item("multiple endocrine neoplasia or deficiency anemia?", {"A": "a", "B": "b"}))
+    men, anemia = out.mentions
+    assert _codes(men)[0] == "ICD10CM:E31.2" and "tied" in men.codes[0].why
+    assert _codes(men)[1:] == ["ICD10CM:E31.21", "ICD10CM:E31.22", "ICD10CM:E31.23"]
+    assert _codes(anemia) == ["ICD10CM:D53.9", "ICD9CM:281.9"]
+
+
+def test_rule_inverted_option_is_looked_up_as_one_term(rule_linker):
+    out = rule_linker.link_item(_item("Which disease?", {"A": "epilepsy, idiopathic generalized", "B": "epilepsy"}))
+    a, b = out.mentions
+    assert (a.text, _codes(a)) == ("epilepsy, idiopathic generalized", ["ICD10CM:G40.309"])
+    assert "inverted" in a.codes[0].why and _codes(b) == ["ICD10CM:G40.909"]
+
+
+def test_rule_options_of_gene_and_pathway_questions_are_not_linked(rule_linker):
+    gene_q = rule_linker.link_item(_item("Which gene or protein interacts with X?", {"A": "dopamine", "B": "Zinc"}))
+    drug_q = rule_linker.link_item(_item("Which pharmacological substances bind genes of X?",
+                                         {"A": "dopamine", "B": "Zinc"}))
+    assert gene_q.mentions == [] and _texts(drug_q) == ["dopamine", "Zinc"]
+
+
+def test_rule_same_span_is_one_mention(lexicon):
+    class OneHit:  # a fallback index that finds a code for every text
+        def search(self, texts, top_k, threshold):
+            return [[CodeRef("ICD10CM", "N88.8", 0.95, why="embedding fallback")] for _ in texts]
+
+    rows = pd.DataFrame([("nabothian cyst", "disease", "MONDO:11", "test", [])],
+                        columns=["term", "kind", "concept", "source", "codes"])
+    lex = Lexicon.from_terms(rows, spacy.blank("en").tokenizer)
+    linker = Linker.from_lexicon(lex, LinkConfig(), code_index=OneHit())
+    # The uncoded lexicon hit and the whole-option fallback both propose the option: one mention.
+    out = linker.link_item(_item("Which condition of the cervix?", {"A": "nabothian cyst", "B": "disease"}))
+    assert [(m.field, m.text, _codes(m)) for m in out.mentions] == [("option:A", "nabothian cyst", ["ICD10CM:N88.8"])]
+
+
+def test_codes_say_why_they_were_chosen(linker):
+    item = _item("A smoker with chronic obstructive pulmonary disease (COPD) asks about COPD.", {"A": "x", "B": "y"})
+    out = linker.link_item(item)
+    whys = [m.codes[0].why for m in out.mentions]
+    assert whys[0] == "lexicon 'Chronic obstructive pulmonary disease' [ICD10CM:J44.9]"
+    assert whys[-1].startswith("abbreviation 'COPD' defined in the question; lexicon")
+    saved = MCQItem.from_json(json.loads(json.dumps(out.to_json())))
+    assert saved.mentions[0].codes[0].why == whys[0]
