@@ -23,9 +23,8 @@ from spacy.tokens import Doc
 
 from disease_linking.code_index import CodeIndex
 from disease_linking.lexicon import GENERIC_WORDS, Lexicon
-from disease_linking.normalize import norm_word
+from disease_linking.normalize import norm_word, term_key
 from disease_linking.pipeline import SPAN_KEY, make_nlp, set_lexicon
-from disease_linking.normalize import term_key
 from disease_linking.questions import CodeRef, MCQItem, Mention
 from disease_linking.rules import (
     dedupe,
