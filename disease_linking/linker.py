@@ -21,6 +21,7 @@ from pathlib import Path
 from spacy.language import Language
 from spacy.tokens import Doc
 
+from disease_linking.calibration import DEFAULT_PATH, Calibrator, drop_low_confidence
 from disease_linking.code_index import CodeIndex
 from disease_linking.lexicon import GENERIC_WORDS, Lexicon
 from disease_linking.normalize import norm_word, term_key
@@ -59,6 +60,10 @@ class LinkConfig:
     batch_size: int = 256
     # Text encoder folder for the fallback ("" = default all-MiniLM-L6-v2).
     text_encoder: str = ""
+    # Calibration of code confidences (JSON): "default" = the one shipped with the package, "" = none.
+    calibration: str = "default"
+    # Drop codes whose calibrated confidence is below this (0 = keep every code).
+    min_confidence: float = 0.0
 
 
 # What a question asks for: the first of these words in the stem usually names the answer type
@@ -145,6 +150,15 @@ class _Pending:
     text: str
 
 
+def _load_calibrator(spec: str) -> Calibrator | None:
+    """The calibration named by LinkConfig.calibration; a missing default file means none yet."""
+    if not spec:
+        return None
+    if spec == "default":
+        return Calibrator.load() if DEFAULT_PATH.is_file() else None
+    return Calibrator.load(spec)
+
+
 class Linker:
     """Extract mentions with the spaCy pipeline and link them to codes (see module docstring)."""
 
@@ -154,6 +168,7 @@ class Linker:
         self.lexicon = lexicon
         self.cfg = cfg or LinkConfig()
         self.code_index = code_index
+        self.calibrator = _load_calibrator(self.cfg.calibration)
         set_lexicon(nlp, lexicon)
 
     @classmethod
@@ -201,6 +216,10 @@ class Linker:
         self._resolve_fallback(out, pending)
         for item in out:
             item.mentions = dedupe(item.mentions)
+        if self.calibrator is not None:
+            self.calibrator.apply(out)
+            drop_low_confidence(out, self.cfg.min_confidence)
+        for item in out:
             order = {"stem": -1, **{f"option:{k}": n for n, k in enumerate(item.options)}}
             item.mentions.sort(key=lambda m: (order[m.field], m.start, m.end))
         return out

@@ -34,6 +34,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from disease_linking.calibration import (
+    DEFAULT_PATH,
+    Calibrator,
+    code_features,
+    expected_calibration_error,
+    fit,
+    reliability,
+)
 from disease_linking.linker import LinkConfig, Linker
 from disease_linking.questions import MCQItem, Mention, load_mcq
 from disease_linking.summary import format_summary, summarize
@@ -65,6 +75,11 @@ class QualityConfig:
     output: str | None = None
     # Write every error (spurious mention, wrong top code, missed mention) here as JSONL.
     errors: str | None = None
+    # Refit the confidence calibration on v2-tune and save it (else the saved one is used).
+    fit_calibration: bool = False
+    calibration_out: str = str(DEFAULT_PATH)
+    # Reliability plot of the calibrated confidence on v2-report (PNG; "" = none).
+    plot: str = "runs/linking_quality/reliability.png"
     linking: LinkConfig = field(default_factory=LinkConfig)
 
 
@@ -169,6 +184,54 @@ def errors(linked: list[MCQItem], gold: list[dict], split: str) -> list[dict]:
     return out
 
 
+def top_code_outcomes(linked: list[MCQItem], gold: list[dict]) -> list[tuple[Mention, bool]]:
+    """Every predicted mention with codes, and whether its top code is right (an unmatched
+    prediction is wrong): the event the calibrated confidence predicts."""
+    pred = [(it.id, m) for it in linked for m in it.mentions if m.codes]
+    paired = dict(match(pred, gold))
+    return [(m, i in paired and top_code_right(m, gold[paired[i]])) for i, (_, m) in enumerate(pred)]
+
+
+def fit_calibration(linker: Linker, items: list[MCQItem], gold: list[dict], meta: dict) -> Calibrator:
+    """Fit the confidence model on the top codes of ``items`` (the tune half)."""
+    saved, linker.calibrator = linker.calibrator, None  # raw linker output, nothing dropped
+    outcomes = top_code_outcomes(linker.link_items(items), gold)
+    linker.calibrator = saved
+    x = np.array([code_features(m, m.codes[0]) for m, _ in outcomes])
+    y = np.array([float(ok) for _, ok in outcomes])
+    return Calibrator(fit(x, y).tolist(), {**meta, "mentions": len(y), "top_code_right": int(y.sum())})
+
+
+def reliability_of(linked: list[MCQItem], gold: list[dict]) -> dict:
+    outcomes = top_code_outcomes(linked, gold)
+    table = reliability([m.codes[0].confidence for m, _ in outcomes], [ok for _, ok in outcomes])
+    return {"bins": table, "ece": expected_calibration_error(table), "mentions": len(outcomes)}
+
+
+def plot_reliability(curves: dict[str, dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    for (name, rel), style in zip(curves.items(), ("o-", "s--"), strict=False):
+        b = rel["bins"]
+        ax.plot([r["confidence"] for r in b], [r["accuracy"] for r in b], style,
+                label=f"{name} (n={rel['mentions']}, ECE {rel['ece']:.3f})")
+        for r in b:
+            ax.annotate(str(r["n"]), (r["confidence"], r["accuracy"]), textcoords="offset points",
+                        xytext=(4, -10), fontsize=7)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="calibrated confidence of the top code (bin mean)",
+           ylabel="share of mentions whose top code is right", title="Linking: reliability")
+    ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def load_splits(cfg: QualityConfig) -> dict[str, tuple[list[str], list[dict]]]:
     """Split name -> (question ids, gold mention records)."""
     h1, g1 = load_gold(cfg.gold_v1)
@@ -232,13 +295,29 @@ def run(cfg: QualityConfig) -> dict:
             f"{th}: P {s['code_precision']:.1%} R@1 {s['code_recall_at_1']:.1%}" for th, s in sweep.items()) + ")")
         link_cfg = dataclasses.replace(cfg.linking, fallback_threshold=best)
     linker.cfg = link_cfg
-    result["splits"], errs = {}, []
+    if cfg.fit_calibration:
+        qids, gold = splits["v2-tune"]
+        linker.calibrator = fit_calibration(linker, [by_id[q] for q in qids], gold, {
+            "fit_on": "eval/gold/linking_v2.jsonl tune half", "fallback_threshold": link_cfg.fallback_threshold})
+        linker.calibrator.save(cfg.calibration_out)
+        print(f"calibration fitted on v2-tune ({linker.calibrator.meta['mentions']} mentions) -> {cfg.calibration_out}")
+    result["splits"], errs, curves = {}, [], {}
     for name, (qids, gold) in splits.items():
         linked = linker.link_items([by_id[q] for q in qids])
         result["splits"][name] = {"questions": len(qids), "mentions": len(gold), **score_groups(linked, gold)}
         print(format_table(f"{name}: {len(qids)} questions, {len(gold)} mentions",
                            {k: v for k, v in result["splits"][name].items() if isinstance(v, dict)}))
         errs += errors(linked, gold, name)
+        if linker.calibrator is not None and name.startswith("v2"):
+            curves[name] = result["splits"][name]["reliability"] = reliability_of(linked, gold)
+    for name, rel in curves.items():
+        print(f"reliability {name}: ECE {rel['ece']:.3f}; " + ", ".join(
+            f"[{r['lo']:.1f},{r['hi']:.1f}) n={r['n']} conf {r['confidence']:.2f} acc {r['accuracy']:.2f}"
+            for r in rel["bins"]))
+    if curves and cfg.plot:
+        plot_reliability({"v2-report (held out)": curves["v2-report"], "v2-tune (fitted on)": curves["v2-tune"]},
+                         cfg.plot)
+        print(f"reliability plot: {cfg.plot}")
     if cfg.errors:
         with atomic_path(cfg.errors) as tmp:
             tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errs), encoding="utf-8")

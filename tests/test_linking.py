@@ -17,7 +17,7 @@ import spacy
 from disease_linking.lexicon import Lexicon, term_variants
 from disease_linking.link import main as link_main
 from disease_linking.linker import LinkConfig, Linker, target_type
-from disease_linking.questions import CodeRef, MCQFormatError, MCQItem, load_mcq, to_authors_layout
+from disease_linking.questions import CodeRef, MCQFormatError, MCQItem, Mention, load_mcq, to_authors_layout
 from disease_linking.summary import summarize
 
 TERMS = [
@@ -314,3 +314,56 @@ def test_codes_say_why_they_were_chosen(linker):
     assert whys[-1].startswith("abbreviation 'COPD' defined in the question; lexicon")
     saved = MCQItem.from_json(json.loads(json.dumps(out.to_json())))
     assert saved.mentions[0].codes[0].why == whys[0]
+
+
+# --------------------------------------------------------------------------- calibration
+def test_calibration_fit_orders_and_roundtrips(tmp_path):
+    import numpy as np
+
+    from disease_linking.calibration import FEATURES, Calibrator, fit, reliability
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((400, len(FEATURES)))
+    x[:, 0] = 1.0
+    x[:, 1] = rng.uniform(0.7, 1.0, 400)  # score
+    y = (rng.uniform(size=400) < (x[:, 1] - 0.6) * 2.5).astype(float)  # right more often at high score
+    cal = Calibrator(fit(x, y).tolist(), {"fit_on": "synthetic"})
+    low = Mention("x", 0, 1, "stem", [CodeRef("ICD10CM", "A00", 0.72)], kind="disease")
+    high = Mention("x", 0, 1, "stem", [CodeRef("ICD10CM", "A00", 0.98)], kind="disease")
+    assert cal.prob(low, low.codes[0]) < 0.5 < cal.prob(high, high.codes[0])
+    cal.save(tmp_path / "c.json")
+    again = Calibrator.load(tmp_path / "c.json")
+    assert again.prob(high, high.codes[0]) == pytest.approx(cal.prob(high, high.codes[0]))
+    table = reliability([0.05, 0.15, 0.95, 0.97], [False, False, True, False], bins=10)
+    assert [(r["n"], r["accuracy"]) for r in table] == [(1, 0.0), (1, 0.0), (2, 0.5)]
+
+
+def test_confidence_on_codes_and_dropping_low_ones(lexicon):
+    from disease_linking.calibration import FEATURES, Calibrator
+
+    class OnlyDrugs(Calibrator):  # confident for drugs, not for anything else
+        def __init__(self):
+            super().__init__([0.0] * len(FEATURES))
+
+        def prob(self, m, c):
+            return 0.9 if m.kind == "drug" else 0.2
+
+    linker = Linker.from_lexicon(lexicon, LinkConfig(embedding_fallback=False, calibration=""))
+    linker.calibrator = OnlyDrugs()
+    item = _item("type 2 diabetes mellitus and aspirin", {"A": "Seizure", "B": "b"})
+    out = linker.link_item(item)
+    assert [(m.text, m.codes[0].confidence) for m in out.mentions] == [
+        ("type 2 diabetes mellitus", 0.2), ("aspirin", 0.9), ("Seizure", 0.2)]
+    linker.cfg = LinkConfig(embedding_fallback=False, calibration="", min_confidence=0.5)
+    assert [m.text for m in linker.link_item(item).mentions] == ["aspirin"]
+
+
+def test_qa_side_drops_low_confidence_codes():
+    from qa.data import linked_codes
+
+    item = _item("q", {"A": "a", "B": "b"})
+    item.mentions = [Mention("x", 0, 1, "stem", [CodeRef("ICD10CM", "E11", 1.0, confidence=0.4)]),
+                     Mention("y", 2, 3, "stem", [CodeRef("ATC", "B01AC06", 1.0, confidence=0.95)]),
+                     Mention("z", 4, 5, "stem", [CodeRef("ICD10CM", "R56.9", 1.0)])]  # uncalibrated: kept
+    assert linked_codes(item) == ["ICD10CM:E11", "ATC:B01AC06", "ICD10CM:R56.9"]
+    assert linked_codes(item, min_confidence=0.5) == ["ATC:B01AC06", "ICD10CM:R56.9"]
