@@ -97,7 +97,7 @@ def _accuracy_section(results: dict) -> list[str]:
     tiers = results["tiers"]
     ds = results["dataset"]
     header = ["Method", *(f"{_tier_title(results, t)} (n={ds[t]['n']})" for t in tiers)]
-    rows = [[f"**{m}**", *(accuracy_cell(results, m, t) for t in tiers)] for m in _methods(results)]
+    rows = [[f"**{method_label(m)}**", *(accuracy_cell(results, m, t) for t in tiers)] for m in _methods(results)]
     rows.append(["*majority-letter baseline*",
                  *(f"{pct(ds[t]['majority_letter']['accuracy'])} ({ds[t]['majority_letter']['letter'] or '—'})"
                    for t in tiers)])

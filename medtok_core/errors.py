@@ -38,6 +38,12 @@ def cli_entry(main: F) -> F:
         except MedTokError as err:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
+        except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as err:
+            # Where a path the user chose cannot be written: the environment, not a bug.
+            where = f" {err.filename}" if err.filename else ""
+            print(f"error: cannot write or read{where}: {err.strerror or err}; check the path and its "
+                  "permissions", file=sys.stderr)
+            raise SystemExit(2) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise SystemExit(130) from None

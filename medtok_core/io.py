@@ -48,6 +48,44 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _can_create_in(folder: Path) -> bool:
+    """Really try (os.access says yes to root even on a chmod 555 folder mounted read-only)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(tmp)
+    return True
+
+
+def check_writable(path: str | os.PathLike, option: str) -> None:
+    """Fail early, naming the option, when ``path`` cannot be written as a file."""
+    from medtok_core.errors import ConfigError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a directory; give a file path")
+    existing = next((p for p in path.parents if p.exists()), None)
+    if existing is None or not existing.is_dir() or not _can_create_in(existing):
+        raise ConfigError(f"{option} {path}: cannot write into {existing or path.parent} (read-only or not a "
+                          "folder); choose another location")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"{option} {path} is read-only; choose another path or make it writable")
+
+
+def check_writable_dir(path: str | os.PathLike, option: str) -> None:
+    """Fail early, naming the option, when folder ``path`` cannot be created or written."""
+    from medtok_core.errors import ConfigError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} is a file; give a folder path")
+    existing = next((p for p in [path, *path.parents] if p.exists()), None)
+    if existing is None or not existing.is_dir() or not _can_create_in(existing):
+        raise ConfigError(f"{option} {path}: {existing or path} is not a writable folder; choose another folder")
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

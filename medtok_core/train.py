@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from medtok_core.artifact import FORMAT, artifact_dir, load_artifact, write_artifact
-from medtok_core.config import ConfigError, parse_config, save_config, to_dict
+from medtok_core.config import ConfigError, parse_config, require_range, save_config, to_dict
 from medtok_core.errors import cli_entry
 from medtok_core.io import atomic_path, write_json
 from medtok_core.losses import LossWeights, medtok_losses
@@ -61,6 +61,10 @@ class DataConfig:
     text_encoder: str | None = None
     text_dtype: str = "float32"
 
+    def __post_init__(self):
+        for name, low in (("max_codes", 0), ("k_hops", 0), ("max_nodes", 1), ("fanout", 1), ("max_synonyms", 0)):
+            require_range(self, name, low)
+
 
 @dataclass
 class OptimConfig:
@@ -70,6 +74,14 @@ class OptimConfig:
     batch_size: int = 256
     grad_clip: float = 1.0
     warmup_steps: int = 20
+
+    def __post_init__(self):
+        require_range(self, "lr", 0.0, low_open=True)
+        require_range(self, "weight_decay", 0.0)
+        require_range(self, "epochs", 1)
+        require_range(self, "batch_size", 2)  # contrastive losses need a second code in the batch
+        require_range(self, "grad_clip", 0.0)
+        require_range(self, "warmup_steps", 0)
 
 
 @dataclass
@@ -95,6 +107,13 @@ class TrainConfig:
     # CPU threads for training (0 = torch default). The per-op work is small, and on a shared
     # 2-core machine one thread measured ~10x faster than two (no OpenMP spin-waiting).
     num_threads: int = 0
+
+    def __post_init__(self):
+        for name in ("checkpoint_every", "init_samples", "restart_every", "log_every"):
+            require_range(self, name, 1)
+        require_range(self, "max_steps", 0)
+        require_range(self, "num_threads", 0)
+        require_range(self, "dead_threshold", 0.0, 1.0)
 
 
 # ============================================================================== data
@@ -298,6 +317,13 @@ class TrainResult:
     codes_per_s: float
 
 
+def resolved_config(cfg: TrainConfig, data: TrainData) -> TrainConfig:
+    """``cfg`` with the model sizes the data decide (relation count, text dimension) filled in."""
+    model = dataclasses.replace(cfg.model, n_relations=max(cfg.model.n_relations, data.n_relations),
+                                text_dim=int(data.text_table.shape[1]))
+    return dataclasses.replace(cfg, model=model)
+
+
 def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
     """Train on ``data``; resumes from ``output_dir/checkpoint`` when present and ``cfg.resume``."""
     from accelerate import Accelerator
@@ -308,10 +334,8 @@ def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    model_cfg = dataclasses.replace(cfg.model, n_relations=max(cfg.model.n_relations, data.n_relations),
-                                    text_dim=int(data.text_table.shape[1]))
-    cfg.model = model_cfg
-    model = MedTokModel(model_cfg)
+    cfg = resolved_config(cfg, data)
+    model = MedTokModel(cfg.model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     world, rank = acc.num_processes, acc.process_index
     per_rank = len(data) // world
@@ -387,6 +411,7 @@ def encode_all(model: MedTokModel, data: TrainData, batch_size: int = 1024) -> d
 
 
 def artifact_config(cfg: TrainConfig, model: MedTokModel, data: TrainData, extra: dict | None = None) -> dict:
+    cfg = resolved_config(cfg, data)
     cb = model.codebook
     return {
         "format": FORMAT, "version": 1,
@@ -421,11 +446,12 @@ def codebook_stats(ids: torch.Tensor, weights: torch.Tensor, model: MedTokModel)
 
 def run(cfg: TrainConfig) -> Path:
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     t0 = time.perf_counter()
     data = prepare_data(cfg.data, progress=cfg.progress)
     prep_s = time.perf_counter() - t0
+    cfg = resolved_config(cfg, data)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")  # what runs, sizes resolved
     print(f"data: {len(data)} codes, {data.text_table.shape[0]} unique texts, prepared in {prep_s:.1f}s", flush=True)
     result = train(cfg, data)
     t1 = time.perf_counter()

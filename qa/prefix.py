@@ -5,6 +5,7 @@ batch padding."""
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -12,7 +13,9 @@ from torch import nn
 from disease_linking.questions import MCQItem
 from medtok_core.errors import MedTokError
 from qa.data import CODE_FIELDS, linked_codes, stable_seed
-from qa.prefix_methods.base import ItemPrefix
+
+if TYPE_CHECKING:
+    from qa.prefix_methods.base import ItemPrefix
 
 PROJECTORS = ("linear", "mlp")
 

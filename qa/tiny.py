@@ -46,23 +46,45 @@ def build_tiny_tokenizer(path: str | Path, vocab_size: int = 300):
     return fast
 
 
-def build_tiny_llama(path: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2,
-                     vocab_size: int = 300) -> Path:
-    """A random 2-layer LLaMA with the tiny tokenizer, saved as an HF folder (bf16 weights)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+TINY_ARCHITECTURES = ("llama", "gpt2", "gpt_neox")
+
+
+def _tiny_config(arch: str, tok, hidden: int, layers: int):
+    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
+
+    ids = {"pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
+    if arch == "llama":
+        return LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                           num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                           max_position_embeddings=512, tie_word_embeddings=True, **ids)
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=len(tok), n_embd=hidden, n_layer=layers, n_head=4, n_positions=512, **ids)
+    if arch == "gpt_neox":
+        return GPTNeoXConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                             num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=512,
+                             **ids)
+    raise ValueError(f"tiny architecture must be one of {', '.join(TINY_ARCHITECTURES)}, got {arch!r}")
+
+
+def build_tiny_lm(path: str | Path, arch: str = "llama", seed: int = 0, hidden: int = 64, layers: int = 2,
+                  vocab_size: int = 300) -> Path:
+    """A random 2-layer causal LM (LLaMA, GPT-2 or GPT-NeoX) with the tiny tokenizer, saved as an
+    HF folder (bf16 weights)."""
+    from transformers import AutoModelForCausalLM
 
     path = Path(path)
     with atomic_dir(path) as tmp:
         tok = build_tiny_tokenizer(tmp, vocab_size)
-        config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-                             num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                             max_position_embeddings=512, tie_word_embeddings=True,
-                             pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                             eos_token_id=tok.eos_token_id)
+        config = _tiny_config(arch, tok, hidden, layers)
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
         model.save_pretrained(tmp)
     return path
+
+
+def build_tiny_llama(path: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2,
+                     vocab_size: int = 300) -> Path:
+    return build_tiny_lm(path, "llama", seed, hidden, layers, vocab_size)
 
 
 def build_tiny_medtok(path: str | Path, codes: list[tuple[str, str, str]], dim: int = 8, top_k: int = 2,

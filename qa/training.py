@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from disease_linking.questions import TIERS, MCQItem, load_mcq
-from medtok_core.config import save_config, to_dict
+from medtok_core.config import require_choice, require_range, save_config, to_dict
 from medtok_core.datadir import data_file
 from medtok_core.errors import ConfigError, MedTokError
 from medtok_core.io import read_json, write_json
@@ -48,6 +48,13 @@ class DataOptions:
     limit_train: int = 0  # keep only the first N training questions (0: all), for smoke runs
     limit_val: int = 0
     shuffle_options: bool = True  # permute options each epoch (answer relabelled) against letter bias
+    skip_invalid: bool = False  # leave out malformed questions (reported) instead of stopping
+
+    def __post_init__(self):
+        require_range(self, "val_fraction", 0.0, 1.0, high_open=True)
+        require_range(self, "limit_train", 0)
+        require_range(self, "limit_val", 0)
+        require_choice(self, "tier", ("", *TIERS))
 
 
 @dataclass
@@ -62,6 +69,17 @@ class OptimOptions:
     max_grad_norm: float = 1.0
     max_steps: int = 0  # stop after this many optimizer steps in total (0: no limit)
 
+    def __post_init__(self):
+        require_range(self, "lr", 0.0, low_open=True)
+        require_range(self, "projector_lr", 0.0, low_open=True)
+        require_range(self, "weight_decay", 0.0)
+        require_range(self, "warmup_ratio", 0.0, 1.0)
+        require_range(self, "epochs", 1)
+        require_range(self, "batch_size", 1)
+        require_range(self, "grad_accum", 1)
+        require_range(self, "max_grad_norm", 0.0)
+        require_range(self, "max_steps", 0)
+
 
 @dataclass
 class TrainConfig:
@@ -75,9 +93,16 @@ class TrainConfig:
     log_every: int = 5
     deepspeed_config: str = "ds_config.json"  # used when accelerate launches with DeepSpeed
     resume: bool = True
+    force: bool = False  # start over in an output_dir that holds a run with other settings
     model: ModelOptions = field(default_factory=ModelOptions)
     data: DataOptions = field(default_factory=DataOptions)
     optim: OptimOptions = field(default_factory=OptimOptions)
+
+    def __post_init__(self):
+        require_range(self, "eval_batch_size", 1)
+        require_range(self, "early_stop_patience", 0)
+        require_range(self, "save_every_steps", 0)
+        require_range(self, "log_every", 1)
 
 
 # ---- data -----------------------------------------------------------------------------------------
