@@ -367,3 +367,24 @@ def test_qa_side_drops_low_confidence_codes():
                      Mention("z", 4, 5, "stem", [CodeRef("ICD10CM", "R56.9", 1.0)])]  # uncalibrated: kept
     assert linked_codes(item) == ["ICD10CM:E11", "ATC:B01AC06", "ICD10CM:R56.9"]
     assert linked_codes(item, min_confidence=0.5) == ["ATC:B01AC06", "ICD10CM:R56.9"]
+
+
+def test_rule_uncoded_concepts_bridged_by_synonym_and_possessive_eponyms():
+    from disease_linking.sources import BRIDGE_SCORE, bridge_uncoded_concepts, eponym_terms
+
+    rows = pd.DataFrame([
+        ("Intracerebral hemorrhage, unspecified", "disease", "ICD10CM:I61.9", "ICD10CM", [("ICD10CM", "I61.9", 1.0)]),
+        ("Unresponsiveness", "phenotype", "ICD10CM:R40.4", "ICD10CM", [("ICD10CM", "R40.4", 1.0)]),
+        ("Cerebral hemorrhage", "phenotype", "HP:1", "phenotype", []),
+        ("Intracerebral hemorrhage", "phenotype", "HP:1", "phenotype-synonym", []),
+        ("Unresponsiveness", "phenotype", "HP:2", "phenotype-synonym", []),
+        ("Unresponsive", "phenotype", "HP:2", "phenotype", []),
+        ("Parkinson's disease", "disease", "MONDO:5", "disease", [("ICD10CM", "G20", 0.9)]),
+        ("Blood disease", "disease", "MONDO:6", "disease", [("ICD10CM", "D75.9", 0.9)]),
+    ], columns=["term", "kind", "concept", "source", "codes"])
+    out = bridge_uncoded_concepts(eponym_terms(rows))
+    by_term = dict(zip(out.term, out.codes, strict=True))
+    # Every name of the uncoded concept gets the code its synonym names, below direct sources.
+    assert by_term["Cerebral hemorrhage"] == [("ICD10CM", "I61.9", BRIDGE_SCORE)]
+    assert by_term["Unresponsive"] == []  # a one-word adjective names nothing in a question
+    assert by_term["Parkinson"] == [("ICD10CM", "G20", 0.9)] and "Blood" not in by_term
