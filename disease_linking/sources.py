@@ -270,7 +270,8 @@ def bridge_uncoded_concepts(terms: pd.DataFrame) -> pd.DataFrame:
 
 
 # Only possessive forms ("Parkinson's disease"): "Blood disease" or "Spleen disease" are not eponyms.
-_ADJECTIVE_ENDINGS = ("ive", "ous", "able", "ible", "al", "ic", "ed", "ing")
+# Not "-ing": gerunds name findings ("Sweating", "Bleeding", "Wheezing").
+_ADJECTIVE_ENDINGS = ("ive", "ous", "able", "ible", "al", "ic")
 
 
 def _adjective(term: str) -> bool:
