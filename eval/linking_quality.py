@@ -78,6 +78,8 @@ class QualityConfig:
     # Refit the confidence calibration on v2-tune and save it (else the saved one is used).
     fit_calibration: bool = False
     calibration_out: str = str(DEFAULT_PATH)
+    # Minimum code confidences tried on v2-tune for the precision-first operating point.
+    confidences: list[float] = field(default_factory=lambda: [0.7, 0.75, 0.8, 0.85, 0.9])
     # Reliability plot of the calibrated confidence on v2-report (PNG; "" = none).
     plot: str = "runs/linking_quality/reliability.png"
     linking: LinkConfig = field(default_factory=LinkConfig)
@@ -232,6 +234,26 @@ def plot_reliability(curves: dict[str, dict], path: str) -> None:
     plt.close(fig)
 
 
+def precision_first(linker: Linker, splits: dict, by_id: dict, base: LinkConfig, cfg: QualityConfig) -> dict:
+    """The smallest ``min_confidence`` (from ``cfg.confidences``) whose code precision on v2-tune
+    reaches ``cfg.target_precision``, and every split scored with it: the operating point for a
+    consumer that prefers no code to a wrong one."""
+    def scores(c: float, name: str) -> dict:
+        linker.cfg = dataclasses.replace(base, min_confidence=c)
+        qids, gold = splits[name]
+        return score(linker.link_items([by_id[q] for q in qids]), gold)
+
+    sweep = {c: scores(c, "v2-tune") for c in cfg.confidences}
+    ok = [c for c in cfg.confidences if sweep[c]["code_precision"] >= cfg.target_precision]
+    chosen = min(ok) if ok else max(cfg.confidences, key=lambda c: sweep[c]["code_precision"])
+    out = {"min_confidence": chosen, "sweep_v2_tune": {str(c): v for c, v in sweep.items()},
+           "splits": {name: scores(chosen, name) for name in splits}}
+    print(f"precision-first operating point (min_confidence {chosen}, chosen on v2-tune):")
+    for name, sc in out["splits"].items():
+        print(_row(f"  {name}", sc))
+    return out
+
+
 def load_splits(cfg: QualityConfig) -> dict[str, tuple[list[str], list[dict]]]:
     """Split name -> (question ids, gold mention records)."""
     h1, g1 = load_gold(cfg.gold_v1)
@@ -318,6 +340,9 @@ def run(cfg: QualityConfig) -> dict:
         plot_reliability({"v2-report (held out)": curves["v2-report"], "v2-tune (fitted on)": curves["v2-tune"]},
                          cfg.plot)
         print(f"reliability plot: {cfg.plot}")
+    if linker.calibrator is not None and cfg.tune:
+        result["operating_point"] = precision_first(linker, splits, by_id, link_cfg, cfg)
+    linker.cfg = link_cfg
     if cfg.errors:
         with atomic_path(cfg.errors) as tmp:
             tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errs), encoding="utf-8")
