@@ -220,7 +220,7 @@ MEDDDX_FILE = Path(os.environ.get("MEDTOK_DATA_DIR", Path(__file__).resolve().pa
 @pytest.mark.skipif(not MEDDDX_FILE.is_file(), reason="MedDDx.json not in the data directory")
 def test_real_meddx_parses_and_links_fast(linker):
     items, skipped = load_mcq(MEDDDX_FILE)
-    assert (len(items), skipped) == (1769, 0)
+    assert (len(items), skipped) == (1769, [])
     out = linker.link_items(items)
     assert sum(bool(it.mentions) for it in out) >= 20  # the tiny lexicon still finds diabetes, aspirin, ...
     for it in out:
@@ -388,3 +388,46 @@ def test_rule_uncoded_concepts_bridged_by_synonym_and_possessive_eponyms():
     assert by_term["Cerebral hemorrhage"] == [("ICD10CM", "I61.9", BRIDGE_SCORE)]
     assert by_term["Unresponsive"] == []  # a one-word adjective names nothing in a question
     assert by_term["Parkinson"] == [("ICD10CM", "G20", 0.9)] and "Blood" not in by_term
+
+
+# --------------------------------------------------------------------------- gold standard v2
+def test_ann_format_and_seeded_halves():
+    from eval.linking_gold import GoldFormatError, parse_ann, split_halves
+
+    qs, lines = parse_ann("# medddx-00001\nstem | fever#2 | phenotype? | ICD10CM:R50.9\nB | aspirin | drug | ATC:B01AC06"
+                          "\n# medddx-00002\n")
+    assert qs == ["medddx-00001", "medddx-00002"]
+    a, b = lines
+    assert (a.field, a.text, a.occurrence, a.kind, a.uncertain) == ("stem", "fever", 2, "phenotype", True)
+    assert (b.field, b.codes) == ("option:B", ["ATC:B01AC06"])
+    with pytest.raises(GoldFormatError, match="kind 'gene'"):
+        parse_ann("# medddx-00001\nstem | CD4 | gene | X:1")
+    sample = {"Basic": ["b1", "b2", "b3"], "Intermediate": ["i1", "i2"], "Expert": ["e1", "e2"]}
+    tune, report = split_halves(sample)
+    assert tune == ["b1", "b3", "e1", "i1"] and report == ["b2", "e2", "i2"]
+    longer = {**sample, "Basic": ["b1", "b2", "b3", "b4"]}  # extending a sample moves nobody
+    assert set(tune) <= set(split_halves(longer)[0]) and set(report) <= set(split_halves(longer)[1])
+
+
+def test_scorer_accepts_ancestors_down_to_category_and_atc_level_4():
+    from eval.linking_quality import acceptable
+
+    ok = acceptable(["ICD10CM:G40.909", "ATC:A01AB03"])
+    assert {"ICD10CM:G40.90", "ICD10CM:G40.9", "ICD10CM:G40", "ATC:A01AB"} <= ok
+    assert not {"ICD10CM:G4", "ATC:A01A", "ICD10CM:G40.1"} & ok
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not MEDDDX_FILE.is_file(), reason="MedDDx.json not in the data directory")
+def test_gold_v2_spans_and_codes_are_real():
+    from eval.linking_gold import GOLD_V2, load_gold
+    from medtok_core.vocab import VocabConfig, load_or_build_vocab
+
+    header, records = load_gold(GOLD_V2)
+    items = {it.id: it for it in load_mcq(MEDDDX_FILE)[0]}
+    vocab = load_or_build_vocab(VocabConfig())
+    assert len(header["questions"]) >= 90 and len(records) >= 300
+    assert set(header["tune"]).isdisjoint(header["report"])
+    for r in records:
+        assert items[r["id"]].field_text(r["field"])[r["start"]:r["end"]] == r["text"]
+        assert all(vocab.lookup(c) is not None for c in r["codes"]), r
