@@ -49,9 +49,10 @@ class LinkConfig:
     systems: list[str] | None = None
     # Embedding-similarity fallback for disease-like phrases with no lexicon hit.
     embedding_fallback: bool = True
-    # Minimum cosine similarity for a fallback code. On eval/gold_linking.jsonl, 0.75 / 0.8 / 0.85 / 0.9
-    # gave code precision 76.8 / 83.0 / 83.8 / 85.4 % at code recall 73.5 / 73.5 / 73.5 / 72.6 %.
-    fallback_threshold: float = 0.85
+    # Minimum cosine similarity for a fallback code: chosen on the tune half of
+    # eval/gold/linking_v2.jsonl by python -m eval.linking_quality (highest top-code recall among
+    # the thresholds with code precision >= 0.90, else the most precise; 0.9 in the last run).
+    fallback_threshold: float = 0.9
     # Codes kept per fallback mention.
     fallback_top_k: int = 1
     # Keep mentions whose lexicon entry has no code (e.g. a phenotype without a code mapping).
