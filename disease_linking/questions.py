@@ -5,7 +5,7 @@ Layouts accepted (options A-E; an "E: n/a" option is dropped):
 - the MedTok authors' QA layout: ``{"input": [question_with_options, answer], "medical_codes": [...]}``
 
 Linked dataset (DESIGN.md), one JSON object per line:
-``id, question, options {A..E}, answer, tier, mentions [{text, start, end, field, codes [{system, code, score}]}]``.
+``id, question, options {A..E}, answer, tier, mentions [{text, start, end, field, codes [{system, code, score[, why, confidence]}]}]``.
 """
 
 from __future__ import annotations
