@@ -53,6 +53,7 @@ class ModelOptions:
     """How questions become model inputs; saved in every QA checkpoint."""
 
     base_model: str = DEFAULT_BASE_MODEL  # alias, HF folder or hub id
+    allow_download: bool = False  # fetch a hub base_model that is not cached (network); never from a checkpoint
     dtype: str = "auto"  # auto = bf16 on hardware with native bf16, else float32 (see resolve_dtype)
     prefix_mode: str = field(default="medtok", metadata={"choices": method_names})  # a registered prefix method
     medtok: str | None = None  # MedTok artifact folder (needed by every method but none)
@@ -291,7 +292,8 @@ def build_qa_model(options: ModelOptions, lora: bool = True, model_and_tokenizer
     """A fresh QA model: base LM (+ LoRA), prefix module initialised from ``seed`` when the method has one."""
     options = resolved_options(options, seed)
     method = make_method(options)  # checks method vs artifact before the LM loads
-    lm, tokenizer = model_and_tokenizer or load_base_model(options.base_model, options.dtype)
+    lm, tokenizer = model_and_tokenizer or load_base_model(options.base_model, options.dtype,
+                                                           options.allow_download)
     for p in lm.parameters():
         p.requires_grad_(False)
     projector = None
@@ -319,8 +321,12 @@ def zero_shot_model(base_model: str = DEFAULT_BASE_MODEL, prefix_mode: str = "no
     return build_qa_model(options, lora=False).eval()
 
 
-def load_qa_checkpoint(path: str | Path, medtok: str | None = None, device: str | None = None) -> QAModel:
-    """Load a QA checkpoint (folder or run folder with ``best/``); ``medtok`` overrides the artifact path."""
+def load_qa_checkpoint(path: str | Path, medtok: str | None = None, device: str | None = None,
+                       allow_download: bool = False) -> QAModel:
+    """Load a QA checkpoint (folder or run folder with ``best/``); ``medtok`` overrides the artifact path.
+
+    A checkpoint never causes a network call by itself: its base model is read from local files
+    unless the caller passes ``allow_download``."""
     ckpt = checkpoint.find_checkpoint(path)
     cfg = checkpoint.read_checkpoint_config(ckpt)
     keys = {f for f in ModelOptions.__dataclass_fields__}
@@ -335,6 +341,7 @@ def load_qa_checkpoint(path: str | Path, medtok: str | None = None, device: str 
             raise MedTokError(f"MedTok artifact {options.medtok} differs from the one checkpoint {ckpt} "
                               "was trained with (token_table sha256 mismatch)")
     options.gradient_checkpointing = False
+    options.allow_download = allow_download
     model = build_qa_model(options, lora=False)
     if cfg.get("has_adapter"):
         model.lm = checkpoint.load_adapter(model.lm, ckpt)
