@@ -49,10 +49,14 @@ class LinkConfig:
     systems: list[str] | None = None
     # Embedding-similarity fallback for disease-like phrases with no lexicon hit.
     embedding_fallback: bool = True
-    # Minimum cosine similarity for a fallback code: chosen on the tune half of
-    # eval/gold/linking_v2.jsonl by python -m eval.linking_quality (highest top-code recall among
-    # the thresholds with code precision >= 0.90, else the most precise; 0.9 in the last run).
-    fallback_threshold: float = 0.9
+    # Minimum cosine similarity for a fallback code of a phrase that may name a disease (a head-word
+    # phrase, an abbreviation's long form, a whole option). Both thresholds are chosen on the tune
+    # half of eval/gold/linking_v2.jsonl by python -m eval.linking_quality; in the last run the
+    # phrase fallback added no right code there, so it is off (> 1) by default.
+    fallback_threshold: float = 1.01
+    # The same for a known lexicon concept without codes ("Cognitive decline"): the mention is
+    # certain, only its code is not, so a lower similarity does (0.8 chosen on the tune half).
+    known_fallback_threshold: float = 0.8
     # Codes kept per fallback mention.
     fallback_top_k: int = 1
     # Keep mentions whose lexicon entry has no code (e.g. a phenotype without a code mapping).
@@ -149,6 +153,7 @@ class _Pending:
     item: int
     mention: Mention
     text: str
+    known: bool = False  # a lexicon concept without codes (the mention is sure, only its code is not)
 
 
 def _load_calibrator(spec: str) -> Calibrator | None:
@@ -211,9 +216,10 @@ class Linker:
         for (i, name, _), doc in zip(fields, docs, strict=True):
             if name == "stem":
                 abbrevs = {}
-            mentions, cands = self._link_doc(doc, name, abbrevs, targets[i])
+            mentions, cands, known = self._link_doc(doc, name, abbrevs, targets[i])
             out[i].mentions.extend(mentions)
             pending.extend(_Pending(i, m, m.text) for m in cands)
+            pending.extend(_Pending(i, m, m.text, known=True) for m in known)
         self._resolve_fallback(out, pending)
         for item in out:
             item.mentions = dedupe(item.mentions)
@@ -267,13 +273,14 @@ class Linker:
         return Mention(span.text, span.start_char, span.end_char, field, codes, kind=self.lexicon.kind(row))
 
     def _link_doc(self, doc: Doc, field: str, abbrevs: dict[str, tuple[int, str]],
-                  target: str) -> tuple[list[Mention], list[Mention]]:
-        """Mentions with codes, and fallback candidates (mentions still without codes)."""
+                  target: str) -> tuple[list[Mention], list[Mention], list[Mention]]:
+        """Mentions with codes, fallback candidates (phrases that may name something), and known
+        lexicon concepts without codes (for the fallback too, with their own threshold)."""
         if field != "stem" and target in ("gene", "other"):
-            return [], []  # options name genes, anatomy or pathways ("Glycogen storage disease type II (GAA)")
+            return [], [], []  # options name genes, anatomy or pathways ("Glycogen storage disease type II (GAA)")
         inverted = self._inverted_option(doc, field, list(doc.spans[SPAN_KEY]))
         if inverted is not None:
-            return [inverted], []
+            return [inverted], [], []
         tokens = [t.text for t in doc]
         spans, dropped = [], set()
         for s in doc.spans[SPAN_KEY]:
@@ -311,13 +318,14 @@ class Linker:
             covered.add(tok.i)
         if not self.cfg.keep_unlinked:
             mentions = [m for m in mentions if m.codes]
+        known: list[Mention] = []
         if self.cfg.embedding_fallback and self.code_index is not None:
             # A known disease/phenotype name without a code (many HPO terms): find its code by meaning.
-            fallback += [Mention(s.text, s.start_char, s.end_char, field, [], kind=s.label_)
-                         for s in spans if s.label_ in ("disease", "phenotype") and not self._codes(int(s.kb_id_))
-                         and _informative_phrase(s.text)]
+            known = [Mention(s.text, s.start_char, s.end_char, field, [], kind=s.label_)
+                     for s in spans if s.label_ in ("disease", "phenotype") and not self._codes(int(s.kb_id_))
+                     and _informative_phrase(s.text)]
             fallback += self._fallback_candidates(doc, field, covered, target, bool(linked))
-        return mentions, fallback
+        return mentions, fallback, known
 
     def _fallback_candidates(self, doc: Doc, field: str, covered: set[int], target: str,
                              has_hits: bool) -> list[Mention]:
@@ -337,9 +345,11 @@ class Linker:
     def _resolve_fallback(self, items: list[MCQItem], pending: list[_Pending]) -> None:
         if not pending or self.code_index is None:
             return
-        results = self.code_index.search([p.text for p in pending], self.cfg.fallback_top_k,
-                                         self.cfg.fallback_threshold)
+        low = min(self.cfg.fallback_threshold, self.cfg.known_fallback_threshold)
+        results = self.code_index.search([p.text for p in pending], self.cfg.fallback_top_k, low)
         for p, codes in zip(pending, results, strict=True):
+            th = self.cfg.known_fallback_threshold if p.known else self.cfg.fallback_threshold
+            codes = [c for c in codes if c.score >= th]
             if codes:
                 p.mention.codes = codes
                 items[p.item].mentions.append(p.mention)

@@ -6,9 +6,10 @@ Gold splits (see ``eval/linking_gold.py`` and ``eval/gold/RULES.md``):
 
 - ``v1``: ``eval/gold_linking.jsonl``, the first 113-mention sample (kept for comparability);
 - ``v2-tune`` / ``v2-report``: the two seeded halves of ``eval/gold/linking_v2.jsonl``. The
-  fallback threshold is chosen on *tune* (highest top-code recall among the thresholds whose
-  code precision reaches ``target_precision``) and every split is then scored with it; quote
-  *report*.
+  fallback thresholds (phrases, known concepts) are chosen on *tune* (highest top-code recall
+  among the settings whose code precision reaches ``target_precision``, else the most precise),
+  the confidence calibration is fitted there (``--fit_calibration true``), and every split is then
+  scored with them; quote *report*.
 
 Metrics per split, overall, per kind (disease / drug / phenotype) and per tier (one-to-one greedy
 matching of predicted and gold mentions in the same field whose spans overlap):
@@ -64,8 +65,8 @@ class QualityConfig:
     gold_v2: str = str(GOLD_V2)
     input: str | None = None  # MedDDx file (default: data dir)
     data_dir: str | None = None
-    # Fallback thresholds tried on v2-tune (1.01 = no fallback).
-    thresholds: list[float] = field(default_factory=lambda: [0.8, 0.85, 0.88, 0.9, 0.92, 0.95, 1.01])
+    # Fallback thresholds tried on v2-tune, for phrases and for known concepts (1.01 = no fallback).
+    thresholds: list[float] = field(default_factory=lambda: [0.75, 0.8, 0.85, 0.9, 0.95, 1.01])
     # Pick the threshold on v2-tune (else keep --linking.fallback_threshold).
     tune: bool = True
     # The code precision the tuned threshold must reach on v2-tune.
@@ -277,20 +278,24 @@ def format_table(split: str, groups: dict) -> str:
     return "\n".join([f"{split}  ({HEADER.strip()})", *(_row(f"  {k}", s) for k, s in groups.items())])
 
 
-def tune_threshold(linker: Linker, items: list[MCQItem], gold: list[dict], base: LinkConfig,
-                   thresholds: list[float], target: float) -> tuple[float, dict]:
-    """The threshold with the highest top-code recall among those reaching ``target`` code
-    precision on ``gold`` (else the most precise one), and the sweep."""
+def tune_thresholds(linker: Linker, items: list[MCQItem], gold: list[dict], base: LinkConfig,
+                    thresholds: list[float], target: float) -> tuple[dict, dict]:
+    """The (fallback_threshold, known_fallback_threshold) pair from ``thresholds`` x ``thresholds``
+    with the highest top-code recall among those reaching ``target`` code precision on ``gold``
+    (else the most precise); ties go to the higher, more conservative thresholds. Returns the
+    chosen pair as LinkConfig fields, and the sweep."""
     sweep = {}
     for th in thresholds:
-        linker.cfg = dataclasses.replace(base, fallback_threshold=th)
-        sweep[th] = score(linker.link_items(items), gold)
-    ok = [th for th in thresholds if sweep[th]["code_precision"] >= target]
+        for known in thresholds:
+            linker.cfg = dataclasses.replace(base, fallback_threshold=th, known_fallback_threshold=known)
+            sweep[(th, known)] = score(linker.link_items(items), gold)
+    ok = [k for k in sweep if sweep[k]["code_precision"] >= target]
     if ok:
-        best = max(ok, key=lambda th: (sweep[th]["code_recall_at_1"], sweep[th]["code_precision"], -th))
+        best = max(ok, key=lambda k: (sweep[k]["code_recall_at_1"], sweep[k]["code_precision"], k))
     else:
-        best = max(thresholds, key=lambda th: (sweep[th]["code_precision"], sweep[th]["code_recall_at_1"]))
-    return best, {str(th): s for th, s in sweep.items()}
+        best = max(sweep, key=lambda k: (sweep[k]["code_precision"], sweep[k]["code_recall_at_1"], k))
+    chosen = {"fallback_threshold": best[0], "known_fallback_threshold": best[1]}
+    return chosen, {f"{th}/{known}": v for (th, known), v in sweep.items()}
 
 
 def run(cfg: QualityConfig) -> dict:
@@ -309,18 +314,20 @@ def run(cfg: QualityConfig) -> dict:
     link_cfg = cfg.linking
     if cfg.tune:
         qids, gold = splits["v2-tune"]
-        best, sweep = tune_threshold(linker, [by_id[q] for q in qids], gold, cfg.linking, cfg.thresholds,
-                                     cfg.target_precision)
-        result["tuning"] = {"split": "v2-tune", "target_precision": cfg.target_precision,
-                            "chosen_fallback_threshold": best, "sweep": sweep}
-        print(f"fallback threshold tuned on v2-tune: {best} (sweep: " + ", ".join(
-            f"{th}: P {s['code_precision']:.1%} R@1 {s['code_recall_at_1']:.1%}" for th, s in sweep.items()) + ")")
-        link_cfg = dataclasses.replace(cfg.linking, fallback_threshold=best)
+        chosen, sweep = tune_thresholds(linker, [by_id[q] for q in qids], gold, cfg.linking, cfg.thresholds,
+                                        cfg.target_precision)
+        result["tuning"] = {"split": "v2-tune", "target_precision": cfg.target_precision, "chosen": chosen,
+                            "sweep": sweep}
+        link_cfg = dataclasses.replace(cfg.linking, **chosen)
+        s_best = sweep[f"{chosen['fallback_threshold']}/{chosen['known_fallback_threshold']}"]
+        print(f"tuned on v2-tune: {chosen} (code P {s_best['code_precision']:.1%}, R@1 "
+              f"{s_best['code_recall_at_1']:.1%}; {len(sweep)} settings tried)")
     linker.cfg = link_cfg
     if cfg.fit_calibration:
         qids, gold = splits["v2-tune"]
         linker.calibrator = fit_calibration(linker, [by_id[q] for q in qids], gold, {
-            "fit_on": "eval/gold/linking_v2.jsonl tune half", "fallback_threshold": link_cfg.fallback_threshold})
+            "fit_on": "eval/gold/linking_v2.jsonl tune half", "fallback_threshold": link_cfg.fallback_threshold,
+            "known_fallback_threshold": link_cfg.known_fallback_threshold})
         linker.calibrator.save(cfg.calibration_out)
         print(f"calibration fitted on v2-tune ({linker.calibrator.meta['mentions']} mentions) -> {cfg.calibration_out}")
     result["splits"], errs, curves = {}, [], {}

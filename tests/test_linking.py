@@ -431,3 +431,23 @@ def test_gold_v2_spans_and_codes_are_real():
     for r in records:
         assert items[r["id"]].field_text(r["field"])[r["start"]:r["end"]] == r["text"]
         assert all(vocab.lookup(c) is not None for c in r["codes"]), r
+
+
+def test_rule_known_uncoded_concepts_have_their_own_fallback_threshold():
+    class Sim085:  # every text's nearest code description has cosine 0.85
+        def search(self, texts, top_k, threshold):
+            return [[CodeRef("ICD10CM", "N88.8", 0.85)] if 0.85 >= threshold else [] for _ in texts]
+
+    rows = pd.DataFrame([("nabothian cyst", "disease", "MONDO:11", "test", [])],
+                        columns=["term", "kind", "concept", "source", "codes"])
+    lex = Lexicon.from_terms(rows, spacy.blank("en").tokenizer)
+    item = _item("Is a nabothian cyst a glandular neuropathy?", {"A": "a", "B": "b"})
+    both = Linker.from_lexicon(lex, LinkConfig(fallback_threshold=0.9, known_fallback_threshold=0.8),
+                               code_index=Sim085()).link_item(item)
+    assert _texts(both) == ["nabothian cyst"]  # the known concept passes 0.8, the phrase needs 0.9
+    strict = Linker.from_lexicon(lex, LinkConfig(fallback_threshold=0.9, known_fallback_threshold=0.9),
+                                 code_index=Sim085()).link_item(item)
+    assert strict.mentions == []
+    loose = Linker.from_lexicon(lex, LinkConfig(fallback_threshold=0.8, known_fallback_threshold=0.8),
+                                code_index=Sim085()).link_item(item)
+    assert _texts(loose) == ["nabothian cyst", "glandular neuropathy"]
