@@ -8,7 +8,11 @@ For every field (the stem and each option) the pipeline finds lexicon hits; abbr
 in the text ("chronic obstructive pulmonary disease (COPD)") give every later "COPD" of the same
 question, options included, the long form's codes. Phrases that look like a disease mention but hit
 nothing (a disease-like head word, an abbreviation's long form, or a whole option when the question
-asks for a disease or phenotype) fall back to embedding similarity against ICD-10-CM descriptions.
+asks for a disease or phenotype) fall back to embedding similarity against ICD-10-CM descriptions,
+and so do known lexicon concepts without codes, with their own threshold. Hits that are not
+mentions (molecule names, parts of chemical names, drug classes) are dropped and codes re-ranked
+by the rules of :mod:`disease_linking.rules`; every code says why it was chosen (``CodeRef.why``)
+and carries a calibrated ``confidence`` (:mod:`disease_linking.calibration`).
 """
 
 from __future__ import annotations
@@ -257,7 +261,7 @@ class Linker:
                 return Mention(doc.text, 0, len(doc.text), field, codes, kind=self.lexicon.kind(row))
         return None
 
-    def _not_a_mention(self, doc: Doc, span, tokens: list[str]) -> bool:
+    def _not_a_mention(self, span, tokens: list[str]) -> bool:
         """Hits that name a molecule, part of a chemical name, or a drug class (see rules)."""
         if names_molecule(tokens, span.end):
             return True
@@ -284,7 +288,7 @@ class Linker:
         tokens = [t.text for t in doc]
         spans, dropped = [], set()
         for s in doc.spans[SPAN_KEY]:
-            if self._not_a_mention(doc, s, tokens):
+            if self._not_a_mention(s, tokens):
                 dropped.update(range(s.start, s.end))  # and no fallback candidate may use these tokens
             else:
                 spans.append(s)
@@ -343,13 +347,16 @@ class Linker:
         return out
 
     def _resolve_fallback(self, items: list[MCQItem], pending: list[_Pending]) -> None:
+        def threshold(p: _Pending) -> float:
+            return self.cfg.known_fallback_threshold if p.known else self.cfg.fallback_threshold
+
+        pending = [p for p in pending if threshold(p) <= 1.0]  # a threshold above 1 turns that fallback off
         if not pending or self.code_index is None:
             return
         low = min(self.cfg.fallback_threshold, self.cfg.known_fallback_threshold)
         results = self.code_index.search([p.text for p in pending], self.cfg.fallback_top_k, low)
         for p, codes in zip(pending, results, strict=True):
-            th = self.cfg.known_fallback_threshold if p.known else self.cfg.fallback_threshold
-            codes = [c for c in codes if c.score >= th]
+            codes = [c for c in codes if c.score >= threshold(p)]
             if codes:
                 p.mention.codes = codes
                 items[p.item].mentions.append(p.mention)
