@@ -423,6 +423,7 @@ def artifact_config(cfg: TrainConfig, model: MedTokModel, data: TrainData, extra
         "embedding_order": list(EMBEDDING_NAMES),
         "text_encoder": data.text_encoder,
         "n_codes": len(data), "systems": data.vocab["system"].value_counts().sort_index().to_dict(),
+        "graph": {"nodes": int(data.node_type.numel()), "relations": data.n_relations},  # for the model card
         "train": {"seed": cfg.seed, "epochs": cfg.optim.epochs, "data": to_dict(cfg.data), **(extra or {})},
     }
 
