@@ -344,10 +344,10 @@ def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None =
     return cfg
 
 
-def first_difference(old: Any, new: Any, prefix: str = "", ignore: tuple[str, ...] = ("resume", "force")
+def first_difference(old: Any, new: Any, prefix: str = "", ignore: tuple[str, ...] = ("resume", "force", "report_to")
                      ) -> str | None:
     """``"optim.lr: 0.0002 -> 0.01"`` for the first setting that differs (top-level ``ignore`` keys
-    say how to treat a folder, not what the run is), or None."""
+    say how to treat a folder or where to report, not what the run is), or None."""
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new)):
             if prefix == "" and key in ignore:

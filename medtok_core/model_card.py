@@ -155,7 +155,7 @@ def medtok_card(config: dict, vocab, table: dict) -> str:
         losses = summary.get("final_losses", {})
         quality += ["", f"Training: {summary.get('steps')} steps, {summary.get('train_codes_per_s')} codes/s; "
                         "last logged losses: " + ", ".join(f"{k} {v:.4g}" for k, v in losses.items()
-                                                           if isinstance(v, (int, float)) and k != "step")]
+                                                           if isinstance(v, (int, float)) and k not in ("step", "lr", "restarted"))]
     quality += ["", "Token quality (hierarchy ROC-AUC, ICD-9 to ICD-10-CM mapping MRR) is not measured at "
                     "export; `benchmarks/bench_medtok.py` measures it on an artifact."]
     sections = [

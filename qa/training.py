@@ -30,6 +30,14 @@ from medtok_core.config import starts_fresh as config_starts_fresh
 from medtok_core.datadir import data_file
 from medtok_core.errors import ConfigError, MedTokError
 from medtok_core.io import check_writable_dir, read_json, sha256_file, write_json, write_text
+from medtok_core.tracking import (
+    CURVES,
+    accelerator_kwargs,
+    check_report_to,
+    qa_curves,
+    scalars,
+    start_trackers,
+)
 from qa.base_model import resolve_dtype
 from qa.checkpoint import best_checkpoint
 from qa.data import shuffle_options, split_by_option_set, stable_seed
@@ -99,6 +107,9 @@ class TrainConfig:
     deepspeed_config: str | None = None
     resume: bool = True  # continue a run found in output_dir
     force: bool = False  # start over in an output_dir that holds a run with other settings
+    # Experiment trackers through accelerate (tensorboard: event files in output_dir/logs, offline;
+    # wandb, mlflow); none by default. curves.png is written either way.
+    report_to: list[str] = field(default_factory=list)
     model: ModelOptions = field(default_factory=ModelOptions)
     data: DataOptions = field(default_factory=DataOptions)
     optim: OptimOptions = field(default_factory=OptimOptions)
@@ -108,6 +119,7 @@ class TrainConfig:
         require_range(self, "early_stop_patience", 0)
         require_range(self, "save_every_steps", 0)
         require_range(self, "log_every", 1)
+        check_report_to(self)
 
 
 # ---- data -----------------------------------------------------------------------------------------
@@ -237,7 +249,7 @@ def make_accelerator(cfg: TrainConfig):
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=ds)
     else:
         kwargs["gradient_accumulation_steps"] = cfg.optim.grad_accum
-    return Accelerator(kwargs_handlers=handlers, **kwargs)
+    return Accelerator(kwargs_handlers=handlers, **kwargs, **accelerator_kwargs(cfg.report_to, cfg.output_dir))
 
 
 # ---- optimisation -------------------------------------------------------------------------------------
@@ -268,8 +280,8 @@ def peak_rss_gib() -> float:
 class MetricsLog:
     """metrics.jsonl, appended by the main process; trimmed to the resumed step on resume."""
 
-    def __init__(self, path: Path, active: bool):
-        self.path, self.active = path, active
+    def __init__(self, path: Path, active: bool, tracker=None):
+        self.path, self.active, self.tracker = path, active, tracker  # tracker: an Accelerator with log_with
 
     def trim_after(self, step: int) -> None:
         if not self.active or not self.path.is_file():
@@ -281,6 +293,10 @@ class MetricsLog:
         if self.active:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.tracker is not None and record.get("event") in ("train", "eval"):
+                prefix = "train/" if record["event"] == "train" else "eval/"
+                values = {prefix + k: v for k, v in scalars(record).items() if k != "best"}
+                self.tracker.log(values, step=record["step"])
 
 
 def evaluate(model: QAModel, items: list[MCQItem], batch_size: int) -> dict:
@@ -428,7 +444,7 @@ def clear_run(out: Path) -> None:
     """Remove what a previous run left in ``out`` (only the trainer's own files)."""
     shutil.rmtree(out / RESUME_DIR, ignore_errors=True)
     shutil.rmtree(best_checkpoint(out), ignore_errors=True)
-    for name in RUN_FILES:
+    for name in (*RUN_FILES, CURVES):
         (out / name).unlink(missing_ok=True)
 
 
@@ -470,7 +486,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Pat
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     _register_trainable_only_saving(accelerator, trainable)
 
-    log = MetricsLog(out / "metrics.jsonl", accelerator.is_main_process)
+    log = MetricsLog(out / "metrics.jsonl", accelerator.is_main_process, accelerator if cfg.report_to else None)
+    start_trackers(accelerator, cfg.report_to, "qa", to_dict(cfg))
     state = (_load_resume(accelerator, out) if cfg.resume else None) or TrainerState()
     accelerator.step = state.global_step * grad_accum  # accumulation phase (saved only at boundaries)
     log.trim_after(state.global_step)  # a kill before the first save leaves lines of a run that restarts
@@ -562,6 +579,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Pat
             for name, src in _run_files(out).items():
                 if src.is_file():
                     shutil.copyfile(src, best / name)
+        qa_curves(out / "metrics.jsonl", out / CURVES)  # loss, lr, validation accuracy of the whole run
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return best
