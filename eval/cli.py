@@ -24,6 +24,7 @@ import importlib
 import sys
 from pathlib import Path
 
+from medtok_core.config import COMMAND_NAME
 from medtok_core.errors import ConfigError, cli_entry
 
 # command -> (target "module:function", one-line summary); the order is the order of the stages.
@@ -85,7 +86,11 @@ def run(argv: list[str]) -> int:
                           f"{', '.join(commands())}")
     main = resolve(name)
     # Its main(argv) wears its own cli_entry: its user errors become one line + exit 2 there.
-    result = main(rest)
+    token = COMMAND_NAME.set(f"medtok-qa {name}")  # what its --help calls it
+    try:
+        result = main(rest)
+    finally:
+        COMMAND_NAME.reset(token)
     # qa.ask returns its exit code; the others return results (dicts) or None.
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 

@@ -16,6 +16,7 @@ or ``metadata={"help": ...}``); ``--print_config`` prints the resolved config as
 from __future__ import annotations
 
 import ast
+import contextvars
 import dataclasses
 import functools
 import inspect
@@ -35,6 +36,8 @@ from medtok_core.errors import ConfigError
 from medtok_core.io import write_text
 
 T = TypeVar("T")
+# The command name --help shows, when a front door (the medtok-qa console script) runs a module's main.
+COMMAND_NAME: contextvars.ContextVar[str | None] = contextvars.ContextVar("COMMAND_NAME", default=None)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -312,7 +315,7 @@ def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None =
     """Parse ``--config FILE`` and ``--key value [value ...]`` / ``--key=value`` overrides into ``cls``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        print(config_help(cls, prog))
+        print(config_help(cls, COMMAND_NAME.get() or prog))
         raise SystemExit(0)
     overrides: dict[str, Any] = {}
     data: dict[str, Any] = {}

@@ -20,6 +20,7 @@ import zipfile
 from functools import lru_cache
 from pathlib import Path
 
+from medtok_core.config import COMMAND_NAME
 from medtok_core.errors import ConfigError, DataFileError, cli_entry
 from medtok_core.io import atomic_path, sha256_file
 
@@ -141,7 +142,8 @@ def _one_line_error(message: str):
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(description="Check (or download) the data files of medtok-qa.")
+    parser = argparse.ArgumentParser(prog=COMMAND_NAME.get() or "python -m medtok_core.datadir",
+                                     description="Check (or download) the data files of medtok-qa.")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--download", action="store_true", help="fetch missing files (needs internet)")
     parser.error = _one_line_error  # type: ignore[method-assign]  # argparse's usage+error: one line here

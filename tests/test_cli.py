@@ -184,7 +184,9 @@ def test_every_subcommand_help_exits_0(name, capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main([name, "--help"])
     assert stop.value.code in (0, None)
-    assert "--" in capsys.readouterr().out  # lists its options
+    out = capsys.readouterr().out
+    assert "--" in out  # lists its options
+    assert f"usage: medtok-qa {name} " in out
 
 
 BAD = {  # a bad option for each command, and what its one error line says
