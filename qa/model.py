@@ -27,6 +27,7 @@ from medtok_core.config import from_dict
 from medtok_core.errors import MedTokError
 from qa import checkpoint
 from qa.base_model import DEFAULT_BASE_MODEL, load_base_model, resolve_dtype
+from qa.lora import lean_lora
 from qa.prefix import CodeSource, pad_prefixes
 from qa.prefix_methods import ItemPrefix, PrefixMethod, get_method, method_names
 from qa.prompts import SYSTEM_PROMPT, encode_prompt, letter_token_ids, render_prompt
@@ -248,10 +249,12 @@ def _attach_lora(lm: nn.Module, lora: LoraOptions) -> nn.Module:
                         target_modules=None if lora.target_modules is None else list(lora.target_modules), task_type="CAUSAL_LM", bias="none")
     try:
         # autocast_adapter_dtype keeps LoRA weights in fp32 over a bf16 base (stable small updates).
-        return get_peft_model(lm, config, autocast_adapter_dtype=True)
+        model = get_peft_model(lm, config, autocast_adapter_dtype=True)
     except ValueError as err:
         raise MedTokError(f"LoRA target modules {lora.target_modules} do not fit this model: "
                           f"{str(err).splitlines()[0]}") from None
+    lean_lora(model)  # the adapter's arithmetic in the activations' dtype, fused into the base matmul
+    return model
 
 
 def make_method(options: ModelOptions) -> PrefixMethod:
@@ -322,6 +325,7 @@ def load_qa_checkpoint(path: str | Path, medtok: str | None = None, device: str 
     model = build_qa_model(options, lora=False)
     if cfg.get("has_adapter"):
         model.lm = checkpoint.load_adapter(model.lm, ckpt)
+        lean_lora(model.lm)
     if model.projector is not None:
         try:
             model.projector.load_state_dict(checkpoint.load_module_state(ckpt))

@@ -48,6 +48,10 @@ class DataOptions:
     limit_train: int = 0  # keep only the first N training questions (0: all), for smoke runs
     limit_val: int = 0
     shuffle_options: bool = True  # permute options each epoch (answer relabelled) against letter bias
+    # 0: batches follow the shuffled order. N > 0: each window of N batches of the shuffled order
+    # is sorted by prompt length before it is cut into batches, and the batches are shuffled:
+    # far less padding (compute spent on nothing), still one fixed order per (seed, epoch).
+    length_buckets: int = 0
 
 
 @dataclass
@@ -113,23 +117,62 @@ class EpochBatches:
     with epochs. A resumed run skips the batches already done and sees exactly the batches the
     interrupted one would have. (accelerate's prepared loaders pickle their sampler into the
     resume state and restore a stale copy of the dataset with it.)
+
+    With ``length_buckets`` N > 0 the epoch order is regrouped before it is dealt out: windows
+    of N global batches (batch_size x world questions each) are sorted by encoded length and
+    cut into global batches, whose order is shuffled again from (seed, epoch). A batch then
+    holds prompts of similar length, so little of its compute goes to padding, and every rank's
+    batch of a step comes from the same global batch (similar lengths: no rank waits long for
+    another).
     """
 
     def __init__(self, items: list[MCQItem], encoder: PromptEncoder, seed: int, shuffle: bool,
-                 batch_size: int, grad_accum: int, rank: int, world: int):
+                 batch_size: int, grad_accum: int, rank: int, world: int, length_buckets: int = 0):
         self.items, self.encoder, self.seed, self.shuffle = items, encoder, seed, shuffle
         self.batch_size, self.grad_accum, self.rank, self.world = batch_size, grad_accum, rank, world
+        self.length_buckets = length_buckets
+        self._lengths: list[int] | None = None
 
     def __len__(self) -> int:
         per_rank = math.ceil(len(self.items) / self.world)
         n = math.ceil(per_rank / self.batch_size)
         return max(self.grad_accum, n - n % self.grad_accum)
 
+    def lengths(self) -> list[int]:
+        """Positions each question occupies (prompt + prefix tokens), in the original option order.
+
+        Computed once: shuffling options moves lines of the prompt, which changes its length by a
+        token or two at most; sorting only needs it roughly.
+        """
+        if self._lengths is None:
+            self._lengths = []
+            for it in self.items:
+                enc = self.encoder.encode(it)
+                n_prefix = 0 if enc.prefix.embeddings is None else int(enc.prefix.embeddings.shape[0])
+                self._lengths.append(len(enc.input_ids) + n_prefix)
+        return self._lengths
+
+    def _bucketed(self, order: list[int], epoch: int) -> list[int]:
+        """``order`` regrouped into global batches of similar length, in a shuffled batch order."""
+        lengths = self.lengths()
+        size = self.batch_size * self.world
+        window = size * self.length_buckets
+        groups: list[list[int]] = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start:start + window], key=lambda i: lengths[i])  # stable: ties keep order
+            groups += [chunk[i:i + size] for i in range(0, len(chunk), size)]
+        # A short last group stays last (it is what __len__ drops first); the full ones are shuffled.
+        tail = [groups.pop()] if groups and len(groups[-1]) < size else []
+        random.Random(stable_seed("buckets", self.seed, epoch)).shuffle(groups)
+        return [i for g in groups + tail for i in g]
+
     def indices(self, epoch: int) -> list[list[int]]:
         order = list(range(len(self.items)))
         random.Random(stable_seed("order", self.seed, epoch)).shuffle(order)
         per_rank = math.ceil(len(order) / self.world)
         order = (order * (self.world + 1))[: per_rank * self.world]
+        if self.length_buckets > 0:
+            order = self._bucketed(order, epoch)
         mine = order[self.rank::self.world]
         batches = [mine[i:i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
         while len(batches) < len(self):  # tiny sets: repeat so one accumulation group exists
@@ -359,7 +402,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Pat
     world = accelerator.num_processes
     grad_accum = accelerator.gradient_accumulation_steps
     batches = EpochBatches(train_items, model.encoder, cfg.seed, cfg.data.shuffle_options, cfg.optim.batch_size,
-                           grad_accum, accelerator.process_index, world)
+                           grad_accum, accelerator.process_index, world, cfg.data.length_buckets)
     optimizer = make_optimizer(model, cfg.optim)
     steps_per_epoch = len(batches) // grad_accum
     total = steps_per_epoch * cfg.optim.epochs
