@@ -42,7 +42,7 @@ from disease_linking.questions import CodeRef, Mention, load_mcq  # noqa: E402
 from qa.base_model import DEFAULT_BASE_MODEL, load_base_model, resolve_dtype  # noqa: E402
 from qa.model import ModelOptions, build_qa_model  # noqa: E402
 from qa.tiny import build_tiny_medtok  # noqa: E402
-from qa.training import make_optimizer, peak_rss_gib, split_by_option_set  # noqa: E402
+from qa.training import EpochBatches, make_optimizer, peak_rss_gib, split_by_option_set  # noqa: E402
 
 
 def questions(args) -> list:
@@ -119,6 +119,7 @@ def main() -> None:
     p.add_argument("--linked")
     p.add_argument("--score_n", type=int, default=64)
     p.add_argument("--score_repeats", type=int, default=3)
+    p.add_argument("--length_buckets", type=int, default=0, help="as data.length_buckets of training")
     p.add_argument("--gradient_checkpointing", action="store_true")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--out", default="benchmarks/results_qa.json")
@@ -148,8 +149,11 @@ def main() -> None:
         opts.lora.target_modules = ["q_proj", "k_proj", "v_proj", "o_proj"]
         m = build_qa_model(opts, model_and_tokenizer=bases[mode], seed=0)
         models[mode] = (m.train(), make_optimizer(m, _optim()))
-    rng = random.Random(0)
-    batch_items = [rng.sample(train, args.batch_size) for _ in range(args.steps + 1)]
+    # The first batches of an epoch as training forms them (bucketed by length with
+    # --length_buckets N), the same questions for both modes.
+    epoch = EpochBatches(train, models["medtok"][0].encoder, 0, False, args.batch_size, 1, 0, 1, args.length_buckets)
+    batch_items = [[train[i] for i in idx] for idx in epoch.indices(0)[: args.steps + 1]]
+    padded = {"real": 0, "positions": 0}
     times = {m: [] for m in models}
     tokens = {m: [] for m in models}
     for step, chunk in enumerate(batch_items):
@@ -159,12 +163,16 @@ def main() -> None:
             print(f"step {step} {mode}: {dt:.2f}s, {int(batch['attention_mask'].sum())} tokens", file=sys.stderr,
                   flush=True)
             if step:  # the first step warms up allocators and kernels
+                if mode == "medtok":
+                    padded["real"] += int(batch["attention_mask"].sum())
+                    padded["positions"] += batch["attention_mask"].numel()
                 times[mode].append(dt)
                 tokens[mode].append(int(batch["attention_mask"].sum() + batch["prefix_mask"].sum()))
     peaks.append(matmul_peak_flops(*peak_args))
     res = {"device": "cpu", "threads": torch.get_num_threads(), "base_model": DEFAULT_BASE_MODEL,
            "cpu_flags": cpu_flags(), "dtype": dtype, "non_embedding_params": n_params, "batch_size": args.batch_size, "steps_measured": args.steps,
-           "codes_per_question": args.codes, "gradient_checkpointing": args.gradient_checkpointing,
+           "codes_per_question": args.codes, "length_buckets": args.length_buckets,
+           "padding_share": 1 - padded["real"] / padded["positions"], "gradient_checkpointing": args.gradient_checkpointing,
            "base_load_s": load_s, "train_questions": len(train)}
     for mode in models:
         med = statistics.median(times[mode])

@@ -60,7 +60,9 @@ class EvalConfig:
     max_per_tier: int = 0  # 0 = all; else a fixed pseudo-random subset of each tier (quick runs)
     baseline: str = "none"  # the method every other method is compared against (McNemar)
     exact_below: int = 25  # McNemar: exact binomial test when fewer discordant questions
-    batch_size: int = 32  # questions per scoring call (progress granularity)
+    # Questions per scoring call (progress granularity); the model sorts each call by length into
+    # its own batches, so larger calls waste less compute on padding.
+    batch_size: int = 128
     # Score every question under this many cyclic option orders (1: the file's order only);
     # reports accuracy per order, mean, spread and the permutation-debiased accuracy.
     permutations: int = 1

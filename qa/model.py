@@ -108,6 +108,12 @@ class PromptEncoder:
         label = self.letter_ids[item.answer] if item.answer else -100
         return Encoded(ids, prefix, label, len(item.options), truncated)
 
+    @staticmethod
+    def length(encoded: Encoded) -> int:
+        """Positions the question occupies in a batch row: prompt tokens + prefix embeddings."""
+        n_prefix = 0 if encoded.prefix.embeddings is None else int(encoded.prefix.embeddings.shape[0])
+        return len(encoded.input_ids) + n_prefix
+
     def collate(self, batch: list[Encoded]) -> dict[str, torch.Tensor]:
         width = max(len(e.input_ids) for e in batch)
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
@@ -203,23 +209,29 @@ class QAModel(nn.Module):
     # ---- scoring -------------------------------------------------------------------------------
     @torch.inference_mode()
     def score(self, items: list[MCQItem], batch_size: int = 16) -> list[dict]:
-        """Per question: predicted letter, probability of each option letter, number of prefix codes."""
+        """Per question: predicted letter, probability of each option letter, number of prefix codes.
+
+        Questions are batched in order of length (results come back in the given order): a
+        question's scores do not depend on its batch (left padding is masked), but the compute
+        spent on padding does.
+        """
         was_training = self.training
         self.eval()
         device = self.letter_ids.device
-        results = []
+        encoded = [self.encoder.encode(it) for it in items]
+        order = sorted(range(len(items)), key=lambda i: self.encoder.length(encoded[i]))
+        results: list[dict | None] = [None] * len(items)
         try:
-            for start in range(0, len(items), batch_size):
-                chunk = items[start:start + batch_size]
-                encoded = [self.encoder.encode(it) for it in chunk]
-                batch = {k: v.to(device) for k, v in self.encoder.collate(encoded).items()}
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                batch = {k: v.to(device) for k, v in self.encoder.collate([encoded[i] for i in chunk]).items()}
                 batch.pop("labels")
                 probs = torch.softmax(self(**batch)["letter_logits"], dim=-1).cpu()
-                for it, enc, p in zip(chunk, encoded, probs, strict=True):
-                    letters = list(it.options)
+                for i, p in zip(chunk, probs, strict=True):
+                    letters = list(items[i].options)
                     pl = {x: float(p[LETTERS.index(x)]) for x in letters}
-                    results.append({"id": it.id, "pred": max(letters, key=lambda x: (pl[x], -ord(x))),
-                                    "probs": pl, "n_codes": len(enc.prefix.codes)})
+                    results[i] = {"id": items[i].id, "pred": max(letters, key=lambda x: (pl[x], -ord(x))),
+                                  "probs": pl, "n_codes": len(encoded[i].prefix.codes)}
         finally:
             self.train(was_training)
         return results

@@ -145,11 +145,7 @@ class EpochBatches:
         token or two at most; sorting only needs it roughly.
         """
         if self._lengths is None:
-            self._lengths = []
-            for it in self.items:
-                enc = self.encoder.encode(it)
-                n_prefix = 0 if enc.prefix.embeddings is None else int(enc.prefix.embeddings.shape[0])
-                self._lengths.append(len(enc.input_ids) + n_prefix)
+            self._lengths = [self.encoder.length(self.encoder.encode(it)) for it in self.items]
         return self._lengths
 
     def _bucketed(self, order: list[int], epoch: int) -> list[int]:
