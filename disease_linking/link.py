@@ -9,17 +9,18 @@ per tier, mentions per question, codes per system, disease/drug/phenotype split,
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from disease_linking.linker import LinkConfig, Linker
-from disease_linking.questions import load_mcq, to_authors_layout, write_jsonl
+from disease_linking.questions import load_mcq, skip_summary, to_authors_layout, write_jsonl
 from disease_linking.summary import format_summary, summarize
 from medtok_core.config import parse_config, save_config, to_dict
 from medtok_core.datadir import data_file
 from medtok_core.errors import ConfigError, cli_entry
-from medtok_core.io import atomic_path, write_json
+from medtok_core.io import atomic_path, check_writable, write_json
 
 
 @dataclass
@@ -49,26 +50,33 @@ def run(cfg: LinkCLIConfig) -> dict:
     if not cfg.output:
         raise ConfigError("--output is required (path of the linked JSONL to write)")
     input_path = Path(cfg.input) if cfg.input else data_file("meddx/MedDDx.json", cfg.data_dir)
+    output = Path(cfg.output)
+    check_writable(output, "--output")  # before the linker loads for seconds
+    if cfg.authors_output:
+        check_writable(cfg.authors_output, "--authors_output")
     items, skipped = load_mcq(input_path, skip_invalid=cfg.skip_invalid)
+    if skipped:
+        print(skip_summary(skipped), file=sys.stderr)
     t0 = time.perf_counter()
     linker = Linker.from_cache(cfg.linking, cfg.data_dir, progress=cfg.progress)
     t_load = time.perf_counter() - t0
     t0 = time.perf_counter()
     linked = linker.link_items(items, progress=cfg.progress)
     t_link = time.perf_counter() - t0
-    output = Path(cfg.output)
-    write_jsonl(output, linked)
+    # The outputs form a set: the linked JSONL, which marks the set complete, is written last.
     if cfg.authors_output:
         with atomic_path(cfg.authors_output) as tmp:
             tmp.write_text(json.dumps([to_authors_layout(it) for it in linked], ensure_ascii=False, indent=1),
                            encoding="utf-8")
     summary = summarize(linked)
-    summary["run"] = {"input": str(input_path), "questions": len(items), "skipped_invalid": skipped,
+    summary["run"] = {"input": str(input_path), "questions": len(items), "skipped_invalid": len(skipped),
+                      "skipped_reasons": skipped,
                       "load_s": round(t_load, 2), "link_s": round(t_link, 2),
                       "questions_per_s": round(len(items) / max(t_link, 1e-9), 1),
                       "lexicon_terms": len(linker.lexicon), "config": to_dict(cfg)}
     write_json(summary_path(output), summary)
     save_config(cfg, output.with_name(output.name.removesuffix(".jsonl") + ".config.yaml"))
+    write_jsonl(output, linked)
     return summary
 
 

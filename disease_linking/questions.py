@@ -11,6 +11,7 @@ Linked dataset (DESIGN.md), one JSON object per line:
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -113,13 +114,7 @@ def split_question(text: str, item_id: str = "question") -> tuple[str, dict[str,
     if len(options) < 2:
         raise MCQFormatError(
             f"{item_id}: found {len(options)} option(s); write at least two as lines 'A: ...', 'B: ...'")
-    expected = LETTERS[: len(options)]
-    if "".join(options) != expected:
-        raise MCQFormatError(
-            f"{item_id}: options must be consecutive letters from A, got {', '.join(options)}")
-    for k, v in options.items():
-        if not v:
-            raise MCQFormatError(f"{item_id}: option {k} is empty")
+    _check_options(options, item_id)
     return stem, options
 
 
@@ -161,17 +156,93 @@ def parse_item(raw: Any, index: int, prefix: str = "q") -> MCQItem:
         return MCQItem(item_id, stem, options, answer, tier if tier in TIERS else None,
                        medical_codes=[str(c) for c in codes])
     if "question" in raw and "options" in raw:  # our own linked layout
-        item = MCQItem.from_json({"id": item_id, **raw})
-        if len(item.options) < 2:
-            raise MCQFormatError(f"{item_id}: needs at least two options")
-        return item
+        return _linked_item(raw, item_id)
     raise MCQFormatError(
         f"{item_id}: unknown layout (keys {', '.join(sorted(raw)) or 'none'}); expected 'query' "
         "(MedDDx), 'input' (authors' QA layout) or 'question'+'options' (linked JSONL)")
 
 
+def _linked_item(raw: dict, item_id: str) -> MCQItem:
+    """A linked-JSONL record, every field type-checked (a bad one is an MCQFormatError, never a crash)."""
+    question, options = raw["question"], raw["options"]
+    if not isinstance(question, str) or not question.strip():
+        raise MCQFormatError(f"{item_id}: 'question' must be a non-empty string")
+    if not isinstance(options, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in options.items()):
+        raise MCQFormatError(f"{item_id}: 'options' must be an object of letter: text, e.g. {{\"A\": \"...\"}}")
+    _check_options(options, item_id)
+    answer = raw.get("answer")
+    if answer is not None:
+        answer = _parse_answer(answer, options, item_id)
+    tier = raw.get("tier")
+    if tier is not None and tier not in TIERS:
+        raise MCQFormatError(f"{item_id}: tier {tier!r} is not one of {', '.join(TIERS)} (or null)")
+    std = raw.get("sim_level_std")
+    if std is not None and (isinstance(std, bool) or not isinstance(std, (int, float))):
+        raise MCQFormatError(f"{item_id}: sim_level_std {std!r} is not a number")
+    mentions = raw.get("mentions", [])
+    if not isinstance(mentions, list):
+        raise MCQFormatError(f"{item_id}: 'mentions' must be a list")
+    codes = raw.get("medical_codes", [])
+    if not isinstance(codes, list) or not all(isinstance(c, str) for c in codes):
+        raise MCQFormatError(f"{item_id}: 'medical_codes' must be a list of strings")
+    item = MCQItem(item_id, question, dict(options), answer, tier, std, medical_codes=list(codes))
+    item.mentions = [_mention(m, item, f"{item_id} mention {i}") for i, m in enumerate(mentions)]
+    return item
+
+
+_MENTION_KEYS = {"text", "start", "end", "field", "codes", "kind"}
+_CODE_KEYS = {"system", "code", "score"}
+
+
+def _mention(raw: Any, item: MCQItem, where: str) -> Mention:
+    if not isinstance(raw, dict):
+        raise MCQFormatError(f"{where}: expected an object")
+    unknown = sorted(set(raw) - _MENTION_KEYS)
+    if unknown:
+        raise MCQFormatError(f"{where}: unknown key {unknown[0]!r}; mentions have {', '.join(sorted(_MENTION_KEYS))}")
+    fld = raw.get("field")
+    if fld != "stem" and not (isinstance(fld, str) and fld.startswith("option:") and fld[7:] in item.options):
+        raise MCQFormatError(f"{where}: field {fld!r} must be 'stem' or 'option:X' for one of its options "
+                             f"{', '.join(item.options)}")
+    start, end, text = raw.get("start"), raw.get("end"), raw.get("text")
+    if not isinstance(text, str) or not all(isinstance(x, int) and not isinstance(x, bool) for x in (start, end)):
+        raise MCQFormatError(f"{where}: needs text (string), start and end (integers)")
+    if not 0 <= start <= end <= len(item.field_text(fld)):
+        raise MCQFormatError(f"{where}: span {start}-{end} lies outside its field ({len(item.field_text(fld))} characters)")
+    codes = raw.get("codes", [])
+    if not isinstance(codes, list):
+        raise MCQFormatError(f"{where}: 'codes' must be a list")
+    return Mention(text, start, end, fld, [_code_ref(c, where) for c in codes], str(raw.get("kind", "")))
+
+
+def _code_ref(raw: Any, where: str) -> CodeRef:
+    if not isinstance(raw, dict) or not isinstance(raw.get("system"), str) or not isinstance(raw.get("code"), str):
+        raise MCQFormatError(f"{where}: each code must be an object with string 'system' and 'code'")
+    score = raw.get("score", 1.0)
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+        raise MCQFormatError(f"{where}: code score {score!r} is not a finite number")
+    unknown = sorted(set(raw) - _CODE_KEYS)
+    if unknown:
+        raise MCQFormatError(f"{where}: unknown code key {unknown[0]!r}; codes have {', '.join(sorted(_CODE_KEYS))}")
+    return CodeRef(raw["system"], raw["code"], float(score))
+
+
+def _check_options(options: dict[str, str], item_id: str) -> None:
+    if not 2 <= len(options) <= len(LETTERS):
+        raise MCQFormatError(f"{item_id}: needs 2 to {len(LETTERS)} options, got {len(options)}")
+    if "".join(options) != LETTERS[: len(options)]:
+        raise MCQFormatError(f"{item_id}: options must be consecutive letters from A, got {', '.join(options)}")
+    for k, v in options.items():
+        if not v.strip():
+            raise MCQFormatError(f"{item_id}: option {k} is empty")
+
+
 def _read_records(path: Path) -> list[Any]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise MCQFormatError(f"{path} is not UTF-8 text (byte {err.start}); convert it, e.g. "
+                             f"`iconv -f latin1 -t utf-8`") from None
     if path.suffix == ".jsonl":
         records = []
         for n, line in enumerate(text.splitlines(), 1):
@@ -192,21 +263,53 @@ def _read_records(path: Path) -> list[Any]:
     return data
 
 
-def load_mcq(path: str | Path, skip_invalid: bool = False) -> tuple[list[MCQItem], int]:
-    """Load questions from .json/.jsonl in any supported layout. Returns (items, n_skipped)."""
+def load_mcq(path: str | Path, skip_invalid: bool = False) -> tuple[list[MCQItem], list[str]]:
+    """Load and validate questions from .json/.jsonl in any supported layout.
+
+    Returns (items, skipped) where ``skipped`` holds one reason per item left out. Without
+    ``skip_invalid`` the first invalid item is an error. Checked per item: options are 2-5
+    consecutive letters from A, the answer is one of them, types and mention spans are right;
+    across items: ids are unique and either every item has a tier or none has.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise MCQFormatError(f"question file {path} is a directory; pass a .json or .jsonl file")
     if not path.is_file():
         raise MCQFormatError(f"question file {path} does not exist")
     prefix = re.sub(r"[^a-z0-9]+", "-", path.stem.lower()).strip("-") or "q"
-    items, skipped = [], 0
+    items: list[MCQItem] = []
+    skipped: list[str] = []
+    seen: set[str] = set()
     for i, raw in enumerate(_read_records(path)):
         try:
-            items.append(parse_item(raw, i, prefix))
-        except MCQFormatError:
+            item = parse_item(raw, i, prefix)
+            if item.id in seen:
+                raise MCQFormatError(f"{item.id}: duplicate question id (item {i}); ids must be unique")
+        except MCQFormatError as err:
             if not skip_invalid:
-                raise
-            skipped += 1
+                raise MCQFormatError(f"{path}: {err}") from None
+            skipped.append(str(err))
+            continue
+        seen.add(item.id)
+        items.append(item)
+    untiered = [it for it in items if it.tier is None]
+    if untiered and len(untiered) < len(items):
+        reason = (f"{untiered[0].id}: no tier while {len(items) - len(untiered)} other questions have one; "
+                  "give every question a tier (or none)")
+        if not skip_invalid:
+            raise MCQFormatError(f"{path}: {reason} ({len(untiered)} untiered)")
+        skipped += [f"{it.id}: no tier while others have one" for it in untiered]
+        items = [it for it in items if it.tier is not None]
     return items, skipped
+
+
+def skip_summary(skipped: list[str]) -> str:
+    """"skipped 3 invalid questions: 2 x answer ... not among its options; 1 x duplicate question id"."""
+    from collections import Counter
+
+    kinds = Counter(re.sub(r"^[^:]*: ", "", s).split(";")[0] for s in skipped)
+    top = "; ".join(f"{n} x {k}" for k, n in kinds.most_common(5))
+    return f"skipped {len(skipped)} invalid question(s): {top}" if skipped else "no question skipped"
 
 
 def write_jsonl(path: str | Path, items: Iterable[MCQItem]) -> None:

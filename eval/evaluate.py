@@ -19,15 +19,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from disease_linking.questions import LETTERS, TIERS, MCQItem, load_mcq
+from disease_linking.questions import LETTERS, TIERS, MCQItem, load_mcq, skip_summary
 from eval import permutations, report, stats
 from eval.report import ALL, ZERO_SHOT, method_rank
+from medtok_core.config import FieldError, require_range, save_config
 from medtok_core.errors import ConfigError, MedTokError
 from medtok_core.io import atomic_path, read_json, write_json
 from qa.checkpoint import find_checkpoint, read_checkpoint_config
@@ -41,6 +43,10 @@ class BootstrapConfig:
     n_resamples: int = 2000
     confidence_level: float = 0.95
     seed: int = 0
+
+    def __post_init__(self):
+        require_range(self, "n_resamples", 1)
+        require_range(self, "confidence_level", 0.0, 1.0, low_open=True, high_open=True)
 
 
 @dataclass
@@ -68,6 +74,16 @@ class EvalConfig:
     permutations: int = 1
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     plots: bool = True
+    skip_invalid: bool = False  # leave out malformed questions (reported) instead of stopping
+
+    def __post_init__(self):
+        for tier in self.tiers:
+            if tier not in TIERS:
+                raise FieldError("tiers", f"holds unknown tier {tier!r}; choose from {', '.join(TIERS)}")
+        require_range(self, "max_per_tier", 0)
+        require_range(self, "exact_below", 0)
+        require_range(self, "batch_size", 1)
+        require_range(self, "permutations", 1, 5)  # at most one order per letter
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -440,8 +456,9 @@ def write_predictions(out_dir: Path, items: Sequence[MCQItem], runs: Sequence[Ru
 
 
 def write_outputs(results: dict, items: Sequence[MCQItem], runs: Sequence[Run], out_dir: str | Path,
-                  plots: bool = True) -> dict[str, str]:
-    """Write predictions, plots, report.md and results.json (last: its presence means complete)."""
+                  plots: bool = True, config: Any = None) -> dict[str, str]:
+    """Write predictions, plots, report.md, eval_config.yaml (``config``) and results.json (last:
+    its presence means the set is complete)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"predictions": write_predictions(out, items, runs)}
@@ -449,6 +466,8 @@ def write_outputs(results: dict, items: Sequence[MCQItem], runs: Sequence[Run], 
         files["plots"] = report.write_plots(results, out)
     results = {**results, "files": files}
     files["report"] = str(report.write_report(results, out / "report.md"))
+    if config is not None:
+        save_config(config, out / "eval_config.yaml")
     write_json(out / "results.json", results)
     files["results"] = str(out / "results.json")
     return files
@@ -468,7 +487,9 @@ def load_dataset(cfg: EvalConfig) -> list[MCQItem]:
         from medtok_core.datadir import data_file
 
         path = data_file("meddx/MedDDx.json", cfg.data_dir)
-    items, _ = load_mcq(path)
+    items, skipped = load_mcq(path, skip_invalid=cfg.skip_invalid)
+    if skipped:
+        print(skip_summary(skipped), file=sys.stderr)
     if not items:
         raise MedTokError(f"{path} contains no questions")
     unknown = sorted({it.tier for it in items if it.tier} - set(TIERS))
@@ -514,9 +535,6 @@ def score_sources(sources: Sequence[Source], items: Sequence[MCQItem], batch_siz
 
 def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Score every source of ``cfg`` on the selected questions and write all outputs."""
-    unknown = sorted(set(cfg.tiers) - set(TIERS))
-    if unknown:
-        raise ConfigError(f"tiers: unknown tier {unknown[0]!r}; choose from {', '.join(TIERS)}")
     if not (cfg.checkpoints or cfg.zero_shot or cfg.predictions):
         raise ConfigError("nothing to evaluate: pass --checkpoints, --zero_shot or --predictions")
     items = load_dataset(cfg)
@@ -537,5 +555,5 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
     results["dataset_path"] = cfg.data or "MedDDx (data dir)"
     results["n_questions_in_file"] = len(items)
     results["n_excluded_trained_on"] = sum(it.id in train_ids for it in items)
-    results["files"] = write_outputs(results, selected, runs, cfg.output, cfg.plots)
+    results["files"] = write_outputs(results, selected, runs, cfg.output, cfg.plots, config=cfg)
     return results

@@ -19,10 +19,12 @@ stage go to ``<output>/timings.json``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -30,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medtok_core.artifact import TABLE, artifact_dir
-from medtok_core.config import parse_config, save_config
+from medtok_core.artifact import MANIFEST, TABLE, artifact_dir, find_artifact
+from medtok_core.config import FieldError, parse_config, require_choice, save_config
 from medtok_core.errors import ConfigError, MedTokError, cli_entry
 from medtok_core.io import read_json, write_json
 from qa.checkpoint import QA_CONFIG, best_checkpoint
@@ -57,6 +59,10 @@ class PipelineConfig:
     output: str = "runs/pipeline"
     data_dir: str | None = None
     dataset: str = ""  # MCQ file to link, train and evaluate on; "" = MedDDx from the data dir
+    # Bring your own: an existing MedTok artifact (skips the build and MedTok stages) and/or an
+    # existing linked JSONL (skips linking).
+    medtok_artifact: str = ""
+    linked: str = ""
     # Prefix methods to fine-tune (default: every registered one, qa/prefix_methods/).
     methods: list[str] = field(default_factory=method_names, metadata={"choices": method_names})
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -81,6 +87,9 @@ class PipelineConfig:
     def __post_init__(self):
         for method in self.methods:
             get_method(method)  # unknown names fail when the config is parsed, listing the registered ones
+        if self.methods and not self.seeds:
+            raise FieldError("seeds", "is empty; give at least one seed")
+        require_choice(self, "launcher", ("accelerate", "python"))
 
 
 # ---------------------------------------------------------------------------------------- stages
@@ -133,24 +142,29 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     """The plan: every stage's command line, outputs and dependencies (nothing runs here)."""
     out = Path(cfg.output).resolve()  # stages run from the repository root
     data_dir = ["--data_dir", cfg.data_dir] if cfg.data_dir else []
-    dataset = cfg.dataset or _default_dataset(cfg.data_dir)
     medtok_run = out / "medtok"
-    artifact = artifact_dir(medtok_run)
-    linked = out / "linked" / "linked.jsonl"
-    stages = [
-        Stage("build", "build", "Vocabulary + knowledge graph",
-              _python("medtok_core.build") + data_dir + _config_args(cfg.build) + _overrides(cfg.build),
-              []),  # results live in the shared cache; the stamp alone records the build
-        Stage("medtok", "medtok", "MedTok training",
-              _python("medtok_core.train") + _config_args(cfg.medtok)
-              + (["--data.data_dir", cfg.data_dir] if cfg.data_dir else [])
-              + ["--output_dir", str(medtok_run)] + _overrides(cfg.medtok),
-              [artifact / TABLE], depends=["build"], workdir=medtok_run),
-        Stage("link", "link", "Disease linking",
-              _python("disease_linking.link") + ["--input", str(dataset), "--output", str(linked)]
-              + data_dir + _config_args(cfg.link) + _overrides(cfg.link),
-              [linked], depends=["build"]),
-    ]
+    artifact = find_artifact(cfg.medtok_artifact).resolve() if cfg.medtok_artifact else artifact_dir(medtok_run)
+    linked = Path(cfg.linked).resolve() if cfg.linked else out / "linked" / "linked.jsonl"
+    if cfg.linked and not linked.is_file():
+        raise ConfigError(f"linked {cfg.linked} does not exist; pass a linked JSONL written by disease_linking.link")
+    stages = []
+    if not (cfg.medtok_artifact and cfg.linked):
+        stages.append(Stage("build", "build", "Vocabulary + knowledge graph",
+                            _python("medtok_core.build") + data_dir + _config_args(cfg.build) + _overrides(cfg.build),
+                            []))  # results live in the shared cache; the stamp alone records the build
+    if not cfg.medtok_artifact:
+        stages.append(Stage("medtok", "medtok", "MedTok training",
+                            _python("medtok_core.train") + _config_args(cfg.medtok)
+                            + (["--data.data_dir", cfg.data_dir] if cfg.data_dir else [])
+                            + ["--output_dir", str(medtok_run)] + _overrides(cfg.medtok),
+                            [artifact / TABLE], depends=["build"], workdir=medtok_run))
+    if not cfg.linked:
+        dataset = cfg.dataset or _default_dataset(cfg.data_dir)
+        stages.append(Stage("link", "link", "Disease linking",
+                            _python("disease_linking.link") + ["--input", str(dataset), "--output", str(linked)]
+                            + data_dir + _config_args(cfg.link) + _overrides(cfg.link),
+                            [linked], depends=["build"]))
+    built = {s.name for s in stages}
     checkpoints = []
     for method in cfg.methods:
         for seed in cfg.seeds:
@@ -165,7 +179,8 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
                 + (["--data.data_dir", cfg.data_dir] if cfg.data_dir else [])
                 + ["--medtok", str(artifact) if needs_medtok else "null"] + _overrides(cfg.finetune),
                 [best_checkpoint(run_dir) / QA_CONFIG],
-                depends=["link"] + (["medtok"] if needs_medtok else []), workdir=run_dir))
+                depends=[d for d in ["link"] + (["medtok"] if needs_medtok else []) if d in built],
+                workdir=run_dir))
     eval_dir = out / "eval"
     stages.append(Stage(
         "eval", "eval", "Evaluation by tier",
@@ -173,7 +188,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         + (["--checkpoints", ",".join(map(str, checkpoints))] if checkpoints else [])
         + (["--zero_shot", "default", "--zero_shot_dtype", _finetune_dtype(cfg)] if cfg.zero_shot else []) + _config_args(cfg.eval) + _overrides(cfg.eval),
         [eval_dir / "results.json", eval_dir / "report.md"],
-        depends=["link"] + [s.name for s in stages if s.group == "finetune"]))
+        depends=[d for d in ["link"] if d in built] + [s.name for s in stages if s.group == "finetune"]))
     return stages
 
 
@@ -183,12 +198,9 @@ def _finetune_dtype(cfg: PipelineConfig) -> str:
 
 
 def _launcher(cfg: PipelineConfig) -> list[str]:
-    script = str(REPO_ROOT / "finetune" / "train.py")
-    if cfg.launcher == "accelerate":
-        return _python("accelerate.commands.launch") + list(cfg.launcher_args) + [script]
-    if cfg.launcher == "python":
-        return [sys.executable, script]
-    raise ConfigError(f"launcher={cfg.launcher!r} is not one of accelerate, python")
+    if cfg.launcher == "accelerate":  # accelerate launch with one-line errors and exit code 2
+        return _python("finetune.launch") + list(cfg.launcher_args)
+    return [sys.executable, str(REPO_ROOT / "finetune" / "train.py")]
 
 
 def _default_dataset(data_dir: str | None) -> Path:
@@ -215,6 +227,8 @@ def stage_key(stage: Stage, upstream: dict[str, str], out: Path) -> str:
     for arg in stage.argv[1:]:  # not the interpreter path: a moved venv is the same pipeline
         h.update(arg.encode() + b"\0")
         path = (Path(arg) if os.path.isabs(arg) else REPO_ROOT / arg).resolve()
+        if path.is_dir() and (path / MANIFEST).is_file():  # e.g. a MedTok artifact: its file digests
+            path = path / MANIFEST
         if out in path.parents or not path.is_file() or path.stat().st_size > (256 << 20):
             continue
         h.update(_file_digest(path).encode())
@@ -291,6 +305,47 @@ def _children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def run_until_done_or_stopped(stage: Stage) -> int:
+    """Run the stage's command in its own process group; SIGINT/SIGTERM to the pipeline stop the
+    whole group (accelerate's launcher and the training processes under it) and then the
+    pipeline, so nothing keeps training in the background. The stage keeps its resumable state
+    and its stamp says "not finished": the same command later resumes it."""
+    proc = subprocess.Popen(stage.argv, cwd=REPO_ROOT, env=_env(), start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum, _frame):
+        received.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        returncode = proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        _stop_group(proc.pid)
+        name = signal.Signals(received[0]).name
+        print(f"stopped by {name} during stage '{stage.name}'; run the same command again to resume it",
+              file=sys.stderr, flush=True)
+        raise SystemExit(128 + received[0])
+    return returncode
+
+
+def _stop_group(pgid: int, grace_s: float = 10.0) -> None:
+    """Wait for the stage's remaining processes to exit; kill what is still there after ``grace_s``."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 def run_stage(stage: Stage, out: Path) -> tuple[float, float]:
     """Run one stage's command (output streams through); stamp it on success.
 
@@ -300,10 +355,10 @@ def run_stage(stage: Stage, out: Path) -> tuple[float, float]:
     print(f"$ {_printable(stage.argv)}", flush=True)
     clear_stale_state(out, stage)
     t0, cpu0 = time.perf_counter(), _children_cpu_seconds()
-    proc = subprocess.run(stage.argv, cwd=REPO_ROOT, env=_env())
+    returncode = run_until_done_or_stopped(stage)
     seconds, cpu = time.perf_counter() - t0, _children_cpu_seconds() - cpu0
-    if proc.returncode != 0:
-        raise MedTokError(f"stage '{stage.name}' failed (exit code {proc.returncode}) after {seconds:.0f} s; "
+    if returncode != 0:
+        raise MedTokError(f"stage '{stage.name}' failed (exit code {returncode}) after {seconds:.0f} s; "
                           f"its error is printed above. Fix it and re-run: finished stages are reused")
     for p in stage.outputs:
         if not p.exists():

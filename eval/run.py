@@ -8,19 +8,18 @@ Writes results.json, report.md, predictions/<method>.jsonl and PNG plots into --
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from eval.evaluate import EvalConfig, evaluate
 from eval.report import results_markdown_table
-from medtok_core.config import parse_config, save_config
+from medtok_core.config import parse_config
 from medtok_core.errors import cli_entry
+from medtok_core.io import check_writable_dir
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(EvalConfig, argv, prog="python -m eval.run")
-    save_config(cfg, Path(cfg.output) / "eval_config.yaml")
-    results = evaluate(cfg)
+    check_writable_dir(cfg.output, "--output")
+    results = evaluate(cfg)  # writes eval_config.yaml beside its results, never before
     print(results_markdown_table(results))
     print(f"report: {results['files']['report']}")
     return results

@@ -11,6 +11,7 @@ type, so a typo or a wrong type is a one-line :class:`ConfigError`, not a traceb
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -65,15 +66,49 @@ def _convert(value: Any, tp: Any, name: str) -> Any:
             return False
         raise ConfigError(f"{name} expects true/false, got {value!r}")
     if tp in (int, float):
+        if isinstance(value, bool) or (tp is int and isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{name} expects {tp.__name__}, got {value!r}")
         try:
-            return tp(value)
-        except (TypeError, ValueError):
+            number = tp(value)
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{name} expects {tp.__name__}, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        return number
     if tp is str:
         return str(value)
     if tp is Path:
         return Path(value)
     return value
+
+
+class FieldError(ConfigError):
+    """A config value out of its range; :func:`from_dict` adds the section prefix to ``field``."""
+
+    def __init__(self, field: str, problem: str):
+        self.field, self.problem = field, problem
+        super().__init__(f"{field} {problem}")
+
+
+def require_range(cfg: Any, name: str, low: float | None = None, high: float | None = None, *,
+                  low_open: bool = False, high_open: bool = False) -> None:
+    """Check ``cfg.<name>`` (for ``__post_init__``): ``low <= value <= high`` (``<`` where open)."""
+    value = getattr(cfg, name)
+    if value is None:
+        return
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = "" if low is None else f"{low} {'<' if low_open else '<='} "
+        hi = "" if high is None else f" {'<' if high_open else '<='} {high}"
+        raise FieldError(name, f"must satisfy {lo}{name.rsplit('.', 1)[-1]}{hi}, got {value!r}")
+
+
+def require_choice(cfg: Any, name: str, choices) -> None:
+    value = getattr(cfg, name)
+    if value not in choices:
+        shown = ", ".join(str(c) if c != "" else '""' for c in choices)
+        raise FieldError(name, f"must be one of {shown}, got {value!r}")
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -98,7 +133,10 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             kwargs[key] = from_dict(tp, value, f"{prefix}{key}.")
         else:
             kwargs[key] = _convert(value, tp, f"{prefix}{key}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except FieldError as err:
+        raise FieldError(f"{prefix}{err.field}", err.problem) from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

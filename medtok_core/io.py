@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -13,11 +14,21 @@ from pathlib import Path
 from typing import Any
 
 
+def _remove_stale_temps(path: Path) -> None:
+    """Temporaries a killed writer of ``path`` left behind (they never replaced anything)."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -33,6 +44,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; it replaces ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
@@ -46,6 +58,44 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Really try (os.access says yes to root even on a chmod 555 folder mounted read-only)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(tmp)
+    return True
+
+
+def check_writable(path: str | os.PathLike, option: str) -> None:
+    """Fail early, naming the option, when ``path`` cannot be written as a file."""
+    from medtok_core.errors import ConfigError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a directory; give a file path")
+    existing = next((p for p in path.parents if p.exists()), None)
+    if existing is None or not existing.is_dir() or not _can_create_in(existing):
+        raise ConfigError(f"{option} {path}: cannot write into {existing or path.parent} (read-only or not a "
+                          "folder); choose another location")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"{option} {path} is read-only; choose another path or make it writable")
+
+
+def check_writable_dir(path: str | os.PathLike, option: str) -> None:
+    """Fail early, naming the option, when folder ``path`` cannot be created or written."""
+    from medtok_core.errors import ConfigError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} is a file; give a folder path")
+    existing = next((p for p in [path, *path.parents] if p.exists()), None)
+    if existing is None or not existing.is_dir() or not _can_create_in(existing):
+        raise ConfigError(f"{option} {path}: {existing or path} is not a writable folder; choose another folder")
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

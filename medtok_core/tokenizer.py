@@ -33,6 +33,7 @@ from medtok_core.artifact import load_artifact, load_model_state, write_artifact
 from medtok_core.errors import MedTokError
 
 REGION_TAGS = ("t", "s", "g")
+MAX_CODE_CHARS = 128  # SYSTEM:CODE strings; the longest real ones are under 30 characters
 
 
 class UnknownCodeWarning(UserWarning):
@@ -90,6 +91,8 @@ class MedTokTokenizer:
             self._bare.setdefault(k, []).append(i)
         self._codes = self.vocab["code"].astype(str).tolist()
         self._systems = systems.tolist()
+        # Only prefixes up to the longest known key can match: resolution stays linear in the input.
+        self._max_key = max(map(len, keys), default=0)
 
     @property
     def systems(self) -> list[str]:
@@ -101,6 +104,9 @@ class MedTokTokenizer:
         text = code.strip()
         if not text:
             raise MedTokError("empty medical code; pass e.g. 'ICD10CM:E11.9'")
+        if len(text) > MAX_CODE_CHARS:
+            raise MedTokError(f"medical code of {len(text)} characters is too long (at most {MAX_CODE_CHARS}); "
+                              "pass e.g. 'ICD10CM:E11.9'")
         system, sep, rest = text.partition(":")
         if sep:
             system = system.strip().upper()
@@ -130,7 +136,7 @@ class MedTokTokenizer:
             return Resolved(hit, self._systems[hit], self._codes[hit])
         # ICD and ATC codes extend their ancestors' codes, so the longest known prefix is the
         # nearest known ancestor.
-        for cut in range(len(key) - 1, 0, -1):
+        for cut in range(min(len(key) - 1, self._max_key), 0, -1):
             hit = self._lookup(system, key[:cut])
             if hit is not None:
                 if warn:

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from medtok_core.artifact import FORMAT, artifact_dir, load_artifact, write_artifact
-from medtok_core.config import ConfigError, parse_config, save_config, to_dict
+from medtok_core.config import ConfigError, parse_config, require_range, save_config, to_dict
 from medtok_core.errors import cli_entry
 from medtok_core.io import atomic_path, write_json
 from medtok_core.losses import LossWeights, medtok_losses
@@ -61,6 +61,10 @@ class DataConfig:
     text_encoder: str | None = None
     text_dtype: str = "float32"
 
+    def __post_init__(self):
+        for name, low in (("max_codes", 0), ("k_hops", 0), ("max_nodes", 1), ("fanout", 1), ("max_synonyms", 0)):
+            require_range(self, name, low)
+
 
 @dataclass
 class OptimConfig:
@@ -70,6 +74,14 @@ class OptimConfig:
     batch_size: int = 256
     grad_clip: float = 1.0
     warmup_steps: int = 20
+
+    def __post_init__(self):
+        require_range(self, "lr", 0.0, low_open=True)
+        require_range(self, "weight_decay", 0.0)
+        require_range(self, "epochs", 1)
+        require_range(self, "batch_size", 2)  # contrastive losses need a second code in the batch
+        require_range(self, "grad_clip", 0.0)
+        require_range(self, "warmup_steps", 0)
 
 
 @dataclass
@@ -95,6 +107,13 @@ class TrainConfig:
     # CPU threads for training (0 = torch default). The per-op work is small, and on a shared
     # 2-core machine one thread measured ~10x faster than two (no OpenMP spin-waiting).
     num_threads: int = 0
+
+    def __post_init__(self):
+        for name in ("checkpoint_every", "init_samples", "restart_every", "log_every"):
+            require_range(self, name, 1)
+        require_range(self, "max_steps", 0)
+        require_range(self, "num_threads", 0)
+        require_range(self, "dead_threshold", 0.0, 1.0)
 
 
 # ============================================================================== data

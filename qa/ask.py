@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import TextIO
 
 from disease_linking.questions import MCQFormatError, MCQItem, parse_item, split_question
-from medtok_core.errors import MedTokError, cli_entry
+from medtok_core.errors import ConfigError, MedTokError, cli_entry
 
 PROMPT_HELP = ("Type a question, then its options as lines 'A: ...', 'B: ...'; finish with an empty "
                "line (or paste JSON on one line). Ctrl-D quits.")
@@ -135,6 +135,10 @@ def run(asker: Asker, texts: Iterator[str], as_json: bool, out: TextIO = sys.std
     return errors
 
 
+def _one_line_error(message: str):
+    raise ConfigError(f"{message}; see python -m qa.ask --help")
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qa.ask", description=__doc__.split("\n\n")[0])
@@ -144,12 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--medtok", help="MedTok artifact folder, if it moved since training")
     parser.add_argument("--no-linker", action="store_true", help="do not link mentions (use codes in the input)")
     parser.add_argument("--data-dir", help="data directory for the linker")
+    parser.add_argument("--allow-download", action="store_true",
+                        help="fetch the checkpoint's base model from the Hugging Face Hub if it is not cached")
+    parser.error = _one_line_error  # type: ignore[method-assign]
     args = parser.parse_args(argv)
 
     from qa.model import load_qa_checkpoint
 
-    asker = Asker(load_qa_checkpoint(args.checkpoint, medtok=args.medtok), load_linker(not args.no_linker,
-                                                                                       args.data_dir))
+    model = load_qa_checkpoint(args.checkpoint, medtok=args.medtok, allow_download=args.allow_download)
+    asker = Asker(model, load_linker(not args.no_linker, args.data_dir))
     if args.question is not None:
         texts: Iterator[str] = iter([args.question])
     else:

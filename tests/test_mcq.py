@@ -52,16 +52,16 @@ def test_malformed_questions(text, message):
 
 def test_both_layouts_and_skip_invalid(tmp_path):
     authors = {"input": ["Which drug treats beriberi?\nA: Niacin\nB: Thiamine\nC: Zinc\nD: Iron", "B: Thiamine"],
-               "medical_codes": ["ICD10CM:E51.11"]}
+               "medical_codes": ["ICD10CM:E51.11"], "tier": "Basic"}
     bad = {"query": "Broken?\nA: x", "answer": "A"}
     path = tmp_path / "mixed.json"
     path.write_text(json.dumps([MEDDX, authors, bad]))
     with pytest.raises(MCQFormatError, match="mixed-00002"):
         load_mcq(path)
     items, skipped = load_mcq(path, skip_invalid=True)
-    assert skipped == 1
+    assert len(skipped) == 1 and "found 1 option" in skipped[0]
     assert [i.answer for i in items] == ["B", "B"]
-    assert items[0].tier == "Basic" and items[1].tier is None
+    assert items[0].tier == "Basic" and items[1].tier == "Basic"
     assert items[1].medical_codes == ["ICD10CM:E51.11"]
     assert items[0].question == items[1].question and items[0].options == items[1].options
 
