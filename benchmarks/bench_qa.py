@@ -42,7 +42,14 @@ from disease_linking.questions import CodeRef, Mention, load_mcq  # noqa: E402
 from qa.base_model import DEFAULT_BASE_MODEL, load_base_model, resolve_dtype  # noqa: E402
 from qa.model import ModelOptions, build_qa_model  # noqa: E402
 from qa.tiny import build_tiny_medtok  # noqa: E402
-from qa.training import EpochBatches, make_optimizer, peak_rss_gib, split_by_option_set  # noqa: E402
+from qa.training import (  # noqa: E402
+    EpochBatches,
+    current_rss_gib,
+    make_optimizer,
+    peak_rss_gib,
+    release_free_memory,
+    split_by_option_set,
+)
 
 
 def questions(args) -> list:
@@ -120,6 +127,8 @@ def main() -> None:
     p.add_argument("--score_n", type=int, default=64)
     p.add_argument("--score_repeats", type=int, default=3)
     p.add_argument("--length_buckets", type=int, default=0, help="as data.length_buckets of training")
+    p.add_argument("--release_memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="malloc_trim after each step, as training's release_memory")
     p.add_argument("--gradient_checkpointing", action="store_true")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--out", default="benchmarks/results_qa.json")
@@ -160,6 +169,8 @@ def main() -> None:
         for mode, (m, opt) in models.items():
             batch = m.encoder.collate([m.encoder.encode(i) for i in chunk])
             dt, _ = step_time(m, opt, batch)
+            if args.release_memory:  # as training does after each step (its cost shows in later steps)
+                release_free_memory()
             print(f"step {step} {mode}: {dt:.2f}s, {int(batch['attention_mask'].sum())} tokens", file=sys.stderr,
                   flush=True)
             if step:  # the first step warms up allocators and kernels
@@ -172,6 +183,7 @@ def main() -> None:
     res = {"device": "cpu", "threads": torch.get_num_threads(), "base_model": DEFAULT_BASE_MODEL,
            "cpu_flags": cpu_flags(), "dtype": dtype, "non_embedding_params": n_params, "batch_size": args.batch_size, "steps_measured": args.steps,
            "codes_per_question": args.codes, "length_buckets": args.length_buckets,
+           "release_memory": args.release_memory,
            "padding_share": 1 - padded["real"] / padded["positions"], "gradient_checkpointing": args.gradient_checkpointing,
            "base_load_s": load_s, "train_questions": len(train)}
     for mode in models:
@@ -206,6 +218,7 @@ def main() -> None:
     res["train_mfu"] = res["medtok_train_mfu"]
     res["score_mfu"] = res["score_tokens_per_s"] * 2 * n_params / peak
     res["peak_rss_gib"] = peak_rss_gib()
+    res["rss_gib_at_end"] = current_rss_gib()
     res["load_average"] = [round(x, 2) for x in os.getloadavg()]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")

@@ -9,7 +9,9 @@ with the same command continues from the same step with the same data order and 
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -104,6 +106,9 @@ class TrainConfig:
     deepspeed_config: str | None = None
     resume: bool = True
     force: bool = False  # start over in an output_dir that holds a run with other settings
+    # Give freed memory back to the OS after every optimizer step (glibc malloc_trim): keeps RSS
+    # at what is in use instead of letting it grow with every new batch shape.
+    release_memory: bool = True
     model: ModelOptions = field(default_factory=ModelOptions)
     data: DataOptions = field(default_factory=DataOptions)
     optim: OptimOptions = field(default_factory=OptimOptions)
@@ -297,6 +302,35 @@ def linear_schedule(optimizer, warmup: int, total: int):
         return max(0.0, (total - step) / max(1, total - warmup))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the OS.
+
+    Activations are freed after every backward, but their sizes change with every batch (prompt
+    lengths differ), and glibc keeps such freed chunks in its heap: RSS then grew step after
+    step. Measured on a 4-layer SmolLM2-shaped model (bf16, batches of 8 real questions):
+    0.96 -> 1.21 GiB RSS over 20 steps without, 0.63 -> 0.74 GiB with this after every step.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def current_rss_gib() -> float:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
 def peak_rss_gib() -> float:
@@ -579,6 +613,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Pat
             if not accelerator.sync_gradients:
                 continue
             state.global_step += 1
+            if cfg.release_memory:
+                release_free_memory()
             bar.update(1)
             elapsed = time.perf_counter() - t0
             bar.set_postfix(loss=f"{loss_sum / loss_n:.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):.0f}")
@@ -599,9 +635,11 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Pat
         epoch_time = time.perf_counter() - epoch_start
         epoch_done = not stop or state.batches_done >= len(batches)
         metrics = evaluate(unwrapped, val_items, cfg.eval_batch_size)
+        if cfg.release_memory:
+            release_free_memory()
         record = {"event": "eval", "step": state.global_step, "epoch": state.epoch + 1,
                   "epoch_complete": epoch_done, "epoch_time_s": epoch_time, "peak_rss_gib": peak_rss_gib(),
-                  **metrics}
+                  "rss_gib": current_rss_gib(), **metrics}
         improved = metrics["val_acc"] is None or _is_better(metrics, state.best)
         if improved:
             state.best, state.bad_epochs = record, 0
