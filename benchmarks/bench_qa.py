@@ -129,6 +129,8 @@ def main() -> None:
     p.add_argument("--length_buckets", type=int, default=0, help="as data.length_buckets of training")
     p.add_argument("--release_memory", action=argparse.BooleanOptionalAction, default=True,
                    help="malloc_trim after each step, as training's release_memory")
+    p.add_argument("--baseline", action="store_true",
+                   help="also time PEFT's own LoRA forward on unbucketed batches (the state before issue 10)")
     p.add_argument("--gradient_checkpointing", action="store_true")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--out", default="benchmarks/results_qa.json")
@@ -149,34 +151,43 @@ def main() -> None:
     peaks = [matmul_peak_flops(*peak_args)]
     # PEFT injects LoRA layers into the module it wraps: each mode gets its own copy of the base,
     # taken before any wrapping.
-    bases = {"none": _fresh_copy(base), "medtok": base}
+    modes = ("none", "medtok") + (("baseline",) if args.baseline else ())
+    bases = {mode: _fresh_copy(base) for mode in modes[1:]}
+    bases[modes[0]] = base
     models = {}
-    for mode in ("none", "medtok"):
+    for mode in modes:
         # Both modes wrap the same frozen base weights: the comparison isolates the prefix.
-        opts = ModelOptions(prefix_mode=mode, medtok=medtok if mode != "none" else None, dtype=dtype,
+        method = "medtok" if mode == "baseline" else mode
+        opts = ModelOptions(prefix_mode=method, medtok=medtok if method != "none" else None, dtype=dtype,
                             gradient_checkpointing=args.gradient_checkpointing)
         opts.lora.target_modules = ["q_proj", "k_proj", "v_proj", "o_proj"]
         m = build_qa_model(opts, model_and_tokenizer=bases[mode], seed=0)
+        if mode == "baseline":
+            _peft_lora_forward(m)
         models[mode] = (m.train(), make_optimizer(m, _optim()))
     # The first batches of an epoch as training forms them (bucketed by length with
     # --length_buckets N), the same questions for both modes.
     epoch = EpochBatches(train, models["medtok"][0].encoder, 0, False, args.batch_size, 1, 0, 1, args.length_buckets)
     batch_items = [[train[i] for i in idx] for idx in epoch.indices(0)[: args.steps + 1]]
-    padded = {"real": 0, "positions": 0}
+    # The state before issue 10 (--baseline): PEFT's float32 LoRA path on unbucketed batches,
+    # interleaved with the others, so that machine load hits all modes alike.
+    plain = EpochBatches(train, models["medtok"][0].encoder, 0, False, args.batch_size, 1, 0, 1, 0)
+    baseline_items = [[train[i] for i in idx] for idx in plain.indices(0)[: args.steps + 1]]
+    padded = {mode: [0, 0] for mode in models}  # real tokens, positions (prompt part)
     times = {m: [] for m in models}
     tokens = {m: [] for m in models}
     for step, chunk in enumerate(batch_items):
+        peaks.append(matmul_peak_flops(*peak_args, repeats=3))  # sampled all along: the load drifts
         for mode, (m, opt) in models.items():
-            batch = m.encoder.collate([m.encoder.encode(i) for i in chunk])
+            batch = m.encoder.collate([m.encoder.encode(i) for i in (baseline_items[step] if mode == "baseline" else chunk)])
             dt, _ = step_time(m, opt, batch)
             if args.release_memory:  # as training does after each step (its cost shows in later steps)
                 release_free_memory()
             print(f"step {step} {mode}: {dt:.2f}s, {int(batch['attention_mask'].sum())} tokens", file=sys.stderr,
                   flush=True)
             if step:  # the first step warms up allocators and kernels
-                if mode == "medtok":
-                    padded["real"] += int(batch["attention_mask"].sum())
-                    padded["positions"] += batch["attention_mask"].numel()
+                padded[mode][0] += int(batch["attention_mask"].sum())
+                padded[mode][1] += batch["attention_mask"].numel()
                 times[mode].append(dt)
                 tokens[mode].append(int(batch["attention_mask"].sum() + batch["prefix_mask"].sum()))
     peaks.append(matmul_peak_flops(*peak_args))
@@ -184,7 +195,8 @@ def main() -> None:
            "cpu_flags": cpu_flags(), "dtype": dtype, "non_embedding_params": n_params, "batch_size": args.batch_size, "steps_measured": args.steps,
            "codes_per_question": args.codes, "length_buckets": args.length_buckets,
            "release_memory": args.release_memory,
-           "padding_share": 1 - padded["real"] / padded["positions"], "gradient_checkpointing": args.gradient_checkpointing,
+           "padding_share": 1 - padded["medtok"][0] / padded["medtok"][1],
+           "gradient_checkpointing": args.gradient_checkpointing,
            "base_load_s": load_s, "train_questions": len(train)}
     for mode in models:
         med = statistics.median(times[mode])
@@ -192,7 +204,12 @@ def main() -> None:
         # Median of per-step rates: a load spike on this shared machine moves one step, not the figure.
         res[f"{mode}_tokens_per_s"] = statistics.median(n / dt for n, dt in zip(tokens[mode], times[mode], strict=True))
         res[f"{mode}_epoch_s_extrapolated"] = med * -(-len(train) // args.batch_size)
-    res["prefix_overhead_ratio"] = res["medtok_step_s_median"] / res["none_step_s_median"]
+    # Same batches, consecutive runs: the median of per-step ratios cancels slow load drift.
+    res["prefix_overhead_ratio"] = statistics.median(
+        a / b for a, b in zip(times["medtok"], times["none"], strict=True))
+    if args.baseline:
+        res["baseline_padding_share"] = 1 - padded["baseline"][0] / padded["baseline"][1]
+        res["train_speedup_vs_baseline"] = res["medtok_tokens_per_s"] / res["baseline_tokens_per_s"]
     m = models["medtok"][0]
     scored = items[: args.score_n]
     score_tokens = sum(int(b["attention_mask"].sum() + b["prefix_mask"].sum())
@@ -229,6 +246,15 @@ def _optim():
     from qa.training import OptimOptions
 
     return OptimOptions(lr=1e-4)
+
+
+def _peft_lora_forward(model):
+    """PEFT's own LoRA forward on every layer (undoes qa.lora.lean_lora)."""
+    from peft.tuners.lora import Linear
+
+    for module in model.modules():
+        if type(module) is Linear and "forward" in vars(module):
+            del module.forward
 
 
 def _fresh_copy(base):
