@@ -230,5 +230,42 @@ def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None =
     return from_dict(cls, _merge(data, overrides))
 
 
+def first_difference(old: Any, new: Any, prefix: str = "", ignore: tuple[str, ...] = ("resume", "force")
+                     ) -> str | None:
+    """``"optim.lr: 0.0002 -> 0.01"`` for the first setting that differs (top-level ``ignore`` keys
+    say how to treat a folder, not what the run is), or None."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            if prefix == "" and key in ignore:
+                continue
+            diff = first_difference(old.get(key), new.get(key), f"{prefix}{key}.", ignore)
+            if diff:
+                return diff
+        return None
+    return None if old == new else f"{prefix.rstrip('.')}: {old!r} -> {new!r}"
+
+
+def starts_fresh(cfg: Any, saved: Path, out: Path) -> bool:
+    """Whether a run in folder ``out`` must start over; raises if it holds a run with other settings.
+
+    ``saved`` is the config the folder's run saved, ``cfg`` (with ``resume`` and ``force`` fields)
+    the one about to run. Same settings: resume. Other settings: an error that says how to
+    proceed, unless ``force`` (or ``resume: false``) says to start over.
+    """
+    if not saved.is_file():
+        return not cfg.resume
+    try:
+        old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        old = None
+    diff = first_difference(old, to_dict(cfg)) if isinstance(old, dict) else f"its {saved.name} is unreadable"
+    if diff is None:
+        return not cfg.resume
+    if cfg.force or not cfg.resume:
+        return True
+    raise ConfigError(f"output_dir {out} holds a run with other settings ({diff}); use another --output_dir, "
+                      "or --force true to discard that run")
+
+
 def save_config(cfg: Any, path: str | Path) -> None:
     write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import pandas as pd
 import torch
 
 from medtok_core.artifact import FORMAT, artifact_dir, load_artifact, write_artifact
-from medtok_core.config import ConfigError, parse_config, require_range, save_config, to_dict
+from medtok_core.config import ConfigError, parse_config, require_range, save_config, starts_fresh, to_dict
 from medtok_core.errors import cli_entry
 from medtok_core.io import atomic_path, write_json
 from medtok_core.losses import LossWeights, medtok_losses
@@ -96,6 +97,7 @@ class TrainConfig:
     output_dir: str = "runs/medtok"
     checkpoint_every: int = 200
     resume: bool = True
+    force: bool = False  # start over in an output_dir that holds a run with other settings
     # Codebook initialisation by k-means on this many encoded codes, and dead-code restarts.
     init_samples: int = 4096
     restart_every: int = 50
@@ -450,6 +452,8 @@ def run(cfg: TrainConfig) -> Path:
     data = prepare_data(cfg.data, progress=cfg.progress)
     prep_s = time.perf_counter() - t0
     cfg = resolved_config(cfg, data)
+    if starts_fresh(cfg, out / "config.yaml", out):  # a folder with other settings is an error
+        shutil.rmtree(_checkpoint_path(out).parent, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")  # what runs, sizes resolved
     print(f"data: {len(data)} codes, {data.text_table.shape[0]} unique texts, prepared in {prep_s:.1f}s", flush=True)

@@ -60,6 +60,8 @@ class ModelOptions:
     medtok: str | None = None  # MedTok artifact folder (needed by every method but none)
     code_fields: str = "stem"  # stem (paper) | stem+options
     codes_per_mention: int = 1
+    # Drop linked codes whose calibrated confidence is below this (0 = keep all; see disease_linking.calibration).
+    min_code_confidence: float = 0.0
     max_codes: int = 8
     projector: str = "linear"  # linear (paper) | mlp
     prefix_tokens: int = 4  # methods that pool codes into a fixed number of tokens (medtok-attn)
@@ -289,7 +291,8 @@ def make_method(options: ModelOptions) -> PrefixMethod:
     codes = None
     if cls.needs_artifact and options.medtok:
         codes = CodeSource(load_medtok(options.medtok), options.code_fields, options.codes_per_mention,
-                           options.max_codes, 0 if options.shuffle_seed is None else options.shuffle_seed)
+                           options.max_codes, 0 if options.shuffle_seed is None else options.shuffle_seed,
+                           options.min_code_confidence)
     return cls(options, codes)  # raises when the method needs an artifact and has none
 
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
 from disease_linking.questions import TIERS, MCQItem, load_mcq, skip_summary
 from medtok_core.config import require_choice, require_range, save_config, to_dict
+from medtok_core.config import starts_fresh as config_starts_fresh
 from medtok_core.datadir import data_file
 from medtok_core.errors import ConfigError, MedTokError
 from medtok_core.io import check_writable_dir, read_json, sha256_file, write_json, write_text
@@ -479,38 +479,9 @@ def _run_files(out: Path) -> dict[str, Path]:
     return {name: out / name for name in RUN_FILES}
 
 
-def _first_difference(old: object, new: object, prefix: str = "") -> str | None:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new)):
-            if prefix == "" and key in ("resume", "force"):
-                continue  # how to treat the folder, not what the run is
-            diff = _first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
-            if diff:
-                return diff
-        return None
-    return None if old == new else f"{prefix.rstrip('.')}: {old!r} -> {new!r}"
-
-
 def starts_fresh(cfg: TrainConfig, out: Path) -> bool:
-    """Whether ``out`` must be cleared before training; raises if it holds a run with other settings.
-
-    Same settings: the run resumes (or, finished, is reused). Other settings: an error that says
-    how to proceed, unless ``force`` (or ``resume: false``) says to start over.
-    """
-    saved = out / "train_config.yaml"
-    if not saved.is_file():
-        return not cfg.resume
-    try:
-        old = yaml.safe_load(saved.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        old = None
-    diff = _first_difference(old, to_dict(cfg)) if isinstance(old, dict) else "its train_config.yaml is unreadable"
-    if diff is None:
-        return not cfg.resume
-    if cfg.force or not cfg.resume:
-        return True
-    raise ConfigError(f"output_dir {out} holds a run with other settings ({diff}); use another --output_dir, "
-                      "or --force true to discard that run")
+    """Whether ``out`` must be cleared before training (see :func:`medtok_core.config.starts_fresh`)."""
+    return config_starts_fresh(cfg, out / "train_config.yaml", out)
 
 
 def preflight_checks(cfg: TrainConfig) -> None:
@@ -546,6 +517,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Pat
     out = Path(cfg.output_dir)
     check_writable_dir(out, "--output_dir")
     fresh = starts_fresh(cfg, out)  # before anything is written: a conflicting folder is an error
+    if cfg.deepspeed_config:
+        deepspeed_config_path(cfg)  # given but missing is an error even when DeepSpeed is not used
     accelerator = make_accelerator(cfg)
     set_seed(cfg.seed)
     items = load_questions(cfg.data)
