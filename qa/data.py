@@ -59,10 +59,21 @@ def shuffle_options(item: MCQItem, seed: int) -> MCQItem:
     Mentions found in options follow their option to its new letter, so option codes keep
     matching their option text.
     """
-    letters = list(item.options)
-    perm = letters[:]
+    perm = list(item.options)
     random.Random(stable_seed(seed, item.id)).shuffle(perm)
-    # new letter letters[i] shows the option that was at perm[i]
+    return permute_options(item, perm)
+
+
+def cyclic_shift(item: MCQItem, shift: int) -> MCQItem:
+    """The item with its options rotated by ``shift``: new letter i shows old option i + shift (mod n)."""
+    letters = list(item.options)
+    n = len(letters)
+    return permute_options(item, [letters[(i + shift) % n] for i in range(n)])
+
+
+def permute_options(item: MCQItem, perm: list[str]) -> MCQItem:
+    """The item whose new letter ``LETTERS[i]`` shows the option that was at letter ``perm[i]``;
+    the answer and option mentions are relabelled with their option."""
     new_of_old = {old: LETTERS[i] for i, old in enumerate(perm)}
     options = {LETTERS[i]: item.options[old] for i, old in enumerate(perm)}
     mentions = []

@@ -28,6 +28,7 @@ from medtok_core.errors import MedTokError
 from qa import checkpoint
 from qa.base_model import DEFAULT_BASE_MODEL, DTYPES, load_base_model, resolve_dtype
 from qa.data import CODE_FIELDS
+from qa.lora import lean_lora
 from qa.prefix import PROJECTORS, CodeSource, pad_prefixes
 from qa.prefix_methods import ItemPrefix, PrefixMethod, get_method, method_names
 from qa.prompts import SYSTEM_PROMPT, encode_prompt, letter_token_ids, render_prompt
@@ -122,6 +123,12 @@ class PromptEncoder:
         ids, truncated = encode_prompt(self.tokenizer, text, self.options.cutoff_len)
         label = self.letter_ids[item.answer] if item.answer else -100
         return Encoded(ids, prefix, label, len(item.options), truncated)
+
+    @staticmethod
+    def length(encoded: Encoded) -> int:
+        """Positions the question occupies in a batch row: prompt tokens + prefix embeddings."""
+        n_prefix = 0 if encoded.prefix.embeddings is None else int(encoded.prefix.embeddings.shape[0])
+        return len(encoded.input_ids) + n_prefix
 
     def collate(self, batch: list[Encoded]) -> dict[str, torch.Tensor]:
         width = max(len(e.input_ids) for e in batch)
@@ -218,23 +225,29 @@ class QAModel(nn.Module):
     # ---- scoring -------------------------------------------------------------------------------
     @torch.inference_mode()
     def score(self, items: list[MCQItem], batch_size: int = 16) -> list[dict]:
-        """Per question: predicted letter, probability of each option letter, number of prefix codes."""
+        """Per question: predicted letter, probability of each option letter, number of prefix codes.
+
+        Questions are batched in order of length (results come back in the given order): a
+        question's scores do not depend on its batch (left padding is masked), but the compute
+        spent on padding does.
+        """
         was_training = self.training
         self.eval()
         device = self.letter_ids.device
-        results = []
+        encoded = [self.encoder.encode(it) for it in items]
+        order = sorted(range(len(items)), key=lambda i: self.encoder.length(encoded[i]))
+        results: list[dict | None] = [None] * len(items)
         try:
-            for start in range(0, len(items), batch_size):
-                chunk = items[start:start + batch_size]
-                encoded = [self.encoder.encode(it) for it in chunk]
-                batch = {k: v.to(device) for k, v in self.encoder.collate(encoded).items()}
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                batch = {k: v.to(device) for k, v in self.encoder.collate([encoded[i] for i in chunk]).items()}
                 batch.pop("labels")
                 probs = torch.softmax(self(**batch)["letter_logits"], dim=-1).cpu()
-                for it, enc, p in zip(chunk, encoded, probs, strict=True):
-                    letters = list(it.options)
+                for i, p in zip(chunk, probs, strict=True):
+                    letters = list(items[i].options)
                     pl = {x: float(p[LETTERS.index(x)]) for x in letters}
-                    results.append({"id": it.id, "pred": max(letters, key=lambda x: (pl[x], -ord(x))),
-                                    "probs": pl, "n_codes": len(enc.prefix.codes)})
+                    results[i] = {"id": items[i].id, "pred": max(letters, key=lambda x: (pl[x], -ord(x))),
+                                  "probs": pl, "n_codes": len(encoded[i].prefix.codes)}
         finally:
             self.train(was_training)
         return results
@@ -264,10 +277,12 @@ def _attach_lora(lm: nn.Module, lora: LoraOptions) -> nn.Module:
                         target_modules=None if lora.target_modules is None else list(lora.target_modules), task_type="CAUSAL_LM", bias="none")
     try:
         # autocast_adapter_dtype keeps LoRA weights in fp32 over a bf16 base (stable small updates).
-        return get_peft_model(lm, config, autocast_adapter_dtype=True)
+        model = get_peft_model(lm, config, autocast_adapter_dtype=True)
     except ValueError as err:
         raise MedTokError(f"LoRA target modules {lora.target_modules} do not fit this model: "
                           f"{str(err).splitlines()[0]}") from None
+    lean_lora(model)  # the adapter's arithmetic in the activations' dtype, fused into the base matmul
+    return model
 
 
 def make_method(options: ModelOptions) -> PrefixMethod:
@@ -345,6 +360,7 @@ def load_qa_checkpoint(path: str | Path, medtok: str | None = None, device: str 
     model = build_qa_model(options, lora=False)
     if cfg.get("has_adapter"):
         model.lm = checkpoint.load_adapter(model.lm, ckpt)
+        lean_lora(model.lm)
     if model.projector is not None:
         try:
             model.projector.load_state_dict(checkpoint.load_module_state(ckpt))

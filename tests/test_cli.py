@@ -126,7 +126,8 @@ def test_every_option_of_every_entry_point_has_help(cls):
 
 CONFIG_FILES = {"medtok_quick.yaml": "medtok_core.train", "medtok_full.yaml": "medtok_core.train",
                 "qa_quick.yaml": "qa.training", "qa_paper.yaml": "qa.training",
-                "pipeline_quick.yaml": "eval.pipeline", "pipeline_full.yaml": "eval.pipeline"}
+                "pipeline_quick.yaml": "eval.pipeline", "pipeline_full.yaml": "eval.pipeline",
+                "pipeline_cpu.yaml": "eval.pipeline"}
 
 
 def _config_class(module: str):
