@@ -34,7 +34,7 @@ class PublishConfig:
     eval_dir: str = "runs/pipeline/eval"  # output folder of eval.run (or of the pipeline's eval stage)
     name: str = "demo"  # docs/results/<name>/ and the README marker results:<name>
     command: str = "make demo"  # the exact command that produced the evaluation (shown beside the table)
-    target: str = "docs/results"
+    target: str = "docs/results"  # folder the published evaluations go under
     readme: str = "README.md"  # "" = do not touch the README
 
 

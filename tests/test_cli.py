@@ -100,11 +100,13 @@ def _entry_configs():
     from eval.evaluate import EvalConfig
     from eval.linking_quality import QualityConfig
     from eval.pipeline import PipelineConfig
+    from eval.publish import PublishConfig
     from medtok_core.build import BuildConfig
     from medtok_core.train import TrainConfig as MedTokConfig
     from qa.training import TrainConfig as QAConfig
 
-    return [BuildConfig, MedTokConfig, LinkCLIConfig, QAConfig, EvalConfig, PipelineConfig, QualityConfig]
+    return [BuildConfig, MedTokConfig, LinkCLIConfig, QAConfig, EvalConfig, PipelineConfig, QualityConfig,
+            PublishConfig]
 
 
 def _undocumented(cls, prefix=""):
@@ -200,6 +202,7 @@ BAD = {  # a bad option for each command, and what its one error line says
     "ask": (["--checkpoint", "x", "--colour", "red"], "unrecognized arguments: --colour red"),
     "pipeline": (["--colour", "red"], "unknown option colour"),
     "quality": (["--colour", "red"], "unknown option colour"),
+    "publish": (["--colour", "red"], "unknown option colour"),
     "medtok-quality": (["--colour", "red"], "colour"),
 }
 
