@@ -25,7 +25,7 @@ from disease_linking.pipeline import tokenizer_id
 from medtok_core.io import atomic_path, cache_dir, read_json, write_json
 
 # Bump when term rows, scores or keys change for the same inputs.
-LEXICON_VERSION = 7
+LEXICON_VERSION = 11
 FALLBACK_SYSTEMS = ("ICD10CM",)
 
 

@@ -26,5 +26,7 @@ class CodeIndex:
         tops = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k else np.zeros((len(sims), 0), int)
         for row, top in zip(sims, tops, strict=True):
             best = sorted(top.tolist(), key=lambda j: (-row[j], j))
-            out.append([CodeRef(*self.refs[j], round(float(row[j]), 4)) for j in best if row[j] >= threshold])
+            out.append([CodeRef(*self.refs[j], round(float(row[j]), 4),
+                                why=f"embedding fallback: cosine {float(row[j]):.3f} with the code description")
+                        for j in best if row[j] >= threshold])
         return out

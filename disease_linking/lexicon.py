@@ -155,6 +155,7 @@ class Lexicon:
         self._codes = self.table["codes"].tolist()
         self._scores = self.table["scores"].tolist()
         self._terms = self.table["term"].tolist()
+        self._concepts = self.table["concepts"].tolist()
 
     def __len__(self) -> int:
         return len(self.table)
@@ -165,10 +166,20 @@ class Lexicon:
     def term(self, row: int) -> str:
         return self._terms[row]
 
+    def concepts(self, row: int) -> list[str]:
+        return self._concepts[row].split("|") if self._concepts[row] else []
+
+    def why(self, row: int) -> str:
+        """Provenance of a row's codes: the matched term and (up to 3 of) the concepts behind it."""
+        concepts = self.concepts(row)
+        more = f" +{len(concepts) - 3}" if len(concepts) > 3 else ""
+        return f"lexicon '{self._terms[row]}' [{', '.join(concepts[:3])}{more}]"
+
     def codes(self, row: int, limit: int | None = None) -> list[CodeRef]:
         refs = self._codes[row].split("|") if self._codes[row] else []
         scores = [float(s) for s in self._scores[row].split("|")] if refs else []
-        out = [CodeRef(r.split(":", 1)[0], r.split(":", 1)[1], s) for r, s in zip(refs, scores, strict=True)]
+        why = self.why(row) if refs else ""
+        out = [CodeRef(r.split(":", 1)[0], r.split(":", 1)[1], s, why=why) for r, s in zip(refs, scores, strict=True)]
         return out[:limit] if limit else out
 
     def find(self, words: list[str], raw: list[str]) -> list[Match]:

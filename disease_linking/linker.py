@@ -8,7 +8,11 @@ For every field (the stem and each option) the pipeline finds lexicon hits; abbr
 in the text ("chronic obstructive pulmonary disease (COPD)") give every later "COPD" of the same
 question, options included, the long form's codes. Phrases that look like a disease mention but hit
 nothing (a disease-like head word, an abbreviation's long form, or a whole option when the question
-asks for a disease or phenotype) fall back to embedding similarity against ICD-10-CM descriptions.
+asks for a disease or phenotype) fall back to embedding similarity against ICD-10-CM descriptions,
+and so do known lexicon concepts without codes, with their own threshold. Hits that are not
+mentions (molecule names, parts of chemical names, drug classes) are dropped and codes re-ranked
+by the rules of :mod:`disease_linking.rules`; every code says why it was chosen (``CodeRef.why``)
+and carries a calibrated ``confidence`` (:mod:`disease_linking.calibration`).
 """
 
 from __future__ import annotations
@@ -21,11 +25,20 @@ from pathlib import Path
 from spacy.language import Language
 from spacy.tokens import Doc
 
+from disease_linking.calibration import DEFAULT_PATH, Calibrator, drop_low_confidence
 from disease_linking.code_index import CodeIndex
 from disease_linking.lexicon import GENERIC_WORDS, Lexicon
-from disease_linking.normalize import norm_word
+from disease_linking.normalize import norm_word, term_key
 from disease_linking.pipeline import SPAN_KEY, make_nlp, set_lexicon
 from disease_linking.questions import CodeRef, MCQItem, Mention
+from disease_linking.rules import (
+    dedupe,
+    inside_chemical_name,
+    inverted_forms,
+    is_class_only_drug,
+    names_molecule,
+    rank_codes,
+)
 
 
 @dataclass
@@ -40,9 +53,14 @@ class LinkConfig:
     systems: list[str] | None = None
     # Embedding-similarity fallback for disease-like phrases with no lexicon hit.
     embedding_fallback: bool = True
-    # Minimum cosine similarity for a fallback code. On eval/gold_linking.jsonl, 0.75 / 0.8 / 0.85 / 0.9
-    # gave code precision 76.8 / 83.0 / 83.8 / 85.4 % at code recall 73.5 / 73.5 / 73.5 / 72.6 %.
-    fallback_threshold: float = 0.85
+    # Minimum cosine similarity for a fallback code of a phrase that may name a disease (a head-word
+    # phrase, an abbreviation's long form, a whole option). Both thresholds are chosen on the tune
+    # half of eval/gold/linking_v2.jsonl by python -m eval.linking_quality; in the last run the
+    # phrase fallback added no right code there, so it is off (> 1) by default.
+    fallback_threshold: float = 1.01
+    # The same for a known lexicon concept without codes ("Cognitive decline"): the mention is
+    # certain, only its code is not, so a lower similarity does (0.8 chosen on the tune half).
+    known_fallback_threshold: float = 0.8
     # Codes kept per fallback mention.
     fallback_top_k: int = 1
     # Keep mentions whose lexicon entry has no code (e.g. a phenotype without a code mapping).
@@ -51,6 +69,10 @@ class LinkConfig:
     batch_size: int = 256
     # Text encoder folder for the fallback ("" = default all-MiniLM-L6-v2).
     text_encoder: str = ""
+    # Calibration of code confidences (JSON): "default" = the one shipped with the package, "" = none.
+    calibration: str = "default"
+    # Drop codes whose calibrated confidence is below this (0 = keep every code).
+    min_confidence: float = 0.0
 
 
 # What a question asks for: the first of these words in the stem usually names the answer type
@@ -58,7 +80,8 @@ class LinkConfig:
 # -> disease). Options are embedded as disease mentions only for disease/phenotype questions.
 _TARGET_WORDS = [
     ("disease", r"diseases?|conditions?|disorders?|illness(?:es)?|syndromes?|diagnos[ie]s|cancers?|tumou?rs?"),
-    ("drug", r"drugs?|medications?|medicines?|compounds?|treatments?|therap(?:y|ies)|agents?"),
+    ("drug", r"drugs?|medications?|medicines?|compounds?|treatments?|therap(?:y|ies)|agents?|substances?|"
+             r"pharmaceuticals?|antibiotics?"),
     ("phenotype", r"phenotypes?|symptoms?|signs?|manifestations?|side effects?|effects?|features?"),
     ("gene", r"genes?|proteins?"),
     ("other", r"anatomical|anatomy|tissues?|pathways?|biological process(?:es)?|molecular functions?|"
@@ -134,6 +157,16 @@ class _Pending:
     item: int
     mention: Mention
     text: str
+    known: bool = False  # a lexicon concept without codes (the mention is sure, only its code is not)
+
+
+def _load_calibrator(spec: str) -> Calibrator | None:
+    """The calibration named by LinkConfig.calibration; a missing default file means none yet."""
+    if not spec:
+        return None
+    if spec == "default":
+        return Calibrator.load() if DEFAULT_PATH.is_file() else None
+    return Calibrator.load(spec)
 
 
 class Linker:
@@ -145,6 +178,7 @@ class Linker:
         self.lexicon = lexicon
         self.cfg = cfg or LinkConfig()
         self.code_index = code_index
+        self.calibrator = _load_calibrator(self.cfg.calibration)
         set_lexicon(nlp, lexicon)
 
     @classmethod
@@ -186,10 +220,16 @@ class Linker:
         for (i, name, _), doc in zip(fields, docs, strict=True):
             if name == "stem":
                 abbrevs = {}
-            mentions, cands = self._link_doc(doc, name, abbrevs, targets[i])
+            mentions, cands, known = self._link_doc(doc, name, abbrevs, targets[i])
             out[i].mentions.extend(mentions)
             pending.extend(_Pending(i, m, m.text) for m in cands)
+            pending.extend(_Pending(i, m, m.text, known=True) for m in known)
         self._resolve_fallback(out, pending)
+        for item in out:
+            item.mentions = dedupe(item.mentions)
+        if self.calibrator is not None:
+            self.calibrator.apply(out)
+            drop_low_confidence(out, self.cfg.min_confidence)
         for item in out:
             order = {"stem": -1, **{f"option:{k}": n for n, k in enumerate(item.options)}}
             item.mentions.sort(key=lambda m: (order[m.field], m.start, m.end))
@@ -200,21 +240,62 @@ class Linker:
         codes = self.lexicon.codes(row)
         if self.cfg.systems:
             codes = [c for c in codes if c.system in self.cfg.systems]
-        return codes[: self.cfg.max_codes]
+        return rank_codes(codes)[: self.cfg.max_codes]
 
-    def _mention(self, doc: Doc, start: int, end: int, field: str, row: int) -> Mention:
+    def _lookup(self, text: str) -> int | None:
+        """Lexicon row whose key is exactly ``text`` (normalized like the matcher), if any."""
+        doc = self.nlp.tokenizer(text)
+        return self.lexicon.ci_index.get(term_key([t.text for t in doc], [t.is_punct for t in doc]))
+
+    def _inverted_option(self, doc: Doc, field: str, spans: list) -> Mention | None:
+        """The whole option as one mention when its inverted form "modifier X" is a lexicon term
+        with codes and no single hit already spans the option (see rules.inverted_forms)."""
+        if field == "stem" or any(s.start == 0 and s.end == len(doc) for s in spans):
+            return None
+        for form in inverted_forms(doc.text):
+            row = self._lookup(form)
+            codes = self._codes(row) if row is not None else []
+            if codes:
+                why = f"option inverted to '{form}'; "
+                codes = [CodeRef(c.system, c.code, c.score, why=why + c.why) for c in codes]
+                return Mention(doc.text, 0, len(doc.text), field, codes, kind=self.lexicon.kind(row))
+        return None
+
+    def _not_a_mention(self, span, tokens: list[str]) -> bool:
+        """Hits that name a molecule, part of a chemical name, or a drug class (see rules)."""
+        if names_molecule(tokens, span.end):
+            return True
+        if span.label_ != "drug":
+            return False
+        return inside_chemical_name(tokens, span.start, span.end) or is_class_only_drug(self._codes(int(span.kb_id_)))
+
+    def _mention(self, doc: Doc, start: int, end: int, field: str, row: int, why: str = "") -> Mention:
         span = doc[start:end]
-        return Mention(span.text, span.start_char, span.end_char, field, self._codes(row),
-                       kind=self.lexicon.kind(row))
+        codes = self._codes(row)
+        if why:
+            codes = [CodeRef(c.system, c.code, c.score, why=why + c.why) for c in codes]
+        return Mention(span.text, span.start_char, span.end_char, field, codes, kind=self.lexicon.kind(row))
 
     def _link_doc(self, doc: Doc, field: str, abbrevs: dict[str, tuple[int, str]],
-                  target: str) -> tuple[list[Mention], list[Mention]]:
-        """Mentions with codes, and fallback candidates (mentions still without codes)."""
-        spans = list(doc.spans[SPAN_KEY])
+                  target: str) -> tuple[list[Mention], list[Mention], list[Mention]]:
+        """Mentions with codes, fallback candidates (phrases that may name something), and known
+        lexicon concepts without codes (for the fallback too, with their own threshold)."""
+        if field != "stem" and target in ("gene", "other"):
+            return [], [], []  # options name genes, anatomy or pathways ("Glycogen storage disease type II (GAA)")
+        inverted = self._inverted_option(doc, field, list(doc.spans[SPAN_KEY]))
+        if inverted is not None:
+            return [inverted], [], []
+        tokens = [t.text for t in doc]
+        spans, dropped = [], set()
+        for s in doc.spans[SPAN_KEY]:
+            if self._not_a_mention(s, tokens):
+                dropped.update(range(s.start, s.end))  # and no fallback candidate may use these tokens
+            else:
+                spans.append(s)
         # Hits whose entry has no code (e.g. a phenotype without a mapping) leave their tokens open
         # to the fallback.
         linked = [s for s in spans if self._codes(int(s.kb_id_))]
-        covered = {t for s in linked for t in range(s.start, s.end)}
+        covered = {t for s in linked for t in range(s.start, s.end)} | dropped
         fallback: list[Mention] = []
         # Abbreviations defined here: the short form takes the long form's best hit.
         for short in doc._.abbreviations:
@@ -236,17 +317,19 @@ class Linker:
         for tok in doc:
             if tok.text not in abbrevs or (tok.i in covered and tok.i not in single):
                 continue  # not a defined short form, or inside a longer lexicon hit
-            mentions.append(self._mention(doc, tok.i, tok.i + 1, field, abbrevs[tok.text][0]))
+            mentions.append(self._mention(doc, tok.i, tok.i + 1, field, abbrevs[tok.text][0],
+                                          why=f"abbreviation '{tok.text}' defined in the question; "))
             covered.add(tok.i)
         if not self.cfg.keep_unlinked:
             mentions = [m for m in mentions if m.codes]
+        known: list[Mention] = []
         if self.cfg.embedding_fallback and self.code_index is not None:
             # A known disease/phenotype name without a code (many HPO terms): find its code by meaning.
-            fallback += [Mention(s.text, s.start_char, s.end_char, field, [], kind=s.label_)
-                         for s in spans if s.label_ in ("disease", "phenotype") and not self._codes(int(s.kb_id_))
-                         and _informative_phrase(s.text)]
+            known = [Mention(s.text, s.start_char, s.end_char, field, [], kind=s.label_)
+                     for s in spans if s.label_ in ("disease", "phenotype") and not self._codes(int(s.kb_id_))
+                     and _informative_phrase(s.text)]
             fallback += self._fallback_candidates(doc, field, covered, target, bool(linked))
-        return mentions, fallback
+        return mentions, fallback, known
 
     def _fallback_candidates(self, doc: Doc, field: str, covered: set[int], target: str,
                              has_hits: bool) -> list[Mention]:
@@ -264,11 +347,16 @@ class Linker:
         return out
 
     def _resolve_fallback(self, items: list[MCQItem], pending: list[_Pending]) -> None:
+        def threshold(p: _Pending) -> float:
+            return self.cfg.known_fallback_threshold if p.known else self.cfg.fallback_threshold
+
+        pending = [p for p in pending if threshold(p) <= 1.0]  # a threshold above 1 turns that fallback off
         if not pending or self.code_index is None:
             return
-        results = self.code_index.search([p.text for p in pending], self.cfg.fallback_top_k,
-                                         self.cfg.fallback_threshold)
+        low = min(self.cfg.fallback_threshold, self.cfg.known_fallback_threshold)
+        results = self.code_index.search([p.text for p in pending], self.cfg.fallback_top_k, low)
         for p, codes in zip(pending, results, strict=True):
+            codes = [c for c in codes if c.score >= threshold(p)]
             if codes:
                 p.mention.codes = codes
                 items[p.item].mentions.append(p.mention)

@@ -5,7 +5,7 @@ Layouts accepted (options A-E; an "E: n/a" option is dropped):
 - the MedTok authors' QA layout: ``{"input": [question_with_options, answer], "medical_codes": [...]}``
 
 Linked dataset (DESIGN.md), one JSON object per line:
-``id, question, options {A..E}, answer, tier, mentions [{text, start, end, field, codes [{system, code, score}]}]``.
+``id, question, options {A..E}, answer, tier, mentions [{text, start, end, field, codes [{system, code, score[, why, confidence]}]}]``.
 """
 
 from __future__ import annotations
@@ -47,6 +47,11 @@ class CodeRef:
     system: str
     code: str
     score: float = 1.0
+    # Why the linker chose this code: the lexicon entry (term and concepts), the abbreviation, the
+    # embedding fallback with its similarity, or the rule that added it. "" when unknown.
+    why: str = ""
+    # Calibrated probability that the code is right (disease_linking.calibration); None = not calibrated.
+    confidence: float | None = None
 
 
 @dataclass
@@ -83,6 +88,12 @@ class MCQItem:
         d = asdict(self)
         if not d["medical_codes"]:
             d.pop("medical_codes")
+        for m in d["mentions"]:
+            for c in m["codes"]:  # the optional code fields appear only when set (format unchanged otherwise)
+                if not c["why"]:
+                    c.pop("why")
+                if c["confidence"] is None:
+                    c.pop("confidence")
         return d
 
     @classmethod
@@ -191,7 +202,7 @@ def _linked_item(raw: dict, item_id: str) -> MCQItem:
 
 
 _MENTION_KEYS = {"text", "start", "end", "field", "codes", "kind"}
-_CODE_KEYS = {"system", "code", "score"}
+_CODE_KEYS = {"system", "code", "score", "why", "confidence"}
 
 
 def _mention(raw: Any, item: MCQItem, where: str) -> Mention:
@@ -224,7 +235,12 @@ def _code_ref(raw: Any, where: str) -> CodeRef:
     unknown = sorted(set(raw) - _CODE_KEYS)
     if unknown:
         raise MCQFormatError(f"{where}: unknown code key {unknown[0]!r}; codes have {', '.join(sorted(_CODE_KEYS))}")
-    return CodeRef(raw["system"], raw["code"], float(score))
+    why, conf = raw.get("why", ""), raw.get("confidence")
+    if not isinstance(why, str):
+        raise MCQFormatError(f"{where}: code 'why' must be a string")
+    if conf is not None and (isinstance(conf, bool) or not isinstance(conf, (int, float)) or not 0 <= conf <= 1):
+        raise MCQFormatError(f"{where}: code confidence {conf!r} is not a number in [0, 1]")
+    return CodeRef(raw["system"], raw["code"], float(score), why, None if conf is None else float(conf))
 
 
 def _check_options(options: dict[str, str], item_id: str) -> None:

@@ -223,4 +223,71 @@ def all_terms(vocab, kg) -> pd.DataFrame:
         concept_terms(kg, codes, "phenotype", "phenotype", 0.8, 0.75, via_cui(kg, codes, hpo_of)),
         concept_terms(kg, codes, "side_effect", "phenotype", 0.8, 0.75, via_cui(kg, codes, se_of)),
     ]
-    return pd.concat(parts, ignore_index=True)
+    return bridge_uncoded_concepts(eponym_terms(pd.concat(parts, ignore_index=True)))
+
+
+# Score of a code reached through a synonym of an uncoded concept (below every direct source).
+BRIDGE_SCORE = 0.8
+_WORDS = re.compile(r"[A-Za-z0-9]+")
+
+
+def _name_key(text: str) -> str:
+    """Cheap normalized form of a name (the same on both sides of the bridge)."""
+    from disease_linking.normalize import norm_word
+
+    return " ".join(norm_word(w) for w in _WORDS.findall(text))
+
+
+def bridge_uncoded_concepts(terms: pd.DataFrame) -> pd.DataFrame:
+    """Disease/phenotype concepts none of whose names carries a code take the ICD-10-CM codes of
+    the vocabulary entries (descriptions, inclusion terms, without "unspecified"/parentheses) that
+    one of their names or synonyms equals: HPO "Cerebral hemorrhage" has no cross-reference but
+    its synonym "Intracerebral hemorrhage" ... is a description. Fixes misses of known concepts."""
+    from disease_linking.lexicon import term_variants
+
+    vocab = terms[terms.source.isin(["ICD10CM", "ICD10CM-inclusion"])]
+    by_name: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
+    for term, codes in zip(vocab.term.tolist(), vocab.codes.tolist(), strict=True):
+        for variant in term_variants(str(term)):
+            by_name[_name_key(variant)].extend((s, c, BRIDGE_SCORE) for s, c, _ in codes)
+    kg = terms[terms.kind.isin(["disease", "phenotype"]) & ~terms.source.str.startswith(("ICD", "ATC"))]
+    coded = set(kg.concept[kg.codes.map(bool)])
+    found: dict[str, list] = {}
+    for concept, term in zip(kg.concept.tolist(), kg.term.tolist(), strict=True):
+        if concept not in coded and not _adjective(str(term)):
+            hits = by_name.get(_name_key(str(term)))
+            if hits:
+                found.setdefault(concept, [])
+                found[concept] += [h for h in hits if h not in found[concept]]
+    if not found:
+        return terms
+    terms = terms.copy()
+    fill = terms.concept.map(found)
+    mask = fill.notna() & ~terms.codes.map(bool) & ~terms.term.astype(str).map(_adjective)
+    terms.loc[mask, "codes"] = fill[mask]
+    terms.loc[mask, "source"] = terms.source[mask] + "-bridged"
+    return terms
+
+
+# Only possessive forms ("Parkinson's disease"): "Blood disease" or "Spleen disease" are not eponyms.
+# Not "-ing": gerunds name findings ("Sweating", "Bleeding", "Wheezing").
+_ADJECTIVE_ENDINGS = ("ive", "ous", "able", "ible", "al", "ic")
+
+
+def _adjective(term: str) -> bool:
+    """A one-word name that reads as an adjective ("Unresponsive") is not bridged: in a question
+    it describes ("conditions unresponsive to medication"), it does not name a finding."""
+    words = term.split()
+    return len(words) == 1 and words[0].lower().endswith(_ADJECTIVE_ENDINGS)
+
+
+_EPONYM = re.compile(r"^([A-Z][a-z]{3,})(?:'s|’s) disease$")
+
+
+def eponym_terms(terms: pd.DataFrame) -> pd.DataFrame:
+    """"Parkinson's" alone names Parkinson disease: every "<Eponym> disease" disease term adds the
+    bare eponym with the same codes (questions write "Parkinson's treatments")."""
+    rows = [(m.group(1), kind, concept, f"{source}-eponym", codes)
+            for term, kind, concept, source, codes in terms.itertuples(index=False)
+            if kind == "disease" and codes and (m := _EPONYM.match(str(term)))]
+    return pd.concat([terms, _rows(rows)], ignore_index=True) if rows else terms

@@ -16,6 +16,7 @@ their held-out validation slice (the questions they did not train on, chosen by 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from disease_linking.questions import LETTERS, TIERS, MCQItem, load_mcq, skip_summary
-from eval import report, stats
+from eval import permutations, report, stats
 from eval.report import ALL, ZERO_SHOT, method_rank
 from medtok_core.config import FieldError, require_range, save_config
 from medtok_core.errors import ConfigError, MedTokError
@@ -39,9 +40,9 @@ from qa.checkpoint import find_checkpoint, read_checkpoint_config
 class BootstrapConfig:
     """Percentile bootstrap of accuracy."""
 
-    n_resamples: int = 2000
-    confidence_level: float = 0.95
-    seed: int = 0
+    n_resamples: int = 2000  # bootstrap resamples
+    confidence_level: float = 0.95  # interval coverage
+    seed: int = 0  # bootstrap seed
 
     def __post_init__(self):
         require_range(self, "n_resamples", 1)
@@ -53,21 +54,26 @@ class EvalConfig:
     """Evaluate QA checkpoints and zero-shot base models on a (linked) MCQ dataset, by tier."""
 
     data: str = ""  # linked JSONL or any MCQ file (MedDDx / authors' layout); "" = MedDDx from the data dir
-    data_dir: str | None = None
+    data_dir: str | None = None  # data directory (default: $MEDTOK_DATA_DIR or ../shared/data)
     checkpoints: list[str] = field(default_factory=list)  # QA checkpoint folders (method + seed each)
     zero_shot: list[str] = field(default_factory=list)  # base models scored without fine-tuning ("default")
     # dtype of zero-shot models: auto = bfloat16 on a GPU, float32 on CPU (CPUs without native bf16
     # run bf16 matmuls far slower than fp32).
     zero_shot_dtype: str = "auto"
     predictions: list[str] = field(default_factory=list)  # saved predictions/<method>.jsonl to re-report
-    output: str = "runs/eval"
-    tiers: list[str] = field(default_factory=lambda: list(TIERS))
+    output: str = "runs/eval"  # folder of results.json, report.md, plots
+    tiers: list[str] = field(default_factory=lambda: list(TIERS))  # tiers to report
     max_per_tier: int = 0  # 0 = all; else a fixed pseudo-random subset of each tier (quick runs)
     baseline: str = "none"  # the method every other method is compared against (McNemar)
     exact_below: int = 25  # McNemar: exact binomial test when fewer discordant questions
-    batch_size: int = 32  # questions per scoring call (progress granularity)
+    # Questions per scoring call (progress granularity); the model sorts each call by length into
+    # its own batches, so larger calls waste less compute on padding.
+    batch_size: int = 128
+    # Score every question under this many cyclic option orders (1: the file's order only);
+    # reports accuracy per order, mean, spread and the permutation-debiased accuracy.
+    permutations: int = 1
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
-    plots: bool = True
+    plots: bool = True  # write the PNG plots
     skip_invalid: bool = False  # leave out malformed questions (reported) instead of stopping
 
     def __post_init__(self):
@@ -77,6 +83,7 @@ class EvalConfig:
         require_range(self, "max_per_tier", 0)
         require_range(self, "exact_below", 0)
         require_range(self, "batch_size", 1)
+        require_range(self, "permutations", 1, 5)  # at most one order per letter
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -95,6 +102,9 @@ class Run:
     train_ids: frozenset[str] = frozenset()
     val_ids: frozenset[str] | None = None  # held-out slice of the checkpoint's split, if any
     seconds: float | None = None  # scoring time
+    # Per cyclic option order s (order 0 = ``predictions``): id -> {"pred", "probs"} in the
+    # question's original letters. Empty when scored in one order only.
+    orders: list[dict[str, dict]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -203,6 +213,10 @@ def load_prediction_runs(path: str | Path) -> list[Run]:
             run = runs.setdefault(key, Run(key[0], key[1], str(rec.get("source", path))))
             run.predictions[str(rec["id"])] = {"pred": rec["pred"], "probs": rec.get("probs", {}),
                                                "n_codes": int(rec.get("n_codes", 0))}
+            for shift, order in enumerate(rec.get("orders") or []):
+                if len(run.orders) <= shift:
+                    run.orders.append({})
+                run.orders[shift][str(rec["id"])] = {"pred": order["pred"], "probs": order.get("probs", {})}
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise MedTokError(f"{path}:{n}: not a prediction record ({err})") from None
     return list(runs.values())
@@ -314,6 +328,9 @@ def summarize(items: Sequence[MCQItem], runs: Sequence[Run], *, tiers: Sequence[
         if missing:
             raise MedTokError(f"{run.label} ({run.source}) has no prediction for {len(missing)} of the "
                               f"{len(items)} evaluated questions (e.g. {missing[0]}); score it again")
+        if any(it.id not in order for order in run.orders for it in items):
+            raise MedTokError(f"{run.label} ({run.source}) lacks a permuted-order prediction for some "
+                              "evaluated question; score it again")
     n_options = max((len(it.options) for it in items), default=4)
     alphabet = LETTERS[:n_options]
     groups = _tier_groups(items, tiers)
@@ -326,6 +343,9 @@ def summarize(items: Sequence[MCQItem], runs: Sequence[Run], *, tiers: Sequence[
             "seconds": run.seconds,
             "tiers": {t: _run_tier_stats(run, g, alphabet, boot) for t, g in groups.items()},
         })
+        if run.orders:
+            run_results[-1]["option_orders"] = {t: permutations.order_accuracies(g, run.orders)
+                                                for t, g in groups.items()}
 
     methods: dict[str, Any] = {}
     for res in run_results:
@@ -335,6 +355,10 @@ def summarize(items: Sequence[MCQItem], runs: Sequence[Run], *, tiers: Sequence[
             "tiers": {t: stats.mean_spread([r["tiers"][t]["accuracy"] for r in rs]) for t in groups}}
         for m, rs in methods.items()
     }
+    for m, rs in methods.items():
+        if all("option_orders" in r for r in rs):
+            method_results[m]["option_orders"] = {t: _mean_order_stats([r["option_orders"][t] for r in rs])
+                                                  for t in groups}
 
     baseline_runs = [r for r in runs if r.method == baseline]
     comparisons = []
@@ -353,6 +377,7 @@ def summarize(items: Sequence[MCQItem], runs: Sequence[Run], *, tiers: Sequence[
     return {
         "alphabet": alphabet,
         "tiers": list(groups),
+        "option_orders": len(runs[0].orders) if runs and all(r.orders for r in runs) else 1,
         "held_out_intermediate": held_out,
         "bootstrap": {"n_resamples": boot.n_resamples, "confidence_level": boot.confidence_level,
                       "seed": boot.seed},
@@ -361,7 +386,43 @@ def summarize(items: Sequence[MCQItem], runs: Sequence[Run], *, tiers: Sequence[
         "methods": method_results,
         "baseline": baseline,
         "comparisons": comparisons,
+        "seed_bootstrap": _seed_bootstrap(runs, groups, baseline, boot),
     }
+
+
+def _mean_order_stats(per_run: Sequence[dict]) -> dict:
+    """Order statistics averaged over a method's seeds (per order, mean, spread, debiased)."""
+    if not per_run or per_run[0]["n"] == 0:
+        return per_run[0] if per_run else {}
+    k = len(per_run[0]["per_order"])
+    per_order = [sum(r["per_order"][s] for r in per_run) / len(per_run) for s in range(k)]
+    return {"n": per_run[0]["n"], "n_seeds": len(per_run), "per_order": per_order,
+            "mean": sum(per_order) / k, "spread": max(per_order) - min(per_order),
+            "debiased": sum(r["debiased"] for r in per_run) / len(per_run)}
+
+
+def _seed_bootstrap(runs: Sequence[Run], groups: dict[str, list[MCQItem]], baseline: str,
+                    boot: BootstrapConfig) -> list[dict]:
+    """Every method vs the baseline, per tier: difference of seed-averaged accuracies with a
+    bootstrap interval over questions and seeds (:func:`eval.stats.seed_bootstrap_difference`)."""
+    by_method: dict[str, list[Run]] = {}
+    for run in runs:
+        by_method.setdefault(run.method, []).append(run)
+    if baseline not in by_method:
+        return []
+    out = []
+    for method, method_runs in by_method.items():
+        if method == baseline:
+            continue
+        for tier, group in groups.items():
+            if not group:
+                continue
+            correct = [[r.predictions[it.id]["pred"] == it.answer for it in group] for r in method_runs]
+            reference = [[r.predictions[it.id]["pred"] == it.answer for it in group] for r in by_method[baseline]]
+            test = stats.seed_bootstrap_difference(correct, reference, n_resamples=boot.n_resamples,
+                                                   confidence_level=boot.confidence_level, seed=boot.seed)
+            out.append({"method": method, "baseline": baseline, "tier": tier, **test})
+    return out
 
 
 # --------------------------------------------------------------------------------------- outputs
@@ -373,6 +434,8 @@ def prediction_records(items: Sequence[MCQItem], run: Run) -> list[dict]:
                     "correct": p["pred"] == it.answer, "probs": p["probs"], "n_codes": p["n_codes"],
                     "linked": has_linked_codes(it), "method": run.method, "seed": run.seed,
                     "source": run.source})
+        if run.orders:
+            out[-1]["orders"] = [order[it.id] for order in run.orders]
     return out
 
 
@@ -446,14 +509,25 @@ def _print_progress(label: str) -> Callable[[int, int], None]:
 
 
 def score_sources(sources: Sequence[Source], items: Sequence[MCQItem], batch_size: int = 32,
-                  log: Callable[[str], None] = print) -> list[Run]:
+                  log: Callable[[str], None] = print, orders: int = 1) -> list[Run]:
+    """One run per source; with ``orders`` > 1 each question is also scored under that many cyclic
+    option orders (order 0, the file's own, gives ``predictions``)."""
+    if orders > 1:
+        permutations.check_orders(items, orders)
     runs = []
     for src in sources:
         run = Run(src.method, src.seed, src.path, train_ids=src.train_ids, val_ids=src.val_ids)
-        log(f"scoring {run.label} from {src.path} on {len(items)} questions")
+        log(f"scoring {run.label} from {src.path} on {len(items)} questions"
+            + (f" x {orders} option orders" if orders > 1 else ""))
         t0 = time.perf_counter()
         scorer = _load_scorer(src)
-        run.predictions = score_items(scorer, items, batch_size, _print_progress(run.label))
+        if orders > 1:
+            score = functools.partial(score_items, scorer, batch_size=batch_size,
+                                      progress=_print_progress(run.label))
+            run.orders = permutations.score_orders(score, items, orders)
+            run.predictions = dict(run.orders[0])  # order 0 is the file's own order
+        else:
+            run.predictions = score_items(scorer, items, batch_size, _print_progress(run.label))
         run.seconds = time.perf_counter() - t0
         runs.append(run)
     return runs
@@ -474,7 +548,8 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
     if not selected:
         raise MedTokError("no question left to evaluate after removing training questions; check "
                           "--tiers and the checkpoints' split.json")
-    runs = score_sources(sources, selected, cfg.batch_size, log) + saved_runs
+    permutations.check_orders(selected, cfg.permutations)
+    runs = score_sources(sources, selected, cfg.batch_size, log, cfg.permutations) + saved_runs
     results = summarize(selected, runs, tiers=cfg.tiers, baseline=cfg.baseline, boot=cfg.bootstrap,
                         exact_below=cfg.exact_below, held_out=held_out is not None)
     results["dataset_path"] = cfg.data or "MedDDx (data dir)"

@@ -1,21 +1,28 @@
-"""Quality and speed of disease_linking against the hand-annotated gold sample.
+"""Quality and speed of disease_linking against the hand-annotated gold standards.
 
-    python -m eval.linking_quality [--gold eval/gold_linking.jsonl] [--thresholds 0.75,0.8,0.85]
-                                   [--output linking_quality.json] [--full true]
+    python -m eval.linking_quality [--output linking_quality.json] [--errors errors.jsonl] [--full true]
 
-Gold (``eval/gold_linking.jsonl``): the first record gives the annotation rules and the list of
-questions annotated exhaustively; every other record is one mention (id, field, start, end, kind,
-codes = acceptable codes, preferred first).
+Gold splits (see ``eval/linking_gold.py`` and ``eval/gold/RULES.md``):
 
-Metrics on the annotated questions (one-to-one greedy matching of predicted and gold mentions in
-the same field whose spans overlap):
+- ``v1``: ``eval/gold_linking.jsonl``, the first 113-mention sample (kept for comparability);
+- ``v2-tune`` / ``v2-report``: the two seeded halves of ``eval/gold/linking_v2.jsonl``. The
+  fallback thresholds (phrases, known concepts) are chosen on *tune* (highest top-code recall
+  among the settings whose code precision reaches ``target_precision``, else the most precise),
+  the confidence calibration is fitted there (``--fit_calibration true``), and every split is then
+  scored with them; quote *report*.
 
-- mention precision / recall / F1 (overlap), and the share of matched pairs with identical spans;
+Metrics per split, overall, per kind (disease / drug / phenotype) and per tier (one-to-one greedy
+matching of predicted and gold mentions in the same field whose spans overlap):
+
+- mention precision / recall (overlap);
 - code precision: predicted mentions whose top-ranked code is acceptable / all predicted mentions
   (an unmatched prediction counts as wrong);
-- code recall: gold mentions that a prediction matches with any acceptable code among its ranked
-  codes / all gold mentions; also recall@1 (top code acceptable);
-- the same per kind (disease / drug / phenotype), and for each fallback threshold in ``thresholds``.
+- code recall@1 ("top code"): gold mentions matched by a prediction whose top code is acceptable;
+  code recall (any): ... with an acceptable code anywhere in its ranked list.
+
+A code is acceptable if it is one of the gold codes or an ancestor of one down to the ICD-10-CM
+3-character category / ATC level 4 (:func:`acceptable`). Per kind, a prediction counts when it
+matches a gold mention of that kind, or is unmatched and has that kind itself.
 
 With ``--full`` it also links all of MedDDx and reports coverage per tier and throughput.
 """
@@ -28,36 +35,70 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from disease_linking.calibration import (
+    DEFAULT_PATH,
+    Calibrator,
+    code_features,
+    expected_calibration_error,
+    fit,
+    reliability,
+)
 from disease_linking.linker import LinkConfig, Linker
 from disease_linking.questions import MCQItem, Mention, load_mcq
 from disease_linking.summary import format_summary, summarize
+from eval.linking_gold import GOLD_V1, GOLD_V2, KINDS, TIERS, load_gold
 from medtok_core.config import parse_config
 from medtok_core.datadir import data_file
 from medtok_core.errors import MedTokError, cli_entry
-from medtok_core.io import write_json
+from medtok_core.io import atomic_path, write_json
 
-GOLD = Path(__file__).with_name("gold_linking.jsonl")
+SPLITS = ("v1", "v2-tune", "v2-report")
 
 
 @dataclass
 class QualityConfig:
-    """Precision/recall of mention linking on the gold sample, coverage and throughput on MedDDx."""
+    """Precision/recall of mention linking on the gold splits, coverage and throughput on MedDDx."""
 
-    gold: str = str(GOLD)
+    gold_v1: str = str(GOLD_V1)  # hand-annotated gold JSONL, first sample
+    gold_v2: str = str(GOLD_V2)  # hand-annotated gold JSONL, second sample (tune/report splits)
     input: str | None = None  # MedDDx file (default: data dir)
-    data_dir: str | None = None
-    # Fallback thresholds to compare (the linker's own threshold is used for --full).
-    thresholds: list[float] = field(default_factory=lambda: [0.7, 0.75, 0.8, 0.85, 0.9, 1.01])
+    data_dir: str | None = None  # data directory (default: $MEDTOK_DATA_DIR or ../shared/data)
+    # Fallback thresholds tried on v2-tune, for phrases and for known concepts (1.01 = no fallback).
+    thresholds: list[float] = field(default_factory=lambda: [0.75, 0.8, 0.85, 0.9, 0.95, 1.01])
+    # Pick the threshold on v2-tune (else keep --linking.fallback_threshold).
+    tune: bool = True
+    # The code precision the tuned threshold must reach on v2-tune.
+    target_precision: float = 0.90
+    # Link all of MedDDx for coverage and throughput.
     full: bool = True
-    output: str | None = None
+    output: str | None = None  # write the results as JSON here
+    # Write every error (spurious mention, wrong top code, missed mention) here as JSONL.
+    errors: str | None = None
+    # Refit the confidence calibration on v2-tune and save it (else the saved one is used).
+    fit_calibration: bool = False
+    calibration_out: str = str(DEFAULT_PATH)  # where --fit_calibration saves the calibration
+    # Minimum code confidences tried on v2-tune for the precision-first operating point.
+    confidences: list[float] = field(default_factory=lambda: [0.7, 0.75, 0.8, 0.85, 0.9])
+    # Reliability plot of the calibrated confidence on v2-report (PNG; "" = none).
+    plot: str = "runs/linking_quality/reliability.png"
     linking: LinkConfig = field(default_factory=LinkConfig)
 
 
-def load_gold(path: str | Path) -> tuple[list[str], list[dict]]:
-    lines = [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
-    if not lines or "questions" not in lines[0]:
-        raise MedTokError(f"{path}: first record must hold the annotation rules and 'questions'")
-    return lines[0]["questions"], lines[1:]
+def acceptable(codes: list[str]) -> set[str]:
+    """The gold codes and their ancestors down to the ICD-10-CM category / ATC level 4."""
+    out = set(codes)
+    for ref in codes:
+        system, _, code = ref.partition(":")
+        if system == "ATC":
+            out.update(f"ATC:{code[:n]}" for n in (5,) if len(code) > n)
+        elif system.startswith("ICD"):
+            c = code
+            while len(c.replace(".", "")) > 3:
+                c = c[:-1].rstrip(".")
+                out.add(f"{system}:{c}")
+    return out
 
 
 def _overlap(a_start: int, a_end: int, b_start: int, b_end: int) -> bool:
@@ -85,9 +126,17 @@ def _ratio(a: int, b: int) -> float:
     return round(a / b, 4) if b else 0.0
 
 
+def _ref(c) -> str:
+    return f"{c.system}:{c.code}"
+
+
+def top_code_right(m: Mention, g: dict) -> bool:
+    return bool(m.codes) and _ref(m.codes[0]) in acceptable(g["codes"])
+
+
 def score(items: list[MCQItem], gold: list[dict], kind: str | None = None) -> dict:
-    """Metrics over all mentions, or for one gold kind (predictions matched to a gold mention of that
-    kind, plus unmatched predictions whose own kind is that kind)."""
+    """Metrics over all mentions of ``items``, or for one gold kind (predictions matched to a gold
+    mention of that kind, plus unmatched predictions whose own kind is that kind)."""
     pred = [(it.id, m) for it in items for m in it.mentions if m.codes]
     pairs = match(pred, gold)
     if kind is not None:
@@ -97,52 +146,213 @@ def score(items: list[MCQItem], gold: list[dict], kind: str | None = None) -> di
         n_gold = sum(g["kind"] == kind for g in gold)
     else:
         n_pred, n_gold = len(pred), len(gold)
-    top1 = sum(f"{pred[i][1].codes[0].system}:{pred[i][1].codes[0].code}" in gold[j]["codes"] for i, j in pairs)
-    anyk = sum(any(f"{c.system}:{c.code}" in gold[j]["codes"] for c in pred[i][1].codes) for i, j in pairs)
-    exact = sum(pred[i][1].start == gold[j]["start"] and pred[i][1].end == gold[j]["end"] for i, j in pairs)
+    top1 = sum(top_code_right(pred[i][1], gold[j]) for i, j in pairs)
+    anyk = sum(any(_ref(c) in acceptable(gold[j]["codes"]) for c in pred[i][1].codes) for i, j in pairs)
     p, r = _ratio(len(pairs), n_pred), _ratio(len(pairs), n_gold)
     return {"gold": n_gold, "predicted": n_pred, "matched": len(pairs),
             "mention_precision": p, "mention_recall": r,
-            "mention_f1": round(2 * p * r / (p + r), 4) if p + r else 0.0,
-            "exact_span_share": _ratio(exact, len(pairs)),
-            "code_precision": _ratio(top1, n_pred), "code_recall": _ratio(anyk, n_gold),
-            "code_recall_at_1": _ratio(top1, n_gold)}
+            "code_precision": _ratio(top1, n_pred), "code_recall_at_1": _ratio(top1, n_gold),
+            "code_recall": _ratio(anyk, n_gold)}
 
 
-def evaluate(linker: Linker, items: list[MCQItem], gold: list[dict]) -> dict:
-    linked = linker.link_items(items)
-    return {"all": score(linked, gold), **{k: score(linked, gold, k) for k in ("disease", "drug", "phenotype")}}
+def score_groups(linked: list[MCQItem], gold: list[dict]) -> dict:
+    """``all``, each kind and each tier present."""
+    out = {"all": score(linked, gold), **{k: score(linked, gold, k) for k in KINDS}}
+    for tier in TIERS:
+        items = [it for it in linked if it.tier == tier]
+        if items:
+            out[tier] = score(items, [g for g in gold if g.get("tier") == tier])
+    return out
+
+
+def errors(linked: list[MCQItem], gold: list[dict], split: str) -> list[dict]:
+    """Every spurious mention, wrong top code and missed gold mention, for reading."""
+    pred = [(it.id, m) for it in linked for m in it.mentions if m.codes]
+    pairs = match(pred, gold)
+    out = []
+    paired_p = {i: j for i, j in pairs}
+    for i, (qid, m) in enumerate(pred):
+        j = paired_p.get(i)
+        codes = [_ref(c) for c in m.codes]
+        if j is None:
+            out.append({"split": split, "error": "spurious", "id": qid, "field": m.field, "text": m.text,
+                        "kind": m.kind, "codes": codes, "why": [c.why for c in m.codes[:1]]})
+        elif not top_code_right(m, gold[j]):
+            out.append({"split": split, "error": "wrong_code", "id": qid, "field": m.field, "text": m.text,
+                        "gold_text": gold[j]["text"], "kind": gold[j]["kind"], "codes": codes,
+                        "gold": gold[j]["codes"], "why": [c.why for c in m.codes[:1]]})
+    paired_g = {j for _, j in pairs}
+    out += [{"split": split, "error": "missed", "id": g["id"], "field": g["field"], "text": g["text"],
+             "kind": g["kind"], "gold": g["codes"]} for j, g in enumerate(gold) if j not in paired_g]
+    return out
+
+
+def top_code_outcomes(linked: list[MCQItem], gold: list[dict]) -> list[tuple[Mention, bool]]:
+    """Every predicted mention with codes, and whether its top code is right (an unmatched
+    prediction is wrong): the event the calibrated confidence predicts."""
+    pred = [(it.id, m) for it in linked for m in it.mentions if m.codes]
+    paired = dict(match(pred, gold))
+    return [(m, i in paired and top_code_right(m, gold[paired[i]])) for i, (_, m) in enumerate(pred)]
+
+
+def fit_calibration(linker: Linker, items: list[MCQItem], gold: list[dict], meta: dict) -> Calibrator:
+    """Fit the confidence model on the top codes of ``items`` (the tune half)."""
+    saved, linker.calibrator = linker.calibrator, None  # raw linker output, nothing dropped
+    outcomes = top_code_outcomes(linker.link_items(items), gold)
+    linker.calibrator = saved
+    x = np.array([code_features(m, m.codes[0]) for m, _ in outcomes])
+    y = np.array([float(ok) for _, ok in outcomes])
+    return Calibrator(fit(x, y).tolist(), {**meta, "mentions": len(y), "top_code_right": int(y.sum())})
+
+
+def reliability_of(linked: list[MCQItem], gold: list[dict]) -> dict:
+    outcomes = top_code_outcomes(linked, gold)
+    table = reliability([m.codes[0].confidence for m, _ in outcomes], [ok for _, ok in outcomes])
+    return {"bins": table, "ece": expected_calibration_error(table), "mentions": len(outcomes)}
+
+
+def plot_reliability(curves: dict[str, dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    for (name, rel), style in zip(curves.items(), ("o-", "s--"), strict=False):
+        b = rel["bins"]
+        ax.plot([r["confidence"] for r in b], [r["accuracy"] for r in b], style,
+                label=f"{name} (n={rel['mentions']}, ECE {rel['ece']:.3f})")
+        for r in b:
+            ax.annotate(str(r["n"]), (r["confidence"], r["accuracy"]), textcoords="offset points",
+                        xytext=(4, -10), fontsize=7)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="calibrated confidence of the top code (bin mean)",
+           ylabel="share of mentions whose top code is right", title="Linking: reliability")
+    ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def precision_first(linker: Linker, splits: dict, by_id: dict, base: LinkConfig, cfg: QualityConfig) -> dict:
+    """The smallest ``min_confidence`` (from ``cfg.confidences``) whose code precision on v2-tune
+    reaches ``cfg.target_precision``, and every split scored with it: the operating point for a
+    consumer that prefers no code to a wrong one."""
+    def scores(c: float, name: str) -> dict:
+        linker.cfg = dataclasses.replace(base, min_confidence=c)
+        qids, gold = splits[name]
+        return score(linker.link_items([by_id[q] for q in qids]), gold)
+
+    sweep = {c: scores(c, "v2-tune") for c in cfg.confidences}
+    ok = [c for c in cfg.confidences if sweep[c]["code_precision"] >= cfg.target_precision]
+    chosen = min(ok) if ok else max(cfg.confidences, key=lambda c: sweep[c]["code_precision"])
+    out = {"min_confidence": chosen, "sweep_v2_tune": {str(c): v for c, v in sweep.items()},
+           "splits": {name: scores(chosen, name) for name in splits}}
+    print(f"precision-first operating point (min_confidence {chosen}, chosen on v2-tune):")
+    for name, sc in out["splits"].items():
+        print(_row(f"  {name}", sc))
+    return out
+
+
+def load_splits(cfg: QualityConfig) -> dict[str, tuple[list[str], list[dict]]]:
+    """Split name -> (question ids, gold mention records)."""
+    h1, g1 = load_gold(cfg.gold_v1)
+    h2, g2 = load_gold(cfg.gold_v2)
+    out = {"v1": (h1["questions"], g1)}
+    for half in ("tune", "report"):
+        ids = set(h2[half])
+        out[f"v2-{half}"] = (h2[half], [g for g in g2 if g["id"] in ids])
+    return out
 
 
 def _row(name: str, s: dict) -> str:
-    return (f"{name:<22}{s['gold']:>5}{s['predicted']:>6}{s['mention_precision']:>8.1%}{s['mention_recall']:>8.1%}"
-            f"{s['code_precision']:>8.1%}{s['code_recall']:>8.1%}{s['code_recall_at_1']:>8.1%}")
+    return (f"{name:<16}{s['gold']:>5}{s['predicted']:>6}{s['mention_precision']:>8.1%}{s['mention_recall']:>8.1%}"
+            f"{s['code_precision']:>8.1%}{s['code_recall_at_1']:>8.1%}{s['code_recall']:>8.1%}")
+
+
+HEADER = f"{'':<16}{'gold':>5}{'pred':>6}{'men P':>8}{'men R':>8}{'code P':>8}{'R@1':>8}{'R any':>8}"
+
+
+def format_table(split: str, groups: dict) -> str:
+    return "\n".join([f"{split}  ({HEADER.strip()})", *(_row(f"  {k}", s) for k, s in groups.items())])
+
+
+def tune_thresholds(linker: Linker, items: list[MCQItem], gold: list[dict], base: LinkConfig,
+                    thresholds: list[float], target: float) -> tuple[dict, dict]:
+    """The (fallback_threshold, known_fallback_threshold) pair from ``thresholds`` x ``thresholds``
+    with the highest top-code recall among those reaching ``target`` code precision on ``gold``
+    (else the most precise); ties go to the higher, more conservative thresholds. Returns the
+    chosen pair as LinkConfig fields, and the sweep."""
+    sweep = {}
+    for th in thresholds:
+        for known in thresholds:
+            linker.cfg = dataclasses.replace(base, fallback_threshold=th, known_fallback_threshold=known)
+            sweep[(th, known)] = score(linker.link_items(items), gold)
+    ok = [k for k in sweep if sweep[k]["code_precision"] >= target]
+    if ok:
+        best = max(ok, key=lambda k: (sweep[k]["code_recall_at_1"], sweep[k]["code_precision"], k))
+    else:
+        best = max(sweep, key=lambda k: (sweep[k]["code_precision"], sweep[k]["code_recall_at_1"], k))
+    chosen = {"fallback_threshold": best[0], "known_fallback_threshold": best[1]}
+    return chosen, {f"{th}/{known}": v for (th, known), v in sweep.items()}
 
 
 def run(cfg: QualityConfig) -> dict:
-    questions, gold = load_gold(cfg.gold)
+    splits = load_splits(cfg)
     input_path = Path(cfg.input) if cfg.input else data_file("meddx/MedDDx.json", cfg.data_dir)
     all_items, _ = load_mcq(input_path)
     by_id = {it.id: it for it in all_items}
-    missing = [q for q in questions if q not in by_id]
-    if missing:
-        raise MedTokError(f"gold question {missing[0]} is not in {input_path}; pass the MedDDx file it was annotated on")
-    sample = [by_id[q] for q in questions]
+    for name, (qids, _) in splits.items():
+        missing = [q for q in qids if q not in by_id]
+        if missing:
+            raise MedTokError(f"{name}: gold question {missing[0]} is not in {input_path}; "
+                              "pass the MedDDx file it was annotated on")
     t0 = time.perf_counter()
     linker = Linker.from_cache(cfg.linking, cfg.data_dir)
-    result: dict = {"load_s": round(time.perf_counter() - t0, 2), "gold_questions": len(sample),
-                    "gold_mentions": len(gold)}
-    print(f"{'setting':<22}{'gold':>5}{'pred':>6}{'men P':>8}{'men R':>8}{'code P':>8}{'code R':>8}{'R@1':>8}")
-    sweeps = {}
-    for th in cfg.thresholds:
-        linker.cfg = dataclasses.replace(cfg.linking, fallback_threshold=th)
-        sweeps[str(th)] = evaluate(linker, sample, gold)
-        print(_row(f"fallback >= {th}", sweeps[str(th)]["all"]))
-    linker.cfg = cfg.linking
-    result["by_threshold"] = sweeps
-    result["configured"] = evaluate(linker, sample, gold)
-    for k, s in result["configured"].items():
-        print(_row(f"[{cfg.linking.fallback_threshold}] {k}", s))
+    result: dict = {"load_s": round(time.perf_counter() - t0, 2)}
+    link_cfg = cfg.linking
+    if cfg.tune:
+        qids, gold = splits["v2-tune"]
+        chosen, sweep = tune_thresholds(linker, [by_id[q] for q in qids], gold, cfg.linking, cfg.thresholds,
+                                        cfg.target_precision)
+        result["tuning"] = {"split": "v2-tune", "target_precision": cfg.target_precision, "chosen": chosen,
+                            "sweep": sweep}
+        link_cfg = dataclasses.replace(cfg.linking, **chosen)
+        s_best = sweep[f"{chosen['fallback_threshold']}/{chosen['known_fallback_threshold']}"]
+        print(f"tuned on v2-tune: {chosen} (code P {s_best['code_precision']:.1%}, R@1 "
+              f"{s_best['code_recall_at_1']:.1%}; {len(sweep)} settings tried)")
+    linker.cfg = link_cfg
+    if cfg.fit_calibration:
+        qids, gold = splits["v2-tune"]
+        linker.calibrator = fit_calibration(linker, [by_id[q] for q in qids], gold, {
+            "fit_on": "eval/gold/linking_v2.jsonl tune half", "fallback_threshold": link_cfg.fallback_threshold,
+            "known_fallback_threshold": link_cfg.known_fallback_threshold})
+        linker.calibrator.save(cfg.calibration_out)
+        print(f"calibration fitted on v2-tune ({linker.calibrator.meta['mentions']} mentions) -> {cfg.calibration_out}")
+    result["splits"], errs, curves = {}, [], {}
+    for name, (qids, gold) in splits.items():
+        linked = linker.link_items([by_id[q] for q in qids])
+        result["splits"][name] = {"questions": len(qids), "mentions": len(gold), **score_groups(linked, gold)}
+        print(format_table(f"{name}: {len(qids)} questions, {len(gold)} mentions",
+                           {k: v for k, v in result["splits"][name].items() if isinstance(v, dict)}))
+        errs += errors(linked, gold, name)
+        if linker.calibrator is not None and name.startswith("v2"):
+            curves[name] = result["splits"][name]["reliability"] = reliability_of(linked, gold)
+    for name, rel in curves.items():
+        print(f"reliability {name}: ECE {rel['ece']:.3f}; " + ", ".join(
+            f"[{r['lo']:.1f},{r['hi']:.1f}) n={r['n']} conf {r['confidence']:.2f} acc {r['accuracy']:.2f}"
+            for r in rel["bins"]))
+    if curves and cfg.plot:
+        plot_reliability({"v2-report (held out)": curves["v2-report"], "v2-tune (fitted on)": curves["v2-tune"]},
+                         cfg.plot)
+        print(f"reliability plot: {cfg.plot}")
+    if linker.calibrator is not None and cfg.tune:
+        result["operating_point"] = precision_first(linker, splits, by_id, link_cfg, cfg)
+    linker.cfg = link_cfg
+    if cfg.errors:
+        with atomic_path(cfg.errors) as tmp:
+            tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errs), encoding="utf-8")
     if cfg.full:
         t0 = time.perf_counter()
         linked = linker.link_items(all_items)

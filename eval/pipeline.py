@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,26 +49,27 @@ STAGE_GROUPS = ("build", "medtok", "link", "finetune", "eval")
 class StageOptions:
     """A stage's own config file (relative to the repository) and ``--key value`` overrides."""
 
-    config: str = ""
-    overrides: dict[str, Any] = field(default_factory=dict)
+    config: str = ""  # the stage's YAML config (relative to the repository)
+    overrides: dict[str, Any] = field(default_factory=dict)  # option: value pairs on top of it
 
 
 @dataclass
 class PipelineConfig:
     """Run vocabulary + graph, MedTok training, linking, QA fine-tuning and evaluation end to end."""
 
-    output: str = "runs/pipeline"
-    data_dir: str | None = None
+    output: str = "runs/pipeline"  # folder of every stage's outputs
+    data_dir: str | None = None  # data directory (default: $MEDTOK_DATA_DIR or ../shared/data)
     dataset: str = ""  # MCQ file to link, train and evaluate on; "" = MedDDx from the data dir
     # Bring your own: an existing MedTok artifact (skips the build and MedTok stages) and/or an
     # existing linked JSONL (skips linking).
     medtok_artifact: str = ""
-    linked: str = ""
+    linked: str = ""  # an existing linked JSONL (skips linking)
     # Prefix methods to fine-tune (default: every registered one, qa/prefix_methods/).
     methods: list[str] = field(default_factory=method_names, metadata={"choices": method_names})
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = field(default_factory=lambda: [0])  # fine-tune seeds per method
     zero_shot: bool = True  # also evaluate the base model without fine-tuning
     launcher: str = "accelerate"  # accelerate | python (fine-tuning entry point)
+    # Options for the launcher (accelerate).
     launcher_args: list[str] = field(default_factory=lambda: ["--config_file", "configs/accelerate/cpu.yaml"])
     force: list[str] = field(default_factory=list)  # stage groups to redo: build, medtok, link, finetune, eval, all
     dry_run: bool = False  # print the plan (what would run, what is up to date) and stop
@@ -279,6 +281,65 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
 
 
 # -------------------------------------------------------------------------------------------- run
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """The pipeline's one progress line (printed before each stage): stages done, elapsed, ETA.
+
+    A stage's expected duration is what it took when it last finished (its stamp records it),
+    else the mean of the stages of its group finished so far (this run or earlier ones): the
+    fine-tunes of one pipeline cost about the same. Before any stage of a group has finished
+    there is no estimate, and the line says so.
+    """
+
+    def __init__(self, out: Path, stages: list[Stage]):
+        self.stages, self.start = stages, time.perf_counter()
+        self.last: dict[str, float] = {}
+        self.by_group: dict[str, list[float]] = {}
+        for stage in stages:
+            try:
+                stamp = read_json(_stamp_path(out, stage)) if _stamp_path(out, stage).is_file() else {}
+            except (OSError, ValueError):
+                stamp = {}
+            if stamp.get("finished") and stamp.get("seconds") is not None:
+                self.last[stage.name] = float(stamp["seconds"])
+                self.by_group.setdefault(stage.group, []).append(float(stamp["seconds"]))
+
+    def finished(self, stage: Stage, seconds: float) -> None:
+        self.last[stage.name] = seconds
+        self.by_group.setdefault(stage.group, []).append(seconds)
+
+    def expected(self, stage: Stage) -> float | None:
+        if stage.name in self.last:
+            return self.last[stage.name]
+        done = self.by_group.get(stage.group)
+        return sum(done) / len(done) if done else None
+
+    def line(self, index: int, to_run: list[Stage]) -> str:
+        """``to_run``: this and every later stage expected to run (not reused)."""
+        guesses = [self.expected(s) for s in to_run]
+        unknown = sorted({s.group for s, g in zip(to_run, guesses, strict=True) if g is None})
+        eta = _clock(sum(g for g in guesses if g is not None))
+        if unknown:
+            eta = f">= {eta} (no estimate yet for: {', '.join(unknown)})"
+        return (f"pipeline: stage {index}/{len(self.stages)}, {len(to_run)} left to run; "
+                f"elapsed {_clock(time.perf_counter() - self.start)}; ETA {eta}")
+
+
+def _still_to_run(stages: list[Stage], ran: set[str], must_run: Callable[[Stage], bool]) -> list[Stage]:
+    """Of ``stages`` (the current one first), those expected to run: stale ones and those reading
+    a stage that runs (this one does, so whatever depends on it, directly or not, reruns)."""
+    pending, out = set(ran), []
+    for stage in stages:
+        if not out or must_run(stage) or any(d in pending for d in stage.depends):
+            out.append(stage)
+            pending.add(stage.name)
+    return out
+
+
 def _header(index: int, total: int, title: str) -> None:
     bar = "=" * 78
     print(f"\n{bar}\n[{index}/{total}] {title}\n{bar}", flush=True)
@@ -399,8 +460,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     save_config(cfg, out / "pipeline_config.yaml")
     timings: dict[str, Any] = {"stages": [], "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     t_start = time.perf_counter()
+    progress = Progress(out, stages)
     for i, stage in enumerate(stages, 1):
         _header(i, len(stages), stage.title)
+        if must_run(stage):
+            print(progress.line(i, _still_to_run(stages[i - 1:], ran, must_run)), flush=True)
         if not must_run(stage):
             reused = ", ".join(_printable([str(p)]) for p in stage.outputs) or "its cached results"
             print(f"up to date (same inputs and settings as last time): reusing {reused}", flush=True)
@@ -409,6 +473,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             continue
         seconds, cpu = run_stage(stage, out)
         ran.add(stage.name)
+        progress.finished(stage, seconds)
         print(f"--- {stage.name}: {seconds:.1f} s wall, {cpu:.1f} s CPU", flush=True)
         timings["stages"].append({"name": stage.name, "group": stage.group, "seconds": round(seconds, 2),
                                   "cpu_seconds": round(cpu, 2), "skipped": False})

@@ -143,6 +143,53 @@ def _comparison_section(results: dict) -> list[str]:
             *_table(header, rows), ""]
 
 
+def _seed_bootstrap_section(results: dict) -> list[str]:
+    rows_in = results.get("seed_bootstrap") or []
+    if not rows_in:
+        return []
+    base = results["baseline"]
+    tiers = results["tiers"]
+    rows = []
+    for method in sorted({r["method"] for r in rows_in}, key=method_rank):
+        cells, seeds = [], "—"
+        for tier in tiers:
+            r = next((x for x in rows_in if x["method"] == method and x["tier"] == tier), None)
+            if r is None or r["difference"] is None:
+                cells.append("—")
+                continue
+            seeds = f"{r['n_seeds_a']} / {r['n_seeds_b']}"
+            cells.append(f"{100 * r['difference']:+.1f} [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}] "
+                         f"{_p_text(r['p_value'])}")
+        rows.append([f"**{method_label(method)}**", seeds, *cells])
+    conf = int(round(100 * rows_in[0]["confidence_level"]))
+    return [f"## Method − `{base}` over questions and seeds (paired bootstrap)", "",
+            f"Difference of seed-averaged accuracies in points, with a {conf}% interval from "
+            f"{rows_in[0]['n_resamples']} resamples that draw each method's seeds and the questions "
+            "(paired) with replacement: a method whose seeds disagree gets a wide interval. An interval "
+            "containing 0 means no difference could be shown. The per-seed McNemar tests are above.", "",
+            *_table(["Method", f"seeds (method / `{base}`)", *(_tier_title(results, t) for t in tiers)], rows), ""]
+
+
+def _orders_section(results: dict) -> list[str]:
+    k = results.get("option_orders", 1)
+    methods = [m for m in _methods(results) if "option_orders" in results["methods"][m]]
+    if k <= 1 or not methods:
+        return []
+    tiers = [t for t in results["tiers"] if results["dataset"][t]["n"] > 0]
+    rows = []
+    for m in methods:
+        for tier in tiers:
+            o = results["methods"][m]["option_orders"][tier]
+            rows.append([f"**{method_label(m)}**", _tier_title(results, tier), *(pct(x) for x in o["per_order"]),
+                         pct(o["mean"]), pct(o["spread"]), pct(o["debiased"])])
+    header = ["Method", "Tier", *(f"order {s}" for s in range(k)), "mean", "spread", "debiased"]
+    return [f"## Option-order robustness ({k} cyclic orders, %)", "",
+            "Order s rotates the options by s (the answer moves with its option). Spread = best − worst "
+            "order. Debiased: each option's probability averaged over the orders, then the most probable "
+            "option (a letter prior cannot favour any option). Mean over seeds where a method has several.",
+            "", *_table(header, rows), ""]
+
+
 def _linked_section(results: dict) -> list[str]:
     tiers = results["tiers"]
     ds = results["dataset"]
@@ -202,7 +249,8 @@ def render_report(results: dict) -> str:
     plots = (results.get("files") or {}).get("plots") or {}
     for name, path in plots.items():
         lines += [f"![{name}]({Path(path).name})", ""]
-    lines += _accuracy_section(results) + _comparison_section(results) + _linked_section(results)
+    lines += _accuracy_section(results) + _comparison_section(results) + _seed_bootstrap_section(results)
+    lines += _orders_section(results) + _linked_section(results)
     lines += _letter_section(results) + _seeds_section(results)
     return "\n".join(lines).rstrip() + "\n"
 

@@ -82,3 +82,45 @@ def mean_spread(values: Sequence[float | None]) -> dict:
     mean = sum(xs) / len(xs)
     std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
     return {"mean": mean, "std": std, "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def seed_bootstrap_difference(correct_a: Sequence[Sequence[bool]], correct_b: Sequence[Sequence[bool]], *,
+                              n_resamples: int = 2000, confidence_level: float = 0.95, seed: int = 0) -> dict:
+    """Accuracy difference A - B with a bootstrap interval over questions *and* seeds.
+
+    ``correct_x[s][q]``: whether seed ``s`` of method X answered question ``q`` correctly (same
+    questions in the same order for both). The point estimate is the difference of seed-averaged
+    accuracies. Each resample draws, independently for each method, as many seeds as it has (with
+    replacement), averages correctness over the drawn seeds per question, then draws the
+    questions (with replacement, the same draw for both methods: paired). A method whose seeds
+    disagree therefore gets a wide interval even on many questions; with one seed per method
+    this is the paired bootstrap over questions. ``p_value``: two-sided, twice the smaller share
+    of resampled differences on either side of 0 (capped at 1).
+    """
+    import numpy as np
+
+    a = np.asarray(correct_a, dtype=float)
+    b = np.asarray(correct_b, dtype=float)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or not len(a) or not len(b):
+        raise ValueError("correct_a and correct_b must be non-empty [seeds, questions] with the same questions")
+    n = a.shape[1]
+    out = {"n": n, "n_seeds_a": len(a), "n_seeds_b": len(b), "n_resamples": n_resamples,
+           "confidence_level": confidence_level, "seed": seed}
+    if n == 0:
+        return {**out, "difference": None, "ci_low": None, "ci_high": None, "p_value": None}
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_resamples)
+    chunk = max(1, 2_000_000 // max(n, 1))  # bounded memory: chunk x n matrices
+    for start in range(0, n_resamples, chunk):
+        r = min(chunk, n_resamples - start)
+        # Seed draws as weights: a seed drawn twice counts twice in the per-question mean.
+        wa = rng.multinomial(len(a), np.full(len(a), 1 / len(a)), size=r) / len(a)
+        wb = rng.multinomial(len(b), np.full(len(b), 1 / len(b)), size=r) / len(b)
+        per_question = wa @ a - wb @ b  # [r, n]
+        picks = rng.integers(0, n, size=(r, n))
+        diffs[start:start + r] = np.take_along_axis(per_question, picks, axis=1).mean(axis=1)
+    alpha = (1 - confidence_level) / 2
+    point = float(a.mean() - b.mean())
+    p = min(1.0, 2 * min(float((diffs <= 0).mean()), float((diffs >= 0).mean())))
+    return {**out, "difference": point, "ci_low": float(np.quantile(diffs, alpha)),
+            "ci_high": float(np.quantile(diffs, 1 - alpha)), "p_value": p}

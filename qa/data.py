@@ -59,10 +59,21 @@ def shuffle_options(item: MCQItem, seed: int) -> MCQItem:
     Mentions found in options follow their option to its new letter, so option codes keep
     matching their option text.
     """
-    letters = list(item.options)
-    perm = letters[:]
+    perm = list(item.options)
     random.Random(stable_seed(seed, item.id)).shuffle(perm)
-    # new letter letters[i] shows the option that was at perm[i]
+    return permute_options(item, perm)
+
+
+def cyclic_shift(item: MCQItem, shift: int) -> MCQItem:
+    """The item with its options rotated by ``shift``: new letter i shows old option i + shift (mod n)."""
+    letters = list(item.options)
+    n = len(letters)
+    return permute_options(item, [letters[(i + shift) % n] for i in range(n)])
+
+
+def permute_options(item: MCQItem, perm: list[str]) -> MCQItem:
+    """The item whose new letter ``LETTERS[i]`` shows the option that was at letter ``perm[i]``;
+    the answer and option mentions are relabelled with their option."""
     new_of_old = {old: LETTERS[i] for i, old in enumerate(perm)}
     options = {LETTERS[i]: item.options[old] for i, old in enumerate(perm)}
     mentions = []
@@ -76,12 +87,14 @@ def shuffle_options(item: MCQItem, seed: int) -> MCQItem:
 
 
 def linked_codes(item: MCQItem, code_fields: str = "stem", codes_per_mention: int = 1,
-                 max_codes: int = 8, fields: list[str] | None = None) -> list[str]:
+                 max_codes: int = 8, fields: list[str] | None = None, min_confidence: float = 0.0) -> list[str]:
     """``SYSTEM:CODE`` strings for the prefix, in a deterministic order, without duplicates.
 
     Stem mentions come in text order; with ``stem+options`` each option's mentions follow in
     option-letter order. ``fields`` (mention fields such as ``["option:B"]``) overrides
-    ``code_fields``. Per mention the best ``codes_per_mention`` codes (linker ranking).
+    ``code_fields``. Per mention the best ``codes_per_mention`` codes (linker ranking) whose
+    calibrated confidence (disease_linking.calibration) reaches ``min_confidence``; codes of an
+    uncalibrated linked file (confidence None) always pass.
     Items without mentions fall back to the authors' ``medical_codes`` list (stem codes).
     """
     if code_fields not in CODE_FIELDS:
@@ -93,6 +106,8 @@ def linked_codes(item: MCQItem, code_fields: str = "stem", codes_per_mention: in
         for name in fields:
             for m in sorted((m for m in item.mentions if m.field == name), key=lambda m: (m.start, m.end)):
                 for c in m.codes[:codes_per_mention]:
+                    if c.confidence is not None and c.confidence < min_confidence:
+                        continue
                     key = f"{c.system}:{c.code}"
                     if key not in out:
                         out.append(key)

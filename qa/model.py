@@ -28,6 +28,7 @@ from medtok_core.errors import MedTokError
 from qa import checkpoint
 from qa.base_model import DEFAULT_BASE_MODEL, DTYPES, load_base_model, resolve_dtype
 from qa.data import CODE_FIELDS
+from qa.lora import lean_lora
 from qa.prefix import PROJECTORS, CodeSource, pad_prefixes
 from qa.prefix_methods import ItemPrefix, PrefixMethod, get_method, method_names
 from qa.prompts import SYSTEM_PROMPT, encode_prompt, letter_token_ids, render_prompt
@@ -35,9 +36,9 @@ from qa.prompts import SYSTEM_PROMPT, encode_prompt, letter_token_ids, render_pr
 
 @dataclass
 class LoraOptions:
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
+    r: int = 8  # LoRA rank
+    alpha: int = 16  # LoRA scaling alpha
+    dropout: float = 0.05  # LoRA dropout
     # None: peft's usual attention projections for the architecture (q_proj/v_proj for LLaMA,
     # c_attn for GPT-2, query_key_value for GPT-NeoX, ...).
     target_modules: list[str] | None = None
@@ -58,13 +59,15 @@ class ModelOptions:
     prefix_mode: str = field(default="medtok", metadata={"choices": method_names})  # a registered prefix method
     medtok: str | None = None  # MedTok artifact folder (needed by every method but none)
     code_fields: str = "stem"  # stem (paper) | stem+options
-    codes_per_mention: int = 1
-    max_codes: int = 8
+    codes_per_mention: int = 1  # best-ranked codes taken per linked mention
+    # Drop linked codes whose calibrated confidence is below this (0 = keep all; see disease_linking.calibration).
+    min_code_confidence: float = 0.0
+    max_codes: int = 8  # codes per question at most (0: all)
     projector: str = "linear"  # linear (paper) | mlp
     prefix_tokens: int = 4  # methods that pool codes into a fixed number of tokens (medtok-attn)
-    cutoff_len: int = 256
+    cutoff_len: int = 256  # prompt tokens kept (the last ones; 0: all)
     shuffle_seed: int | None = None  # seed of the shuffled-codes control (None: the run's seed)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # trade compute for memory
     lora: LoraOptions = field(default_factory=LoraOptions)
 
     def __post_init__(self):
@@ -120,6 +123,12 @@ class PromptEncoder:
         ids, truncated = encode_prompt(self.tokenizer, text, self.options.cutoff_len)
         label = self.letter_ids[item.answer] if item.answer else -100
         return Encoded(ids, prefix, label, len(item.options), truncated)
+
+    @staticmethod
+    def length(encoded: Encoded) -> int:
+        """Positions the question occupies in a batch row: prompt tokens + prefix embeddings."""
+        n_prefix = 0 if encoded.prefix.embeddings is None else int(encoded.prefix.embeddings.shape[0])
+        return len(encoded.input_ids) + n_prefix
 
     def collate(self, batch: list[Encoded]) -> dict[str, torch.Tensor]:
         width = max(len(e.input_ids) for e in batch)
@@ -216,23 +225,29 @@ class QAModel(nn.Module):
     # ---- scoring -------------------------------------------------------------------------------
     @torch.inference_mode()
     def score(self, items: list[MCQItem], batch_size: int = 16) -> list[dict]:
-        """Per question: predicted letter, probability of each option letter, number of prefix codes."""
+        """Per question: predicted letter, probability of each option letter, number of prefix codes.
+
+        Questions are batched in order of length (results come back in the given order): a
+        question's scores do not depend on its batch (left padding is masked), but the compute
+        spent on padding does.
+        """
         was_training = self.training
         self.eval()
         device = self.letter_ids.device
-        results = []
+        encoded = [self.encoder.encode(it) for it in items]
+        order = sorted(range(len(items)), key=lambda i: self.encoder.length(encoded[i]))
+        results: list[dict | None] = [None] * len(items)
         try:
-            for start in range(0, len(items), batch_size):
-                chunk = items[start:start + batch_size]
-                encoded = [self.encoder.encode(it) for it in chunk]
-                batch = {k: v.to(device) for k, v in self.encoder.collate(encoded).items()}
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                batch = {k: v.to(device) for k, v in self.encoder.collate([encoded[i] for i in chunk]).items()}
                 batch.pop("labels")
                 probs = torch.softmax(self(**batch)["letter_logits"], dim=-1).cpu()
-                for it, enc, p in zip(chunk, encoded, probs, strict=True):
-                    letters = list(it.options)
+                for i, p in zip(chunk, probs, strict=True):
+                    letters = list(items[i].options)
                     pl = {x: float(p[LETTERS.index(x)]) for x in letters}
-                    results.append({"id": it.id, "pred": max(letters, key=lambda x: (pl[x], -ord(x))),
-                                    "probs": pl, "n_codes": len(enc.prefix.codes)})
+                    results[i] = {"id": items[i].id, "pred": max(letters, key=lambda x: (pl[x], -ord(x))),
+                                  "probs": pl, "n_codes": len(encoded[i].prefix.codes)}
         finally:
             self.train(was_training)
         return results
@@ -262,10 +277,12 @@ def _attach_lora(lm: nn.Module, lora: LoraOptions) -> nn.Module:
                         target_modules=None if lora.target_modules is None else list(lora.target_modules), task_type="CAUSAL_LM", bias="none")
     try:
         # autocast_adapter_dtype keeps LoRA weights in fp32 over a bf16 base (stable small updates).
-        return get_peft_model(lm, config, autocast_adapter_dtype=True)
+        model = get_peft_model(lm, config, autocast_adapter_dtype=True)
     except ValueError as err:
         raise MedTokError(f"LoRA target modules {lora.target_modules} do not fit this model: "
                           f"{str(err).splitlines()[0]}") from None
+    lean_lora(model)  # the adapter's arithmetic in the activations' dtype, fused into the base matmul
+    return model
 
 
 def make_method(options: ModelOptions) -> PrefixMethod:
@@ -274,7 +291,8 @@ def make_method(options: ModelOptions) -> PrefixMethod:
     codes = None
     if cls.needs_artifact and options.medtok:
         codes = CodeSource(load_medtok(options.medtok), options.code_fields, options.codes_per_mention,
-                           options.max_codes, 0 if options.shuffle_seed is None else options.shuffle_seed)
+                           options.max_codes, 0 if options.shuffle_seed is None else options.shuffle_seed,
+                           options.min_code_confidence)
     return cls(options, codes)  # raises when the method needs an artifact and has none
 
 
@@ -342,6 +360,7 @@ def load_qa_checkpoint(path: str | Path, medtok: str | None = None, device: str 
     model = build_qa_model(options, lora=False)
     if cfg.get("has_adapter"):
         model.lm = checkpoint.load_adapter(model.lm, ckpt)
+        lean_lora(model.lm)
     if model.projector is not None:
         try:
             model.projector.load_state_dict(checkpoint.load_module_state(ckpt))

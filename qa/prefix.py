@@ -42,12 +42,13 @@ class CodeSource:
     """A question's linked codes as the MedTok artifact knows them, their embeddings and descriptions."""
 
     def __init__(self, tokenizer, code_fields: str = "stem", codes_per_mention: int = 1, max_codes: int = 8,
-                 seed: int = 0):
+                 seed: int = 0, min_confidence: float = 0.0):
         if code_fields not in CODE_FIELDS:
             raise MedTokError(f"code_fields must be one of {', '.join(CODE_FIELDS)}, got {code_fields!r}")
         self.tok = tokenizer
         self.code_fields, self.codes_per_mention, self.max_codes = code_fields, codes_per_mention, max_codes
         self.seed = seed
+        self.min_confidence = min_confidence
         self._all_codes: list[str] | None = None
 
     @property
@@ -65,7 +66,8 @@ class CodeSource:
         after that mapping count once.
         """
         codes: list[str] = []
-        for code in linked_codes(item, code_fields or self.code_fields, self.codes_per_mention, 0, fields):
+        for code in linked_codes(item, code_fields or self.code_fields, self.codes_per_mention, 0, fields,
+                                 self.min_confidence):
             known = self._nearest_known(code)
             if known is not None and known not in codes:
                 codes.append(known)

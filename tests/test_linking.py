@@ -17,7 +17,7 @@ import spacy
 from disease_linking.lexicon import Lexicon, term_variants
 from disease_linking.link import main as link_main
 from disease_linking.linker import LinkConfig, Linker, target_type
-from disease_linking.questions import MCQFormatError, MCQItem, load_mcq, to_authors_layout
+from disease_linking.questions import CodeRef, MCQFormatError, MCQItem, Mention, load_mcq, to_authors_layout
 from disease_linking.summary import summarize
 
 TERMS = [
@@ -220,9 +220,234 @@ MEDDDX_FILE = Path(os.environ.get("MEDTOK_DATA_DIR", Path(__file__).resolve().pa
 @pytest.mark.skipif(not MEDDDX_FILE.is_file(), reason="MedDDx.json not in the data directory")
 def test_real_meddx_parses_and_links_fast(linker):
     items, skipped = load_mcq(MEDDDX_FILE)
-    assert (len(items), skipped) == (1769, 0)
+    assert (len(items), skipped) == (1769, [])
     out = linker.link_items(items)
     assert sum(bool(it.mentions) for it in out) >= 20  # the tiny lexicon still finds diabetes, aspirin, ...
     for it in out:
         for m in it.mentions:
             assert it.field_text(m.field)[m.start:m.end] == m.text
+
+
+# --------------------------------------------------------------------------- rules (disease_linking/rules.py)
+RULE_TERMS = [
+    ("dopamine", "drug", "ATC:C01CA04", [("ATC", "C01CA04", 1.0)]),
+    ("glycine", "drug", "ATC:B05CX03", [("ATC", "B05CX03", 1.0)]),
+    ("Glycogen storage disease", "disease", "MONDO:8", [("ICD10CM", "E74.00", 0.9)]),
+    ("Zinc", "drug", "DB01593", [("ATC", "A12CB01", 0.9)]),
+    ("Nicotinamide", "drug", "ATC:A11HA01", [("ATC", "A11HA01", 1.0)]),
+    ("Enzymes", "drug", "ATC:A16AB", [("ATC", "A16AB", 0.99), ("ATC", "B01AD", 0.99)]),
+    ("multiple endocrine neoplasia", "disease", "MONDO:9",
+     [("ICD10CM", "E31.21", 0.9), ("ICD10CM", "E31.22", 0.9), ("ICD10CM", "E31.23", 0.9)]),
+    ("deficiency anemia", "disease", "MONDO:10", [("ICD9CM", "281.9", 0.94), ("ICD10CM", "D53.9", 0.88)]),
+    ("idiopathic generalized epilepsy", "disease", "ICD10CM:G40.309", [("ICD10CM", "G40.309", 0.95)]),
+    ("epilepsy", "disease", "ICD10CM:G40.909", [("ICD10CM", "G40.909", 1.0)]),
+    ("nabothian cyst", "disease", "MONDO:11", []),
+]
+
+
+@pytest.fixture(scope="module")
+def rule_linker() -> Linker:
+    rows = pd.DataFrame([(t, k, c, "test", codes) for t, k, c, codes in RULE_TERMS],
+                        columns=["term", "kind", "concept", "source", "codes"])
+    return Linker.from_lexicon(Lexicon.from_terms(rows, spacy.blank("en").tokenizer),
+                               LinkConfig(embedding_fallback=False))
+
+
+def _texts(item) -> list[str]:
+    return [m.text for m in item.mentions]
+
+
+def test_rule_molecule_and_pathway_names_are_not_mentions(rule_linker):
+    out = rule_linker.link_item(_item(
+        "Which drugs act on the dopamine D1 receptor, glycine C-acetyltransferase and the Glycogen storage "
+        "diseases pathway, unlike dopamine or glycine?", {"A": "a", "B": "b"}))
+    assert _texts(out) == ["dopamine", "glycine"]  # only the last two, which name the substances
+
+
+def test_rule_parts_of_chemical_names_and_drug_classes_are_not_drug_mentions(rule_linker):
+    out = rule_linker.link_item(_item("Which drug?", {"A": "Zinc cation", "B": "Nicotinamide adenine dinucleotide",
+                                                        "C": "Enzymes", "D": "Zinc"}))
+    assert [(m.field, m.text) for m in out.mentions] == [("option:D", "Zinc")]
+
+
+def test_rule_ranking_icd9_last_and_parent_of_tied_siblings_first(rule_linker):
+    out = rule_linker.link_item(_item("multiple endocrine neoplasia or deficiency anemia?", {"A": "a", "B": "b"}))
+    men, anemia = out.mentions
+    assert _codes(men)[0] == "ICD10CM:E31.2" and "tied" in men.codes[0].why
+    assert _codes(men)[1:] == ["ICD10CM:E31.21", "ICD10CM:E31.22", "ICD10CM:E31.23"]
+    assert _codes(anemia) == ["ICD10CM:D53.9", "ICD9CM:281.9"]
+
+
+def test_rule_inverted_option_is_looked_up_as_one_term(rule_linker):
+    out = rule_linker.link_item(_item("Which disease?", {"A": "epilepsy, idiopathic generalized", "B": "epilepsy"}))
+    a, b = out.mentions
+    assert (a.text, _codes(a)) == ("epilepsy, idiopathic generalized", ["ICD10CM:G40.309"])
+    assert "inverted" in a.codes[0].why and _codes(b) == ["ICD10CM:G40.909"]
+
+
+def test_rule_options_of_gene_and_pathway_questions_are_not_linked(rule_linker):
+    gene_q = rule_linker.link_item(_item("Which gene or protein interacts with X?", {"A": "dopamine", "B": "Zinc"}))
+    drug_q = rule_linker.link_item(_item("Which pharmacological substances bind genes of X?",
+                                         {"A": "dopamine", "B": "Zinc"}))
+    assert gene_q.mentions == [] and _texts(drug_q) == ["dopamine", "Zinc"]
+
+
+def test_rule_same_span_is_one_mention(lexicon):
+    class OneHit:  # a fallback index that finds a code for every text
+        def search(self, texts, top_k, threshold):
+            return [[CodeRef("ICD10CM", "N88.8", 0.95, why="embedding fallback")] for _ in texts]
+
+    rows = pd.DataFrame([("nabothian cyst", "disease", "MONDO:11", "test", [])],
+                        columns=["term", "kind", "concept", "source", "codes"])
+    lex = Lexicon.from_terms(rows, spacy.blank("en").tokenizer)
+    linker = Linker.from_lexicon(lex, LinkConfig(), code_index=OneHit())
+    # The uncoded lexicon hit and the whole-option fallback both propose the option: one mention.
+    out = linker.link_item(_item("Which condition of the cervix?", {"A": "nabothian cyst", "B": "disease"}))
+    assert [(m.field, m.text, _codes(m)) for m in out.mentions] == [("option:A", "nabothian cyst", ["ICD10CM:N88.8"])]
+
+
+def test_codes_say_why_they_were_chosen(linker):
+    item = _item("A smoker with chronic obstructive pulmonary disease (COPD) asks about COPD.", {"A": "x", "B": "y"})
+    out = linker.link_item(item)
+    whys = [m.codes[0].why for m in out.mentions]
+    assert whys[0] == "lexicon 'Chronic obstructive pulmonary disease' [ICD10CM:J44.9]"
+    assert whys[-1].startswith("abbreviation 'COPD' defined in the question; lexicon")
+    saved = MCQItem.from_json(json.loads(json.dumps(out.to_json())))
+    assert saved.mentions[0].codes[0].why == whys[0]
+
+
+# --------------------------------------------------------------------------- calibration
+def test_calibration_fit_orders_and_roundtrips(tmp_path):
+    import numpy as np
+
+    from disease_linking.calibration import FEATURES, Calibrator, fit, reliability
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((400, len(FEATURES)))
+    x[:, 0] = 1.0
+    x[:, 1] = rng.uniform(0.7, 1.0, 400)  # score
+    y = (rng.uniform(size=400) < (x[:, 1] - 0.6) * 2.5).astype(float)  # right more often at high score
+    cal = Calibrator(fit(x, y).tolist(), {"fit_on": "synthetic"})
+    low = Mention("x", 0, 1, "stem", [CodeRef("ICD10CM", "A00", 0.72)], kind="disease")
+    high = Mention("x", 0, 1, "stem", [CodeRef("ICD10CM", "A00", 0.98)], kind="disease")
+    assert cal.prob(low, low.codes[0]) < 0.5 < cal.prob(high, high.codes[0])
+    cal.save(tmp_path / "c.json")
+    again = Calibrator.load(tmp_path / "c.json")
+    assert again.prob(high, high.codes[0]) == pytest.approx(cal.prob(high, high.codes[0]))
+    table = reliability([0.05, 0.15, 0.95, 0.97], [False, False, True, False], bins=10)
+    assert [(r["n"], r["accuracy"]) for r in table] == [(1, 0.0), (1, 0.0), (2, 0.5)]
+
+
+def test_confidence_on_codes_and_dropping_low_ones(lexicon):
+    from disease_linking.calibration import FEATURES, Calibrator
+
+    class OnlyDrugs(Calibrator):  # confident for drugs, not for anything else
+        def __init__(self):
+            super().__init__([0.0] * len(FEATURES))
+
+        def prob(self, m, c):
+            return 0.9 if m.kind == "drug" else 0.2
+
+    linker = Linker.from_lexicon(lexicon, LinkConfig(embedding_fallback=False, calibration=""))
+    linker.calibrator = OnlyDrugs()
+    item = _item("type 2 diabetes mellitus and aspirin", {"A": "Seizure", "B": "b"})
+    out = linker.link_item(item)
+    assert [(m.text, m.codes[0].confidence) for m in out.mentions] == [
+        ("type 2 diabetes mellitus", 0.2), ("aspirin", 0.9), ("Seizure", 0.2)]
+    linker.cfg = LinkConfig(embedding_fallback=False, calibration="", min_confidence=0.5)
+    assert [m.text for m in linker.link_item(item).mentions] == ["aspirin"]
+
+
+def test_qa_side_drops_low_confidence_codes():
+    from qa.data import linked_codes
+
+    item = _item("q", {"A": "a", "B": "b"})
+    item.mentions = [Mention("x", 0, 1, "stem", [CodeRef("ICD10CM", "E11", 1.0, confidence=0.4)]),
+                     Mention("y", 2, 3, "stem", [CodeRef("ATC", "B01AC06", 1.0, confidence=0.95)]),
+                     Mention("z", 4, 5, "stem", [CodeRef("ICD10CM", "R56.9", 1.0)])]  # uncalibrated: kept
+    assert linked_codes(item) == ["ICD10CM:E11", "ATC:B01AC06", "ICD10CM:R56.9"]
+    assert linked_codes(item, min_confidence=0.5) == ["ATC:B01AC06", "ICD10CM:R56.9"]
+
+
+def test_rule_uncoded_concepts_bridged_by_synonym_and_possessive_eponyms():
+    from disease_linking.sources import BRIDGE_SCORE, bridge_uncoded_concepts, eponym_terms
+
+    rows = pd.DataFrame([
+        ("Intracerebral hemorrhage, unspecified", "disease", "ICD10CM:I61.9", "ICD10CM", [("ICD10CM", "I61.9", 1.0)]),
+        ("Unresponsiveness", "phenotype", "ICD10CM:R40.4", "ICD10CM", [("ICD10CM", "R40.4", 1.0)]),
+        ("Cerebral hemorrhage", "phenotype", "HP:1", "phenotype", []),
+        ("Intracerebral hemorrhage", "phenotype", "HP:1", "phenotype-synonym", []),
+        ("Unresponsiveness", "phenotype", "HP:2", "phenotype-synonym", []),
+        ("Unresponsive", "phenotype", "HP:2", "phenotype", []),
+        ("Parkinson's disease", "disease", "MONDO:5", "disease", [("ICD10CM", "G20", 0.9)]),
+        ("Blood disease", "disease", "MONDO:6", "disease", [("ICD10CM", "D75.9", 0.9)]),
+    ], columns=["term", "kind", "concept", "source", "codes"])
+    out = bridge_uncoded_concepts(eponym_terms(rows))
+    by_term = dict(zip(out.term, out.codes, strict=True))
+    # Every name of the uncoded concept gets the code its synonym names, below direct sources.
+    assert by_term["Cerebral hemorrhage"] == [("ICD10CM", "I61.9", BRIDGE_SCORE)]
+    assert by_term["Unresponsive"] == []  # a one-word adjective names nothing in a question
+    assert by_term["Parkinson"] == [("ICD10CM", "G20", 0.9)] and "Blood" not in by_term
+
+
+# --------------------------------------------------------------------------- gold standard v2
+def test_ann_format_and_seeded_halves():
+    from eval.linking_gold import GoldFormatError, parse_ann, split_halves
+
+    qs, lines = parse_ann("# medddx-00001\nstem | fever#2 | phenotype? | ICD10CM:R50.9\nB | aspirin | drug | ATC:B01AC06"
+                          "\n# medddx-00002\n")
+    assert qs == ["medddx-00001", "medddx-00002"]
+    a, b = lines
+    assert (a.field, a.text, a.occurrence, a.kind, a.uncertain) == ("stem", "fever", 2, "phenotype", True)
+    assert (b.field, b.codes) == ("option:B", ["ATC:B01AC06"])
+    with pytest.raises(GoldFormatError, match="kind 'gene'"):
+        parse_ann("# medddx-00001\nstem | CD4 | gene | X:1")
+    sample = {"Basic": ["b1", "b2", "b3"], "Intermediate": ["i1", "i2"], "Expert": ["e1", "e2"]}
+    tune, report = split_halves(sample)
+    assert tune == ["b1", "b3", "e1", "i1"] and report == ["b2", "e2", "i2"]
+    longer = {**sample, "Basic": ["b1", "b2", "b3", "b4"]}  # extending a sample moves nobody
+    assert set(tune) <= set(split_halves(longer)[0]) and set(report) <= set(split_halves(longer)[1])
+
+
+def test_scorer_accepts_ancestors_down_to_category_and_atc_level_4():
+    from eval.linking_quality import acceptable
+
+    ok = acceptable(["ICD10CM:G40.909", "ATC:A01AB03"])
+    assert {"ICD10CM:G40.90", "ICD10CM:G40.9", "ICD10CM:G40", "ATC:A01AB"} <= ok
+    assert not {"ICD10CM:G4", "ATC:A01A", "ICD10CM:G40.1"} & ok
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not MEDDDX_FILE.is_file(), reason="MedDDx.json not in the data directory")
+def test_gold_v2_spans_and_codes_are_real():
+    from eval.linking_gold import GOLD_V2, load_gold
+    from medtok_core.vocab import VocabConfig, load_or_build_vocab
+
+    header, records = load_gold(GOLD_V2)
+    items = {it.id: it for it in load_mcq(MEDDDX_FILE)[0]}
+    vocab = load_or_build_vocab(VocabConfig())
+    assert len(header["questions"]) >= 90 and len(records) >= 300
+    assert set(header["tune"]).isdisjoint(header["report"])
+    for r in records:
+        assert items[r["id"]].field_text(r["field"])[r["start"]:r["end"]] == r["text"]
+        assert all(vocab.lookup(c) is not None for c in r["codes"]), r
+
+
+def test_rule_known_uncoded_concepts_have_their_own_fallback_threshold():
+    class Sim085:  # every text's nearest code description has cosine 0.85
+        def search(self, texts, top_k, threshold):
+            return [[CodeRef("ICD10CM", "N88.8", 0.85)] if 0.85 >= threshold else [] for _ in texts]
+
+    rows = pd.DataFrame([("nabothian cyst", "disease", "MONDO:11", "test", [])],
+                        columns=["term", "kind", "concept", "source", "codes"])
+    lex = Lexicon.from_terms(rows, spacy.blank("en").tokenizer)
+    item = _item("Is a nabothian cyst a glandular neuropathy?", {"A": "a", "B": "b"})
+    both = Linker.from_lexicon(lex, LinkConfig(fallback_threshold=0.9, known_fallback_threshold=0.8),
+                               code_index=Sim085()).link_item(item)
+    assert _texts(both) == ["nabothian cyst"]  # the known concept passes 0.8, the phrase needs 0.9
+    strict = Linker.from_lexicon(lex, LinkConfig(fallback_threshold=0.9, known_fallback_threshold=0.9),
+                                 code_index=Sim085()).link_item(item)
+    assert strict.mentions == []
+    loose = Linker.from_lexicon(lex, LinkConfig(fallback_threshold=0.8, known_fallback_threshold=0.8),
+                                code_index=Sim085()).link_item(item)
+    assert _texts(loose) == ["nabothian cyst", "glandular neuropathy"]

@@ -334,3 +334,20 @@ def test_pursuit_quantizer_reconstructs_better_and_trains(tmp_path):
     cfg.model.quantizer = "pursuit"
     res = train(cfg, tiny_data())
     assert all(math.isfinite(r["total"]) for r in res.history)
+
+
+def test_code_resolution_is_bounded_by_the_longest_known_code(tmp_path):
+    """A long unknown code tries only prefixes up to the longest vocabulary code (linear time),
+    and an absurdly long string is refused at once instead of hanging."""
+    from qa.tiny import TINY_CODES, build_tiny_medtok
+
+    tok = MedTokTokenizer.from_pretrained(build_tiny_medtok(tmp_path / "art", TINY_CODES))
+    calls = []
+    original = tok._lookup
+    tok._lookup = lambda system, key: calls.append(key) or original(system, key)
+    hit = tok.resolve("ICD10CM:E119" + "7" * 100, warn=False)
+    assert (hit.system, hit.code) == ("ICD10CM", "E11.9")
+    exact, *prefixes = calls  # one exact lookup, then prefixes no longer than the longest code
+    assert len(exact) == 104 and max(map(len, prefixes)) <= len("A10BA02") and len(prefixes) <= len("A10BA02")
+    with pytest.raises(MedTokError, match="1000000 characters is too long"):
+        tok.resolve("E" * 1_000_000)

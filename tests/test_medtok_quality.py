@@ -3,6 +3,8 @@ schema, and the entry point's user errors."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -164,13 +166,18 @@ def test_results_schema_and_targets(tmp_path):
     assert "| gem_icd9_icd10cm_mrr | mrr |" in MQ.markdown_table(res)
     res.update(targets=tg, training={"both": {"train_s": 10.0}}, medtok_config="c.yaml", medtok_overrides=[],
                n_codes=8)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps(res))
+    (out / "results.png").write_bytes((tmp_path / "p.png").read_bytes())
     readme = tmp_path / "README.md"
     readme.write_text("# title\n\n<!-- medtok_quality:quick -->\nold\n<!-- /medtok_quality:quick -->\n\ntail\n")
-    MQ.update_readme(readme, res, "quick", tmp_path / "p.png")
+    MQ.main(["--publish_only", "--readme", str(readme), "--output", str(out)])
     text = readme.read_text()
     assert "old" not in text and text.endswith("tail\n") and "| hierarchy_sibling_auc |" in text
-    assert (tmp_path / "docs" / "medtok_quality_quick.png").is_file()
-    MQ.update_readme(readme, res, "full", tmp_path / "p.png")  # a second block is appended
+    assert "docs/results/medtok_quality_quick/results.png" in text
+    assert json.loads((tmp_path / "docs/results/medtok_quality_quick/results.json").read_text())["tasks"]
+    MQ.publish(out, readme, "full")  # a second block is appended
     assert readme.read_text().count("<!-- medtok_quality:") == 2
 
 
@@ -193,7 +200,8 @@ def test_cli_user_errors(capsys):
                         [["--methods", "raw_text,random"], "at least one MedTok method"],
                         [["--medtok_overrides", "model.dim"], "key=value"],
                         [["--relations", "indication:ATC"], "relation:SYSTEM_A:SYSTEM_B"],
-                        [["--nope", "1"], "unknown option nope"]):
+                        [["--nope", "1"], "unknown option nope"],
+                        [["--publish_only"], "--publish_only needs --readme"]):
         with pytest.raises(SystemExit) as exc:
             MQ.main(argv + ["--output", "/nonexistent/never-written"])
         assert exc.value.code == 2

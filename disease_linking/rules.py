@@ -1,0 +1,127 @@
+"""Rules applied around the lexicon match, each fixing one class of errors read on the tune half
+of the gold standard (``eval/gold/linking_v2.jsonl``, ``python -m eval.linking_quality --errors``).
+Each rule is pinned by a small test in ``tests/test_linking.py``.
+
+- :func:`names_molecule`: a drug or disease word that is part of a gene, receptor, enzyme or
+  pathway name ("dopamine D1 receptor", "glycine C-acetyltransferase", "trypsin activity",
+  "Glycogen storage diseases pathway") is not a mention.
+- :func:`inside_chemical_name`: a drug name that is only part of a longer chemical name in the
+  text ("Zinc cation", "Nicotinamide adenine dinucleotide phosphate", "beta-2-Thienyl-L-alanine")
+  is not a mention of that drug.
+- :func:`is_class_only_drug`: a drug hit whose best code is an ATC class (level 1-4: "enzymes",
+  "antibiotics", "estrogens", "calcium") names a class, not a substance.
+- :func:`dedupe`: the same span found twice (a lexicon entry without codes and the whole-option
+  fallback) is one mention.
+- :func:`rank_codes`: ICD-9-CM codes never rank above ICD-10-CM codes (every gold code and every
+  downstream consumer uses ICD-10-CM first); and when several ICD-10-CM siblings tie for the top
+  score (a concept cross-referenced to each of its subtypes: "multiple endocrine neoplasia" ->
+  E31.21, E31.22, E31.23), their common parent (E31.2) is put first.
+- :func:`inverted_forms`: an option written in the inverted catalogue form "X, modifier"
+  ("epilepsy, idiopathic generalized") is looked up as "modifier X" too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from disease_linking.questions import CodeRef, Mention
+
+# Words that, right after a drug or disease word, make it part of the name of a molecule, a
+# biological process or a pathway rather than a mention of the drug or disease.
+MOLECULAR_WORDS = frozenset("""receptor receptors channel channels transporter transporters metabolism
+activity activities pathway pathways binding gene genes protein proteins kinase kinases synthesis
+biosynthesis signaling signalling transport uptake residue residues moiety cascade""".split())
+# Words ending in -ase that are not enzymes.
+_NOT_ENZYMES = frozenset("disease diseases increase increases decrease decreases release releases phase "
+                         "phases base bases case cases phrase purchase".split())
+# Words that continue a chemical name after a substance name ("Zinc cation", "Pyridoxine phosphate").
+CHEMICAL_CONTINUATIONS = frozenset("""phosphate phosphates diphosphate triphosphate cation cations anion
+anions ion ions adenine dinucleotide mononucleotide ester esters moiety""".split())
+_ATC_SUBSTANCE_LEN = 7  # ATC level 5 codes have 7 characters (A01AB03)
+
+
+def _is_enzyme_word(text: str) -> bool:
+    w = text.lower()
+    return len(w) > 6 and w.endswith(("ase", "ases")) and w not in _NOT_ENZYMES
+
+
+def _is_symbol(text: str) -> bool:
+    """A short gene/receptor subtype symbol such as "D1", "C", "5-HT2A", "IIE"."""
+    return len(text) <= 6 and text.replace("-", "").isalnum() and (any(c.isdigit() for c in text) or text.isupper())
+
+
+def names_molecule(tokens: Sequence[str], end: int) -> bool:
+    """True if the words after token ``end`` make the preceding hit part of a molecule or pathway
+    name: a molecular word or an enzyme word, possibly after subtype symbols and hyphens
+    ("dopamine D1 receptor", "glycine C-acetyltransferase")."""
+    for text in tokens[end:end + 4]:
+        if text.lower() in MOLECULAR_WORDS or _is_enzyme_word(text):
+            return True
+        if text != "-" and not _is_symbol(text):
+            return False
+    return False
+
+
+def inside_chemical_name(tokens: Sequence[str], start: int, end: int) -> bool:
+    """True if the drug hit tokens[start:end] is glued by a hyphen to more name ("beta-2-Thienyl")
+    or followed by a chemical continuation ("Zinc cation", "NAD phosphate")."""
+    after = tokens[end] if end < len(tokens) else ""
+    before = tokens[start - 1] if start > 0 else ""
+    if after.lower() in CHEMICAL_CONTINUATIONS:
+        return True
+    glued_after = after == "-" and end + 1 < len(tokens) and tokens[end + 1][:1].isalpha()
+    glued_before = before == "-" and start >= 2 and tokens[start - 2][-1:].isalnum()
+    return glued_after or glued_before
+
+
+def is_class_only_drug(codes: list[CodeRef]) -> bool:
+    """True if a drug mention's best code is an ATC class, not a substance (level 5)."""
+    return bool(codes) and codes[0].system == "ATC" and len(codes[0].code) < _ATC_SUBSTANCE_LEN
+
+
+def dedupe(mentions: list[Mention]) -> list[Mention]:
+    """The first mention of each (field, start, end)."""
+    seen, out = set(), []
+    for m in mentions:
+        key = (m.field, m.start, m.end)
+        if key not in seen:
+            seen.add(key)
+            out.append(m)
+    return out
+
+
+def _common_parent(codes: list[str]) -> str | None:
+    """The longest ICD-10-CM code that is a prefix of every code, if it is at least a category."""
+    prefix = codes[0]
+    for c in codes[1:]:
+        n = 0
+        while n < min(len(prefix), len(c)) and prefix[n] == c[n]:
+            n += 1
+        prefix = prefix[:n]
+    prefix = prefix.rstrip(".")
+    return prefix if len(prefix) >= 3 and prefix not in codes else None
+
+
+def rank_codes(codes: list[CodeRef]) -> list[CodeRef]:
+    """ICD-9-CM after the other systems (stable), then the common parent of tied top ICD-10-CM
+    siblings first (see module docstring)."""
+    codes = sorted(codes, key=lambda c: c.system.startswith("ICD9"))
+    if len(codes) < 2 or codes[0].system != "ICD10CM":
+        return codes
+    top = codes[0].score
+    tied = [c.code for c in codes if c.system == "ICD10CM" and c.score == top]
+    parent = _common_parent(tied) if len(tied) >= 2 else None
+    if parent is None:
+        return codes
+    why = f"common parent of the tied codes {', '.join(tied)}"
+    return [CodeRef("ICD10CM", parent, top, why=why), *codes]
+
+
+_INVERTED = re.compile(r"^\s*([^,]+?),\s+([^,]+?)\s*$")
+
+
+def inverted_forms(text: str) -> list[str]:
+    """"X, modifier" -> ["modifier X"] ("hypoplasia of" keeps its "of": "hypoplasia of X")."""
+    m = _INVERTED.match(text)
+    return [f"{m.group(2)} {m.group(1)}"] if m else []

@@ -1,0 +1,35 @@
+"""The pipeline's progress line: ETA from the stamps of earlier runs and the stages finished so far."""
+
+from pathlib import Path
+
+from eval.pipeline import Progress, Stage, _stamp_path, _still_to_run
+from medtok_core.io import write_json
+
+
+def stage(name, group, depends=()):
+    return Stage(group, name, name, ["python"], [], depends=list(depends))
+
+
+def test_eta_uses_last_durations_then_group_means_and_says_when_it_cannot(tmp_path: Path):
+    stages = [stage("link", "link"), stage("ft a", "finetune", ["link"]), stage("ft b", "finetune", ["link"]),
+              stage("eval", "eval", ["ft a", "ft b"])]
+    write_json(_stamp_path(tmp_path, stages[0]), {"seconds": 30.0, "finished": "yes"})
+    write_json(_stamp_path(tmp_path, stages[1]), {"seconds": 100.0, "finished": None})  # killed: no estimate
+    progress = Progress(tmp_path, stages)
+    line = progress.line(1, stages)
+    assert "stage 1/4, 4 left to run" in line and "ETA >= 0:00:30 (no estimate yet for: eval, finetune)" in line
+    progress.finished(stages[1], 200.0)
+    # ft b: the mean of the finished fine-tunes; eval still unknown.
+    assert "ETA >= 0:03:20 (no estimate yet for: eval)" in progress.line(3, stages[2:])
+    progress.finished(stages[2], 400.0)
+    write_json(_stamp_path(tmp_path, stages[3]), {"seconds": 61.0, "finished": "yes"})
+    assert "no estimate yet for: eval" in progress.line(4, stages[3:])  # stamps are read at start
+    assert Progress(tmp_path, stages).line(4, stages[3:]).endswith("ETA 0:01:01")
+
+
+def test_stages_reading_a_rerun_stage_count_as_still_to_run():
+    stages = [stage("link", "link"), stage("ft a", "finetune", ["link"]), stage("eval", "eval", ["ft a"]),
+              stage("other", "finetune")]
+    fresh = set()  # nothing stale: only the current stage and what reads it, directly or not
+    assert [s.name for s in _still_to_run(stages, set(), lambda s: s.name in fresh)] == ["link", "ft a", "eval"]
+    assert [s.name for s in _still_to_run(stages[3:], set(), lambda s: False)] == ["other"]
