@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import platform
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from medtok_core.config import from_dict, load_yaml, parse_config  # noqa: E402
 from medtok_core.errors import cli_entry  # noqa: E402
 from medtok_core.io import read_json, write_json  # noqa: E402
+from medtok_core.machine import machine_facts  # noqa: E402
 
 
 @dataclass
@@ -35,13 +35,6 @@ class BenchConfig:
     output: str = "runs/bench_pipeline"
     fresh_cache: bool = True
     timings: str = ""  # format an existing timings.json instead of running
-
-
-def machine_facts() -> dict:
-    import torch
-
-    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__, "platform": platform.platform()}
 
 
 def markdown(timings: dict) -> str:

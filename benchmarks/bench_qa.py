@@ -39,6 +39,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from disease_linking.questions import CodeRef, Mention, load_mcq  # noqa: E402
+from medtok_core.machine import cpu_flags  # noqa: E402
 from qa.base_model import DEFAULT_BASE_MODEL, load_base_model, resolve_dtype  # noqa: E402
 from qa.model import ModelOptions, build_qa_model  # noqa: E402
 from qa.tiny import build_tiny_medtok  # noqa: E402
@@ -68,17 +69,6 @@ def random_artifact(root: Path, items: list, n_codes: int, per_item: int):
         picks = rng.sample(codes, per_item)
         it.mentions = [Mention(c[2], 0, 1, "stem", [CodeRef(c[0], c[1])]) for c in picks]
     return str(root / "medtok")
-
-
-def cpu_flags() -> list[str]:
-    """The CPU features that decide the matmul speed of each dtype."""
-    wanted = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "fma"}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    return sorted(wanted & set(flags))
 
 
 def non_embedding_params(model) -> int:

@@ -40,9 +40,9 @@ from qa.checkpoint import find_checkpoint, read_checkpoint_config
 class BootstrapConfig:
     """Percentile bootstrap of accuracy."""
 
-    n_resamples: int = 2000
-    confidence_level: float = 0.95
-    seed: int = 0
+    n_resamples: int = 2000  # bootstrap resamples
+    confidence_level: float = 0.95  # interval coverage
+    seed: int = 0  # bootstrap seed
 
     def __post_init__(self):
         require_range(self, "n_resamples", 1)
@@ -54,15 +54,15 @@ class EvalConfig:
     """Evaluate QA checkpoints and zero-shot base models on a (linked) MCQ dataset, by tier."""
 
     data: str = ""  # linked JSONL or any MCQ file (MedDDx / authors' layout); "" = MedDDx from the data dir
-    data_dir: str | None = None
+    data_dir: str | None = None  # data directory (default: $MEDTOK_DATA_DIR or ../shared/data)
     checkpoints: list[str] = field(default_factory=list)  # QA checkpoint folders (method + seed each)
     zero_shot: list[str] = field(default_factory=list)  # base models scored without fine-tuning ("default")
     # dtype of zero-shot models: auto = bfloat16 on a GPU, float32 on CPU (CPUs without native bf16
     # run bf16 matmuls far slower than fp32).
     zero_shot_dtype: str = "auto"
     predictions: list[str] = field(default_factory=list)  # saved predictions/<method>.jsonl to re-report
-    output: str = "runs/eval"
-    tiers: list[str] = field(default_factory=lambda: list(TIERS))
+    output: str = "runs/eval"  # folder of results.json, report.md, plots
+    tiers: list[str] = field(default_factory=lambda: list(TIERS))  # tiers to report
     max_per_tier: int = 0  # 0 = all; else a fixed pseudo-random subset of each tier (quick runs)
     baseline: str = "none"  # the method every other method is compared against (McNemar)
     exact_below: int = 25  # McNemar: exact binomial test when fewer discordant questions
@@ -73,7 +73,7 @@ class EvalConfig:
     # reports accuracy per order, mean, spread and the permutation-debiased accuracy.
     permutations: int = 1
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
-    plots: bool = True
+    plots: bool = True  # write the PNG plots
     skip_invalid: bool = False  # leave out malformed questions (reported) instead of stopping
 
     def __post_init__(self):

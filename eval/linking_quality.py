@@ -61,10 +61,10 @@ SPLITS = ("v1", "v2-tune", "v2-report")
 class QualityConfig:
     """Precision/recall of mention linking on the gold splits, coverage and throughput on MedDDx."""
 
-    gold_v1: str = str(GOLD_V1)
-    gold_v2: str = str(GOLD_V2)
+    gold_v1: str = str(GOLD_V1)  # hand-annotated gold JSONL, first sample
+    gold_v2: str = str(GOLD_V2)  # hand-annotated gold JSONL, second sample (tune/report splits)
     input: str | None = None  # MedDDx file (default: data dir)
-    data_dir: str | None = None
+    data_dir: str | None = None  # data directory (default: $MEDTOK_DATA_DIR or ../shared/data)
     # Fallback thresholds tried on v2-tune, for phrases and for known concepts (1.01 = no fallback).
     thresholds: list[float] = field(default_factory=lambda: [0.75, 0.8, 0.85, 0.9, 0.95, 1.01])
     # Pick the threshold on v2-tune (else keep --linking.fallback_threshold).
@@ -73,12 +73,12 @@ class QualityConfig:
     target_precision: float = 0.90
     # Link all of MedDDx for coverage and throughput.
     full: bool = True
-    output: str | None = None
+    output: str | None = None  # write the results as JSON here
     # Write every error (spurious mention, wrong top code, missed mention) here as JSONL.
     errors: str | None = None
     # Refit the confidence calibration on v2-tune and save it (else the saved one is used).
     fit_calibration: bool = False
-    calibration_out: str = str(DEFAULT_PATH)
+    calibration_out: str = str(DEFAULT_PATH)  # where --fit_calibration saves the calibration
     # Minimum code confidences tried on v2-tune for the precision-first operating point.
     confidences: list[float] = field(default_factory=lambda: [0.7, 0.75, 0.8, 0.85, 0.9])
     # Reliability plot of the calibrated confidence on v2-report (PNG; "" = none).

@@ -49,26 +49,27 @@ STAGE_GROUPS = ("build", "medtok", "link", "finetune", "eval")
 class StageOptions:
     """A stage's own config file (relative to the repository) and ``--key value`` overrides."""
 
-    config: str = ""
-    overrides: dict[str, Any] = field(default_factory=dict)
+    config: str = ""  # the stage's YAML config (relative to the repository)
+    overrides: dict[str, Any] = field(default_factory=dict)  # option: value pairs on top of it
 
 
 @dataclass
 class PipelineConfig:
     """Run vocabulary + graph, MedTok training, linking, QA fine-tuning and evaluation end to end."""
 
-    output: str = "runs/pipeline"
-    data_dir: str | None = None
+    output: str = "runs/pipeline"  # folder of every stage's outputs
+    data_dir: str | None = None  # data directory (default: $MEDTOK_DATA_DIR or ../shared/data)
     dataset: str = ""  # MCQ file to link, train and evaluate on; "" = MedDDx from the data dir
     # Bring your own: an existing MedTok artifact (skips the build and MedTok stages) and/or an
     # existing linked JSONL (skips linking).
     medtok_artifact: str = ""
-    linked: str = ""
+    linked: str = ""  # an existing linked JSONL (skips linking)
     # Prefix methods to fine-tune (default: every registered one, qa/prefix_methods/).
     methods: list[str] = field(default_factory=method_names, metadata={"choices": method_names})
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = field(default_factory=lambda: [0])  # fine-tune seeds per method
     zero_shot: bool = True  # also evaluate the base model without fine-tuning
     launcher: str = "accelerate"  # accelerate | python (fine-tuning entry point)
+    # Options for the launcher (accelerate).
     launcher_args: list[str] = field(default_factory=lambda: ["--config_file", "configs/accelerate/cpu.yaml"])
     force: list[str] = field(default_factory=list)  # stage groups to redo: build, medtok, link, finetune, eval, all
     dry_run: bool = False  # print the plan (what would run, what is up to date) and stop

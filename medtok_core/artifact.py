@@ -6,6 +6,7 @@
     token_table.safetensors   ids [n, 4, K] int32 (global codebook ids), weights [n, 4, K],
                               embeddings [n, 4*d]
     manifest.json             sha256 of every file above, written at export
+    README.md                 model card (HF metadata; data files and licences, sizes, quality)
 
 Loading needs neither the knowledge graph nor the text encoder. Every check that fails names the
 damaged file and says how to fix it, so a corrupted artifact never yields NaN embeddings.
@@ -21,7 +22,8 @@ import pandas as pd
 import torch
 
 from medtok_core.errors import MedTokError
-from medtok_core.io import atomic_dir, read_json, sha256_file, write_json
+from medtok_core.io import atomic_dir, read_json, sha256_file, write_json, write_text
+from medtok_core.model_card import CARD, medtok_card
 
 FORMAT = "medtok-artifact"
 CONFIG = "config.json"
@@ -87,6 +89,8 @@ def write_artifact(path: str | Path, config: dict, vocab: pd.DataFrame, table: d
         vocab.to_parquet(tmp / VOCAB, index=False)
         save_file({k: table[k].detach().contiguous().cpu() for k in TABLE_KEYS}, str(tmp / TABLE))
         write_json(tmp / MANIFEST, {"sha256": {name: sha256_file(tmp / name) for name in FILES}})
+        # The model card documents (origin, licences, sizes, quality); it is not part of the manifest.
+        write_text(tmp / CARD, medtok_card(config, vocab, table))
     return path
 
 

@@ -30,8 +30,8 @@ class BuildConfig:
 
     # Shortcuts for kg.data_dir, kg.kg_csv and vocab.user_codes.
     data_dir: str | None = None
-    kg_csv: str | None = None
-    user_codes: str | None = None
+    kg_csv: str | None = None  # shortcut for kg.kg_csv
+    user_codes: str | None = None  # shortcut for vocab.user_codes
     # Ignore the caches and rebuild everything.
     rebuild: bool = False
     # Show progress bars.

@@ -6,13 +6,25 @@
 Precedence: dataclass defaults < ``--config`` YAML < ``--key value`` overrides. Nested
 dataclasses are addressed with dots (``--lora.r 8``). Values are converted to the field's
 type, so a typo or a wrong type is a one-line :class:`ConfigError`, not a traceback.
+A list option takes several values (``--checkpoints a b``), repeats (``--checkpoints a
+--checkpoints b``) or a comma-separated value (``--checkpoints a,b``); a YAML list as well.
+``--help`` shows each option's comment from its dataclass (the comment on or above the field,
+or ``metadata={"help": ...}``); ``--print_config`` prints the resolved config as YAML and stops
+(that output is a valid ``--config`` file giving the same config).
 """
 
 from __future__ import annotations
 
+import ast
+import contextvars
 import dataclasses
+import functools
+import inspect
+import io
 import math
 import sys
+import textwrap
+import tokenize
 import types
 import typing
 from pathlib import Path
@@ -24,13 +36,49 @@ from medtok_core.errors import ConfigError
 from medtok_core.io import write_text
 
 T = TypeVar("T")
+# The command name --help shows, when a front door (the medtok-qa console script) runs a module's main.
+COMMAND_NAME: contextvars.ContextVar[str | None] = contextvars.ContextVar("COMMAND_NAME", default=None)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+class _CliValues(list):
+    """The values one option got on the command line: one list of strings per occurrence
+    (``--a x y --a z`` -> ``[["x", "y"], ["z"]]``); its field's type says how to read them."""
+
+
+def _is_list_type(tp: Any) -> bool:
+    return get_origin(tp) in (list, tuple)
+
+
+def _from_cli(value: _CliValues, tp: Any, name: str) -> Any:
+    """A list field gets every value of every occurrence (a single value may be comma-separated);
+    any other field gets the last occurrence, which must hold one value."""
+    if get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value[-1] in (["none"], ["null"], ["None"]):
+            return None
+        if len(args) == 1:
+            return _from_cli(value, args[0], name)
+    if _is_list_type(tp):
+        items: list[str] = []
+        for occurrence in value:
+            if len(occurrence) == 1:  # the comma form, "" = an empty list
+                items += [v for v in occurrence[0].split(",") if v != ""]
+            else:
+                items += occurrence
+        return _convert(items, tp, name)
+    last = value[-1]
+    if len(last) != 1:
+        raise ConfigError(f"{name} takes one value, got {len(last)}: {' '.join(last)}")
+    return _convert(last[0], tp, name)
+
+
 def _convert(value: Any, tp: Any, name: str) -> Any:
     """Convert ``value`` (a YAML value or a CLI string) to the annotated type ``tp``."""
+    if isinstance(value, _CliValues):
+        return _from_cli(value, tp, name)
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
@@ -130,6 +178,8 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     for key, value in data.items():
         tp = types_[key]
         if dataclasses.is_dataclass(tp):
+            if isinstance(value, _CliValues):
+                raise ConfigError(f"--{prefix}{key} is a group of options; set one as --{prefix}{key}.<name> value")
             kwargs[key] = from_dict(tp, value, f"{prefix}{key}.")
         else:
             kwargs[key] = _convert(value, tp, f"{prefix}{key}")
@@ -174,66 +224,133 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def _set_dotted(tree: dict[str, Any], dotted: str, values: list[str]) -> None:
     *parents, leaf = dotted.split(".")
     for p in parents:
         tree = tree.setdefault(p, {})
         if not isinstance(tree, dict):
             raise ConfigError(f"option --{dotted}: {p} is not a section")
-    tree[leaf] = value
+    if not isinstance(tree.get(leaf), _CliValues):
+        tree[leaf] = _CliValues()
+    tree[leaf].append(values)
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Help text of each field of dataclass ``cls``, from its source: ``metadata={"help": ...}``,
+    else the comment on the field's line(s), else the comment lines right above it, else a string
+    literal right after it. A comment documents one field only: one above a group would be read
+    as the first field's."""
+    docs = {f.name: f.metadata["help"] for f in dataclasses.fields(cls) if "help" in f.metadata}
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):  # defined where there is no source (e.g. interactively)
+        return docs
+    comments: dict[int, str] = {}  # line -> comment text
+    code_lines: set[int] = set()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+        elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER):
+            code_lines.update(range(tok.start[0], tok.end[0] + 1))
+    body = ast.parse(source).body[0].body
+    for i, node in enumerate(body):
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        first, last = node.lineno, node.end_lineno or node.lineno
+        above, line = [], first - 1
+        while line in comments and line not in code_lines:
+            above.insert(0, comments[line])
+            line -= 1
+        own = " ".join(comments[n] for n in range(first, last + 1) if n in comments)
+        after = body[i + 1] if i + 1 < len(body) else None
+        literal = (after.value.value if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                   and isinstance(after.value.value, str) else "")
+        docs.setdefault(node.target.id, own or " ".join(above) or " ".join(literal.split()))
+    return {k: v for k, v in docs.items() if v}
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        return (" | ".join(_type_name(a) for a in args)) + " | none"
+    if origin is Literal:
+        return "one of " + ", ".join(str(c) if c != "" else '""' for c in get_args(tp))
+    if origin in (list, tuple):
+        return f"list of {_type_name((get_args(tp) or (str,))[0])} (values, repeated or a,b)"
+    return getattr(tp, "__name__", str(tp))
 
 
 def _help_lines(cls: type, prefix: str = "") -> list[str]:
     lines = []
+    docs = field_docs(cls)
     for f in dataclasses.fields(cls):
         tp = _field_types(cls)[f.name]
         if dataclasses.is_dataclass(tp):
+            lines.append(f"\n{prefix}{f.name}: {(tp.__doc__ or '').strip().splitlines()[0] if tp.__doc__ else ''}")
             lines += _help_lines(tp, f"{prefix}{f.name}.")
-        else:
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
-            line = f"  --{prefix}{f.name} (default: {default})"
-            if callable(f.metadata.get("choices")):  # e.g. a registry of plug-ins, read at --help time
-                line += f"  choices: {', '.join(f.metadata['choices']())}"
-            lines.append(line)
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+        line = f"  --{prefix}{f.name} ({_type_name(tp)}; default: {default})"
+        if callable(f.metadata.get("choices")):  # e.g. a registry of plug-ins, read at --help time
+            line += f"  choices: {', '.join(f.metadata['choices']())}"
+        lines.append(line)
+        if docs.get(f.name):
+            lines += textwrap.wrap(docs[f.name], 100, initial_indent=" " * 6, subsequent_indent=" " * 6)
     return lines
 
 
+def config_help(cls: type, prog: str | None = None) -> str:
+    """The ``--help`` text of a config dataclass."""
+    doc = (cls.__doc__ or "").strip()
+    head = (f"usage: {prog or 'command'} [--config FILE.yaml] [--option value ...] [--print_config]\n\n{doc}\n\n"
+            "  --config FILE.yaml  options from a YAML file (repeatable; later files and --options win)\n"
+            "  --print_config      print the resolved config as YAML (a valid --config file) and stop\n")
+    return head + "\n".join(_help_lines(cls))
+
+
 def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None = None) -> T:
-    """Parse ``--config FILE`` and ``--key value`` / ``--key=value`` overrides into ``cls``."""
+    """Parse ``--config FILE`` and ``--key value [value ...]`` / ``--key=value`` overrides into ``cls``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        doc = (cls.__doc__ or "").strip()
-        print(f"usage: {prog or 'command'} [--config FILE.yaml] [--option value ...]\n\n{doc}\n")
-        print("\n".join(_help_lines(cls)))
+        print(config_help(cls, COMMAND_NAME.get() or prog))
         raise SystemExit(0)
     overrides: dict[str, Any] = {}
     data: dict[str, Any] = {}
+    print_config = False
     i = 0
     while i < len(argv):
         arg = argv[i]
         if not arg.startswith("--"):
             raise ConfigError(f"unexpected argument {arg!r}; options look like --name value")
         key, eq, value = arg[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                value = "true"  # a bare flag switches a boolean on
-            else:
-                i += 1
-                value = argv[i]
+        values = [value] if eq else []
+        while not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            i += 1
+            values.append(argv[i])
         key = key.replace("-", "_")
-        if key == "config":
-            data = _merge(data, load_yaml(value))
+        if key == "print_config":
+            print_config = _convert(values[-1] if values else "true", bool, "--print_config")
+        elif key == "config":
+            if len(values) != 1:
+                raise ConfigError("--config takes one YAML file (repeat --config for several)")
+            data = _merge(data, load_yaml(values[0]))
         else:
-            _set_dotted(overrides, key, value)
+            _set_dotted(overrides, key, values or ["true"])  # a bare flag switches a boolean on
         i += 1
-    return from_dict(cls, _merge(data, overrides))
+    cfg = from_dict(cls, _merge(data, overrides))
+    if print_config:
+        print(config_yaml(cfg), end="")
+        raise SystemExit(0)
+    return cfg
 
 
-def first_difference(old: Any, new: Any, prefix: str = "", ignore: tuple[str, ...] = ("resume", "force")
+def first_difference(old: Any, new: Any, prefix: str = "", ignore: tuple[str, ...] = ("resume", "force", "report_to")
                      ) -> str | None:
     """``"optim.lr: 0.0002 -> 0.01"`` for the first setting that differs (top-level ``ignore`` keys
-    say how to treat a folder, not what the run is), or None."""
+    say how to treat a folder or where to report, not what the run is), or None."""
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new)):
             if prefix == "" and key in ignore:
@@ -267,5 +384,10 @@ def starts_fresh(cfg: Any, saved: Path, out: Path) -> bool:
                       "or --force true to discard that run")
 
 
+def config_yaml(cfg: Any) -> str:
+    """The resolved config as YAML (what ``--print_config`` prints and runs save)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg: Any, path: str | Path) -> None:
-    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_text(path, config_yaml(cfg))

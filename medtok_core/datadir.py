@@ -20,7 +20,8 @@ import zipfile
 from functools import lru_cache
 from pathlib import Path
 
-from medtok_core.errors import DataFileError, cli_entry
+from medtok_core.config import COMMAND_NAME
+from medtok_core.errors import ConfigError, DataFileError, cli_entry
 from medtok_core.io import atomic_path, sha256_file
 
 MANIFEST_PATH = Path(__file__).with_name("data_manifest.json")
@@ -133,13 +134,19 @@ def check_all(data_dir: str | os.PathLike | None = None) -> list[str]:
     return problems
 
 
+def _one_line_error(message: str):
+    raise ConfigError(f"{message}; see python -m medtok_core.datadir --help")
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(description="Check (or download) the data files of medtok-qa.")
+    parser = argparse.ArgumentParser(prog=COMMAND_NAME.get() or "python -m medtok_core.datadir",
+                                     description="Check (or download) the data files of medtok-qa.")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--download", action="store_true", help="fetch missing files (needs internet)")
+    parser.error = _one_line_error  # type: ignore[method-assign]  # argparse's usage+error: one line here
     args = parser.parse_args(argv)
     if args.download:
         root = Path(args.data_dir or os.environ.get(ENV_VAR) or REPO_ROOT.parent / "shared" / "data")

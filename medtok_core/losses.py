@@ -25,13 +25,13 @@ from medtok_core.model import EMBEDDING_NAMES, MedTokOutput
 
 @dataclass
 class LossWeights:
-    vq: float = 1.0
-    kl: float = 1.0
-    shared_nce: float = 1.0
-    align: float = 1.0
-    specific_nce: float = 0.5
-    ortho: float = 0.1
-    temperature: float = 0.1
+    vq: float = 1.0  # weight of the quantisation loss
+    kl: float = 1.0  # weight of text/graph shared-token KL
+    shared_nce: float = 1.0  # weight of text-graph InfoNCE (shared)
+    align: float = 1.0  # weight of text-graph cosine alignment
+    specific_nce: float = 0.5  # weight of augmented-view InfoNCE (specific)
+    ortho: float = 0.1  # weight of shared/specific orthogonality
+    temperature: float = 0.1  # InfoNCE temperature
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:

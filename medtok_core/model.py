@@ -35,26 +35,26 @@ N_NODE_TYPES = 6  # code, disease, drug, gene, phenotype, side_effect (docs/inte
 class ModelConfig:
     """Architecture of the MedTok encoder and codebook."""
 
-    text_dim: int = 384
-    dim: int = 64
-    gnn: Literal["gat", "gcn"] = "gat"
-    gnn_layers: int = 2
-    gat_heads: int = 4
-    attn_heads: int = 4
-    n_relations: int = 64
-    codebook_size: int = 2048
-    text_frac: float = 0.3
-    shared_frac: float = 0.4
-    top_k: int = 5
-    tau: float = 0.1
-    beta: float = 0.25
+    text_dim: int = 384  # output size of the frozen text encoder
+    dim: int = 64  # size d of codebook vectors and hidden states
+    gnn: Literal["gat", "gcn"] = "gat"  # graph encoder type
+    gnn_layers: int = 2  # message-passing layers
+    gat_heads: int = 4  # attention heads per GAT layer
+    attn_heads: int = 4  # heads of the text/graph cross-attention
+    n_relations: int = 64  # relation-type embeddings (>= KG relations)
+    codebook_size: int = 2048  # codebook vectors in all regions
+    text_frac: float = 0.3  # share of the codebook in the text region
+    shared_frac: float = 0.4  # share in the shared region (graph: the rest)
+    top_k: int = 5  # codebook vectors K mixed per token
+    tau: float = 0.1  # softmax temperature over codebook distances
+    beta: float = 0.25  # commitment loss weight
     # Ablations: "text" hides the relational context (subgraph = the code's own node only);
     # "graph" hides the code's own text (text tokens off, own node name masked) so the code is
     # known only through its neighbours.
     modalities: Literal["both", "text", "graph"] = "both"
-    dropout: float = 0.1
-    aug_text_dropout: float = 0.3
-    aug_edge_dropout: float = 0.3
+    dropout: float = 0.1  # dropout of the GNN and cross-attention
+    aug_text_dropout: float = 0.3  # feature dropout of the augmented view (specific InfoNCE)
+    aug_edge_dropout: float = 0.3  # edge dropout of the augmented view
 
 
 @dataclass

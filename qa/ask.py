@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import TextIO
 
 from disease_linking.questions import MCQFormatError, MCQItem, parse_item, split_question
+from medtok_core.config import COMMAND_NAME
 from medtok_core.errors import ConfigError, MedTokError, cli_entry
 
 PROMPT_HELP = ("Type a question, then its options as lines 'A: ...', 'B: ...'; finish with an empty "
@@ -141,7 +142,7 @@ def _one_line_error(message: str):
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qa.ask", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=COMMAND_NAME.get() or "python -m qa.ask", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="QA checkpoint folder (or a run folder with best/)")
     parser.add_argument("--question", help="question text (stem + 'A: ...' lines) or JSON; else read stdin")
     parser.add_argument("--json", action="store_true", help="one JSON object per question on stdout")

@@ -4,6 +4,7 @@
     projector.safetensors                            the prefix method's module (absent without one)
     qa_config.json                                   format, ModelOptions, MedTok artifact + its token-table sha256
     train_config.yaml, split.json, metrics.jsonl     copies of the run files (what produced it)
+    README.md                                        model card (HF metadata; data, licences, accuracy)
 
 ``finetune/train.py`` writes the best epoch's checkpoint to ``<output_dir>/best``; everything that
 needs a checkpoint accepts either folder.
@@ -17,7 +18,8 @@ from pathlib import Path
 import torch
 
 from medtok_core.errors import MedTokError
-from medtok_core.io import atomic_dir, read_json, write_json
+from medtok_core.io import atomic_dir, read_json, write_json, write_text
+from medtok_core.model_card import CARD, best_validation, qa_card, read_yaml
 
 FORMAT = "medtok-qa-checkpoint"
 QA_CONFIG = "qa_config.json"
@@ -75,7 +77,14 @@ def write_checkpoint(path: str | Path, qa_config: dict, lm=None, module: torch.n
         for name, src in (extra_files or {}).items():
             if Path(src).is_file():
                 (tmp / name).write_bytes(Path(src).read_bytes())
+        write_model_card(tmp, {**qa_config, "format": FORMAT})  # replaces the card peft wrote
     return path
+
+
+def write_model_card(folder: Path, qa_config: dict) -> None:
+    """README.md: base model, prefix method, data and licences, the best validation accuracy so far."""
+    card = qa_card(qa_config, read_yaml(folder / "train_config.yaml"), best_validation(folder / "metrics.jsonl"))
+    write_text(folder / CARD, card)
 
 
 def load_module_state(path: str | Path) -> dict[str, torch.Tensor]:

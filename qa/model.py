@@ -36,9 +36,9 @@ from qa.prompts import SYSTEM_PROMPT, encode_prompt, letter_token_ids, render_pr
 
 @dataclass
 class LoraOptions:
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
+    r: int = 8  # LoRA rank
+    alpha: int = 16  # LoRA scaling alpha
+    dropout: float = 0.05  # LoRA dropout
     # None: peft's usual attention projections for the architecture (q_proj/v_proj for LLaMA,
     # c_attn for GPT-2, query_key_value for GPT-NeoX, ...).
     target_modules: list[str] | None = None
@@ -59,15 +59,15 @@ class ModelOptions:
     prefix_mode: str = field(default="medtok", metadata={"choices": method_names})  # a registered prefix method
     medtok: str | None = None  # MedTok artifact folder (needed by every method but none)
     code_fields: str = "stem"  # stem (paper) | stem+options
-    codes_per_mention: int = 1
+    codes_per_mention: int = 1  # best-ranked codes taken per linked mention
     # Drop linked codes whose calibrated confidence is below this (0 = keep all; see disease_linking.calibration).
     min_code_confidence: float = 0.0
-    max_codes: int = 8
+    max_codes: int = 8  # codes per question at most (0: all)
     projector: str = "linear"  # linear (paper) | mlp
     prefix_tokens: int = 4  # methods that pool codes into a fixed number of tokens (medtok-attn)
-    cutoff_len: int = 256
+    cutoff_len: int = 256  # prompt tokens kept (the last ones; 0: all)
     shuffle_seed: int | None = None  # seed of the shuffled-codes control (None: the run's seed)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # trade compute for memory
     lora: LoraOptions = field(default_factory=LoraOptions)
 
     def __post_init__(self):

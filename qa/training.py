@@ -32,6 +32,14 @@ from medtok_core.config import starts_fresh as config_starts_fresh
 from medtok_core.datadir import data_file
 from medtok_core.errors import ConfigError, MedTokError
 from medtok_core.io import check_writable_dir, read_json, sha256_file, write_json, write_text
+from medtok_core.tracking import (
+    CURVES,
+    accelerator_kwargs,
+    check_report_to,
+    qa_curves,
+    scalars,
+    start_trackers,
+)
 from qa.base_model import resolve_dtype
 from qa.checkpoint import best_checkpoint
 from qa.data import shuffle_options, split_by_option_set, stable_seed
@@ -46,12 +54,12 @@ RUN_FILES = ("train_config.yaml", "split.json", "metrics.jsonl")
 @dataclass
 class DataOptions:
     train_file: str | None = None  # linked JSONL (or MedDDx json); default: MedDDx.json in the data dir
-    data_dir: str | None = None
-    tier: str = "Intermediate"
-    val_fraction: float = 0.2
-    split_seed: int = 0
+    data_dir: str | None = None  # data directory (default: $MEDTOK_DATA_DIR or ../shared/data)
+    tier: str = "Intermediate"  # tier trained on ("" = every tier)
+    val_fraction: float = 0.2  # held-out share (whole option-set groups)
+    split_seed: int = 0  # seed of the train/held-out split
     limit_train: int = 0  # keep only the first N training questions (0: all), for smoke runs
-    limit_val: int = 0
+    limit_val: int = 0  # keep only the first N held-out questions (0: all)
     shuffle_options: bool = True  # permute options each epoch (answer relabelled) against letter bias
     # 0: batches follow the shuffled order. N > 0: each window of N batches of the shuffled order
     # is sorted by prompt length before it is cut into batches, and the batches are shuffled:
@@ -69,14 +77,14 @@ class DataOptions:
 
 @dataclass
 class OptimOptions:
-    lr: float = 2e-4
+    lr: float = 2e-4  # AdamW learning rate (LoRA)
     projector_lr: float | None = None  # defaults to lr
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.05
-    epochs: int = 3
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_ratio: float = 0.05  # warm-up share of all steps
+    epochs: int = 3  # passes over the training questions
     batch_size: int = 8  # per process
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_grad_norm: float = 1.0  # gradient norm clip (0: none)
     max_steps: int = 0  # stop after this many optimizer steps in total (0: no limit)
 
     def __post_init__(self):
@@ -95,17 +103,20 @@ class OptimOptions:
 class TrainConfig:
     """Fine-tune a QA model (LoRA + MedTok prefix projector) on MedDDx Intermediate."""
 
-    output_dir: str = "runs/qa"
-    seed: int = 0
-    eval_batch_size: int = 16
+    output_dir: str = "runs/qa"  # run folder (best/ is the best checkpoint)
+    seed: int = 0  # seed of initialisation and data order
+    eval_batch_size: int = 16  # questions per validation scoring call
     early_stop_patience: int = 2  # epochs without validation improvement (0: never stop early)
     save_every_steps: int = 50  # resumable state every N optimizer steps (and at each epoch end)
-    log_every: int = 5
+    log_every: int = 5  # metrics.jsonl record every N steps
     # DeepSpeed JSON when accelerate launches with DeepSpeed. Given here, it wins over the
     # accelerate config's deepspeed_config_file; None: that file, else ds_config.json.
     deepspeed_config: str | None = None
-    resume: bool = True
+    resume: bool = True  # continue a run found in output_dir
     force: bool = False  # start over in an output_dir that holds a run with other settings
+    # Experiment trackers through accelerate (tensorboard: event files in output_dir/logs, offline;
+    # wandb, mlflow); none by default. curves.png is written either way.
+    report_to: list[str] = field(default_factory=list)
     # Give freed memory back to the OS after every optimizer step (glibc malloc_trim): keeps RSS
     # at what is in use instead of letting it grow with every new batch shape.
     release_memory: bool = True
@@ -118,6 +129,7 @@ class TrainConfig:
         require_range(self, "early_stop_patience", 0)
         require_range(self, "save_every_steps", 0)
         require_range(self, "log_every", 1)
+        check_report_to(self)
 
 
 # ---- data -----------------------------------------------------------------------------------------
@@ -282,7 +294,7 @@ def make_accelerator(cfg: TrainConfig):
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=ds)
     else:
         kwargs["gradient_accumulation_steps"] = cfg.optim.grad_accum
-    return Accelerator(kwargs_handlers=handlers, **kwargs)
+    return Accelerator(kwargs_handlers=handlers, **kwargs, **accelerator_kwargs(cfg.report_to, cfg.output_dir))
 
 
 # ---- optimisation -------------------------------------------------------------------------------------
@@ -342,8 +354,8 @@ def peak_rss_gib() -> float:
 class MetricsLog:
     """metrics.jsonl, appended by the main process; trimmed to the resumed step on resume."""
 
-    def __init__(self, path: Path, active: bool):
-        self.path, self.active = path, active
+    def __init__(self, path: Path, active: bool, tracker=None):
+        self.path, self.active, self.tracker = path, active, tracker  # tracker: an Accelerator with log_with
 
     def trim_after(self, step: int) -> None:
         if not self.active or not self.path.is_file():
@@ -355,6 +367,10 @@ class MetricsLog:
         if self.active:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.tracker is not None and record.get("event") in ("train", "eval"):
+                prefix = "train/" if record["event"] == "train" else "eval/"
+                values = {prefix + k: v for k, v in scalars(record).items() if k != "best"}
+                self.tracker.log(values, step=record["step"])
 
 
 def evaluate(model: QAModel, items: list[MCQItem], batch_size: int) -> dict:
@@ -502,7 +518,7 @@ def clear_run(out: Path) -> None:
     """Remove what a previous run left in ``out`` (only the trainer's own files)."""
     shutil.rmtree(out / RESUME_DIR, ignore_errors=True)
     shutil.rmtree(best_checkpoint(out), ignore_errors=True)
-    for name in RUN_FILES:
+    for name in (*RUN_FILES, CURVES):
         (out / name).unlink(missing_ok=True)
 
 
@@ -544,7 +560,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Pat
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     _register_trainable_only_saving(accelerator, trainable)
 
-    log = MetricsLog(out / "metrics.jsonl", accelerator.is_main_process)
+    log = MetricsLog(out / "metrics.jsonl", accelerator.is_main_process, accelerator if cfg.report_to else None)
+    start_trackers(accelerator, cfg.report_to, "qa", to_dict(cfg))
     state = (_load_resume(accelerator, out) if cfg.resume else None) or TrainerState()
     accelerator.step = state.global_step * grad_accum  # accumulation phase (saved only at boundaries)
     log.trim_after(state.global_step)  # a kill before the first save leaves lines of a run that restarts
@@ -640,6 +657,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Pat
             for name, src in _run_files(out).items():
                 if src.is_file():
                     shutil.copyfile(src, best / name)
+        qa_curves(out / "metrics.jsonl", out / CURVES)  # loss, lr, validation accuracy of the whole run
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return best

@@ -128,6 +128,8 @@ CASES = [
     ("ft-dtype", TRAIN, FT + ["--model.dtype", "fp8"], "model.dtype must be one of"),
     ("ft-code-fields", TRAIN, FT + ["--model.code_fields", "options"], "model.code_fields must be one of"),
     ("ft-unknown-option", TRAIN, FT + ["--optim.learning_rate", "1"], "unknown option optim.learning_rate"),
+    ("ft-two-values", TRAIN, FT + ["--optim.lr", "1e-4", "2e-4"], "optim.lr takes one value, got 2: 1e-4 2e-4"),
+    ("ft-report-to", TRAIN, FT + ["--report_to", "tensorbord"], "report_to has unknown tracker 'tensorbord'"),
     ("ft-missing-config", TRAIN, ["--config", "{root}/nope.yaml"], "config file {root}/nope.yaml does not exist"),
     ("ft-bad-yaml", TRAIN, ["--config", "{bad_yaml}"], "is not valid YAML"),
     ("ft-missing-data", TRAIN, FT + ["--data.train_file", "{root}/nope.jsonl"], "nope.jsonl does not exist"),
@@ -185,6 +187,8 @@ CASES = [
     ("medtok-batch-one", medtok_cli.main, ["--optim.batch_size", "1", "--output_dir", "{root}/mt"], "optim.batch_size"),
     ("medtok-top-k-text", medtok_cli.main, ["--model.top_k", "many", "--output_dir", "{root}/mt"], "model.top_k expects int"),
     ("build-unknown-option", build_cli.main, ["--colour", "red"], "unknown option colour"),
+    ("medtok-section-value", medtok_cli.main, ["--optim", "3", "--output_dir", "{root}/mt"],
+     "--optim is a group of options; set one as --optim.<name> value"),
     # the pipeline
     ("pipeline-unknown-method", pipeline.main, ["--output", "{root}/p", "--methods", "medtok,foo"], "unknown prefix method 'foo'"),
     ("pipeline-no-seeds", pipeline.main, ["--output", "{root}/p", "--seeds", ""], "seeds is empty"),

@@ -203,3 +203,28 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_main(["--checkpoints", str(tmp_path), "--output", str(tmp_path / "o")])
     assert "not a QA checkpoint" in capsys.readouterr().err
+
+
+def test_publish_copies_with_relative_paths_and_regenerates_the_readme_block(tmp_path, monkeypatch):
+    from eval import publish as pub
+
+    items, _ = load_mcq(_write_meddx(tmp_path / "MedDDx.json"))
+    results = summarize(items, _runs_for(items))
+    results["dataset_path"] = str(pub.REPO_ROOT / "runs" / "x" / "linked.jsonl")
+    eval_dir = tmp_path / "pipe" / "eval"
+    write_outputs(results, items, _runs_for(items), eval_dir)
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\n\n<!-- results:demo -->\nold retyped table\n<!-- /results:demo -->\n\nmore text\n")
+    dest = pub.publish(pub.PublishConfig(eval_dir=str(eval_dir), name="demo", command="make demo",
+                                         target=str(tmp_path / "docs"), readme=str(readme)))
+    published = json.loads((dest / "results.json").read_text())
+    assert published["dataset_path"] == "runs/x/linked.jsonl"  # relative to the repository
+    assert {"report.md", "machine.json", "accuracy_by_tier.png"} <= {p.name for p in dest.iterdir()}
+    text = readme.read_text()
+    assert "old retyped table" not in text and text.endswith("more text\n") and text.count("<!-- results:demo -->") == 1
+    block = text.split("<!-- results:demo -->")[1].split("<!-- /results:demo -->")[0]
+    table = ev.report.results_markdown_table(published)
+    assert table in block and "`make demo`" in block
+    pub.publish(pub.PublishConfig(eval_dir=str(eval_dir), name="demo", target=str(tmp_path / "docs"),
+                                  readme=str(readme)))
+    assert readme.read_text().count("<!-- results:demo -->") == 1  # replaced, not appended again
