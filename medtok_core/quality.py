@@ -1,0 +1,318 @@
+"""Quality metrics of code embeddings (any [n_codes, dim] table): the one implementation used by
+``python -m eval.medtok_quality`` and ``benchmarks/bench_medtok.py``.
+
+- :func:`hierarchy_auc`: ROC-AUC of cosine similarity separating sibling pairs (same parent) from
+  random pairs of the same system;
+- :func:`parent_mrr`: for codes whose parent is in the table, MRR of the parent among every code
+  of the same system (the code itself excluded);
+- :func:`gem_pairs` + :func:`equivalence_mrr`: ICD-9-CM -> ICD-10-CM retrieval through the CMS GEM;
+- :func:`relation_metrics`: held-out relation pairs (:class:`medtok_core.heldout.PairSplit`) scored
+  zero-shot by cosine and by a logistic probe trained on the training pairs only, as ROC-AUC
+  against sampled negatives of the same code sets and as filtered MRR.
+
+Ranks count ties half (mean rank among equal scores): quantised embeddings can be identical for
+two codes, and counting a tie as a win would flatter them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+_KEY = 1 << 31  # pair (a, b) of code ids -> one int64 key a * _KEY + b
+
+
+def normalized(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(torch.as_tensor(x).float(), dim=-1)
+
+
+def pair_keys(pairs: np.ndarray) -> np.ndarray:
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    return pairs[:, 0] * _KEY + pairs[:, 1]
+
+
+def roc_auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Probability that a positive scores above a negative (ties count half)."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    return float(roc_auc_score(y, np.r_[pos, neg]))
+
+
+def cosine_scores(emb: torch.Tensor, pairs: np.ndarray) -> np.ndarray:
+    e = normalized(emb)
+    p = torch.tensor(np.asarray(pairs, dtype=np.int64).reshape(-1, 2))
+    return (e[p[:, 0]] * e[p[:, 1]]).sum(-1).numpy()
+
+
+def ranks_of_best_true(scores: torch.Tensor, truth: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+    """Rank (1 = first) of the best-scored true candidate of each row of ``scores`` [Q, C].
+
+    ``truth`` [Q, C] marks the true candidates; ``skip`` [Q, C] marks candidates left out of the
+    ranking (the query itself, other known true pairs: the "filtered" setting). Ties count half."""
+    scores = scores.float()
+    skip = torch.zeros_like(truth) if skip is None else skip & ~truth
+    best = scores.masked_fill(~truth, float("-inf")).max(1).values[:, None]
+    others = ~truth & ~skip
+    above = ((scores > best) & others).sum(1).float()
+    ties = ((scores == best) & others).sum(1).float()
+    return 1.0 + above + 0.5 * ties
+
+
+def mrr(ranks: torch.Tensor) -> float:
+    return float((1.0 / ranks.float()).mean()) if len(ranks) else float("nan")
+
+
+# ------------------------------------------------------------------------------------- hierarchy
+def hierarchy_pairs(vocab: pd.DataFrame, n_random: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sibling pairs (up to 10 per parent, capped at ``n_random``) and random same-system pairs."""
+    rng = np.random.default_rng(seed)
+    key = vocab["system"].astype(str) + ":" + vocab["parent"].fillna("").astype(str)
+    groups = pd.Series(np.arange(len(vocab))).groupby(key.to_numpy())
+    pos = []
+    for name, idx in groups:
+        if name.endswith(":") or len(idx) < 2:
+            continue
+        a = rng.choice(idx.to_numpy(), size=min(len(idx), 10), replace=False)
+        pos += list(zip(a, np.roll(a, 1), strict=True))
+    pos = np.array(pos[:n_random], dtype=np.int64).reshape(-1, 2)
+    systems = vocab["system"].to_numpy()
+    neg = []
+    for s in np.unique(systems):
+        members = np.nonzero(systems == s)[0]
+        k = max(1, int(n_random * len(members) / len(vocab)))
+        neg.append(np.stack([rng.choice(members, k), rng.choice(members, k)], 1))
+    neg = np.concatenate(neg)
+    return pos, neg[neg[:, 0] != neg[:, 1]]
+
+
+def hierarchy_auc(vocab: pd.DataFrame, emb: torch.Tensor, n_random: int, seed: int) -> dict:
+    pos, neg = hierarchy_pairs(vocab, n_random, seed)
+    return {"auc": roc_auc(cosine_scores(emb, pos), cosine_scores(emb, neg)),
+            "n_sibling_pairs": len(pos), "n_random_pairs": len(neg)}
+
+
+def parent_mrr(vocab: pd.DataFrame, emb: torch.Tensor, max_queries: int, seed: int) -> dict:
+    """MRR of each code's parent among all codes of its system (itself excluded)."""
+    systems = vocab["system"].astype(str).to_numpy()
+    row = {(s, c): i for i, (s, c) in enumerate(zip(systems, vocab["code"].astype(str), strict=True))}
+    parents = vocab["parent"].fillna("").astype(str).to_numpy()
+    q = np.array([i for i in range(len(vocab)) if parents[i] and (systems[i], parents[i]) in row], dtype=np.int64)
+    if len(q) > max_queries:
+        q = np.sort(np.random.default_rng(seed).choice(q, max_queries, replace=False))
+    e = normalized(emb)
+    ranks = []
+    for s in np.unique(systems[q]):
+        qs = q[systems[q] == s]
+        cand = np.nonzero(systems == s)[0]
+        pos = {int(c): j for j, c in enumerate(cand)}
+        truth = torch.zeros(len(qs), len(cand), dtype=torch.bool)
+        skip = torch.zeros_like(truth)
+        truth[torch.arange(len(qs)), [pos[row[(s, parents[i])]] for i in qs]] = True
+        skip[torch.arange(len(qs)), [pos[int(i)] for i in qs]] = True
+        ranks.append(ranks_of_best_true(e[qs] @ e[cand].t(), truth, skip))
+    ranks_t = torch.cat(ranks) if ranks else torch.zeros(0)
+    return {"mrr": mrr(ranks_t), "n_queries": int(len(ranks_t))}
+
+
+# ------------------------------------------------------------------------------------- GEM
+def gem_pairs(tok, data_dir: str | None) -> np.ndarray:
+    """(icd9 row, icd10cm row) pairs of a tokenizer's table from the CMS GEM, with ancestor fallback."""
+    from medtok_core.datadir import data_file
+    from medtok_core.errors import MedTokError
+
+    gem = pd.read_csv(data_file("kg/gem_icd9_to_icd10cm.csv", data_dir), dtype=str)
+    gem = gem[gem["no_map"] != "1"]
+
+    def rows(system: str, codes: pd.Series) -> dict[str, int]:
+        out = {}
+        for c in codes.unique():
+            try:
+                out[c] = tok.resolve(f"{system}:{c}", warn=False).code_id
+            except MedTokError:
+                pass
+        return out
+
+    r9, r10 = rows("ICD9CM", gem["icd9cm"]), rows("ICD10CM", gem["icd10cm"])
+    pairs = {(r9[a], r10[b]) for a, b in zip(gem["icd9cm"], gem["icd10cm"], strict=True) if a in r9 and b in r10}
+    return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
+
+
+def equivalence_mrr(vocab: pd.DataFrame, emb: torch.Tensor, pairs: np.ndarray) -> dict:
+    """MRR of the best-ranked GEM partner of each ICD-9-CM code among all ICD-10-CM codes."""
+    if len(pairs) == 0:
+        return {"mrr": float("nan"), "n_queries": 0}
+    targets = np.nonzero((vocab["system"] == "ICD10CM").to_numpy())[0]
+    ranks = rank_pairs(normalized(emb), normalized(emb), pairs, targets)
+    return {"mrr": mrr(ranks), "hits@10": float((ranks <= 10).float().mean()),
+            "n_queries": int(len(ranks)), "n_targets": int(len(targets))}
+
+
+def rank_pairs(q_emb: torch.Tensor, c_emb: torch.Tensor, pairs: np.ndarray, candidates: np.ndarray,
+               known: np.ndarray | None = None, score=None) -> torch.Tensor:
+    """Rank of the best true partner of each query (first column of ``pairs``) among
+    ``candidates``; other ``known`` true pairs of a query are filtered out of its ranking.
+
+    ``score(queries, candidates) -> [Q, C]`` defaults to the dot product of the two tables."""
+    queries = np.unique(pairs[:, 0])
+    qpos = pd.Index(queries)
+    cpos = pd.Index(candidates)
+    truth = torch.zeros(len(queries), len(candidates), dtype=torch.bool)
+    qi, ci = qpos.get_indexer(pairs[:, 0]), cpos.get_indexer(pairs[:, 1])
+    ok = ci >= 0
+    truth[qi[ok], ci[ok]] = True
+    skip = torch.zeros_like(truth)
+    if known is not None and len(known):
+        ki, kc = qpos.get_indexer(known[:, 0]), cpos.get_indexer(known[:, 1])
+        m = (ki >= 0) & (kc >= 0)
+        skip[ki[m], kc[m]] = True
+    self_c = cpos.get_indexer(queries)
+    skip[np.nonzero(self_c >= 0)[0], self_c[self_c >= 0]] = True
+    keep = truth.any(1)
+    scores = (score(queries, candidates) if score is not None
+              else q_emb[torch.as_tensor(queries)] @ c_emb[torch.as_tensor(candidates)].t())
+    return ranks_of_best_true(scores[keep], truth[keep], skip[keep])
+
+
+# ------------------------------------------------------------------------------------- relations
+def sample_negatives(cand_a: np.ndarray, cand_b: np.ndarray, n: int, exclude: np.ndarray, seed: int,
+                     symmetric: bool) -> np.ndarray:
+    """``n`` random (a, b) pairs from the two candidate sets that are not in ``exclude`` (either
+    order for symmetric relations) and not self-pairs."""
+    rng = np.random.default_rng(seed)
+    exclude = np.asarray(exclude, dtype=np.int64).reshape(-1, 2)
+    bad = np.unique(np.concatenate([pair_keys(exclude), pair_keys(exclude[:, ::-1]) if symmetric else []]))
+    out: list[np.ndarray] = []
+    have = 0
+    for _ in range(100):
+        a, b = rng.choice(cand_a, 2 * n), rng.choice(cand_b, 2 * n)
+        ok = (a != b) & ~np.isin(a * _KEY + b, bad)
+        out.append(np.stack([a[ok], b[ok]], 1))
+        have += int(ok.sum())
+        if have >= n:
+            break
+    return np.concatenate(out)[:n] if out else np.zeros((0, 2), np.int64)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, c: float = 1.0, max_iter: int = 100, seed: int = 0) -> torch.Tensor:
+    """L2-regularised logistic regression (sklearn, lbfgs); the weights (the intercept does not
+    change any ranking)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    with warnings.catch_warnings():
+        # A probe stopped at max_iter is still a valid, slightly more regularised probe.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        lr = LogisticRegression(C=c, max_iter=max_iter, random_state=seed).fit(x, y)
+    return torch.as_tensor(lr.coef_[0], dtype=torch.float32)
+
+
+@dataclass
+class PairProbe:
+    """Logistic regression on [cos(a, b), a * b, a, b] of unit-normalised embeddings, folded into
+    ``score = sum(w_ab * a * b) + w_a . a + w_b . b`` so a whole score matrix is two matmuls.
+
+    The cosine feature lets the probe keep the zero-shot ranking where the diagonal weights have
+    no training signal (dimensions no training pair uses). Blocks are rescaled to unit-order
+    entries (a * b by d, a and b by sqrt(d)) instead of standardising each feature: a feature
+    that is nearly constant on the training pairs must not get a huge weight."""
+
+    w_ab: torch.Tensor
+    w_a: torch.Tensor
+    w_b: torch.Tensor
+
+    @staticmethod
+    def features(e: torch.Tensor, pairs: np.ndarray) -> np.ndarray:
+        a, b = e[pairs[:, 0]], e[pairs[:, 1]]
+        d = e.shape[1]
+        return torch.cat([(a * b).sum(1, keepdim=True), d * a * b, d ** 0.5 * a, d ** 0.5 * b], 1).numpy()
+
+    @classmethod
+    def fit(cls, emb: torch.Tensor, pos: np.ndarray, neg: np.ndarray, c: float = 1.0, seed: int = 0,
+            max_iter: int = 100) -> PairProbe:
+        e = normalized(emb)
+        x = np.concatenate([cls.features(e, pos), cls.features(e, neg)])
+        y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+        w = fit_logistic(x, y, c, max_iter, seed)
+        d = e.shape[1]
+        return cls(w[0] + d * w[1:d + 1], d ** 0.5 * w[d + 1:2 * d + 1], d ** 0.5 * w[2 * d + 1:])
+
+    def score_pairs(self, emb: torch.Tensor, pairs: np.ndarray) -> np.ndarray:
+        e = normalized(emb)
+        a, b = e[pairs[:, 0]], e[pairs[:, 1]]
+        return ((a * b) @ self.w_ab + a @ self.w_a + b @ self.w_b).numpy()
+
+    def score_matrix(self, emb: torch.Tensor):
+        e = normalized(emb)
+
+        def score(queries: np.ndarray, candidates: np.ndarray) -> torch.Tensor:
+            q, c = e[torch.as_tensor(queries)], e[torch.as_tensor(candidates)]
+            return (q * self.w_ab) @ c.t() + (q @ self.w_a)[:, None] + (c @ self.w_b)[None, :]
+        return score
+
+
+@dataclass
+class RelationSample:
+    """Fixed pairs of one held-out relation, shared by every method so all see the same task."""
+
+    name: str
+    symmetric: bool
+    cand_a: np.ndarray
+    cand_b: np.ndarray
+    train_pos: np.ndarray
+    train_neg: np.ndarray
+    test_pos: np.ndarray
+    test_neg: np.ndarray
+    known: np.ndarray       # every true pair but the test ones (filtered out of MRR rankings)
+
+
+def relation_sample(split, name: str, symmetric: bool, max_train: int, neg_per_pos: int,
+                    seed: int) -> RelationSample:
+    """Training pairs (capped) with as many negatives, test pairs with ``neg_per_pos`` negatives each;
+    negatives avoid every true pair of the full graph, train and test negatives are disjoint."""
+    all_pairs, test = split.all_pairs, split.test
+    cand_a, cand_b = np.unique(all_pairs[:, 0]), np.unique(all_pairs[:, 1])
+    if symmetric:
+        cand_a = cand_b = np.union1d(cand_a, cand_b)
+    rng = np.random.default_rng(seed)
+    train = split.train
+    if len(train) > max_train:
+        train = train[np.sort(rng.choice(len(train), max_train, replace=False))]
+    test_neg = sample_negatives(cand_a, cand_b, neg_per_pos * len(test), all_pairs, seed + 1, symmetric)
+    train_neg = sample_negatives(cand_a, cand_b, len(train), np.concatenate([all_pairs, test_neg]), seed + 2,
+                                 symmetric)
+    known = all_pairs[~np.isin(pair_keys(all_pairs), pair_keys(test))]
+    if symmetric:  # both orders, so a query on either side is filtered and trained alike
+        known = np.concatenate([known, known[:, ::-1]])
+        train, train_neg = np.concatenate([train, train[:, ::-1]]), np.concatenate([train_neg, train_neg[:, ::-1]])
+    return RelationSample(name, symmetric, cand_a, cand_b, train, train_neg, test, test_neg, known)
+
+
+def relation_metrics(emb: torch.Tensor, s: RelationSample, seed: int = 0) -> dict[str, float]:
+    """Zero-shot cosine and probe: ROC-AUC (test positives vs test negatives) and filtered MRR
+    (each test query's best held-out partner among all candidates of the other side)."""
+    e = normalized(emb)
+    out = {"auc_cosine": roc_auc(cosine_scores(e, s.test_pos), cosine_scores(e, s.test_neg)),
+           "mrr_cosine": mrr(rank_pairs(e, e, s.test_pos, s.cand_b, s.known))}
+    probe = PairProbe.fit(e, s.train_pos, s.train_neg, seed=seed)
+    out["auc_probe"] = roc_auc(probe.score_pairs(e, s.test_pos), probe.score_pairs(e, s.test_neg))
+    out["mrr_probe"] = mrr(rank_pairs(e, e, s.test_pos, s.cand_b, s.known, score=probe.score_matrix(e)))
+    return out
+
+
+def codebook_usage(ids: torch.Tensor, weights: torch.Tensor, regions: dict[str, tuple[int, int]]) -> dict:
+    """Utilisation (share of codes used) and perplexity of the weighted usage of each region."""
+    out = {}
+    for region, (lo, hi) in regions.items():
+        sel = (ids >= lo) & (ids < hi)
+        # |weight|: pursuit weights are signed projection coefficients
+        counts = torch.zeros(hi - lo).index_add_(0, (ids[sel] - lo).long(), weights[sel].float().abs())
+        p = counts[counts > 0] / counts.sum().clamp(min=1e-12)
+        out[region] = {"size": hi - lo, "utilization": float((counts > 0).float().mean()),
+                       "perplexity": float(torch.exp(-(p * p.log()).sum()))}
+    return out
