@@ -122,9 +122,13 @@ def main() -> None:
     p.add_argument("--baseline", action="store_true",
                    help="also time PEFT's own LoRA forward on unbucketed batches (the state before issue 10)")
     p.add_argument("--gradient_checkpointing", action="store_true")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0: torch's default); the peak is measured with the same count")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--out", default="benchmarks/results_qa.json")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     items = questions(args)
     train, _val = split_by_option_set(items, 0.2, 0)

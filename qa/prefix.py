@@ -5,7 +5,7 @@ batch padding."""
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -14,10 +14,17 @@ from disease_linking.questions import MCQItem
 from medtok_core.errors import MedTokError
 from qa.data import CODE_FIELDS, linked_codes, stable_seed
 
-if TYPE_CHECKING:
-    from qa.prefix_methods.base import ItemPrefix
-
 PROJECTORS = ("linear", "mlp")
+
+
+@dataclass
+class ItemPrefix:
+    """What one question contributes besides its prompt."""
+
+    codes: list[str] = field(default_factory=list)  # codes whose embeddings form the prefix
+    embeddings: torch.Tensor | None = None  # [n_tokens, 4*d] float32 (n_tokens 0 for no prefix)
+    context: str | None = None  # text written into the prompt (the `text` method)
+    tags: list[int] | None = None  # per prefix token: STEM_TAG or option index + 1
 
 
 class Projector(nn.Module):

@@ -127,6 +127,7 @@ def test_every_option_of_every_entry_point_has_help(cls):
 # ---------------------------------------------------------------- --print_config
 
 CONFIG_FILES = {"medtok_quick.yaml": "medtok_core.train", "medtok_full.yaml": "medtok_core.train",
+                "medtok_quick_before.yaml": "medtok_core.train", "medtok_quality_full.yaml": "eval.medtok_quality",
                 "qa_quick.yaml": "qa.training", "qa_paper.yaml": "qa.training",
                 "pipeline_quick.yaml": "eval.pipeline", "pipeline_full.yaml": "eval.pipeline",
                 "pipeline_cpu.yaml": "eval.pipeline"}
@@ -136,7 +137,8 @@ def _config_class(module: str):
     import importlib
 
     mod = importlib.import_module(module)
-    return getattr(mod, "PipelineConfig" if module == "eval.pipeline" else "TrainConfig")
+    names = {"eval.pipeline": "PipelineConfig", "eval.medtok_quality": "QualityConfig"}
+    return getattr(mod, names.get(module, "TrainConfig"))
 
 
 @pytest.mark.parametrize("name", sorted(CONFIG_FILES))
@@ -146,7 +148,8 @@ def test_print_config_round_trips_every_shipped_config(name, tmp_path, capsys):
     path = REPO / "configs" / name
     cfg = parse_config(cls, ["--config", str(path)])
     assert cfg == from_dict(cls, load_yaml(path))  # the YAML file means what it meant
-    key, override = ("seeds", ["3", "4"]) if cls.__name__ == "PipelineConfig" else ("seed", ["5"])
+    key, override = {"PipelineConfig": ("seeds", ["3", "4"]), "QualityConfig": ("seed", ["5"])}.get(
+        cls.__name__, ("seed", ["5"]))
     with pytest.raises(SystemExit) as stop:
         parse_config(cls, ["--config", str(path), f"--{key}", *override, "--print_config"])
     assert stop.value.code == 0

@@ -9,29 +9,19 @@ registry, so adding a method means adding its file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
 
 from medtok_core.errors import ConfigError, MedTokError
+from qa.prefix import ItemPrefix, Projector
 
 if TYPE_CHECKING:
     from disease_linking.questions import MCQItem
     from qa.prefix import CodeSource
 
 STEM_TAG = 0  # prefix-token tag of stem codes; option letter i (A=0) is tagged i + 1
-
-
-@dataclass
-class ItemPrefix:
-    """What one question contributes besides its prompt."""
-
-    codes: list[str] = field(default_factory=list)  # codes whose embeddings form the prefix
-    embeddings: torch.Tensor | None = None  # [n_tokens, 4*d] float32 (n_tokens 0 for no prefix)
-    context: str | None = None  # text written into the prompt (the `text` method)
-    tags: list[int] | None = None  # per prefix token: STEM_TAG or option index + 1
 
 
 class PrefixMethod:
@@ -64,8 +54,6 @@ class PrefixMethod:
     # ---- the trainable module and the LM inputs (model path) ------------------------------------
     def build_module(self, in_dim: int, hidden_size: int) -> nn.Module | None:
         """The module saved as the checkpoint's projector (None for methods without one)."""
-        from qa.prefix import Projector
-
         return Projector(in_dim, hidden_size, self.options.projector) if self.trainable else None
 
     def prefix_embeddings(self, module: nn.Module, emb: torch.Tensor, mask: torch.Tensor, tags: torch.Tensor,
