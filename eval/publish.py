@@ -12,7 +12,6 @@ that results.json: README figures are never retyped.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,9 +73,8 @@ def publish(cfg: PublishConfig) -> Path:
 
 def _dtype_used(eval_dir: Path) -> str | None:
     """The dtype the evaluated checkpoints ran in (from their qa_config.json), if one is found."""
-    for config in sorted(eval_dir.parent.glob("qa/*/best/qa_config.json")):
-        return json.loads(config.read_text(encoding="utf-8")).get("dtype")
-    return None
+    config = next(iter(sorted(eval_dir.parent.glob("qa/*/best/qa_config.json"))), None)
+    return read_json(config).get("dtype") if config else None
 
 
 def readme_block(results: dict, machine: dict, timings: dict | None, dest: Path) -> str:

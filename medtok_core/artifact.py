@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from medtok_core.errors import MedTokError
-from medtok_core.io import atomic_dir, read_json, sha256_file, write_json, write_text
+from medtok_core.io import atomic_dir, read_format_json, read_json, sha256_file, write_json, write_text
 from medtok_core.model_card import CARD, medtok_card
 
 FORMAT = "medtok-artifact"
@@ -124,12 +124,7 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
 
 def read_config(path: str | Path) -> dict:
     file = Path(path) / CONFIG
-    try:
-        config = read_json(file)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{file} is not valid JSON ({err}); {_REEXPORT}") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ArtifactError(f"{file} is not a MedTok artifact config (format != {FORMAT!r})")
+    config = read_format_json(file, FORMAT, "MedTok artifact config", ArtifactError, _REEXPORT)
     try:
         int(config["top_k"]), int(config["model"]["dim"]), dict(config["codebook"]["regions"])
     except (KeyError, TypeError, ValueError):

@@ -127,6 +127,17 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
+def read_format_json(file: str | os.PathLike, fmt: str, what: str, error: type[Exception], advice: str) -> dict:
+    """A JSON object tagged ``"format": fmt`` (the artifacts' own configs), or ``error`` in one line."""
+    try:
+        data = read_json(file)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{file} is not valid JSON ({err}); {advice}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise error(f"{file} is not a {what} (format != {fmt!r})")
+    return data
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from medtok_core.errors import MedTokError
-from medtok_core.io import atomic_dir, read_json, write_json, write_text
+from medtok_core.io import atomic_dir, read_format_json, write_json, write_text
 from medtok_core.model_card import CARD, best_validation, qa_card, read_yaml
 
 FORMAT = "medtok-qa-checkpoint"
@@ -49,12 +49,8 @@ def find_checkpoint(path: str | Path) -> Path:
 def read_checkpoint_config(path: str | Path) -> dict:
     """qa_config.json of the checkpoint at ``path``, checked for format and required keys."""
     file = find_checkpoint(path) / QA_CONFIG
-    try:
-        cfg = read_json(file)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{file} is not valid JSON ({err}); retrain or restore the checkpoint") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise CheckpointError(f"{file} is not a QA checkpoint config (format != {FORMAT!r})")
+    cfg = read_format_json(file, FORMAT, "QA checkpoint config", CheckpointError,
+                           "retrain or restore the checkpoint")
     for key in ("prefix_mode", "base_model"):
         if not isinstance(cfg.get(key), str):
             raise CheckpointError(f"{file} lacks {key}; retrain or restore the checkpoint")
