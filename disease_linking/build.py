@@ -25,7 +25,7 @@ from disease_linking.pipeline import tokenizer_id
 from medtok_core.io import atomic_path, cache_dir, read_json, write_json
 
 # Bump when term rows, scores or keys change for the same inputs.
-LEXICON_VERSION = 11
+LEXICON_VERSION = 15
 FALLBACK_SYSTEMS = ("ICD10CM",)
 
 
@@ -115,8 +115,15 @@ def load_code_index(folder: Path, encoder_path: str):
     return CodeIndex(refs, load_file(str(_emb_file(folder, encoder_path)))["emb"], _encoder(encoder_path))
 
 
+def code_descriptions(vocab) -> dict[str, str]:
+    """"SYSTEM:CODE" -> description of the ICD codes (the linker checks cross-references with them)."""
+    t = vocab.table[vocab.table.system.str.startswith("ICD")]
+    return dict(zip((t.system + ":" + t.code).tolist(), t.description.tolist(), strict=True))
+
+
 def load_or_build_resources(nlp: Language, cfg, data_dir=None, progress: bool = False):
-    """(Lexicon, CodeIndex or None) for ``cfg`` (a :class:`LinkConfig`), built on first use."""
+    """(Lexicon, CodeIndex or None, ICD code descriptions) for ``cfg`` (a :class:`LinkConfig`), built
+    on first use."""
     vocab, kg, kg_key = load_vocab_and_graph(data_dir, progress)
     folder = cache_dir() / "linking" / resources_key(vocab, kg_key, cfg.spacy_model)
     lex_path = folder / "lexicon.parquet"
@@ -137,4 +144,4 @@ def load_or_build_resources(nlp: Language, cfg, data_dir=None, progress: bool = 
             info.update(code_index_build_s=round(time.perf_counter() - t0, 1))
             write_json(folder / "build.json", info)
         code_index = load_code_index(folder, cfg.text_encoder)
-    return lexicon, code_index
+    return lexicon, code_index, code_descriptions(vocab)

@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from disease_linking.questions import CodeRef, MCQItem, Mention
+from disease_linking.rules import UNSUPPORTED
 from medtok_core.errors import DataFileError
 from medtok_core.io import read_json, write_json
 
 DEFAULT_PATH = Path(__file__).with_name("calibration.json")
 FEATURES = ("bias", "score", "fallback", "exact_entry", "parent_rule", "drug", "phenotype", "option",
-            "words")
+            "words", "unsupported_xref")
 _L2 = 1.0  # ridge penalty: ~150 training mentions, keep the weights small
 
 
@@ -35,7 +36,8 @@ def code_features(m: Mention, c: CodeRef) -> list[float]:
     return [1.0, float(c.score), float(why.startswith("embedding fallback")),
             float(c.score >= 0.95 and not why.startswith("embedding")),  # a description/ATC name itself
             float(why.startswith("common parent")), float(m.kind == "drug"), float(m.kind == "phenotype"),
-            float(m.field != "stem"), min(len(m.text.split()), 6) / 6.0]
+            float(m.field != "stem"), min(len(m.text.split()), 6) / 6.0,
+            float(UNSUPPORTED in why)]  # a KG cross-reference the mention's words do not support
 
 
 def fit(x: np.ndarray, y: np.ndarray, iters: int = 50) -> np.ndarray:

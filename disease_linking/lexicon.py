@@ -34,6 +34,8 @@ TABLE_COLUMNS = ["key", "cs", "term", "kinds", "concepts", "codes", "scores"]
 # vague to pick a code. A term made only of these (e.g. "acute", "severe disease", "pain", "disorder")
 # is dropped. Chosen by counting which single-word lexicon hits fired most often on MedDDx and
 # reading them (see eval/gold_linking.jsonl notes): all of these were wrong or uninformative.
+# "pain" was among them until issue 13: the v2 gold rules make a bare symptom a mention ("alleviate
+# pain" -> R52 "Pain, unspecified"), and the residual-code rule below keeps it off G89.
 GENERIC_WORDS = frozenset(norm_word(w) for w in """
 a an the of in on at to for with without and or not no by from as is are be was were been has have
 had this that these those it its their there which what who whom whose how why when where can could
@@ -42,7 +44,7 @@ all each both more most less least very also only same one two three first secon
 acute chronic severe mild moderate serious primary secondary unspecified specified other NOS type
 disease diseases disorder disorders syndrome syndromes condition conditions illness problem problems
 abnormality abnormalities abnormal anomaly finding findings sign signs symptom symptoms complication
-pain injury lesion lesions mass growth process activity activities function functions change changes
+injury lesion lesions mass growth process activity activities function functions change changes
 effect effects reaction reactions state status level levels increased decreased high low normal
 sodium potassium body system tissue cell cells gene genes protein proteins factor factors receptor receptors
 drug drugs medication medications medicine agent agents therapy treatment product products
@@ -57,6 +59,14 @@ exposure contact use poisoning case cases other unknown various multiple single 
 _UNSPEC = re.compile(r",?\s*(unspecified|not elsewhere classified|NEC|NOS|not otherwise specified)\b",
                      re.IGNORECASE)
 _PAREN = re.compile(r"\s*[\(\[][^\)\]]*[\)\]]")
+# A residual code ("Pain, not elsewhere classified", G89) and the unspecified one ("Pain,
+# unspecified", R52) give the same bare variant "Pain". The gold rules code a bare mention with
+# the unspecified code, so variants cut from a residual description score this much less. Only
+# descriptions (1.0): the result must stay above 0.95, where scores mean "the vocabulary itself"
+# (below it, codes come from the KG and take the word-overlap bonus). An inclusion term "X NEC"
+# already scores 0.95, below the "X, unspecified" description.
+_RESIDUAL = re.compile(r"\b(not elsewhere classified|NEC)\b")
+RESIDUAL_PENALTY = 0.01
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,17 @@ OVERLAP_BONUS = 0.09
 
 def word_set(text: str) -> frozenset[str]:
     return frozenset(w for w in (norm_word(x) for x in _WORD.findall(text)) if w not in GENERIC_WORDS)
+
+
+# Crude stemming for word overlap: words agree on their first letters ("esophageal" and
+# "esophagus", "thyroid" and "thyroiditis" agree on 7); shorter prefixes merge unrelated words
+# ("defective" and "defects" would agree on 6).
+STEM_LEN = 7
+
+
+def stem_set(text: str) -> frozenset[str]:
+    """Content words of ``text`` (see :func:`word_set`) cut to :data:`STEM_LEN` letters."""
+    return frozenset(w[:STEM_LEN] for w in word_set(text))
 
 
 def _overlap(a: frozenset[str], b: frozenset[str]) -> float:
@@ -228,8 +249,14 @@ class Lexicon:
         excluded = set(exclude_acronyms)
         rows = []
         for rec in terms.itertuples(index=False):
-            for variant in term_variants(str(rec.term).strip()):
-                rows.append((variant, rec.kind, rec.concept, rec.codes))
+            term = str(rec.term).strip()
+            residual = bool(_RESIDUAL.search(term))
+            for variant in term_variants(term):
+                codes = rec.codes
+                if residual and variant != term:
+                    codes = [(sy, c, round(float(sc) - RESIDUAL_PENALTY, 4) if float(sc) >= 1.0 else sc)
+                             for sy, c, sc in codes]
+                rows.append((variant, rec.kind, rec.concept, codes))
         texts = [r[0] for r in rows]
         merged: dict[tuple[str, bool], dict] = {}
         for (text, kind, concept, codes), doc in zip(rows, tokenizer.pipe(texts, batch_size=2000), strict=True):

@@ -32,12 +32,18 @@ from disease_linking.normalize import norm_word, term_key
 from disease_linking.pipeline import SPAN_KEY, make_nlp, set_lexicon
 from disease_linking.questions import CodeRef, MCQItem, Mention
 from disease_linking.rules import (
+    agree_parenthetical,
     dedupe,
     inside_chemical_name,
     inverted_forms,
+    is_binding_partner,
     is_class_only_drug,
+    UNSUPPORTED,
     names_molecule,
+    negated_by_prefix,
+    one_word_adjective,
     rank_codes,
+    unsupported_xref,
 )
 
 
@@ -173,19 +179,21 @@ class Linker:
     """Extract mentions with the spaCy pipeline and link them to codes (see module docstring)."""
 
     def __init__(self, nlp: Language, lexicon: Lexicon, cfg: LinkConfig | None = None,
-                 code_index: CodeIndex | None = None):
+                 code_index: CodeIndex | None = None, code_texts: dict[str, str] | None = None):
         self.nlp = nlp
         self.lexicon = lexicon
         self.cfg = cfg or LinkConfig()
         self.code_index = code_index
+        # "SYSTEM:CODE" -> description, to check KG cross-references (None = no check).
+        self.code_texts = code_texts
         self.calibrator = _load_calibrator(self.cfg.calibration)
         set_lexicon(nlp, lexicon)
 
     @classmethod
     def from_lexicon(cls, lexicon: Lexicon, cfg: LinkConfig | None = None,
-                     code_index: CodeIndex | None = None) -> Linker:
+                     code_index: CodeIndex | None = None, code_texts: dict[str, str] | None = None) -> Linker:
         cfg = cfg or LinkConfig()
-        return cls(make_nlp(cfg.spacy_model), lexicon, cfg, code_index)
+        return cls(make_nlp(cfg.spacy_model), lexicon, cfg, code_index, code_texts)
 
     @classmethod
     def from_cache(cls, cfg: LinkConfig | None = None, data_dir: str | Path | None = None,
@@ -195,8 +203,8 @@ class Linker:
 
         cfg = cfg or LinkConfig()
         nlp = make_nlp(cfg.spacy_model)
-        lexicon, code_index = load_or_build_resources(nlp, cfg, data_dir, progress=progress)
-        return cls(nlp, lexicon, cfg, code_index)
+        lexicon, code_index, code_texts = load_or_build_resources(nlp, cfg, data_dir, progress=progress)
+        return cls(nlp, lexicon, cfg, code_index, code_texts)
 
     # ------------------------------------------------------------------ public API
     def link_item(self, item: MCQItem) -> MCQItem:
@@ -262,19 +270,30 @@ class Linker:
         return None
 
     def _not_a_mention(self, span, tokens: list[str]) -> bool:
-        """Hits that name a molecule, part of a chemical name, or a drug class (see rules)."""
-        if names_molecule(tokens, span.end):
+        """Hits that name a molecule, part of a chemical name, a drug class or a binding partner, or
+        that a "non-" prefix negates (see rules)."""
+        if names_molecule(tokens, span.end) or negated_by_prefix(tokens, span.start):
             return True
         if span.label_ != "drug":
             return False
-        return inside_chemical_name(tokens, span.start, span.end) or is_class_only_drug(self._codes(int(span.kb_id_)))
+        return (inside_chemical_name(tokens, span.start, span.end) or is_binding_partner(tokens, span.start)
+                or is_class_only_drug(self._codes(int(span.kb_id_))))
 
     def _mention(self, doc: Doc, start: int, end: int, field: str, row: int, why: str = "") -> Mention:
         span = doc[start:end]
-        codes = self._codes(row)
+        codes = self._flag_xrefs(self.lexicon.term(row), self._codes(row))  # the term, not an abbreviation
         if why:
             codes = [CodeRef(c.system, c.code, c.score, why=why + c.why) for c in codes]
         return Mention(span.text, span.start_char, span.end_char, field, codes, kind=self.lexicon.kind(row))
+
+    def _flag_xrefs(self, text: str, codes: list[CodeRef]) -> list[CodeRef]:
+        """Codes whose cross-reference the mention's words do not support say so in ``why`` (see
+        rules.unsupported_xref); the rest unchanged."""
+        if self.code_texts is None:
+            return codes
+        return [CodeRef(c.system, c.code, c.score, why=f"{UNSUPPORTED} '{desc}'; {c.why}")
+                if unsupported_xref(text, c, desc := self.code_texts.get(f"{c.system}:{c.code}")) else c
+                for c in codes]
 
     def _link_doc(self, doc: Doc, field: str, abbrevs: dict[str, tuple[int, str]],
                   target: str) -> tuple[list[Mention], list[Mention], list[Mention]]:
@@ -322,12 +341,13 @@ class Linker:
             covered.add(tok.i)
         if not self.cfg.keep_unlinked:
             mentions = [m for m in mentions if m.codes]
+        agree_parenthetical(mentions, doc.text)
         known: list[Mention] = []
         if self.cfg.embedding_fallback and self.code_index is not None:
             # A known disease/phenotype name without a code (many HPO terms): find its code by meaning.
             known = [Mention(s.text, s.start_char, s.end_char, field, [], kind=s.label_)
                      for s in spans if s.label_ in ("disease", "phenotype") and not self._codes(int(s.kb_id_))
-                     and _informative_phrase(s.text)]
+                     and _informative_phrase(s.text) and not one_word_adjective(s.text)]
             fallback += self._fallback_candidates(doc, field, covered, target, bool(linked))
         return mentions, fallback, known
 

@@ -9,6 +9,8 @@ it only merges spellings that should be merged:
 - British spellings ("tumour", "oedema", "anaemia") meet American ones;
 - plural "-s"/"-ies" is stripped ("seizures" = "seizure", "allergies" = "allergy");
 - roman numerals become digits ("type II" = "type 2");
+- a lay word becomes the word ICD-10-CM uses for it (:data:`SYNONYMS`: "postpartum bleeding" =
+  "postpartum hemorrhage");
 - hyphens, slashes, quotes and possessive "'s" are skipped ("stiff-person" = "stiff person",
   "Alzheimer's disease" = "Alzheimer disease"), while other punctuation (commas, brackets,
   full stops) is a boundary that no match may cross.
@@ -26,6 +28,10 @@ BOUNDARY = "\x00"
 _ROMAN = {"i": "1", "ii": "2", "iii": "3", "iv": "4", "v": "5", "vi": "6", "vii": "7", "viii": "8",
           "ix": "9", "x": "10"}
 _KEEP_S = ("ss", "us", "is", "ys", "as")
+# Lay words -> the word ICD-10-CM descriptions use (after the other rules). Only exact synonyms:
+# "bleeding" is hemorrhage in every ICD-10-CM title ("Postpartum hemorrhage", "Gastrointestinal
+# hemorrhage"), while e.g. "kidney"/"renal" also name the organ, which is not a mention.
+SYNONYMS = {"bleeding": "hemorrhage"}
 
 
 def strip_accents(text: str) -> str:
@@ -47,7 +53,7 @@ def norm_word(word: str) -> str:
             w = w[:-3] + "y"
         elif w.endswith("s") and not w.endswith(_KEEP_S):
             w = w[:-1]
-    return w
+    return SYNONYMS.get(w, w)
 
 
 def token_view(texts: Iterable[str], is_punct: Iterable[bool]) -> list[tuple[int, str]]:

@@ -18,6 +18,20 @@ Each rule is pinned by a small test in ``tests/test_linking.py``.
   E31.21, E31.22, E31.23), their common parent (E31.2) is put first.
 - :func:`inverted_forms`: an option written in the inverted catalogue form "X, modifier"
   ("epilepsy, idiopathic generalized") is looked up as "modifier X" too.
+- :func:`negated_by_prefix`: a hit right after "non-" ("non-Alzheimer's cognitive impairment")
+  says the condition is absent; it is not a mention.
+- :func:`is_binding_partner`: a drug word that something binds to ("bind to albumin") names the
+  molecule (a protein), not a substance given as a medicine.
+- :func:`unsupported_xref`: a code reached only through a knowledge-graph cross-reference whose
+  description shares no word with the mention ("insulin-resistance syndrome" -> E13 "Other
+  specified diabetes mellitus") is flagged in its ``why``, and the calibration gives the flag its
+  own weight. (Replacing such codes by the embedding fallback's was tried: on the tune half it
+  fixed two and broke one, on v1 it broke two right residual codes, "hepatic disorders" -> K76.9.)
+- :func:`one_word_adjective`: a one-word adjective ("mitochondrial", "Unresponsive") describes, it
+  does not name a finding: no code is looked for by meaning or bridged to it.
+- :func:`agree_parenthetical`: "cerebrovascular accident (stroke)" names one concept twice; both
+  mentions put first the best code they share (I63.9, which "Stroke NOS" names) instead of the
+  first one's own top code (I67.9, a loose cross-reference).
 """
 
 from __future__ import annotations
@@ -25,6 +39,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from disease_linking.lexicon import stem_set
 from disease_linking.questions import CodeRef, Mention
 
 # Words that, right after a drug or disease word, make it part of the name of a molecule, a
@@ -125,3 +140,80 @@ def inverted_forms(text: str) -> list[str]:
     """"X, modifier" -> ["modifier X"] ("hypoplasia of" keeps its "of": "hypoplasia of X")."""
     m = _INVERTED.match(text)
     return [f"{m.group(2)} {m.group(1)}"] if m else []
+
+
+def negated_by_prefix(tokens: Sequence[str], start: int) -> bool:
+    """True if the hit starting at token ``start`` is glued to a negating "non" ("non-Alzheimer's",
+    "non Hodgkin" when the lexicon lacks the whole term; a lexicon term that starts with "non"
+    is a longer hit and never reaches this test)."""
+    before = [t.lower() for t in tokens[max(0, start - 2):start]]
+    return before[-1:] == ["non"] or before == ["non", "-"]
+
+
+# Verbs whose object after "to" is a binding partner ("bind to albumin", "binding to ergosterol").
+_BINDING = frozenset("bind binds binding bound".split())
+
+
+def is_binding_partner(tokens: Sequence[str], start: int) -> bool:
+    """True if the hit starting at token ``start`` follows "bind(s)/binding/bound to (the)"."""
+    i = start - 1
+    if i >= 0 and tokens[i].lower() == "the":
+        i -= 1
+    return i >= 1 and tokens[i].lower() == "to" and tokens[i - 1].lower() in _BINDING
+
+
+def agree_parenthetical(mentions: list[Mention], text: str) -> None:
+    """For each mention followed by a mention of its own in parentheses ("X (Y)"), put first in both
+    the code they share with the highest summed score (in place; nothing if they share none)."""
+    by_start = {m.start: m for m in mentions}
+    for a in mentions:
+        rest = text[a.end:]
+        gap = len(rest) - len(rest.lstrip())
+        if not rest[gap:].startswith("("):
+            continue
+        b = by_start.get(a.end + gap + 1)
+        if b is None or text[b.end:b.end + 1] != ")":
+            continue
+        score_b = {(c.system, c.code): c.score for c in b.codes}
+        shared = [(c.score + score_b[(c.system, c.code)], (c.system, c.code)) for c in a.codes
+                  if (c.system, c.code) in score_b]
+        if not shared:
+            continue
+        best = max(shared, key=lambda t: t[0])[1]
+        for m, other in ((a, b), (b, a)):
+            _put_first(m, best, f"shared with the parenthetical synonym '{other.text}'; ")
+
+
+def _put_first(m: Mention, ref: tuple[str, str], why: str) -> None:
+    i = next(k for k, c in enumerate(m.codes) if (c.system, c.code) == ref)
+    if i == 0:
+        return
+    c = m.codes[i]
+    m.codes = [CodeRef(c.system, c.code, c.score, why=why + c.why), *m.codes[:i], *m.codes[i + 1:]]
+
+
+# Scores of codes that come from a KG disease cross-reference: 0.9 (name) / 0.85 (synonym), plus at
+# most 0.09 of word overlap (see the table in disease_linking.sources). Descriptions and inclusion
+# terms score 0.95-1.0; phenotype links through UMLS and bridged synonyms 0.75-0.8.
+XREF_SCORES = (0.85, 0.95)
+UNSUPPORTED = "cross-reference shares no word with its code"
+
+
+def unsupported_xref(text: str, code: CodeRef, description: str | None) -> bool:
+    """True if ``code`` is an ICD cross-reference (by its score) whose description shares no
+    content word stem with the mention ``text`` (see :func:`disease_linking.lexicon.stem_set`)."""
+    lo, hi = XREF_SCORES
+    if description is None or not code.system.startswith("ICD") or not lo <= code.score < hi:
+        return False
+    return not stem_set(text) & stem_set(description)
+
+
+_ADJECTIVE_ENDINGS = ("ive", "ous", "able", "ible", "al", "ic")
+
+
+def one_word_adjective(term: str) -> bool:
+    """A one-word name that reads as an adjective ("Unresponsive", "mitochondrial"): in a question it
+    describes ("conditions unresponsive to medication"), it does not name a finding. Not "-ing":
+    gerunds name findings ("Sweating", "Bleeding", "Wheezing")."""
+    words = term.split()
+    return len(words) == 1 and words[0].lower().endswith(_ADJECTIVE_ENDINGS)

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from disease_linking.lexicon import TERM_COLUMNS
+from disease_linking.rules import one_word_adjective
 
 _ICD9_PENALTY = 0.1
 # ATC class titles that name an organ system ("Cardiovascular system") are not drug mentions.
@@ -254,7 +255,7 @@ def bridge_uncoded_concepts(terms: pd.DataFrame) -> pd.DataFrame:
     coded = set(kg.concept[kg.codes.map(bool)])
     found: dict[str, list] = {}
     for concept, term in zip(kg.concept.tolist(), kg.term.tolist(), strict=True):
-        if concept not in coded and not _adjective(str(term)):
+        if concept not in coded and not one_word_adjective(str(term)):
             hits = by_name.get(_name_key(str(term)))
             if hits:
                 found.setdefault(concept, [])
@@ -263,24 +264,13 @@ def bridge_uncoded_concepts(terms: pd.DataFrame) -> pd.DataFrame:
         return terms
     terms = terms.copy()
     fill = terms.concept.map(found)
-    mask = fill.notna() & ~terms.codes.map(bool) & ~terms.term.astype(str).map(_adjective)
+    mask = fill.notna() & ~terms.codes.map(bool) & ~terms.term.astype(str).map(one_word_adjective)
     terms.loc[mask, "codes"] = fill[mask]
     terms.loc[mask, "source"] = terms.source[mask] + "-bridged"
     return terms
 
 
 # Only possessive forms ("Parkinson's disease"): "Blood disease" or "Spleen disease" are not eponyms.
-# Not "-ing": gerunds name findings ("Sweating", "Bleeding", "Wheezing").
-_ADJECTIVE_ENDINGS = ("ive", "ous", "able", "ible", "al", "ic")
-
-
-def _adjective(term: str) -> bool:
-    """A one-word name that reads as an adjective ("Unresponsive") is not bridged: in a question
-    it describes ("conditions unresponsive to medication"), it does not name a finding."""
-    words = term.split()
-    return len(words) == 1 and words[0].lower().endswith(_ADJECTIVE_ENDINGS)
-
-
 _EPONYM = re.compile(r"^([A-Z][a-z]{3,})(?:'s|’s) disease$")
 
 

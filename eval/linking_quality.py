@@ -25,6 +25,11 @@ A code is acceptable if it is one of the gold codes or an ancestor of one down t
 matches a gold mention of that kind, or is unmatched and has that kind itself.
 
 With ``--full`` it also links all of MedDDx and reports coverage per tier and throughput.
+
+With ``--readme README.md`` it writes the README block ``<!-- linking_quality -->`` from this run's
+results and ``--before`` (the ``--output`` of an earlier linker, scored by this same command):
+the tables before -> after, coverage, speed and the precision/recall of every confidence threshold
+on the report half, so that no figure is retyped.
 """
 
 from __future__ import annotations
@@ -83,6 +88,14 @@ class QualityConfig:
     confidences: list[float] = field(default_factory=lambda: [0.7, 0.75, 0.8, 0.85, 0.9])
     # Reliability plot of the calibrated confidence on v2-report (PNG; "" = none).
     plot: str = "runs/linking_quality/reliability.png"
+    # Write the README block <!-- linking_quality --> into this Markdown file (None = no).
+    readme: str | None = None
+    # Results (--output) of the earlier linker for the README's "before" column ("" = none) ...
+    before: str = "docs/linking_quality/before.json"
+    # ... and how the README names that linker.
+    before_label: str = "the linker before"
+    # Confidence thresholds of the precision/recall curve reported on v2-report (not tuned on it).
+    curve: list[float] = field(default_factory=lambda: [0.0, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95])
     linking: LinkConfig = field(default_factory=LinkConfig)
 
 
@@ -205,19 +218,35 @@ def fit_calibration(linker: Linker, items: list[MCQItem], gold: list[dict], meta
     return Calibrator(fit(x, y).tolist(), {**meta, "mentions": len(y), "top_code_right": int(y.sum())})
 
 
+def confidence_curve(linked: list[MCQItem], gold: list[dict], thresholds: list[float]) -> list[dict]:
+    """Code precision and top-code recall if mentions whose top code's confidence is below each
+    threshold were dropped. Exact for ``--linking.min_confidence``: lower codes are capped at the top
+    code's confidence, so a mention loses all its codes exactly when its top code is below."""
+    outcomes = top_code_outcomes(linked, gold)
+    out = []
+    for t in thresholds:
+        kept = [ok for m, ok in outcomes if m.codes[0].confidence is None or m.codes[0].confidence >= t]
+        out.append({"min_confidence": t, "predicted": len(kept), "right": sum(kept),
+                    "code_precision": _ratio(sum(kept), len(kept)), "code_recall_at_1": _ratio(sum(kept), len(gold))})
+    return out
+
+
 def reliability_of(linked: list[MCQItem], gold: list[dict]) -> dict:
     outcomes = top_code_outcomes(linked, gold)
     table = reliability([m.codes[0].confidence for m, _ in outcomes], [ok for _, ok in outcomes])
     return {"bins": table, "ece": expected_calibration_error(table), "mentions": len(outcomes)}
 
 
-def plot_reliability(curves: dict[str, dict], path: str) -> None:
+def plot_reliability(curves: dict[str, dict], path: str, pr: list[dict] | None = None) -> None:
+    """Reliability diagram of the calibrated confidence, and (``pr``, a :func:`confidence_curve` of
+    the report half) code precision and top-code recall against the confidence threshold."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig, axes = plt.subplots(1, 2 if pr else 1, figsize=(9, 4.5) if pr else (4.5, 4.5), squeeze=False)
+    ax = axes[0][0]
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
     for (name, rel), style in zip(curves.items(), ("o-", "s--"), strict=False):
         b = rel["bins"]
@@ -229,6 +258,16 @@ def plot_reliability(curves: dict[str, dict], path: str) -> None:
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="calibrated confidence of the top code (bin mean)",
            ylabel="share of mentions whose top code is right", title="Linking: reliability")
     ax.legend(loc="upper left", fontsize=7)
+    if pr:
+        ax2 = axes[0][1]
+        ts = [r["min_confidence"] for r in pr]
+        ax2.plot(ts, [r["code_precision"] for r in pr], "o-", label="code precision (top code)")
+        ax2.plot(ts, [r["code_recall_at_1"] for r in pr], "s--", label="code recall@1 (top code)")
+        ax2.axhline(0.9, color="grey", linestyle=":", linewidth=0.8)
+        ax2.axhline(0.8, color="grey", linestyle=":", linewidth=0.8)
+        ax2.set(xlim=(min(ts) - 0.02, max(ts) + 0.02), ylim=(0, 1.02), xlabel="min_confidence (codes below dropped)",
+                title="v2-report (held out): threshold")
+        ax2.legend(loc="lower left", fontsize=7)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -339,13 +378,14 @@ def run(cfg: QualityConfig) -> dict:
         errs += errors(linked, gold, name)
         if linker.calibrator is not None and name.startswith("v2"):
             curves[name] = result["splits"][name]["reliability"] = reliability_of(linked, gold)
+            result["splits"][name]["confidence_curve"] = confidence_curve(linked, gold, cfg.curve)
     for name, rel in curves.items():
         print(f"reliability {name}: ECE {rel['ece']:.3f}; " + ", ".join(
             f"[{r['lo']:.1f},{r['hi']:.1f}) n={r['n']} conf {r['confidence']:.2f} acc {r['accuracy']:.2f}"
             for r in rel["bins"]))
     if curves and cfg.plot:
         plot_reliability({"v2-report (held out)": curves["v2-report"], "v2-tune (fitted on)": curves["v2-tune"]},
-                         cfg.plot)
+                         cfg.plot, result["splits"]["v2-report"].get("confidence_curve"))
         print(f"reliability plot: {cfg.plot}")
     if linker.calibrator is not None and cfg.tune:
         result["operating_point"] = precision_first(linker, splits, by_id, link_cfg, cfg)
@@ -365,7 +405,104 @@ def run(cfg: QualityConfig) -> dict:
               f"load {result['load_s']} s")
     if cfg.output:
         write_json(cfg.output, result)
+    if cfg.readme:
+        from medtok_core.io import read_json, replace_marked_block
+
+        before = read_json(cfg.before) if cfg.before and Path(cfg.before).is_file() else None
+        replace_marked_block(cfg.readme, "linking_quality", readme_block(result, before, cfg))
+        print(f"README block linking_quality written to {cfg.readme}")
     return result
+
+
+_COLUMNS = (("mention P", "mention_precision"), ("mention R", "mention_recall"),
+            ("code P (top)", "code_precision"), ("code R@1 (top)", "code_recall_at_1"))
+_GROUPS = ("all", *KINDS, *TIERS)
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}"
+
+
+def _change(after: dict, before: dict | None, key: str) -> str:
+    now = f"**{_pct(after[key])}**"
+    return f"{_pct(before[key])} -> {now}" if before and key in before else now
+
+
+def split_table(after: dict, before: dict | None) -> str:
+    """Markdown table of one split, every group, before -> after."""
+    rows = ["| group | gold | " + " | ".join(c for c, _ in _COLUMNS) + " |", "|---" * (2 + len(_COLUMNS)) + "|"]
+    for g in _GROUPS:
+        if g not in after:
+            continue
+        b = before.get(g) if before else None
+        rows.append(f"| {g} | {after[g]['gold']} | " + " | ".join(_change(after[g], b, k) for _, k in _COLUMNS) + " |")
+    return "\n".join(rows)
+
+
+def coverage_table(after: dict, before: dict | None) -> str:
+    rows = ["| group | questions | stem | stem + options |", "|---|---|---|---|"]
+    for g, s in after.items():
+        if isinstance(s, dict) and s.get("questions"):
+            b = before.get(g) if before else None
+            rows.append(f"| {g} | {s['questions']} | {_change(s, b, 'coverage_stem')} | "
+                        f"{_change(s, b, 'coverage_stem_options')} |")
+    return "\n".join(rows)
+
+
+def curve_table(curve: list[dict]) -> str:
+    rows = ["| min confidence | " + " | ".join(f"{r['min_confidence']:g}" for r in curve) + " |",
+            "|---" * (1 + len(curve)) + "|",
+            "| code P (top) | " + " | ".join(_pct(r["code_precision"]) for r in curve) + " |",
+            "| code R@1 (top) | " + " | ".join(_pct(r["code_recall_at_1"]) for r in curve) + " |",
+            "| mentions kept | " + " | ".join(str(r["predicted"]) for r in curve) + " |"]
+    return "\n".join(rows)
+
+
+_SPLIT_TITLES = {"v2-report": "v2 report half ({m} mentions, {q} questions; held out)",
+                 "v2-tune": "v2 tune half ({m} mentions, {q} questions; thresholds and calibration fitted here)",
+                 "v1": "v1 ({m} mentions, {q} questions)"}
+
+
+def readme_block(result: dict, before: dict | None, cfg: QualityConfig) -> str:
+    """The README's linking block: every figure comes from ``result`` and ``before``."""
+    if before:
+        head = (f"Figures in %, before -> **after**; before is `{cfg.before}`, {cfg.before_label}, scored by "
+                "the same command.")
+    else:
+        head = "Figures in %."
+    parts = [f"Generated by `python -m eval.linking_quality --readme README.md`. {head}"]
+    for name in ("v2-report", "v2-tune", "v1"):
+        sp = result["splits"].get(name)
+        if sp is None:
+            continue
+        title = _SPLIT_TITLES[name].format(m=sp["mentions"], q=sp["questions"])
+        b = before["splits"].get(name) if before else None
+        parts += [f"**{title}**:", split_table(sp, b)]
+    if "tuning" in result:
+        parts.append(f"Thresholds chosen on v2-tune: `{result['tuning']['chosen']}`.")
+    if "coverage" in result:
+        b = before.get("coverage") if before else None
+        parts += ["**Coverage of MedDDx** (share of questions with at least one code):",
+                  coverage_table(result["coverage"], b)]
+    if "throughput" in result:
+        t = result["throughput"]
+        bt = f" (before: {before['throughput']['seconds']} s)" if before and "throughput" in before else ""
+        parts.append(f"**Speed**: all {t['questions']} MedDDx questions linked in {t['seconds']} s{bt}, after "
+                     f"{result['load_s']} s loading the cached lexicon and code index.")
+    rep = result["splits"].get("v2-report", {})
+    if "confidence_curve" in rep:
+        ece = {n: result["splits"][n]["reliability"]["ece"] for n in ("v2-report", "v2-tune")}
+        parts += ["**Confidence threshold on the report half** (`--linking.min_confidence`; reported here, "
+                  f"never tuned on it; expected calibration error {ece['v2-report']:.3f} on report, "
+                  f"{ece['v2-tune']:.3f} on tune):", curve_table(rep["confidence_curve"])]
+    if "operating_point" in result:
+        op = result["operating_point"]
+        r = op["splits"]["v2-report"]
+        parts.append(f"Precision-first point chosen on v2-tune: min confidence {op['min_confidence']}, on the "
+                     f"report half code P {_pct(r['code_precision'])} %, R@1 {_pct(r['code_recall_at_1'])} %.")
+    if cfg.plot:
+        parts.append(f"![reliability of the calibrated confidence]({cfg.plot})")
+    return "\n\n".join(parts)
 
 
 @cli_entry

@@ -98,8 +98,9 @@ def test_hyphen_variants_and_ranked_codes(linker):
 
 def test_generic_words_and_acronym_case(linker, lexicon):
     out = linker.link_item(_item("Acute pain in all patients with severe disease.", {"A": "CAT", "B": "ALL"}))
-    assert [(m.text, m.field) for m in out.mentions] == [("ALL", "option:B")]  # "all" != "ALL"; CAT is a gene
-    assert "acute" not in lexicon.ci_index and "pain" not in lexicon.ci_index
+    # "all" != "ALL"; CAT is a gene; "pain" is a symptom (R52 in the gold rules), "acute" names nothing.
+    assert [(m.text, m.field) for m in out.mentions] == [("pain", "stem"), ("ALL", "option:B")]
+    assert "acute" not in lexicon.ci_index and "pain" in lexicon.ci_index
     assert "severe disease" not in lexicon.ci_index
 
 
@@ -242,6 +243,12 @@ RULE_TERMS = [
     ("idiopathic generalized epilepsy", "disease", "ICD10CM:G40.309", [("ICD10CM", "G40.309", 0.95)]),
     ("epilepsy", "disease", "ICD10CM:G40.909", [("ICD10CM", "G40.909", 1.0)]),
     ("nabothian cyst", "disease", "MONDO:11", []),
+    ("Alzheimer", "disease", "ICD10CM:G30", [("ICD10CM", "G30", 1.0)]),
+    ("cognitive impairment", "phenotype", "HP:1", [("ICD10CM", "R41.89", 0.8)]),
+    ("albumin", "drug", "ATC:B05AA01", [("ATC", "B05AA01", 1.0)]),
+    ("cerebrovascular accident", "disease", "MONDO:12", [("ICD10CM", "I67.9", 0.895), ("ICD10CM", "I63.9", 0.85)]),
+    ("Stroke", "disease", "ICD10CM:I63.9", [("ICD10CM", "I63.9", 0.95), ("ICD10CM", "I67.9", 0.85)]),
+    ("Postpartum hemorrhage", "disease", "ICD10CM:O72.1", [("ICD10CM", "O72.1", 0.95)]),
 ]
 
 
@@ -290,6 +297,55 @@ def test_rule_options_of_gene_and_pathway_questions_are_not_linked(rule_linker):
     drug_q = rule_linker.link_item(_item("Which pharmacological substances bind genes of X?",
                                          {"A": "dopamine", "B": "Zinc"}))
     assert gene_q.mentions == [] and _texts(drug_q) == ["dopamine", "Zinc"]
+
+
+def test_rule_non_prefix_negates_a_mention(rule_linker):
+    out = rule_linker.link_item(_item("Drugs for non-Alzheimer's cognitive impairment or Alzheimer?",
+                                      {"A": "a", "B": "b"}))
+    assert _texts(out) == ["cognitive impairment", "Alzheimer"]  # the negated one is gone, not the other
+
+
+def test_rule_binding_partner_is_a_protein_not_a_drug(rule_linker):
+    out = rule_linker.link_item(_item("Which drugs bind to albumin, and which bind to the albumin given "
+                                      "as albumin infusions?", {"A": "a", "B": "b"}))
+    assert [m.start for m in out.mentions] == [68]  # only the infused albumin
+
+
+def test_rule_parenthetical_synonyms_share_their_best_code(rule_linker):
+    out = rule_linker.link_item(_item("Subtypes of cerebrovascular accident (stroke)? Or a cerebrovascular accident?",
+                                      {"A": "a", "B": "b"}))
+    cva, stroke, alone = out.mentions
+    assert _codes(cva)[0] == "ICD10CM:I63.9" and "parenthetical synonym 'stroke'" in cva.codes[0].why
+    assert _codes(stroke)[0] == "ICD10CM:I63.9"
+    assert _codes(alone)[0] == "ICD10CM:I67.9"  # without its synonym, the entry's own ranking
+
+
+def test_rule_lay_synonym_meets_the_icd_word(rule_linker):
+    out = rule_linker.link_item(_item("Which drugs reduce postpartum bleeding?", {"A": "a", "B": "b"}))
+    assert [(m.text, _codes(m)) for m in out.mentions] == [("postpartum bleeding", ["ICD10CM:O72.1"])]
+
+
+def test_rule_unsupported_cross_references_are_flagged():
+    texts = {"ICD10CM:E13": "Other specified diabetes mellitus", "ICD10CM:K22.4": "Dyskinesia of esophagus",
+             "ICD10CM:G12.21": "Amyotrophic lateral sclerosis"}
+    rows = pd.DataFrame([
+        ("insulin-resistance syndrome", "disease", "MONDO:1", "test", [("ICD10CM", "E13", 0.85)]),
+        ("esophageal motility disorder", "disease", "MONDO:3", "test", [("ICD10CM", "K22.4", 0.85)]),
+        ("Amyotrophic lateral sclerosis", "disease", "ICD10CM:G12.21", "test", [("ICD10CM", "G12.21", 1.0)]),
+        ("Lou Gehrig disease", "disease", "MONDO:4", "test", [("ICD10CM", "G12.21", 0.85)]),
+        ("ALS", "disease", "MONDO:4", "test", [("ICD10CM", "G12.21", 0.85)]),
+    ], columns=["term", "kind", "concept", "source", "codes"])
+    lex = Lexicon.from_terms(rows, spacy.blank("en").tokenizer)
+    linker = Linker.from_lexicon(lex, LinkConfig(embedding_fallback=False), code_texts=texts)
+    out = linker.link_item(_item("Which disease?", {"A": "insulin-resistance syndrome", "B": "esophageal motility "
+                                 "disorder", "C": "Lou Gehrig disease", "D": "amyotrophic lateral sclerosis (ALS)"}))
+    flagged = {m.text: "shares no word" in m.codes[0].why for m in out.mentions}
+    assert flagged == {"insulin-resistance syndrome": True,  # E13 names no insulin resistance
+                       "esophageal motility disorder": False,  # "esophageal" ~ "esophagus" (7-letter stems)
+                       "Lou Gehrig disease": True,  # right, but unsupported: the calibration weighs it
+                       "amyotrophic lateral sclerosis": False, "ALS": False}  # the description itself
+    plain = Linker.from_lexicon(lex, LinkConfig(embedding_fallback=False)).link_item(out)
+    assert not any("shares no word" in c.why for m in plain.mentions for c in m.codes)  # no descriptions, no check
 
 
 def test_rule_same_span_is_one_mention(lexicon):
@@ -451,3 +507,26 @@ def test_rule_known_uncoded_concepts_have_their_own_fallback_threshold():
     loose = Linker.from_lexicon(lex, LinkConfig(fallback_threshold=0.8, known_fallback_threshold=0.8),
                                 code_index=Sim085()).link_item(item)
     assert _texts(loose) == ["nabothian cyst", "glandular neuropathy"]
+
+
+def test_rule_one_word_adjectives_get_no_code_by_meaning():
+    class Sim085:
+        def search(self, texts, top_k, threshold):
+            return [[CodeRef("ICD10CM", "E88.40", 0.85)] for _ in texts]
+
+    rows = pd.DataFrame([("Mitochondrial", "phenotype", "HP:1", "test", []),
+                         ("Mitochondrial myopathy", "disease", "MONDO:1", "test", [])],
+                        columns=["term", "kind", "concept", "source", "codes"])
+    lex = Lexicon.from_terms(rows, spacy.blank("en").tokenizer)
+    linker = Linker.from_lexicon(lex, LinkConfig(known_fallback_threshold=0.8), code_index=Sim085())
+    out = linker.link_item(_item("Which mitochondrial genes cause mitochondrial myopathy?", {"A": "a", "B": "b"}))
+    assert _texts(out) == ["mitochondrial myopathy"]
+
+
+def test_rule_bare_symptom_takes_the_unspecified_code_not_the_residual_one():
+    rows = pd.DataFrame([("Pain, not elsewhere classified", "disease", "ICD10CM:G89", "ICD10CM", [("ICD10CM", "G89", 1.0)]),
+                         ("Pain, unspecified", "phenotype", "ICD10CM:R52", "ICD10CM", [("ICD10CM", "R52", 1.0)])],
+                        columns=["term", "kind", "concept", "source", "codes"])
+    linker = Linker.from_lexicon(Lexicon.from_terms(rows, spacy.blank("en").tokenizer), LinkConfig(embedding_fallback=False))
+    out = linker.link_item(_item("Which drugs alleviate pain?", {"A": "a", "B": "b"}))
+    assert [(m.text, _codes(m)) for m in out.mentions] == [("pain", ["ICD10CM:R52", "ICD10CM:G89"])]
