@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from disease_linking.questions import CodeRef, MCQItem, Mention
-from disease_linking.rules import UNSUPPORTED
+from disease_linking.rules import UNSUPPORTED, unsupported_synonym
 from medtok_core.errors import DataFileError
 from medtok_core.io import read_json, write_json
 
 DEFAULT_PATH = Path(__file__).with_name("calibration.json")
 FEATURES = ("bias", "score", "fallback", "exact_entry", "parent_rule", "drug", "phenotype", "option",
-            "words", "unsupported_xref")
+            "words", "unsupported_xref", "unsupported_synonym")
 _L2 = 1.0  # ridge penalty: ~150 training mentions, keep the weights small
 
 
@@ -37,7 +37,8 @@ def code_features(m: Mention, c: CodeRef) -> list[float]:
             float(c.score >= 0.95 and not why.startswith("embedding")),  # a description/ATC name itself
             float(why.startswith("common parent")), float(m.kind == "drug"), float(m.kind == "phenotype"),
             float(m.field != "stem"), min(len(m.text.split()), 6) / 6.0,
-            float(UNSUPPORTED in why)]  # a KG cross-reference the mention's words do not support
+            float(UNSUPPORTED in why),  # a KG cross-reference the mention's words do not support ...
+            float(unsupported_synonym(c))]  # ... reached through a synonym (see disease_linking.rules)
 
 
 def fit(x: np.ndarray, y: np.ndarray, iters: int = 50) -> np.ndarray:

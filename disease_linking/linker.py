@@ -32,13 +32,13 @@ from disease_linking.normalize import norm_word, term_key
 from disease_linking.pipeline import SPAN_KEY, make_nlp, set_lexicon
 from disease_linking.questions import CodeRef, MCQItem, Mention
 from disease_linking.rules import (
+    UNSUPPORTED,
     agree_parenthetical,
     dedupe,
     inside_chemical_name,
     inverted_forms,
     is_binding_partner,
     is_class_only_drug,
-    UNSUPPORTED,
     names_molecule,
     negated_by_prefix,
     one_word_adjective,
@@ -186,6 +186,7 @@ class Linker:
         self.code_index = code_index
         # "SYSTEM:CODE" -> description, to check KG cross-references (None = no check).
         self.code_texts = code_texts
+        self._checked: dict[int, list[CodeRef]] = {}
         self.calibrator = _load_calibrator(self.cfg.calibration)
         set_lexicon(nlp, lexicon)
 
@@ -281,10 +282,18 @@ class Linker:
 
     def _mention(self, doc: Doc, start: int, end: int, field: str, row: int, why: str = "") -> Mention:
         span = doc[start:end]
-        codes = self._flag_xrefs(self.lexicon.term(row), self._codes(row))  # the term, not an abbreviation
+        codes = self._checked_codes(row)
         if why:
             codes = [CodeRef(c.system, c.code, c.score, why=why + c.why) for c in codes]
         return Mention(span.text, span.start_char, span.end_char, field, codes, kind=self.lexicon.kind(row))
+
+    def _checked_codes(self, row: int) -> list[CodeRef]:
+        """The row's codes, cross-references checked against the matched term (not an abbreviation
+        of it) and flagged by rules.unsupported_xref; cached per row."""
+        codes = self._checked.get(row)
+        if codes is None:
+            codes = self._checked[row] = self._flag_xrefs(self.lexicon.term(row), self._codes(row))
+        return codes
 
     def _flag_xrefs(self, text: str, codes: list[CodeRef]) -> list[CodeRef]:
         """Codes whose cross-reference the mention's words do not support say so in ``why`` (see
@@ -313,7 +322,7 @@ class Linker:
                 spans.append(s)
         # Hits whose entry has no code (e.g. a phenotype without a mapping) leave their tokens open
         # to the fallback.
-        linked = [s for s in spans if self._codes(int(s.kb_id_))]
+        linked = [s for s in spans if self._checked_codes(int(s.kb_id_))]
         covered = {t for s in linked for t in range(s.start, s.end)} | dropped
         fallback: list[Mention] = []
         # Abbreviations defined here: the short form takes the long form's best hit.
@@ -327,26 +336,30 @@ class Linker:
             elif field == "stem" and long.text not in {m.text for m in fallback}:
                 fallback.append(Mention(long.text, long.start_char, long.end_char, field, [],
                                         kind="disease"))
-        mentions = []
+        mentions, rows = [], []
         for s in spans:
             if s.text in abbrevs and len(s) == 1:
                 continue  # the definition in this question wins over the generic acronym entry
             mentions.append(self._mention(doc, s.start, s.end, field, int(s.kb_id_)))
+            rows.append(int(s.kb_id_))
         single = {s.start for s in spans if len(s) == 1}
         for tok in doc:
             if tok.text not in abbrevs or (tok.i in covered and tok.i not in single):
                 continue  # not a defined short form, or inside a longer lexicon hit
             mentions.append(self._mention(doc, tok.i, tok.i + 1, field, abbrevs[tok.text][0],
                                           why=f"abbreviation '{tok.text}' defined in the question; "))
+            rows.append(abbrevs[tok.text][0])
             covered.add(tok.i)
+        # A code both "X" and "(Y)" point to is supported by that agreement.
+        agree_parenthetical([m for m in mentions if m.codes], doc.text, {
+            id(m): self._flag_xrefs(self.lexicon.term(row), self._codes(row)) for m, row in zip(mentions, rows, strict=True)})
         if not self.cfg.keep_unlinked:
             mentions = [m for m in mentions if m.codes]
-        agree_parenthetical(mentions, doc.text)
         known: list[Mention] = []
         if self.cfg.embedding_fallback and self.code_index is not None:
             # A known disease/phenotype name without a code (many HPO terms): find its code by meaning.
             known = [Mention(s.text, s.start_char, s.end_char, field, [], kind=s.label_)
-                     for s in spans if s.label_ in ("disease", "phenotype") and not self._codes(int(s.kb_id_))
+                     for s in spans if s.label_ in ("disease", "phenotype") and not self._checked_codes(int(s.kb_id_))
                      and _informative_phrase(s.text) and not one_word_adjective(s.text)]
             fallback += self._fallback_candidates(doc, field, covered, target, bool(linked))
         return mentions, fallback, known

@@ -25,8 +25,13 @@ Each rule is pinned by a small test in ``tests/test_linking.py``.
 - :func:`unsupported_xref`: a code reached only through a knowledge-graph cross-reference whose
   description shares no word with the mention ("insulin-resistance syndrome" -> E13 "Other
   specified diabetes mellitus") is flagged in its ``why``, and the calibration gives the flag its
-  own weight. (Replacing such codes by the embedding fallback's was tried: on the tune half it
-  fixed two and broke one, on v1 it broke two right residual codes, "hepatic disorders" -> K76.9.)
+  own weight, and more to a flagged code reached through a *synonym* of a KG concept: on the tune
+  half and v1 together, 9 of 13 such top codes were wrong, against 4 of 23 reached through the
+  concept's own name. (Dropping the synonym ones outright was tried: it raised code precision on
+  tune + v1 by 3 points for one right code less, but the report half lost 6 right codes with it;
+  the threshold on the calibrated confidence, chosen on the tune half, makes that choice instead.
+  Replacing every flagged code by the embedding fallback's was tried too: on the tune half it fixed
+  two and broke one, on v1 it broke two right residual codes, "hepatic disorders" -> K76.9.)
 - :func:`one_word_adjective`: a one-word adjective ("mitochondrial", "Unresponsive") describes, it
   does not name a finding: no code is looked for by meaning or bridged to it.
 - :func:`agree_parenthetical`: "cerebrovascular accident (stroke)" names one concept twice; both
@@ -162,10 +167,13 @@ def is_binding_partner(tokens: Sequence[str], start: int) -> bool:
     return i >= 1 and tokens[i].lower() == "to" and tokens[i - 1].lower() in _BINDING
 
 
-def agree_parenthetical(mentions: list[Mention], text: str) -> None:
+def agree_parenthetical(mentions: list[Mention], text: str, candidates: dict[int, list[CodeRef]] | None = None) -> None:
     """For each mention followed by a mention of its own in parentheses ("X (Y)"), put first in both
-    the code they share with the highest summed score (in place; nothing if they share none)."""
+    the ICD-10-CM (else any) code they share with the highest summed score (in place; nothing if
+    they share none). ``candidates`` (``id(mention)`` -> codes) may hold codes that were dropped
+    from a mention as unsupported: a code both names point to is supported by that agreement."""
     by_start = {m.start: m for m in mentions}
+    cands = lambda m: (candidates or {}).get(id(m), m.codes)  # noqa: E731
     for a in mentions:
         rest = text[a.end:]
         gap = len(rest) - len(rest.lstrip())
@@ -174,22 +182,25 @@ def agree_parenthetical(mentions: list[Mention], text: str) -> None:
         b = by_start.get(a.end + gap + 1)
         if b is None or text[b.end:b.end + 1] != ")":
             continue
-        score_b = {(c.system, c.code): c.score for c in b.codes}
-        shared = [(c.score + score_b[(c.system, c.code)], (c.system, c.code)) for c in a.codes
+        score_b = {(c.system, c.code): c.score for c in cands(b)}
+        shared = [(not c.system.startswith("ICD9"), c.score + score_b[(c.system, c.code)], c) for c in cands(a)
                   if (c.system, c.code) in score_b]
         if not shared:
             continue
-        best = max(shared, key=lambda t: t[0])[1]
+        best = max(shared, key=lambda t: t[:2])[2]
         for m, other in ((a, b), (b, a)):
-            _put_first(m, best, f"shared with the parenthetical synonym '{other.text}'; ")
+            _put_first(m, (best.system, best.code), cands(m), f"shared with the parenthetical synonym '{other.text}'; ")
 
 
-def _put_first(m: Mention, ref: tuple[str, str], why: str) -> None:
-    i = next(k for k, c in enumerate(m.codes) if (c.system, c.code) == ref)
-    if i == 0:
+def _put_first(m: Mention, ref: tuple[str, str], pool: list[CodeRef], why: str) -> None:
+    """Code ``ref`` (taken from ``pool``, the mention's codes before any were dropped) first in ``m``;
+    an unsupported-cross-reference flag leaves its ``why``: the synonym's agreement supports it."""
+    if m.codes and (m.codes[0].system, m.codes[0].code) == ref:
         return
-    c = m.codes[i]
-    m.codes = [CodeRef(c.system, c.code, c.score, why=why + c.why), *m.codes[:i], *m.codes[i + 1:]]
+    mine = next(c for c in pool if (c.system, c.code) == ref)
+    base = mine.why.split("; ", 1)[-1] if mine.why.startswith(UNSUPPORTED) else mine.why
+    m.codes = [CodeRef(mine.system, mine.code, mine.score, why=why + base),
+               *(c for c in m.codes if (c.system, c.code) != ref)]
 
 
 # Scores of codes that come from a KG disease cross-reference: 0.9 (name) / 0.85 (synonym), plus at
@@ -217,3 +228,13 @@ def one_word_adjective(term: str) -> bool:
     gerunds name findings ("Sweating", "Bleeding", "Wheezing")."""
     words = term.split()
     return len(words) == 1 and words[0].lower().endswith(_ADJECTIVE_ENDINGS)
+
+
+
+# Below this score a KG code came through a synonym (0.85) or an ICD-9-CM GEM, not the concept's name (0.9).
+NAME_XREF_SCORE = 0.9
+
+
+def unsupported_synonym(code: CodeRef) -> bool:
+    """True for a flagged (:func:`unsupported_xref`) code that came through a synonym."""
+    return UNSUPPORTED in code.why and code.score < NAME_XREF_SCORE

@@ -318,6 +318,12 @@ def test_rule_parenthetical_synonyms_share_their_best_code(rule_linker):
     assert _codes(cva)[0] == "ICD10CM:I63.9" and "parenthetical synonym 'stroke'" in cva.codes[0].why
     assert _codes(stroke)[0] == "ICD10CM:I63.9"
     assert _codes(alone)[0] == "ICD10CM:I67.9"  # without its synonym, the entry's own ranking
+    # I63.9 "Cerebral infarction" shares no word with "cerebrovascular accident" (an unsupported
+    # cross-reference), but the parenthetical synonym's agreement supports it: first, unflagged.
+    texts = {"ICD10CM:I63.9": "Cerebral infarction, unspecified", "ICD10CM:I67.9": "Cerebrovascular disease, unspecified"}
+    checked = Linker.from_lexicon(rule_linker.lexicon, LinkConfig(embedding_fallback=False), code_texts=texts)
+    cva, stroke = checked.link_item(_item("Subtypes of cerebrovascular accident (stroke)?", {"A": "a", "B": "b"})).mentions
+    assert _codes(cva)[0] == _codes(stroke)[0] == "ICD10CM:I63.9" and "shares no word" not in cva.codes[0].why
 
 
 def test_rule_lay_synonym_meets_the_icd_word(rule_linker):
@@ -326,24 +332,29 @@ def test_rule_lay_synonym_meets_the_icd_word(rule_linker):
 
 
 def test_rule_unsupported_cross_references_are_flagged():
+    from disease_linking.calibration import FEATURES, code_features
+
     texts = {"ICD10CM:E13": "Other specified diabetes mellitus", "ICD10CM:K22.4": "Dyskinesia of esophagus",
              "ICD10CM:G12.21": "Amyotrophic lateral sclerosis"}
     rows = pd.DataFrame([
-        ("insulin-resistance syndrome", "disease", "MONDO:1", "test", [("ICD10CM", "E13", 0.85)]),
+        ("insulin-resistance syndrome", "disease", "MONDO:1", "test", [("ICD10CM", "E13", 0.9)]),  # a name
         ("esophageal motility disorder", "disease", "MONDO:3", "test", [("ICD10CM", "K22.4", 0.85)]),
         ("Amyotrophic lateral sclerosis", "disease", "ICD10CM:G12.21", "test", [("ICD10CM", "G12.21", 1.0)]),
-        ("Lou Gehrig disease", "disease", "MONDO:4", "test", [("ICD10CM", "G12.21", 0.85)]),
+        ("Lou Gehrig disease", "disease", "MONDO:4", "test", [("ICD10CM", "G12.21", 0.85)]),  # a synonym
         ("ALS", "disease", "MONDO:4", "test", [("ICD10CM", "G12.21", 0.85)]),
     ], columns=["term", "kind", "concept", "source", "codes"])
     lex = Lexicon.from_terms(rows, spacy.blank("en").tokenizer)
     linker = Linker.from_lexicon(lex, LinkConfig(embedding_fallback=False), code_texts=texts)
     out = linker.link_item(_item("Which disease?", {"A": "insulin-resistance syndrome", "B": "esophageal motility "
                                  "disorder", "C": "Lou Gehrig disease", "D": "amyotrophic lateral sclerosis (ALS)"}))
-    flagged = {m.text: "shares no word" in m.codes[0].why for m in out.mentions}
-    assert flagged == {"insulin-resistance syndrome": True,  # E13 names no insulin resistance
-                       "esophageal motility disorder": False,  # "esophageal" ~ "esophagus" (7-letter stems)
-                       "Lou Gehrig disease": True,  # right, but unsupported: the calibration weighs it
-                       "amyotrophic lateral sclerosis": False, "ALS": False}  # the description itself
+    flags = {m.text: tuple(code_features(m, m.codes[0])[FEATURES.index(f)] for f in ("unsupported_xref",
+                                                                                     "unsupported_synonym"))
+             for m in out.mentions}
+    assert flags == {"insulin-resistance syndrome": (1.0, 0.0),  # E13 names no insulin resistance
+                     "esophageal motility disorder": (0.0, 0.0),  # "esophageal" ~ "esophagus" (7-letter stems)
+                     "Lou Gehrig disease": (1.0, 1.0),  # right, but only a synonym's cross-reference says so
+                     "amyotrophic lateral sclerosis": (0.0, 0.0), "ALS": (0.0, 0.0)}  # the description itself
+    assert "shares no word with its code 'Other specified diabetes mellitus'" in out.mentions[0].codes[0].why
     plain = Linker.from_lexicon(lex, LinkConfig(embedding_fallback=False)).link_item(out)
     assert not any("shares no word" in c.why for m in plain.mentions for c in m.codes)  # no descriptions, no check
 
@@ -530,3 +541,31 @@ def test_rule_bare_symptom_takes_the_unspecified_code_not_the_residual_one():
     linker = Linker.from_lexicon(Lexicon.from_terms(rows, spacy.blank("en").tokenizer), LinkConfig(embedding_fallback=False))
     out = linker.link_item(_item("Which drugs alleviate pain?", {"A": "a", "B": "b"}))
     assert [(m.text, _codes(m)) for m in out.mentions] == [("pain", ["ICD10CM:R52", "ICD10CM:G89"])]
+
+
+def test_threshold_tuning_needs_the_added_codes_to_be_precise_too():
+    from eval.linking_quality import marginal_precision
+
+    base = {"predicted": 100, "right": 85, "gold": 120, "code_recall_at_1": 85 / 120}
+    looser = {"predicted": 110, "right": 92, "gold": 120, "code_recall_at_1": 92 / 120}  # +10 codes, 7 right
+    assert marginal_precision(looser, base) == pytest.approx(0.7)
+    assert marginal_precision(base, base) == 1.0  # adds nothing
+
+
+def test_confidence_curve_and_readme_block():
+    from eval.linking_quality import QualityConfig, confidence_curve, readme_block
+
+    def item(qid, conf):
+        m = Mention("fever", 0, 5, "stem", [CodeRef("ICD10CM", "R50.9", 1.0, confidence=conf)], kind="phenotype")
+        return MCQItem(qid, "fever?", {"A": "a"}, "A", "Basic", 0.1, mentions=[m])
+
+    gold = [{"id": "q1", "field": "stem", "start": 0, "end": 5, "kind": "phenotype", "codes": ["ICD10CM:R50.9"]},
+            {"id": "q2", "field": "stem", "start": 0, "end": 5, "kind": "phenotype", "codes": ["ICD10CM:R50.8"]}]
+    curve = confidence_curve([item("q1", 0.9), item("q2", 0.6)], gold, [0.0, 0.7])
+    assert [(r["predicted"], r["code_precision"], r["code_recall_at_1"]) for r in curve] == [(2, 0.5, 0.5), (1, 1.0, 0.5)]
+    sc = {"gold": 2, "predicted": 2, "mention_precision": 1.0, "mention_recall": 1.0, "code_precision": 0.5,
+          "code_recall_at_1": 0.5}
+    after = {"splits": {"v2-report": {"mentions": 2, "questions": 2, "all": sc}}, "load_s": 1.0}
+    before = {"splits": {"v2-report": {"all": {**sc, "code_precision": 0.25}}}}
+    block = readme_block(after, before, QualityConfig(plot=""))
+    assert "| all | 2 | 100.0 -> **100.0** | 100.0 -> **100.0** | 25.0 -> **50.0** | 50.0 -> **50.0** |" in block
