@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-tokenizer": ("medtok_core.train:main", "train MedTok and export its artifact (token table)"),
     "link": ("disease_linking.link:main", "link the diseases/drugs of a question file to codes (linked JSONL)"),
     "finetune": ("finetune.launch:main", "fine-tune a QA model (accelerate launch options accepted)"),
+    "reference": ("eval.reference:main", "train the embeddings-only references (no LLM) on the fine-tunes' split"),
     "eval": ("eval.run:main", "evaluate QA checkpoints and zero-shot baselines by difficulty tier"),
     "ask": ("qa.ask:main", "answer questions interactively with a QA checkpoint"),
     "pipeline": ("eval.pipeline:main", "run every stage end to end, skipping what is up to date"),

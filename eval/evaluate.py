@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from disease_linking.questions import LETTERS, TIERS, MCQItem, load_mcq, skip_summary
-from eval import permutations, report, stats
+from eval import collapse, permutations, report, stats
 from eval.report import ALL, ZERO_SHOT, method_rank
 from medtok_core.config import FieldError, require_range, save_config
 from medtok_core.errors import ConfigError, MedTokError
@@ -56,11 +56,17 @@ class EvalConfig:
     data: str = ""  # linked JSONL or any MCQ file (MedDDx / authors' layout); "" = MedDDx from the data dir
     data_dir: str | None = None  # data directory (default: $MEDTOK_DATA_DIR or ../shared/data)
     checkpoints: list[str] = field(default_factory=list)  # QA checkpoint folders (method + seed each)
+    # Embeddings-only reference folders (python -m eval.reference), scored beside the LLM methods.
+    references: list[str] = field(default_factory=list)
     zero_shot: list[str] = field(default_factory=list)  # base models scored without fine-tuning ("default")
     # dtype of zero-shot models: auto = bfloat16 on a GPU, float32 on CPU (CPUs without native bf16
     # run bf16 matmuls far slower than fp32).
     zero_shot_dtype: str = "auto"
     predictions: list[str] = field(default_factory=list)  # saved predictions/<method>.jsonl to re-report
+    # MedTok artifact of the experiment: the report states its collapse rate (questions where two
+    # options map onto the same artifact code). "" = no collapse rate.
+    medtok: str = ""
+    codes_per_mention: int = 1  # codes per linked mention when resolving options (the fine-tunes' value)
     output: str = "runs/eval"  # folder of results.json, report.md, plots
     tiers: list[str] = field(default_factory=lambda: list(TIERS))  # tiers to report
     max_per_tier: int = 0  # 0 = all; else a fixed pseudo-random subset of each tier (quick runs)
@@ -81,6 +87,7 @@ class EvalConfig:
             if tier not in TIERS:
                 raise FieldError("tiers", f"holds unknown tier {tier!r}; choose from {', '.join(TIERS)}")
         require_range(self, "max_per_tier", 0)
+        require_range(self, "codes_per_mention", 1)
         require_range(self, "exact_below", 0)
         require_range(self, "batch_size", 1)
         require_range(self, "permutations", 1, 5)  # at most one order per letter
@@ -115,7 +122,7 @@ class Run:
 class Source:
     """Something to score: a checkpoint folder or a base model for zero-shot."""
 
-    kind: str  # "checkpoint" | "zero-shot"
+    kind: str  # "checkpoint" | "zero-shot" | "reference"
     path: str
     method: str
     seed: int | None
@@ -165,8 +172,21 @@ def checkpoint_source(path: str | Path) -> Source:
     return Source("checkpoint", str(folder), method, _read_train_seed(folder, qa_config), train_ids, val_ids)
 
 
+def reference_source(path: str | Path) -> Source:
+    """Describe an embeddings-only reference folder: its name (the method), seed and split."""
+    from qa.reference import read_reference_config
+
+    cfg = read_reference_config(path)
+    train_ids, val_ids = _read_split(Path(path))
+    return Source("reference", str(path), cfg["name"], cfg.get("seed"), train_ids, val_ids)
+
+
 def _load_scorer(source: Source) -> Scorer:
     # Imported here: the QA model pulls in torch/transformers, which re-reporting does not need.
+    if source.kind == "reference":
+        from qa.reference import load_reference
+
+        return load_reference(source.path)
     from qa import model as qa_model
 
     if source.kind == "checkpoint":
@@ -289,6 +309,8 @@ def _run_tier_stats(run: Run, group: Sequence[MCQItem], alphabet: str, boot: Boo
         **acc(group),
         "accuracy_linked": acc(linked),
         "accuracy_unlinked": acc(unlinked),
+        # For a reference: accuracy where it did not fall back to uniform (its coverage).
+        "accuracy_codes_used": acc([it for it in group if run.predictions[it.id]["n_codes"] > 0]),
         "mean_codes_used": (sum(n_codes) / len(n_codes)) if n_codes else None,
         "share_with_codes_used": (sum(1 for k in n_codes if k > 0) / len(n_codes)) if n_codes else None,
         "pred_distribution": stats.letter_distribution((run.predictions[it.id]["pred"] for it in group), alphabet),
@@ -476,6 +498,7 @@ def write_outputs(results: dict, items: Sequence[MCQItem], runs: Sequence[Run], 
 # ---------------------------------------------------------------------------------- orchestration
 def sources_from_config(cfg: EvalConfig) -> list[Source]:
     sources = [checkpoint_source(p) for p in cfg.checkpoints]
+    sources += [reference_source(p) for p in cfg.references]
     sources += [Source("zero-shot", base, ZERO_SHOT, None, dtype=cfg.zero_shot_dtype) for base in cfg.zero_shot]
     return sources
 
@@ -535,8 +558,8 @@ def score_sources(sources: Sequence[Source], items: Sequence[MCQItem], batch_siz
 
 def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Score every source of ``cfg`` on the selected questions and write all outputs."""
-    if not (cfg.checkpoints or cfg.zero_shot or cfg.predictions):
-        raise ConfigError("nothing to evaluate: pass --checkpoints, --zero_shot or --predictions")
+    if not (cfg.checkpoints or cfg.references or cfg.zero_shot or cfg.predictions):
+        raise ConfigError("nothing to evaluate: pass --checkpoints, --references, --zero_shot or --predictions")
     items = load_dataset(cfg)
     sources = sources_from_config(cfg)
     saved_runs = [run for p in cfg.predictions for run in load_prediction_runs(p)]
@@ -555,5 +578,8 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
     results["dataset_path"] = cfg.data or "MedDDx (data dir)"
     results["n_questions_in_file"] = len(items)
     results["n_excluded_trained_on"] = sum(it.id in train_ids for it in items)
+    if cfg.medtok:
+        results["collapse"] = collapse.artifact_collapse(_tier_groups(selected, cfg.tiers), cfg.medtok,
+                                                         cfg.codes_per_mention)
     results["files"] = write_outputs(results, selected, runs, cfg.output, cfg.plots, config=cfg)
     return results

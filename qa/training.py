@@ -484,11 +484,17 @@ def _register_trainable_only_saving(accelerator, trainable: set[str]) -> None:
     accelerator.register_save_state_pre_hook(save_hook)
 
 
+def split_record(opts: DataOptions, train: list[MCQItem], val: list[MCQItem]) -> dict:
+    """What ``split.json`` holds: the question ids trained on and held out (eval excludes them /
+    restricts Intermediate to them). Every model trained on MedDDx (the fine-tunes, the
+    embeddings-only references of qa.reference) writes this record."""
+    return {"tier": opts.tier, "val_fraction": opts.val_fraction, "split_seed": opts.split_seed,
+            "split_by": "option_set", "train": [i.id for i in train], "val": [i.id for i in val]}
+
+
 def _write_run_files(out: Path, cfg: TrainConfig, train: list[MCQItem], val: list[MCQItem]) -> None:
     save_config(cfg, out / "train_config.yaml")
-    write_json(out / "split.json", {"tier": cfg.data.tier, "val_fraction": cfg.data.val_fraction,
-                                    "split_seed": cfg.data.split_seed, "split_by": "option_set",
-                                    "train": [i.id for i in train], "val": [i.id for i in val]})
+    write_json(out / "split.json", split_record(cfg.data, train, val))
 
 
 def _run_files(out: Path) -> dict[str, Path]:
