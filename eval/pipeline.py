@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eval.reference import run_folder as reference_run_folder
 from medtok_core.artifact import MANIFEST, TABLE, artifact_dir, find_artifact
 from medtok_core.config import FieldError, load_yaml, parse_config, require_choice, save_config
 from medtok_core.errors import ConfigError, MedTokError, cli_entry
 from medtok_core.io import read_json, write_json
-from eval.reference import run_folder as reference_run_folder
 from qa.checkpoint import QA_CONFIG, best_checkpoint
 from qa.prefix_methods import get_method, method_names
 from qa.reference import CONFIG as REFERENCE_CONFIG
