@@ -355,7 +355,7 @@ def save_reference(path: str | Path, model: ReferenceModel, opts: ReferenceOptio
     tok_path = model.vectors.codes.tok.path
     config = {"format": FORMAT, "version": 1, "name": model.name, "features": model.vectors.features,
               "seed": seed, "dim": model.dim, "options": asdict(opts),
-              "medtok": None if tok_path is None else str(tok_path),
+              "medtok": None if tok_path is None else str(Path(tok_path).resolve()),
               "medtok_token_table_sha256": None if tok_path is None else table_sha256(tok_path),
               "summary": summary}
     path = Path(path)
@@ -383,6 +383,18 @@ def read_reference_config(path: str | Path) -> dict:
     return cfg
 
 
+def _checked_artifact(path: str | Path, artifact: str | None, sha: str | None) -> str:
+    """The artifact to read codes from: present, and the one the reference was trained with."""
+    from medtok_core.artifact import table_sha256
+
+    if not artifact or not Path(artifact).is_dir():
+        raise ReferenceError(f"the MedTok artifact {artifact} of reference {path} is missing; pass its new location")
+    if sha and table_sha256(artifact) != sha:
+        raise ReferenceError(f"MedTok artifact {artifact} differs from the one reference {path} was trained "
+                             "with (token_table sha256 mismatch)")
+    return artifact
+
+
 def load_reference(path: str | Path, medtok: str | None = None, text_vectors=None) -> ReferenceModel:
     """A reference folder as a scorer; ``medtok`` overrides the artifact path it recorded."""
     from safetensors import SafetensorError
@@ -391,9 +403,7 @@ def load_reference(path: str | Path, medtok: str | None = None, text_vectors=Non
     from medtok_core.tokenizer import MedTokTokenizer
 
     cfg = read_reference_config(path)
-    artifact = medtok or cfg.get("medtok")
-    if not artifact:
-        raise ReferenceError(f"{path}: no MedTok artifact recorded; pass one")
+    artifact = _checked_artifact(path, medtok or cfg.get("medtok"), cfg.get("medtok_token_table_sha256"))
     opts = from_dict(ReferenceOptions, cfg["options"])
     codes = CodeSource(MedTokTokenizer.from_pretrained(artifact), "stem", opts.codes_per_mention, opts.max_codes,
                        min_confidence=opts.min_code_confidence)

@@ -201,6 +201,7 @@ BAD = {  # a bad option for each command, and what its one error line says
     "train-tokenizer": (["--colour", "red"], "unknown option colour"),
     "link": (["--colour", "red"], "unknown option colour"),
     "finetune": (["--optim.colour", "red"], "unknown option optim.colour"),
+    "reference": (["--model.colour", "red"], "unknown option model.colour"),
     "eval": (["--colour", "red"], "unknown option colour"),
     "ask": (["--checkpoint", "x", "--colour", "red"], "unrecognized arguments: --colour red"),
     "pipeline": (["--colour", "red"], "unknown option colour"),

@@ -22,6 +22,7 @@ from qa.prefix import CodeSource
 from qa.reference import (
     GROUP_TITLE,
     CodeVectors,
+    ReferenceError,
     ReferenceOptions,
     load_reference,
     read_reference_config,
@@ -108,6 +109,9 @@ def test_cli_trains_on_the_finetunes_split_and_reloads_identically(assets, tmp_p
     assert read_reference_config(folders[1])["seed"] == 1
     items = tiny_questions(12, seed=9)
     assert load_reference(folders[0]).score(items) == load_reference(folders[0]).score(items)
+    other = build_tiny_medtok(tmp_path / "other", TINY_CODES, seed=1)
+    with pytest.raises(ReferenceError, match="sha256 mismatch"):
+        load_reference(folders[0], medtok=str(other))
 
 
 @pytest.mark.parametrize("argv, message", [
