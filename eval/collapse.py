@@ -5,6 +5,10 @@ artifact code. Codes are resolved as the prefix methods resolve them (:class:`qa
 each option's linked codes, a code the artifact lacks replaced by its nearest known ancestor), so
 two different linked codes under one ICD-10 category collapse onto that category. A collapsed
 question is one where the tokens alone cannot separate (some of) its options, whatever the model.
+
+Part of that is the linker's doing (two options linked to the very same code, e.g. "benign
+neoplasm of hard palate" and "... of soft palate" both to D10.3); ``n_collapsed_linked`` counts
+those, so ``n_collapsed - n_collapsed_linked`` is what the artifact's own mapping adds.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from itertools import combinations
 
 from disease_linking.questions import MCQItem
+from qa.data import linked_codes
 from qa.prefix import CodeSource
 
 
@@ -25,13 +30,21 @@ def collapses(option_codes: Mapping[str, Sequence[str]]) -> bool | None:
     return any(a & b for a, b in combinations(coded, 2))
 
 
+def linked_option_codes(item: MCQItem, codes: CodeSource) -> dict[str, list[str]]:
+    """Letter -> the option's linked codes as the linker wrote them (before the artifact's mapping)."""
+    return {x: linked_codes(item, fields=[f"option:{x}"], codes_per_mention=codes.codes_per_mention,
+                            max_codes=codes.max_codes, min_confidence=codes.min_confidence)
+            for x in item.options}
+
+
 def collapse_rate(items: Sequence[MCQItem], codes: CodeSource) -> dict:
-    """{"n": questions, "n_two_coded": with >= 2 coded options, "n_collapsed", "rate"} (rate None
-    when no question has two coded options)."""
-    verdicts = [collapses(codes.option_codes(it)) for it in items]
-    compared = [v for v in verdicts if v is not None]
-    return {"n": len(items), "n_two_coded": len(compared), "n_collapsed": sum(compared),
-            "rate": (sum(compared) / len(compared)) if compared else None}
+    """{"n": questions, "n_two_coded": with >= 2 coded options, "n_collapsed", "rate" (None when no
+    question has two coded options), "n_collapsed_linked": collapsed already in the linked codes}."""
+    compared = [it for it in items if collapses(codes.option_codes(it)) is not None]
+    collapsed = [it for it in compared if collapses(codes.option_codes(it))]
+    by_linker = [it for it in collapsed if collapses(linked_option_codes(it, codes))]
+    return {"n": len(items), "n_two_coded": len(compared), "n_collapsed": len(collapsed),
+            "rate": (len(collapsed) / len(compared)) if compared else None, "n_collapsed_linked": len(by_linker)}
 
 
 def collapse_by_tier(groups: Mapping[str, Sequence[MCQItem]], codes: CodeSource) -> dict[str, dict]:

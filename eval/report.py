@@ -227,8 +227,9 @@ def _references_section(results: dict) -> list[str]:
             "LLM), trained on the same training questions and held-out slice as the fine-tunes. It says "
             "how much of the answer the code vectors alone carry: a prefix method that does not beat it "
             "uses the codes no better than a shallow scorer. Coverage = questions with at least one coded "
-            "option (count in brackets); the others are answered uniformly at random, so they score "
-            "chance in the accuracy table. First seed of each reference.", "",
+            "option (count in brackets); the others get uniform probabilities and a letter drawn from the "
+            "question id, so in expectation they score chance in the accuracy table. Accuracy where covered "
+            "is on the covered questions only. First seed of each reference.", "",
             *_table(["Reference", "features", *(_tier_title(results, t) for t in tiers)], rows), ""]
 
 
@@ -237,15 +238,17 @@ def _collapse_section(results: dict) -> list[str]:
     if not col:
         return []
     tiers = [t for t in results["tiers"] if t in col["tiers"]]
-    rows = [[_tier_title(results, t), str(col["tiers"][t]["n"]), str(col["tiers"][t]["n_two_coded"]),
-             str(col["tiers"][t]["n_collapsed"]), pct(col["tiers"][t]["rate"])] for t in tiers]
+    rows = [[_tier_title(results, t), str(c["n"]), str(c["n_two_coded"]), str(c["n_collapsed"]),
+             str(c.get("n_collapsed_linked", "—")), pct(c["rate"])] for t in tiers for c in [col["tiers"][t]]]
     return ["## Collapse rate of the MedTok artifact", "",
             f"Artifact `{col['artifact']}`. Of the evaluated questions with at least two coded options, "
             "the share where two options map onto the same artifact code (after the artifact's mapping of "
             "a linked code to what it holds, e.g. its nearest known ancestor; "
             f"{col['codes_per_mention']} code(s) per mention). On those questions the tokens alone cannot "
-            "tell the options apart.", "",
-            *_table(["Tier", "n", "with ≥ 2 coded options", "collapsed", "collapse rate (%)"], rows), ""]
+            "tell (some of) the options apart. \"already in the linking\": collapsed questions whose two "
+            "options were linked to the very same code; the rest is the artifact's own mapping.", "",
+            *_table(["Tier", "n", "with ≥ 2 coded options", "collapsed", "already in the linking",
+                     "collapse rate (%)"], rows), ""]
 
 
 def _linked_section(results: dict) -> list[str]:

@@ -189,9 +189,10 @@ def test_collapse_rate_counted_by_hand(tmp_path):
               _coded(5, "Expert", {"A": "Z99.9", "B": "I50.9"}),  # Z99.9 has no known ancestor: one coded
               _item(6, "Expert")]  # nothing linked
     col = artifact_collapse({"Basic": basic, "Expert": expert, "All": basic + expert}, str(artifact))
-    assert col["tiers"]["Basic"] == {"n": 2, "n_two_coded": 2, "n_collapsed": 1, "rate": 0.5}
-    assert col["tiers"]["Expert"] == {"n": 4, "n_two_coded": 1, "n_collapsed": 1, "rate": 1.0}
-    assert col["tiers"]["All"] == {"n": 6, "n_two_coded": 3, "n_collapsed": 2, "rate": 2 / 3}
+    # q1 collapses through the artifact's mapping, q4 already in the linking (the same linked code).
+    assert col["tiers"]["Basic"] == {"n": 2, "n_two_coded": 2, "n_collapsed": 1, "rate": 0.5, "n_collapsed_linked": 0}
+    assert col["tiers"]["Expert"] == {"n": 4, "n_two_coded": 1, "n_collapsed": 1, "rate": 1.0, "n_collapsed_linked": 1}
+    assert col["tiers"]["All"] == {"n": 6, "n_two_coded": 3, "n_collapsed": 2, "rate": 2 / 3, "n_collapsed_linked": 1}
     assert collapses({"A": [], "B": ["x"]}) is None and collapses({"A": ["x"], "B": ["y", "x"]}) is True
 
 
