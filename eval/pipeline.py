@@ -572,8 +572,8 @@ def _summary(cfg: PipelineConfig, timings: dict[str, Any]) -> None:
 @cli_entry
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = parse_config(PipelineConfig, argv, prog="python -m eval.pipeline")
-    if not cfg.methods and not cfg.zero_shot:
-        raise ConfigError("nothing to evaluate: give at least one method or zero_shot: true")
+    if not cfg.methods and not cfg.zero_shot and not cfg.references:
+        raise ConfigError("nothing to evaluate: give at least one method or reference, or zero_shot: true")
     timings = run_pipeline(cfg)
     if timings:
         _summary(cfg, timings)
