@@ -155,7 +155,11 @@ def load_questions(opts: DataOptions) -> list[MCQItem]:
     if opts.tier:
         if opts.tier not in TIERS:
             raise ConfigError(f"data.tier must be one of {', '.join(TIERS)} or empty, got {opts.tier!r}")
+        untiered = items and all(i.tier is None for i in items)
         items = [i for i in items if i.tier == opts.tier]
+        if untiered:  # e.g. MedMCQA: no difficulty tiers at all
+            raise MedTokError(f"the questions of {path or opts.layout} have no tiers; pass --data.tier \"\" "
+                              "to train on all of them")
     if not items:
         raise MedTokError(f"no {opts.tier or ''} questions with an answer in {path or opts.layout}")
     return items

@@ -204,3 +204,46 @@ def test_the_cache_key_covers_what_changes_the_tokens(tiny_lm, tmp_path):
     assert fingerprint(encoder.cache_key(items, (0, 0))) == base  # LoRA, dtype: weights, not tokens
     prints = {name: fingerprint(key) for name, key in variants.items()}
     assert base not in prints.values() and len(set(prints.values())) == len(prints)
+
+
+def test_a_second_training_run_tokenizes_nothing(tiny_lm, cache, tmp_path, monkeypatch):
+    """Training and validation scoring both read their tokens back: a rerun's tokenizer only sees
+    the five answer letters (looked up when the model is built)."""
+    from transformers import AutoTokenizer
+
+    from qa.training import DataOptions, OptimOptions, TrainConfig, train
+
+    data = tmp_path / "tiny.jsonl"
+    write_jsonl(data, tiny_questions(24))
+    prompts = {"n": 0}
+    cls = type(AutoTokenizer.from_pretrained(tiny_lm))
+    original = cls.encode
+
+    def counted(self, text, *args, **kwargs):
+        prompts["n"] += len(text) > 1  # a prompt, not one of the letters A-E
+        return original(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "encode", counted)
+
+    def run(out: str) -> list[float]:
+        train(TrainConfig(output_dir=str(tmp_path / out), save_every_steps=100, log_every=1, early_stop_patience=0,
+                          model=ModelOptions(base_model=tiny_lm, dtype="float32", prefix_mode="none"),
+                          data=DataOptions(train_file=str(data), val_fraction=0.25, limit_train=8, limit_val=4),
+                          optim=OptimOptions(epochs=2, batch_size=4)))
+        records = [json.loads(x) for x in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in records if r["event"] == "train"]
+
+    losses = run("first")
+    assert prompts["n"] > 0
+    prompts["n"] = 0
+    assert run("second") == losses and prompts["n"] == 0
+
+
+def test_untiered_questions_ask_for_an_empty_tier(tmp_path):
+    from medtok_core.errors import MedTokError
+    from qa.training import DataOptions, load_questions
+
+    path = str(_files(tmp_path)["medmcqa"])
+    with pytest.raises(MedTokError, match='have no tiers; pass --data.tier ""'):
+        load_questions(DataOptions(train_file=path, layout="medmcqa"))
+    assert len(load_questions(DataOptions(train_file=path, layout="medmcqa", tier=""))) == 3
