@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ask": ("qa.ask:main", "answer questions interactively with a QA checkpoint"),
     "pipeline": ("eval.pipeline:main", "run every stage end to end, skipping what is up to date"),
     "quality": ("eval.linking_quality:main", "linking precision/recall on the hand-annotated gold sample"),
+    "recipe": ("eval.recipe:main", "sweep LoRA-only fine-tune recipes, judged on the held-out slice only"),
     "publish": ("eval.publish:main", "copy an evaluation into docs/results/<name>/ and its table into the README"),
 }
 # Stages added by other modules when they are present in this checkout.

@@ -206,6 +206,7 @@ BAD = {  # a bad option for each command, and what its one error line says
     "pipeline": (["--colour", "red"], "unknown option colour"),
     "quality": (["--colour", "red"], "unknown option colour"),
     "publish": (["--colour", "red"], "unknown option colour"),
+    "recipe": (["--colour", "red"], "unknown option colour"),
     "medtok-quality": (["--colour", "red"], "colour"),
 }
 
