@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from disease_linking.questions import LETTERS, TIERS, MCQItem, load_mcq, skip_summary
+from disease_linking.layouts import AUTO, layout_names, load_question_dataset
+from disease_linking.questions import LETTERS, TIERS, MCQItem, dataset_items, skip_summary
 from eval import collapse, permutations, report, stats
 from eval.report import ALL, ZERO_SHOT, method_rank
-from medtok_core.config import FieldError, require_range, save_config
+from medtok_core.config import FieldError, require_choice, require_range, save_config
 from medtok_core.errors import ConfigError, MedTokError
 from medtok_core.io import atomic_path, read_json, write_json
 from qa.checkpoint import find_checkpoint, read_checkpoint_config
@@ -55,6 +56,11 @@ class EvalConfig:
 
     data: str = ""  # linked JSONL or any MCQ file (MedDDx / authors' layout); "" = MedDDx from the data dir
     data_dir: str | None = None  # data directory (default: $MEDTOK_DATA_DIR or ../shared/data)
+    # How data is read: auto (each question recognised by its keys) or a registered layout; a hub
+    # layout (medmcqa) without data downloads its hub dataset, only with allow_network.
+    layout: str = field(default=AUTO, metadata={"choices": layout_names})
+    allow_network: bool = False  # let a hub layout download its dataset from the Hugging Face hub
+    hub_split: str = "validation"  # the split a hub layout reads (MedMCQA's test split hides its answers)
     checkpoints: list[str] = field(default_factory=list)  # QA checkpoint folders (method + seed each)
     # Embeddings-only reference folders (python -m eval.reference), scored beside the LLM methods.
     references: list[str] = field(default_factory=list)
@@ -91,6 +97,7 @@ class EvalConfig:
         require_range(self, "exact_below", 0)
         require_range(self, "batch_size", 1)
         require_range(self, "permutations", 1, 5)  # at most one order per letter
+        require_choice(self, "layout", layout_names())
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -506,15 +513,18 @@ def sources_from_config(cfg: EvalConfig) -> list[Source]:
 def load_dataset(cfg: EvalConfig) -> list[MCQItem]:
     if cfg.data:
         path = Path(cfg.data)
-    else:
+    elif cfg.layout in (AUTO, "meddx"):
         from medtok_core.datadir import data_file
 
         path = data_file("meddx/MedDDx.json", cfg.data_dir)
-    items, skipped = load_mcq(path, skip_invalid=cfg.skip_invalid)
+    else:
+        path = None  # a hub layout reads its hub dataset; a file layout says it needs a file
+    dataset, skipped = load_question_dataset(path, cfg.layout, cfg.skip_invalid, cfg.allow_network, cfg.hub_split)
+    items = dataset_items(dataset)
     if skipped:
         print(skip_summary(skipped), file=sys.stderr)
     if not items:
-        raise MedTokError(f"{path} contains no questions")
+        raise MedTokError(f"{path or cfg.layout} contains no questions")
     unknown = sorted({it.tier for it in items if it.tier} - set(TIERS))
     if unknown:
         raise MedTokError(f"{path}: unknown tier {unknown[0]!r}; tiers are {', '.join(TIERS)}")
@@ -575,7 +585,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
     runs = score_sources(sources, selected, cfg.batch_size, log, cfg.permutations) + saved_runs
     results = summarize(selected, runs, tiers=cfg.tiers, baseline=cfg.baseline, boot=cfg.bootstrap,
                         exact_below=cfg.exact_below, held_out=held_out is not None)
-    results["dataset_path"] = cfg.data or "MedDDx (data dir)"
+    results["dataset_path"] = cfg.data or ("MedDDx (data dir)" if cfg.layout in (AUTO, "meddx") else cfg.layout)
     results["n_questions_in_file"] = len(items)
     results["n_excluded_trained_on"] = sum(it.id in train_ids for it in items)
     if cfg.medtok:

@@ -47,7 +47,8 @@ from qa.reference import reference_names
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STAGE_GROUPS = ("build", "medtok", "link", "finetune", "reference", "eval")
 # Fine-tune settings the references copy, so they read the same split and the same codes.
-REFERENCE_SHARED = {"data": ("tier", "val_fraction", "split_seed", "limit_train", "limit_val", "skip_invalid"),
+REFERENCE_SHARED = {"data": ("layout", "allow_network", "hub_split", "tier", "val_fraction", "split_seed",
+                             "limit_train", "limit_val", "skip_invalid"),
                     "model": ("codes_per_mention", "min_code_confidence", "max_codes")}
 
 
