@@ -4,6 +4,7 @@
     medtok-qa train-tokenizer --config configs/medtok_quick.yaml
     medtok-qa link --input MedDDx.json --output linked.jsonl
     medtok-qa finetune --config configs/qa_quick.yaml --prefix_mode medtok   # accelerate options work too
+    medtok-qa reference --medtok runs/medtok_quick --data.train_file linked.jsonl   # no-LLM references
     medtok-qa eval --data linked.jsonl --checkpoints runs/qa_a runs/qa_b --zero_shot default
     medtok-qa ask --checkpoint runs/qa_quick
     medtok-qa pipeline                                    # everything, reusing what is built
