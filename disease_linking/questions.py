@@ -5,7 +5,9 @@ Layouts accepted (options A-E; an "E: n/a" option is dropped):
 - the MedTok authors' QA layout: ``{"input": [question_with_options, answer], "medical_codes": [...]}``
 
 Linked dataset (DESIGN.md), one JSON object per line:
-``id, question, options {A..E}, answer, tier, mentions [{text, start, end, field, codes [{system, code, score[, why, confidence]}]}]``.
+``id, question, options {A..E}, answer, tier, mentions [{text, start, end, field, codes [{system, code, score[, why, confidence]}]}][, subject]``.
+Other layouts (and hub datasets such as MedMCQA) are plug-ins in ``disease_linking/layouts/``
+that map their records onto these fields; every record is checked here, by one validator.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,7 @@ class MCQItem:
     sim_level_std: float | None = None
     mentions: list[Mention] = field(default_factory=list)
     medical_codes: list[str] = field(default_factory=list)  # as given by the authors' layout
+    subject: str = ""  # the source's subject (MedMCQA's subject_name); "" when it has none
 
     def field_text(self, name: str) -> str:
         """Text of a field: ``"stem"`` or ``"option:X"``."""
@@ -86,8 +89,9 @@ class MCQItem:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        if not d["medical_codes"]:
-            d.pop("medical_codes")
+        for key in ("medical_codes", "subject"):  # optional fields appear only when set (format unchanged)
+            if not d[key]:
+                d.pop(key)
         for m in d["mentions"]:
             for c in m["codes"]:  # the optional code fields appear only when set (format unchanged otherwise)
                 if not c["why"]:
@@ -102,7 +106,7 @@ class MCQItem:
                     for m in d.get("mentions", [])]
         return cls(id=str(d["id"]), question=d["question"], options=dict(d["options"]),
                    answer=d.get("answer"), tier=d.get("tier"), sim_level_std=d.get("sim_level_std"),
-                   mentions=mentions, medical_codes=list(d.get("medical_codes", [])))
+                   mentions=mentions, medical_codes=list(d.get("medical_codes", [])), subject=d.get("subject", ""))
 
 
 def split_question(text: str, item_id: str = "question") -> tuple[str, dict[str, str]]:
@@ -140,37 +144,59 @@ def _parse_answer(raw: Any, options: dict[str, str], item_id: str) -> str:
 
 
 def parse_item(raw: Any, index: int, prefix: str = "q") -> MCQItem:
-    """Parse one item of either layout; ``index`` names it in errors and default ids."""
-    item_id = f"{prefix}-{index:05d}"
-    if not isinstance(raw, dict):
-        raise MCQFormatError(f"item {index}: expected a JSON object, got {type(raw).__name__}")
-    item_id = str(raw.get("id", item_id))
+    """Parse one item of any file layout, recognised by its keys; ``index`` names it in errors and
+    default ids."""
+    item_id = item_id_of(raw, index, prefix)
     if "query" in raw:
-        stem, options = split_question(str(raw["query"]), item_id)
-        std = raw.get("sim_level_std")
-        try:
-            std = None if std is None else float(std)
-        except (TypeError, ValueError):
-            raise MCQFormatError(f"{item_id}: sim_level_std {std!r} is not a number") from None
-        answer = _parse_answer(raw.get("answer", ""), options, item_id)
-        return MCQItem(item_id, stem, options, answer, tier_of(std), std)
+        return parse_meddx(raw, item_id)
     if "input" in raw:
-        inp = raw["input"]
-        if not (isinstance(inp, list) and len(inp) == 2):
-            raise MCQFormatError(f"{item_id}: 'input' must be [question_with_options, answer]")
-        stem, options = split_question(str(inp[0]), item_id)
-        answer = _parse_answer(inp[1], options, item_id)
-        codes = raw.get("medical_codes") or []
-        if not isinstance(codes, list):
-            raise MCQFormatError(f"{item_id}: 'medical_codes' must be a list")
-        tier = raw.get("tier")
-        return MCQItem(item_id, stem, options, answer, tier if tier in TIERS else None,
-                       medical_codes=[str(c) for c in codes])
+        return parse_authors(raw, item_id)
     if "question" in raw and "options" in raw:  # our own linked layout
-        return _linked_item(raw, item_id)
+        return parse_linked(raw, item_id)
     raise MCQFormatError(
         f"{item_id}: unknown layout (keys {', '.join(sorted(raw)) or 'none'}); expected 'query' "
         "(MedDDx), 'input' (authors' QA layout) or 'question'+'options' (linked JSONL)")
+
+
+def item_id_of(raw: Any, index: int, prefix: str = "q") -> str:
+    """The item's own ``id``, else ``<prefix>-<index>``; a record that is not an object is an error."""
+    if not isinstance(raw, dict):
+        raise MCQFormatError(f"item {index}: expected a JSON object, got {type(raw).__name__}")
+    return str(raw.get("id", f"{prefix}-{index:05d}"))
+
+
+def parse_meddx(raw: dict, item_id: str) -> MCQItem:
+    """MedDDx: ``{"query": "stem\\nA: ...", "answer": "D", "sim_level_std": 0.013}``."""
+    stem, options = split_question(str(raw["query"]), item_id)
+    std = raw.get("sim_level_std")
+    try:
+        std = None if std is None else float(std)
+    except (TypeError, ValueError):
+        raise MCQFormatError(f"{item_id}: sim_level_std {std!r} is not a number") from None
+    answer = _parse_answer(raw.get("answer", ""), options, item_id)
+    return MCQItem(item_id, stem, options, answer, tier_of(std), std)
+
+
+def parse_authors(raw: dict, item_id: str) -> MCQItem:
+    """The MedTok authors' layout: ``{"input": [question_with_options, answer], "medical_codes": [...]}``."""
+    inp = raw["input"]
+    if not (isinstance(inp, list) and len(inp) == 2):
+        raise MCQFormatError(f"{item_id}: 'input' must be [question_with_options, answer]")
+    stem, options = split_question(str(inp[0]), item_id)
+    answer = _parse_answer(inp[1], options, item_id)
+    codes = raw.get("medical_codes") or []
+    if not isinstance(codes, list):
+        raise MCQFormatError(f"{item_id}: 'medical_codes' must be a list")
+    tier = raw.get("tier")
+    return MCQItem(item_id, stem, options, answer, tier if tier in TIERS else None,
+                   medical_codes=[str(c) for c in codes])
+
+
+def parse_linked(raw: dict, item_id: str) -> MCQItem:
+    """A linked-JSONL record (the interchange format; other layouts may map their rows to it)."""
+    if "question" not in raw or "options" not in raw:
+        raise MCQFormatError(f"{item_id}: a linked record needs 'question' and 'options'")
+    return _linked_item(raw, item_id)
 
 
 def _linked_item(raw: dict, item_id: str) -> MCQItem:
@@ -196,7 +222,10 @@ def _linked_item(raw: dict, item_id: str) -> MCQItem:
     codes = raw.get("medical_codes", [])
     if not isinstance(codes, list) or not all(isinstance(c, str) for c in codes):
         raise MCQFormatError(f"{item_id}: 'medical_codes' must be a list of strings")
-    item = MCQItem(item_id, question, dict(options), answer, tier, std, medical_codes=list(codes))
+    subject = raw.get("subject", "")
+    if not isinstance(subject, str):
+        raise MCQFormatError(f"{item_id}: 'subject' must be a string")
+    item = MCQItem(item_id, question, dict(options), answer, tier, std, medical_codes=list(codes), subject=subject)
     item.mentions = [_mention(m, item, f"{item_id} mention {i}") for i, m in enumerate(mentions)]
     return item
 
@@ -279,13 +308,15 @@ def _read_records(path: Path) -> list[Any]:
     return data
 
 
-def load_mcq(path: str | Path, skip_invalid: bool = False) -> tuple[list[MCQItem], list[str]]:
+def load_mcq(path: str | Path, skip_invalid: bool = False, parse: Parser | None = None
+             ) -> tuple[list[MCQItem], list[str]]:
     """Load and validate questions from .json/.jsonl in any supported layout.
 
     Returns (items, skipped) where ``skipped`` holds one reason per item left out. Without
     ``skip_invalid`` the first invalid item is an error. Checked per item: options are 2-5
     consecutive letters from A, the answer is one of them, types and mention spans are right;
-    across items: ids are unique and either every item has a tier or none has.
+    across items: ids are unique and either every item has a tier or none has. ``parse`` reads
+    one record (default: :func:`parse_item`, which recognises the layout by its keys).
     """
     path = Path(path)
     if path.is_dir():
@@ -293,17 +324,27 @@ def load_mcq(path: str | Path, skip_invalid: bool = False) -> tuple[list[MCQItem
     if not path.is_file():
         raise MCQFormatError(f"question file {path} does not exist")
     prefix = re.sub(r"[^a-z0-9]+", "-", path.stem.lower()).strip("-") or "q"
+    return validate_records(_read_records(path), str(path), prefix, skip_invalid, parse)
+
+
+Parser = Callable[[dict, str], MCQItem]  # (record, item id) -> item, raising MCQFormatError
+
+
+def validate_records(records: Iterable[Any], source: str, prefix: str = "q", skip_invalid: bool = False,
+                     parse: Parser | None = None) -> tuple[list[MCQItem], list[str]]:
+    """The one validator of every question source (files, hub datasets): see :func:`load_mcq`.
+    ``source`` names the input in errors."""
     items: list[MCQItem] = []
     skipped: list[str] = []
     seen: set[str] = set()
-    for i, raw in enumerate(_read_records(path)):
+    for i, raw in enumerate(records):
         try:
-            item = parse_item(raw, i, prefix)
+            item = parse_item(raw, i, prefix) if parse is None else parse(raw, item_id_of(raw, i, prefix))
             if item.id in seen:
                 raise MCQFormatError(f"{item.id}: duplicate question id (item {i}); ids must be unique")
         except MCQFormatError as err:
             if not skip_invalid:
-                raise MCQFormatError(f"{path}: {err}") from None
+                raise MCQFormatError(f"{source}: {err}") from None
             skipped.append(str(err))
             continue
         seen.add(item.id)
@@ -313,7 +354,7 @@ def load_mcq(path: str | Path, skip_invalid: bool = False) -> tuple[list[MCQItem
         reason = (f"{untiered[0].id}: no tier while {len(items) - len(untiered)} other questions have one; "
                   "give every question a tier (or none)")
         if not skip_invalid:
-            raise MCQFormatError(f"{path}: {reason} ({len(untiered)} untiered)")
+            raise MCQFormatError(f"{source}: {reason} ({len(untiered)} untiered)")
         skipped += [f"{it.id}: no tier while others have one" for it in untiered]
         items = [it for it in items if it.tier is not None]
     return items, skipped
@@ -348,3 +389,51 @@ def to_authors_layout(item: MCQItem) -> dict[str, Any]:
             if key not in codes:
                 codes.append(key)
     return {"input": [item.with_options_text(), item.answer], "medical_codes": codes or item.medical_codes}
+
+
+# ---- Arrow rows (datasets.Dataset columns) ---------------------------------------------------------
+def question_features():
+    """The ``datasets.Features`` of a question Dataset: the linked-JSONL fields, options as a list
+    (letters A, B, ... by position, as the validator guarantees). Declared, not inferred, so every
+    row (optional code fields included) and an empty dataset have one schema."""
+    from datasets import Features, List, Value
+
+    code = {"system": Value("string"), "code": Value("string"), "score": Value("float64"),
+            "why": Value("string"), "confidence": Value("float64")}
+    mention = {"text": Value("string"), "start": Value("int64"), "end": Value("int64"),
+               "field": Value("string"), "kind": Value("string"), "codes": List(code)}
+    return Features({"id": Value("string"), "question": Value("string"), "options": List(Value("string")),
+                     "answer": Value("string"), "tier": Value("string"), "sim_level_std": Value("float64"),
+                     "medical_codes": List(Value("string")), "mentions": List(mention), "subject": Value("string")})
+
+
+def to_row(item: MCQItem) -> dict[str, Any]:
+    """The item as one row of :func:`question_features`."""
+    return {"id": item.id, "question": item.question, "options": list(item.options.values()),
+            "answer": item.answer, "tier": item.tier, "sim_level_std": item.sim_level_std,
+            "medical_codes": list(item.medical_codes),
+            "mentions": [asdict(m) for m in item.mentions],
+            "subject": item.subject}
+
+
+def from_row(row: dict[str, Any]) -> MCQItem:
+    """The item of a row written by :func:`to_row` (rows of a validated Dataset: no checks again)."""
+    mentions = [Mention(m["text"], m["start"], m["end"], m["field"], [CodeRef(**c) for c in m["codes"]],
+                        m["kind"]) for m in row["mentions"]]
+    options = dict(zip(LETTERS[:len(row["options"])], row["options"], strict=True))
+    return MCQItem(row["id"], row["question"], options, row["answer"], row["tier"], row["sim_level_std"],
+                   mentions, list(row["medical_codes"]), row["subject"])
+
+
+def items_dataset(items: Iterable[MCQItem]):
+    """The items as an Arrow-backed ``datasets.Dataset`` with the question columns (in order)."""
+    from datasets import Dataset
+
+    features = question_features()
+    rows = [to_row(it) for it in items]
+    return Dataset.from_dict({k: [r[k] for r in rows] for k in features}, features=features)
+
+
+def dataset_items(dataset) -> list[MCQItem]:
+    """The items of a question Dataset, in row order."""
+    return [from_row(row) for row in dataset]

@@ -4,6 +4,7 @@
     medtok-qa train-tokenizer --config configs/medtok_quick.yaml
     medtok-qa link --input MedDDx.json --output linked.jsonl
     medtok-qa finetune --config configs/qa_quick.yaml --prefix_mode medtok   # accelerate options work too
+    medtok-qa reference --medtok runs/medtok_quick --data.train_file linked.jsonl   # no-LLM references
     medtok-qa eval --data linked.jsonl --checkpoints runs/qa_a runs/qa_b --zero_shot default
     medtok-qa ask --checkpoint runs/qa_quick
     medtok-qa pipeline                                    # everything, reusing what is built
@@ -34,10 +35,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-tokenizer": ("medtok_core.train:main", "train MedTok and export its artifact (token table)"),
     "link": ("disease_linking.link:main", "link the diseases/drugs of a question file to codes (linked JSONL)"),
     "finetune": ("finetune.launch:main", "fine-tune a QA model (accelerate launch options accepted)"),
+    "reference": ("eval.reference:main", "train the embeddings-only references (no LLM) on the fine-tunes' split"),
     "eval": ("eval.run:main", "evaluate QA checkpoints and zero-shot baselines by difficulty tier"),
     "ask": ("qa.ask:main", "answer questions interactively with a QA checkpoint"),
     "pipeline": ("eval.pipeline:main", "run every stage end to end, skipping what is up to date"),
     "quality": ("eval.linking_quality:main", "linking precision/recall on the hand-annotated gold sample"),
+    "recipe": ("eval.recipe:main", "sweep LoRA-only fine-tune recipes, judged on the held-out slice only"),
     "publish": ("eval.publish:main", "copy an evaluation into docs/results/<name>/ and its table into the README"),
 }
 # Stages added by other modules when they are present in this checkout.

@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from disease_linking.questions import LETTERS, TIERS, MCQItem, load_mcq, skip_summary
-from eval import permutations, report, stats
+from disease_linking.layouts import AUTO, layout_names, load_question_dataset
+from disease_linking.questions import LETTERS, TIERS, MCQItem, dataset_items, skip_summary
+from eval import collapse, permutations, report, stats
 from eval.report import ALL, ZERO_SHOT, method_rank
-from medtok_core.config import FieldError, require_range, save_config
+from medtok_core.config import FieldError, require_choice, require_range, save_config
 from medtok_core.errors import ConfigError, MedTokError
 from medtok_core.io import atomic_path, read_json, write_json
 from qa.checkpoint import find_checkpoint, read_checkpoint_config
@@ -55,12 +56,23 @@ class EvalConfig:
 
     data: str = ""  # linked JSONL or any MCQ file (MedDDx / authors' layout); "" = MedDDx from the data dir
     data_dir: str | None = None  # data directory (default: $MEDTOK_DATA_DIR or ../shared/data)
+    # How data is read: auto (each question recognised by its keys) or a registered layout; a hub
+    # layout (medmcqa) without data downloads its hub dataset, only with allow_network.
+    layout: str = field(default=AUTO, metadata={"choices": layout_names})
+    allow_network: bool = False  # let a hub layout download its dataset from the Hugging Face hub
+    hub_split: str = "validation"  # the split a hub layout reads (MedMCQA's test split hides its answers)
     checkpoints: list[str] = field(default_factory=list)  # QA checkpoint folders (method + seed each)
+    # Embeddings-only reference folders (python -m eval.reference), scored beside the LLM methods.
+    references: list[str] = field(default_factory=list)
     zero_shot: list[str] = field(default_factory=list)  # base models scored without fine-tuning ("default")
     # dtype of zero-shot models: auto = bfloat16 on a GPU, float32 on CPU (CPUs without native bf16
     # run bf16 matmuls far slower than fp32).
     zero_shot_dtype: str = "auto"
     predictions: list[str] = field(default_factory=list)  # saved predictions/<method>.jsonl to re-report
+    # MedTok artifact of the experiment: the report states its collapse rate (questions where two
+    # options map onto the same artifact code). "" = no collapse rate.
+    medtok: str = ""
+    codes_per_mention: int = 1  # codes per linked mention when resolving options (the fine-tunes' value)
     output: str = "runs/eval"  # folder of results.json, report.md, plots
     tiers: list[str] = field(default_factory=lambda: list(TIERS))  # tiers to report
     max_per_tier: int = 0  # 0 = all; else a fixed pseudo-random subset of each tier (quick runs)
@@ -81,9 +93,11 @@ class EvalConfig:
             if tier not in TIERS:
                 raise FieldError("tiers", f"holds unknown tier {tier!r}; choose from {', '.join(TIERS)}")
         require_range(self, "max_per_tier", 0)
+        require_range(self, "codes_per_mention", 1)
         require_range(self, "exact_below", 0)
         require_range(self, "batch_size", 1)
         require_range(self, "permutations", 1, 5)  # at most one order per letter
+        require_choice(self, "layout", layout_names())
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -115,7 +129,7 @@ class Run:
 class Source:
     """Something to score: a checkpoint folder or a base model for zero-shot."""
 
-    kind: str  # "checkpoint" | "zero-shot"
+    kind: str  # "checkpoint" | "zero-shot" | "reference"
     path: str
     method: str
     seed: int | None
@@ -165,8 +179,21 @@ def checkpoint_source(path: str | Path) -> Source:
     return Source("checkpoint", str(folder), method, _read_train_seed(folder, qa_config), train_ids, val_ids)
 
 
+def reference_source(path: str | Path) -> Source:
+    """Describe an embeddings-only reference folder: its name (the method), seed and split."""
+    from qa.reference import read_reference_config
+
+    cfg = read_reference_config(path)
+    train_ids, val_ids = _read_split(Path(path))
+    return Source("reference", str(path), cfg["name"], cfg.get("seed"), train_ids, val_ids)
+
+
 def _load_scorer(source: Source) -> Scorer:
     # Imported here: the QA model pulls in torch/transformers, which re-reporting does not need.
+    if source.kind == "reference":
+        from qa.reference import load_reference
+
+        return load_reference(source.path)
     from qa import model as qa_model
 
     if source.kind == "checkpoint":
@@ -289,6 +316,8 @@ def _run_tier_stats(run: Run, group: Sequence[MCQItem], alphabet: str, boot: Boo
         **acc(group),
         "accuracy_linked": acc(linked),
         "accuracy_unlinked": acc(unlinked),
+        # For a reference: accuracy where it did not fall back to uniform (its coverage).
+        "accuracy_codes_used": acc([it for it in group if run.predictions[it.id]["n_codes"] > 0]),
         "mean_codes_used": (sum(n_codes) / len(n_codes)) if n_codes else None,
         "share_with_codes_used": (sum(1 for k in n_codes if k > 0) / len(n_codes)) if n_codes else None,
         "pred_distribution": stats.letter_distribution((run.predictions[it.id]["pred"] for it in group), alphabet),
@@ -476,6 +505,7 @@ def write_outputs(results: dict, items: Sequence[MCQItem], runs: Sequence[Run], 
 # ---------------------------------------------------------------------------------- orchestration
 def sources_from_config(cfg: EvalConfig) -> list[Source]:
     sources = [checkpoint_source(p) for p in cfg.checkpoints]
+    sources += [reference_source(p) for p in cfg.references]
     sources += [Source("zero-shot", base, ZERO_SHOT, None, dtype=cfg.zero_shot_dtype) for base in cfg.zero_shot]
     return sources
 
@@ -483,15 +513,18 @@ def sources_from_config(cfg: EvalConfig) -> list[Source]:
 def load_dataset(cfg: EvalConfig) -> list[MCQItem]:
     if cfg.data:
         path = Path(cfg.data)
-    else:
+    elif cfg.layout in (AUTO, "meddx"):
         from medtok_core.datadir import data_file
 
         path = data_file("meddx/MedDDx.json", cfg.data_dir)
-    items, skipped = load_mcq(path, skip_invalid=cfg.skip_invalid)
+    else:
+        path = None  # a hub layout reads its hub dataset; a file layout says it needs a file
+    dataset, skipped = load_question_dataset(path, cfg.layout, cfg.skip_invalid, cfg.allow_network, cfg.hub_split)
+    items = dataset_items(dataset)
     if skipped:
         print(skip_summary(skipped), file=sys.stderr)
     if not items:
-        raise MedTokError(f"{path} contains no questions")
+        raise MedTokError(f"{path or cfg.layout} contains no questions")
     unknown = sorted({it.tier for it in items if it.tier} - set(TIERS))
     if unknown:
         raise MedTokError(f"{path}: unknown tier {unknown[0]!r}; tiers are {', '.join(TIERS)}")
@@ -535,8 +568,8 @@ def score_sources(sources: Sequence[Source], items: Sequence[MCQItem], batch_siz
 
 def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Score every source of ``cfg`` on the selected questions and write all outputs."""
-    if not (cfg.checkpoints or cfg.zero_shot or cfg.predictions):
-        raise ConfigError("nothing to evaluate: pass --checkpoints, --zero_shot or --predictions")
+    if not (cfg.checkpoints or cfg.references or cfg.zero_shot or cfg.predictions):
+        raise ConfigError("nothing to evaluate: pass --checkpoints, --references, --zero_shot or --predictions")
     items = load_dataset(cfg)
     sources = sources_from_config(cfg)
     saved_runs = [run for p in cfg.predictions for run in load_prediction_runs(p)]
@@ -552,8 +585,11 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
     runs = score_sources(sources, selected, cfg.batch_size, log, cfg.permutations) + saved_runs
     results = summarize(selected, runs, tiers=cfg.tiers, baseline=cfg.baseline, boot=cfg.bootstrap,
                         exact_below=cfg.exact_below, held_out=held_out is not None)
-    results["dataset_path"] = cfg.data or "MedDDx (data dir)"
+    results["dataset_path"] = cfg.data or ("MedDDx (data dir)" if cfg.layout in (AUTO, "meddx") else cfg.layout)
     results["n_questions_in_file"] = len(items)
     results["n_excluded_trained_on"] = sum(it.id in train_ids for it in items)
+    if cfg.medtok:
+        results["collapse"] = collapse.artifact_collapse(_tier_groups(selected, cfg.tiers), cfg.medtok,
+                                                         cfg.codes_per_mention)
     results["files"] = write_outputs(results, selected, runs, cfg.output, cfg.plots, config=cfg)
     return results

@@ -10,7 +10,8 @@ Stages, each driven through its own command line so it stays independent:
 2. MedTok training                   python -m medtok_core.train --config configs/medtok_quick.yaml
 3. disease linking of MedDDx         python -m disease_linking.link
 4. QA fine-tuning, per method+seed   accelerate launch finetune/train.py --prefix_mode ...
-5. evaluation by tier                python -m eval.run
+5. embeddings-only references        python -m eval.reference   (no LLM; seconds on CPU)
+6. evaluation by tier                python -m eval.run
 
 A stage is skipped when its outputs exist and its stamp (a hash of its command, the contents of
 the files it reads, and the stamps of the stages it depends on) is unchanged. Timings of every
@@ -33,15 +34,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eval.reference import run_folder as reference_run_folder
 from medtok_core.artifact import MANIFEST, TABLE, artifact_dir, find_artifact
-from medtok_core.config import FieldError, parse_config, require_choice, save_config
+from medtok_core.config import FieldError, load_yaml, parse_config, require_choice, save_config
 from medtok_core.errors import ConfigError, MedTokError, cli_entry
 from medtok_core.io import read_json, write_json
 from qa.checkpoint import QA_CONFIG, best_checkpoint
 from qa.prefix_methods import get_method, method_names
+from qa.reference import CONFIG as REFERENCE_CONFIG
+from qa.reference import reference_names
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-STAGE_GROUPS = ("build", "medtok", "link", "finetune", "eval")
+STAGE_GROUPS = ("build", "medtok", "link", "finetune", "reference", "eval")
+# Fine-tune settings the references copy, so they read the same split and the same codes.
+REFERENCE_SHARED = {"data": ("layout", "allow_network", "hub_split", "tier", "val_fraction", "split_seed",
+                             "limit_train", "limit_val", "skip_invalid"),
+                    "model": ("codes_per_mention", "min_code_confidence", "max_codes")}
 
 
 # --------------------------------------------------------------------------------------- config
@@ -83,13 +91,21 @@ class PipelineConfig:
     # numbers. dtype auto = float32 here (no native bf16: a bf16 matmul measured 60x slower).
     finetune: StageOptions = field(default_factory=lambda: StageOptions("configs/qa_quick.yaml", {
         "optim.epochs": 1, "data.limit_train": 32, "data.limit_val": 24}))
+    # Embeddings-only references trained beside the fine-tunes (no LLM, seconds on CPU; qa/reference.py),
+    # reported in their own group: what the code vectors alone carry. [] = none.
+    references: list[str] = field(default_factory=reference_names, metadata={"choices": reference_names})
+    reference: StageOptions = field(default_factory=StageOptions)  # the references' training options
     # A fixed pseudo-random 30 questions of Basic and of Expert (plus the held-out slice).
     eval: StageOptions = field(default_factory=lambda: StageOptions("", {"max_per_tier": 30}))
 
     def __post_init__(self):
         for method in self.methods:
             get_method(method)  # unknown names fail when the config is parsed, listing the registered ones
-        if self.methods and not self.seeds:
+        for name in self.references:
+            if name not in reference_names():
+                raise FieldError("references", f"holds unknown reference {name!r}; choose from "
+                                 f"{', '.join(reference_names())}")
+        if (self.methods or self.references) and not self.seeds:
             raise FieldError("seeds", "is empty; give at least one seed")
         require_choice(self, "launcher", ("accelerate", "python"))
 
@@ -183,15 +199,64 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
                 [best_checkpoint(run_dir) / QA_CONFIG],
                 depends=[d for d in ["link"] + (["medtok"] if needs_medtok else []) if d in built],
                 workdir=run_dir))
+    references = _reference_folders(cfg, out)
+    if references:
+        stages.append(Stage(
+            "reference", "reference", "Embeddings-only references (no LLM)",
+            _python("eval.reference") + ["--medtok", str(artifact), "--data.train_file", str(linked),
+                                         "--output", str(out / "reference"),
+                                         "--references", ",".join(cfg.references),
+                                         "--seeds", ",".join(map(str, cfg.seeds))]
+            + (["--data.data_dir", cfg.data_dir] if cfg.data_dir else []) + _finetune_shared_args(cfg)
+            + _config_args(cfg.reference) + _overrides(cfg.reference),
+            [folder / REFERENCE_CONFIG for folder in references],
+            depends=[d for d in ["link", "medtok"] if d in built], workdir=out / "reference"))
     eval_dir = out / "eval"
     stages.append(Stage(
         "eval", "eval", "Evaluation by tier",
         _python("eval.run") + ["--data", str(linked), "--output", str(eval_dir)]
         + (["--checkpoints", ",".join(map(str, checkpoints))] if checkpoints else [])
+        + (["--references", ",".join(map(str, references))] if references else [])
+        + ["--medtok", str(artifact), "--codes_per_mention", _finetune_value(cfg, "model", "codes_per_mention", 1)]
         + (["--zero_shot", "default", "--zero_shot_dtype", _finetune_dtype(cfg)] if cfg.zero_shot else []) + _config_args(cfg.eval) + _overrides(cfg.eval),
         [eval_dir / "results.json", eval_dir / "report.md"],
-        depends=[d for d in ["link"] if d in built] + [s.name for s in stages if s.group == "finetune"]))
+        depends=[d for d in ["link", "medtok"] if d in built]
+        + [s.name for s in stages if s.group in ("finetune", "reference")]))
     return stages
+
+
+def _reference_folders(cfg: PipelineConfig, out: Path) -> list[Path]:
+    """Where the reference stage writes each (reference, seed); [] when there is none to train.
+    Every experiment of this pipeline has a MedTok artifact (trained or given), so the references
+    run whenever they are asked for."""
+    return [reference_run_folder(out / "reference", name, seed) for name in cfg.references for seed in cfg.seeds]
+
+
+def _finetune_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    """The fine-tunes' resolved options, flattened (their YAML config, then the pipeline's overrides)."""
+    settings: dict[str, Any] = {}
+    if cfg.finetune.config:
+        path = Path(cfg.finetune.config)
+        settings = _flatten(load_yaml(path if path.is_absolute() else REPO_ROOT / path))
+    return {**settings, **_flatten(cfg.finetune.overrides)}
+
+
+def _finetune_value(cfg: PipelineConfig, section: str, key: str, default: Any) -> str:
+    value = _finetune_settings(cfg).get(f"{section}.{key}")
+    return str(default if value is None else value)
+
+
+def _finetune_shared_args(cfg: PipelineConfig) -> list[str]:
+    """``--data.limit_train 32 ...``: the fine-tune settings the references must share
+    (REFERENCE_SHARED; the references call the code options model.*, as the fine-tunes do)."""
+    settings = _finetune_settings(cfg)
+    args = []
+    for section, keys in REFERENCE_SHARED.items():
+        for key in keys:
+            value = settings.get(f"{section}.{key}")
+            if value is not None:
+                args += [f"--{section}.{key}", str(value)]
+    return args
 
 
 def _finetune_dtype(cfg: PipelineConfig) -> str:
@@ -508,8 +573,8 @@ def _summary(cfg: PipelineConfig, timings: dict[str, Any]) -> None:
 @cli_entry
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = parse_config(PipelineConfig, argv, prog="python -m eval.pipeline")
-    if not cfg.methods and not cfg.zero_shot:
-        raise ConfigError("nothing to evaluate: give at least one method or zero_shot: true")
+    if not cfg.methods and not cfg.zero_shot and not cfg.references:
+        raise ConfigError("nothing to evaluate: give at least one method or reference, or zero_shot: true")
     timings = run_pipeline(cfg)
     if timings:
         _summary(cfg, timings)

@@ -12,6 +12,7 @@ from typing import Any
 
 from medtok_core.io import atomic_path, write_text
 from qa.prefix_methods import get_method, method_names
+from qa.reference import GROUP_TITLE, REFERENCES, reference_names
 
 ALL = "All"  # the row over every tier
 ZERO_SHOT = "zero-shot"  # the base model without fine-tuning (not a prefix method)
@@ -27,12 +28,20 @@ def _registered(method: str) -> bool:
     return method in method_names()
 
 
+def is_reference(method: str) -> bool:
+    """An embeddings-only reference (qa/reference.py): no LLM, reported in its own group."""
+    return method in REFERENCES
+
+
 def method_rank(method: str) -> tuple[int, str]:
-    """Report order: zero-shot first, then registered methods by their ``order``, then the rest."""
+    """Report order: zero-shot first, then registered methods by their ``order``, then the
+    references (no LLM), then the rest."""
     if method == ZERO_SHOT:
         return (-1, "")
     if _registered(method):
         return (get_method(method).order, method)
+    if is_reference(method):
+        return (10**5 + reference_names().index(method), method)
     return (10**6, method)
 
 
@@ -45,7 +54,9 @@ def method_color(method: str, methods: Sequence[str]) -> str:
         return _ZERO_SHOT_COLOR
     if _registered(method):
         return get_method(method).color
-    others = [m for m in methods if m != ZERO_SHOT and not _registered(m)]
+    if is_reference(method):
+        return REFERENCES[method].color
+    others = [m for m in methods if m != ZERO_SHOT and not _registered(m) and not is_reference(m)]
     return _UNREGISTERED_COLORS[others.index(method) % len(_UNREGISTERED_COLORS)]
 
 
@@ -97,7 +108,12 @@ def _accuracy_section(results: dict) -> list[str]:
     tiers = results["tiers"]
     ds = results["dataset"]
     header = ["Method", *(f"{_tier_title(results, t)} (n={ds[t]['n']})" for t in tiers)]
-    rows = [[f"**{method_label(m)}**", *(accuracy_cell(results, m, t) for t in tiers)] for m in _methods(results)]
+    rows, in_reference_group = [], False
+    for m in _methods(results):
+        if is_reference(m) and not in_reference_group:  # the references follow the LLM methods, headed
+            rows.append([f"*{GROUP_TITLE}:*", *("" for _ in tiers)])
+            in_reference_group = True
+        rows.append([f"**{method_label(m)}**", *(accuracy_cell(results, m, t) for t in tiers)])
     rows.append(["*majority-letter baseline*",
                  *(f"{pct(ds[t]['majority_letter']['accuracy'])} ({ds[t]['majority_letter']['letter'] or '—'})"
                    for t in tiers)])
@@ -190,6 +206,51 @@ def _orders_section(results: dict) -> list[str]:
             "", *_table(header, rows), ""]
 
 
+def _references_section(results: dict) -> list[str]:
+    """Coverage of each reference and its accuracy where it is not guessing (first seed)."""
+    refs = [m for m in _methods(results) if is_reference(m)]
+    if not refs:
+        return []
+    tiers = results["tiers"]
+    rows = []
+    for m in refs:
+        run = _runs_of(results, m)[0]
+        cells = []
+        for t in tiers:
+            stats_t = run["tiers"][t]
+            covered = stats_t.get("accuracy_codes_used") or {}
+            cells.append(f"{pct(stats_t['share_with_codes_used'])} ({covered.get('n', 0)}) / "
+                         f"{pct(covered.get('accuracy'))}")
+        rows.append([f"**{m}**", REFERENCES[m].summary, *cells])
+    return ["## References, no LLM: coverage / accuracy where covered (%)", "",
+            "A small model that sees only the codes of the stem and of each option (no question text, no "
+            "LLM), trained on the same training questions and held-out slice as the fine-tunes. It says "
+            "how much of the answer the code vectors alone carry: a prefix method that does not beat it "
+            "uses the codes no better than a shallow scorer. Coverage = questions with at least one coded "
+            "option (count in brackets); the others get uniform probabilities and a letter drawn from the "
+            "question id, so in expectation they score chance in the accuracy table. Accuracy where covered "
+            "is on the covered questions only. First seed of each reference.", "",
+            *_table(["Reference", "features", *(_tier_title(results, t) for t in tiers)], rows), ""]
+
+
+def _collapse_section(results: dict) -> list[str]:
+    col = results.get("collapse")
+    if not col:
+        return []
+    tiers = [t for t in results["tiers"] if t in col["tiers"]]
+    rows = [[_tier_title(results, t), str(c["n"]), str(c["n_two_coded"]), str(c["n_collapsed"]),
+             str(c.get("n_collapsed_linked", "—")), pct(c["rate"])] for t in tiers for c in [col["tiers"][t]]]
+    return ["## Collapse rate of the MedTok artifact", "",
+            f"Artifact `{col['artifact']}`. Of the evaluated questions with at least two coded options, "
+            "the share where two options map onto the same artifact code (after the artifact's mapping of "
+            "a linked code to what it holds, e.g. its nearest known ancestor; "
+            f"{col['codes_per_mention']} code(s) per mention). On those questions the tokens alone cannot "
+            "tell (some of) the options apart. \"already in the linking\": collapsed questions whose two "
+            "options were linked to the very same code; the rest is the artifact's own mapping.", "",
+            *_table(["Tier", "n", "with ≥ 2 coded options", "collapsed", "already in the linking",
+                     "collapse rate (%)"], rows), ""]
+
+
 def _linked_section(results: dict) -> list[str]:
     tiers = results["tiers"]
     ds = results["dataset"]
@@ -250,6 +311,7 @@ def render_report(results: dict) -> str:
     for name, path in plots.items():
         lines += [f"![{name}]({Path(path).name})", ""]
     lines += _accuracy_section(results) + _comparison_section(results) + _seed_bootstrap_section(results)
+    lines += _references_section(results) + _collapse_section(results)
     lines += _orders_section(results) + _linked_section(results)
     lines += _letter_section(results) + _seeds_section(results)
     return "\n".join(lines).rstrip() + "\n"
@@ -306,6 +368,9 @@ def plot_accuracy(results: dict, path: Path) -> Path:
                 right = max(100 * (r["tiers"][tier]["ci_high"] or 0) for r in runs)
                 ax.annotate(label, (right, y), xytext=(5, 0), textcoords="offset points", ha="left",
                             va="center", fontsize=8.5, color=color, fontweight="bold")
+        refs = [row for row, m in enumerate(methods) if is_reference(m)]
+        if refs:  # a rule between the LLM methods and the references (no LLM) below them
+            ax.axhline(len(methods) - 1 - refs[0] + 0.5, color="#999999", ls="-", lw=0.8)
         maj = ds["majority_letter"]
         if maj["accuracy"] is not None:
             # Shade what letter bias alone reaches: a method inside it learned nothing beyond the prior.

@@ -75,6 +75,8 @@ class Asker:
 
     def __init__(self, model, linker=None):
         self.model, self.linker = model, linker
+        # Each typed question is tokenized once: caching its tokens would only grow the cache.
+        model.encoder.cache_tokens = False
 
     def answer(self, item: MCQItem) -> dict:
         if self.linker is not None and not item.mentions:

@@ -25,9 +25,9 @@ from torch import nn
 from disease_linking.questions import LETTERS, MCQItem
 from medtok_core.config import from_dict, require_choice, require_range
 from medtok_core.errors import MedTokError
-from qa import checkpoint
+from qa import checkpoint, token_cache
 from qa.base_model import DEFAULT_BASE_MODEL, DTYPES, load_base_model, resolve_dtype
-from qa.data import CODE_FIELDS
+from qa.data import CODE_FIELDS, shuffle_options, stable_seed
 from qa.lora import lean_lora
 from qa.prefix import PROJECTORS, CodeSource, pad_prefixes
 from qa.prefix_methods import ItemPrefix, PrefixMethod, get_method, method_names
@@ -109,13 +109,22 @@ def token_table_sha(path: str | None) -> str | None:
     return table_sha256(path) if path else None
 
 
+# ModelOptions fields that shape weights or compute, never a prompt token (left out of the token
+# cache key; base_model is represented by its tokenizer's fingerprint). Any other field is in the key.
+_NOT_TOKEN_FIELDS = ("base_model", "allow_download", "dtype", "projector", "prefix_tokens",
+                     "gradient_checkpointing", "lora")
+
+
 class PromptEncoder:
     """Question -> token ids + prefix embeddings + label; and the batch collation."""
+
+    cache_tokens = True  # token ids of encode_many through the Arrow cache (qa.token_cache)
 
     def __init__(self, tokenizer, method: PrefixMethod, options: ModelOptions):
         self.tokenizer, self.method, self.options = tokenizer, method, options
         self.letter_ids = letter_token_ids(tokenizer, LETTERS)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._artifact_sha: str | None = None
 
     def encode(self, item: MCQItem) -> Encoded:
         prefix = self.method.item_prefix(item)
@@ -123,6 +132,48 @@ class PromptEncoder:
         ids, truncated = encode_prompt(self.tokenizer, text, self.options.cutoff_len)
         label = self.letter_ids[item.answer] if item.answer else -100
         return Encoded(ids, prefix, label, len(item.options), truncated)
+
+    def encode_many(self, items: list[MCQItem], order: tuple[int, int] | None = None) -> list[Encoded]:
+        """``encode`` of each item, its token ids from the Arrow cache when this encoding was done
+        before. ``order`` = (seed, epoch): the options are shuffled as training shuffles them."""
+        rows = self.token_rows(items, order)
+        return [self.from_tokens(self.ordered(it, order), ids, label, truncated)
+                for it, ids, label, truncated in zip(items, rows["input_ids"], rows["label"], rows["truncated"],
+                                                     strict=True)]
+
+    @staticmethod
+    def ordered(item: MCQItem, order: tuple[int, int] | None) -> MCQItem:
+        """The item with its options in the order of (seed, epoch); unchanged for None."""
+        return item if order is None else shuffle_options(item, stable_seed("options", *order))
+
+    def from_tokens(self, item: MCQItem, input_ids: list[int], label: int, truncated: bool) -> Encoded:
+        """The Encoded of cached token ids; the prefix is looked up again (codes, table rows)."""
+        return Encoded(input_ids, self.method.item_prefix(item), label, len(item.options), truncated)
+
+    def token_rows(self, items: list[MCQItem], order: tuple[int, int] | None = None) -> dict[str, list]:
+        """Columns input_ids, label, truncated of the items (in ``order``), via ``Dataset.map``."""
+        from datasets import Features, List, Value
+
+        def tokenize(item: MCQItem) -> dict:
+            enc = self.encode(self.ordered(item, order))
+            return {"input_ids": enc.input_ids, "label": enc.label, "truncated": enc.truncated}
+
+        features = Features({"input_ids": List(Value("int64")), "label": Value("int64"),
+                             "truncated": Value("bool")})
+        key = self.cache_key(items, order) if self.cache_tokens else {}
+        return token_cache.cached_map(items, tokenize, key, features, self.cache_tokens)
+
+    def cache_key(self, items: list[MCQItem], order: tuple[int, int] | None) -> dict:
+        """What the token ids of ``items`` depend on (qa.token_cache hashes it into the file name)."""
+        if self._artifact_sha is None and self.options.medtok:
+            self._artifact_sha = token_table_sha(self.options.medtok)
+        settings = {k: v for k, v in asdict(self.options).items() if k not in _NOT_TOKEN_FIELDS}
+        return {"questions": token_cache.questions_sha(items),
+                "seed": None if order is None else order[0], "epoch": None if order is None else order[1],
+                "tokenizer": token_cache.tokenizer_fingerprint(self.tokenizer),
+                "prompt": token_cache.prompt_fingerprint(),
+                "prefix_method": self.options.prefix_mode, "prefix_settings": settings,
+                "medtok_artifact": self._artifact_sha, "cutoff_len": self.options.cutoff_len}
 
     @staticmethod
     def length(encoded: Encoded) -> int:
@@ -234,7 +285,7 @@ class QAModel(nn.Module):
         was_training = self.training
         self.eval()
         device = self.letter_ids.device
-        encoded = [self.encoder.encode(it) for it in items]
+        encoded = self.encoder.encode_many(list(items))
         order = sorted(range(len(items)), key=lambda i: self.encoder.length(encoded[i]))
         results: list[dict | None] = [None] * len(items)
         try:

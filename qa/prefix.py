@@ -80,6 +80,11 @@ class CodeSource:
                 codes.append(known)
         return codes[: self.max_codes] if self.max_codes > 0 else codes
 
+    def option_codes(self, item: MCQItem) -> dict[str, list[str]]:
+        """Letter -> the option's own known codes (each option capped on its own, as
+        ``medtok-options`` reads them); an option without codes maps to []."""
+        return {x: self.known_codes(item, fields=[f"option:{x}"]) for x in item.options}
+
     def _nearest_known(self, code: str) -> str | None:
         try:
             hit = self.tok.resolve(code, warn=False)

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from disease_linking.questions import TIERS, MCQItem, load_mcq, skip_summary
+from disease_linking.layouts import AUTO, layout_names, load_question_dataset
+from disease_linking.questions import TIERS, MCQItem, dataset_items, skip_summary
 from medtok_core.config import require_choice, require_range, save_config, to_dict
 from medtok_core.config import starts_fresh as config_starts_fresh
 from medtok_core.datadir import data_file
@@ -42,7 +43,7 @@ from medtok_core.tracking import (
 )
 from qa.base_model import resolve_dtype
 from qa.checkpoint import best_checkpoint
-from qa.data import shuffle_options, split_by_option_set, stable_seed
+from qa.data import split_by_option_set, stable_seed
 from qa.model import ModelOptions, PromptEncoder, QAModel, build_qa_model, resolved_options
 
 RESUME_DIR = "_resume"
@@ -54,6 +55,11 @@ RUN_FILES = ("train_config.yaml", "split.json", "metrics.jsonl")
 @dataclass
 class DataOptions:
     train_file: str | None = None  # linked JSONL (or MedDDx json); default: MedDDx.json in the data dir
+    # How train_file is read: auto (each question recognised by its keys) or a registered layout;
+    # a hub layout (medmcqa) without train_file downloads its hub dataset, only with allow_network.
+    layout: str = field(default=AUTO, metadata={"choices": layout_names})
+    allow_network: bool = False  # let a hub layout download its dataset from the Hugging Face hub
+    hub_split: str = "train"  # the split a hub layout reads
     data_dir: str | None = None  # data directory (default: $MEDTOK_DATA_DIR or ../shared/data)
     tier: str = "Intermediate"  # tier trained on ("" = every tier)
     val_fraction: float = 0.2  # held-out share (whole option-set groups)
@@ -73,6 +79,7 @@ class DataOptions:
         require_range(self, "limit_val", 0)
         require_choice(self, "tier", ("", *TIERS))
         require_range(self, "length_buckets", 0)
+        require_choice(self, "layout", layout_names())
 
 
 @dataclass
@@ -134,16 +141,27 @@ class TrainConfig:
 
 # ---- data -----------------------------------------------------------------------------------------
 def load_questions(opts: DataOptions) -> list[MCQItem]:
-    path = Path(opts.train_file) if opts.train_file else data_file("meddx/MedDDx.json", opts.data_dir)
-    items, skipped = load_mcq(path, skip_invalid=opts.skip_invalid)
+    if opts.train_file:
+        path = Path(opts.train_file)
+    elif opts.layout in (AUTO, "meddx"):
+        path = data_file("meddx/MedDDx.json", opts.data_dir)
+    else:
+        path = None  # a hub layout reads its hub dataset; a file layout says it needs a file
+    dataset, skipped = load_question_dataset(path, opts.layout, opts.skip_invalid, opts.allow_network,
+                                             opts.hub_split, flag_prefix="--data.")
+    items = dataset_items(dataset)
     if skipped:
         print(skip_summary(skipped), file=sys.stderr)
     if opts.tier:
         if opts.tier not in TIERS:
             raise ConfigError(f"data.tier must be one of {', '.join(TIERS)} or empty, got {opts.tier!r}")
+        untiered = items and all(i.tier is None for i in items)
         items = [i for i in items if i.tier == opts.tier]
+        if untiered:  # e.g. MedMCQA: no difficulty tiers at all
+            raise MedTokError(f"the questions of {path or opts.layout} have no tiers; pass --data.tier \"\" "
+                              "to train on all of them")
     if not items:
-        raise MedTokError(f"no {opts.tier or ''} questions with an answer in {path}")
+        raise MedTokError(f"no {opts.tier or ''} questions with an answer in {path or opts.layout}")
     return items
 
 
@@ -195,7 +213,7 @@ class EpochBatches:
         token or two at most; sorting only needs it roughly.
         """
         if self._lengths is None:
-            self._lengths = [self.encoder.length(self.encoder.encode(it)) for it in self.items]
+            self._lengths = [self.encoder.length(e) for e in self.encoder.encode_many(self.items)]
         return self._lengths
 
     def _bucketed(self, order: list[int], epoch: int) -> list[int]:
@@ -226,11 +244,15 @@ class EpochBatches:
         return batches[: len(self)]
 
     def epoch(self, epoch: int, skip: int = 0):
+        # The whole epoch's token ids in one Dataset.map: read from the Arrow cache when this
+        # (questions, seed, epoch, tokenizer, prompt, prefix) was tokenized before, e.g. by a rerun.
+        # Prefix embeddings are looked up per batch, so an epoch never holds them all at once.
+        order = (self.seed, epoch) if self.shuffle else None
+        rows = self.encoder.token_rows(self.items, order)
         for idx in self.indices(epoch)[skip:]:
-            items = [self.items[i] for i in idx]
-            if self.shuffle:
-                items = [shuffle_options(it, stable_seed("options", self.seed, epoch)) for it in items]
-            yield self.encoder.collate([self.encoder.encode(it) for it in items])
+            yield self.encoder.collate([
+                self.encoder.from_tokens(self.encoder.ordered(self.items[i], order), rows["input_ids"][i],
+                                         rows["label"][i], rows["truncated"][i]) for i in idx])
 
 
 # ---- accelerate / deepspeed -------------------------------------------------------------------------
@@ -484,11 +506,17 @@ def _register_trainable_only_saving(accelerator, trainable: set[str]) -> None:
     accelerator.register_save_state_pre_hook(save_hook)
 
 
+def split_record(opts: DataOptions, train: list[MCQItem], val: list[MCQItem]) -> dict:
+    """What ``split.json`` holds: the question ids trained on and held out (eval excludes them /
+    restricts Intermediate to them). Every model trained on MedDDx (the fine-tunes, the
+    embeddings-only references of qa.reference) writes this record."""
+    return {"tier": opts.tier, "val_fraction": opts.val_fraction, "split_seed": opts.split_seed,
+            "split_by": "option_set", "train": [i.id for i in train], "val": [i.id for i in val]}
+
+
 def _write_run_files(out: Path, cfg: TrainConfig, train: list[MCQItem], val: list[MCQItem]) -> None:
     save_config(cfg, out / "train_config.yaml")
-    write_json(out / "split.json", {"tier": cfg.data.tier, "val_fraction": cfg.data.val_fraction,
-                                    "split_seed": cfg.data.split_seed, "split_by": "option_set",
-                                    "train": [i.id for i in train], "val": [i.id for i in val]})
+    write_json(out / "split.json", split_record(cfg.data, train, val))
 
 
 def _run_files(out: Path) -> dict[str, Path]:

@@ -130,14 +130,14 @@ CONFIG_FILES = {"medtok_quick.yaml": "medtok_core.train", "medtok_full.yaml": "m
                 "medtok_quick_before.yaml": "medtok_core.train", "medtok_quality_full.yaml": "eval.medtok_quality",
                 "qa_quick.yaml": "qa.training", "qa_paper.yaml": "qa.training",
                 "pipeline_quick.yaml": "eval.pipeline", "pipeline_full.yaml": "eval.pipeline",
-                "pipeline_cpu.yaml": "eval.pipeline"}
+                "pipeline_cpu.yaml": "eval.pipeline", "recipe_sweep.yaml": "eval.recipe"}
 
 
 def _config_class(module: str):
     import importlib
 
     mod = importlib.import_module(module)
-    names = {"eval.pipeline": "PipelineConfig", "eval.medtok_quality": "QualityConfig"}
+    names = {"eval.pipeline": "PipelineConfig", "eval.medtok_quality": "QualityConfig", "eval.recipe": "RecipeConfig"}
     return getattr(mod, names.get(module, "TrainConfig"))
 
 
@@ -148,8 +148,8 @@ def test_print_config_round_trips_every_shipped_config(name, tmp_path, capsys):
     path = REPO / "configs" / name
     cfg = parse_config(cls, ["--config", str(path)])
     assert cfg == from_dict(cls, load_yaml(path))  # the YAML file means what it meant
-    key, override = {"PipelineConfig": ("seeds", ["3", "4"]), "QualityConfig": ("seed", ["5"])}.get(
-        cls.__name__, ("seed", ["5"]))
+    key, override, expected = {"PipelineConfig": ("seeds", ["3", "4"], [3, 4]),
+                               "RecipeConfig": ("alpha", ["0.01"], 0.01)}.get(cls.__name__, ("seed", ["5"], 5))
     with pytest.raises(SystemExit) as stop:
         parse_config(cls, ["--config", str(path), f"--{key}", *override, "--print_config"])
     assert stop.value.code == 0
@@ -157,7 +157,7 @@ def test_print_config_round_trips_every_shipped_config(name, tmp_path, capsys):
     (tmp_path / "printed.yaml").write_text(printed)
     again = parse_config(cls, ["--config", str(tmp_path / "printed.yaml")])
     assert again == parse_config(cls, ["--config", str(path), f"--{key}", *override])
-    assert yaml.safe_load(printed)[key] == (list(map(int, override)) if len(override) > 1 else int(override[0]))
+    assert yaml.safe_load(printed)[key] == expected
 
 
 def test_print_config_still_checks_the_values(capsys):
@@ -201,11 +201,13 @@ BAD = {  # a bad option for each command, and what its one error line says
     "train-tokenizer": (["--colour", "red"], "unknown option colour"),
     "link": (["--colour", "red"], "unknown option colour"),
     "finetune": (["--optim.colour", "red"], "unknown option optim.colour"),
+    "reference": (["--model.colour", "red"], "unknown option model.colour"),
     "eval": (["--colour", "red"], "unknown option colour"),
     "ask": (["--checkpoint", "x", "--colour", "red"], "unrecognized arguments: --colour red"),
     "pipeline": (["--colour", "red"], "unknown option colour"),
     "quality": (["--colour", "red"], "unknown option colour"),
     "publish": (["--colour", "red"], "unknown option colour"),
+    "recipe": (["--colour", "red"], "unknown option colour"),
     "medtok-quality": (["--colour", "red"], "colour"),
 }
 

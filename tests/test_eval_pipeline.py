@@ -34,7 +34,7 @@ def test_plan_wires_the_stages(tmp_path, monkeypatch):
     stages = pl.plan(cfg)
     names = [s.name for s in stages]
     assert names == ["build", "medtok", "link", "finetune none seed 0", "finetune none seed 1",
-                     "finetune medtok seed 0", "finetune medtok seed 1", "eval"]
+                     "finetune medtok seed 0", "finetune medtok seed 1", "reference", "eval"]
     medtok_ft = stages[names.index("finetune medtok seed 1")]
     assert "medtok" in medtok_ft.depends and "--medtok" in medtok_ft.argv
     none_ft = stages[names.index("finetune none seed 0")]

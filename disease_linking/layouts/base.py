@@ -1,0 +1,139 @@
+"""Question layouts as plug-ins: what a layout is, its registry, and the loader every entry point uses.
+
+A layout says how the records of one input become questions: a file layout parses the records of
+a .json/.jsonl file, a hub layout maps the rows of a Hugging Face hub dataset (or of a local export
+of it) to linked records. One class per file in ``disease_linking/layouts/``, registered by name
+with :func:`register`. Every record still goes through the one validator of
+``disease_linking.questions`` (schema, checks, skipped reasons), so a layout only maps fields.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from disease_linking.questions import (
+    MCQFormatError,
+    MCQItem,
+    items_dataset,
+    load_mcq,
+    parse_linked,
+    validate_records,
+)
+from medtok_core.errors import ConfigError, MedTokError
+from medtok_core.io import cache_dir
+
+AUTO = "auto"
+
+
+class Layout:
+    """Base class. Subclasses set the class attributes and override ``parse`` (and ``to_record``)."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # one line, shown by --help
+    keys: ClassVar[tuple[str, ...]] = ()  # keys every record of the layout has (checked before parsing)
+    hub_id: ClassVar[str | None] = None  # a hub dataset read when no file is given (network, opt-in)
+
+    def __init__(self, flag_prefix: str = "--"):
+        self.flag_prefix = flag_prefix  # how errors name the options: --layout (eval), --data.layout (training)
+
+    def parse(self, raw: dict, item_id: str) -> MCQItem:
+        """One record as a validated item (raises MCQFormatError)."""
+        raise NotImplementedError
+
+    def checked_parse(self, raw: dict, item_id: str) -> MCQItem:
+        missing = [k for k in self.keys if k not in raw]
+        if missing:
+            # A file of another layout: say which, instead of a KeyError deep in the parser.
+            raise MCQFormatError(f"{item_id}: not a {self.name} record (no {missing[0]!r}; keys "
+                                 f"{', '.join(sorted(raw)) or 'none'}); pass {self.flag_prefix}layout auto or the file's layout")
+        return self.parse(raw, item_id)
+
+    def load(self, path: Path | None, skip_invalid: bool, allow_network: bool, split: str
+             ) -> tuple[list[MCQItem], list[str]]:
+        if path is None:
+            raise ConfigError(f"layout {self.name} reads a question file; pass one")
+        return load_mcq(path, skip_invalid, parse=self.checked_parse)
+
+
+class HubLayout(Layout):
+    """A hub dataset's rows, mapped to linked records by ``to_record``."""
+
+    def to_record(self, row: dict[str, Any], item_id: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def parse(self, raw: dict, item_id: str) -> MCQItem:
+        return parse_linked(self.to_record(raw, item_id), item_id)
+
+    def load(self, path: Path | None, skip_invalid: bool, allow_network: bool, split: str
+             ) -> tuple[list[MCQItem], list[str]]:
+        if path is not None:  # a local export of the hub dataset, one row per record
+            return super().load(path, skip_invalid, allow_network, split)
+        return self.from_rows(self.download(split, allow_network), f"{self.hub_id} ({split})", skip_invalid)
+
+    def from_rows(self, rows, source: str, skip_invalid: bool = False) -> tuple[list[MCQItem], list[str]]:
+        """Validated items of hub rows (a ``datasets.Dataset`` or any iterable of dicts)."""
+        return validate_records(rows, source, self.name, skip_invalid, self.checked_parse)
+
+    def download(self, split: str, allow_network: bool):
+        if not allow_network:
+            raise ConfigError(f"layout {self.name} downloads {self.hub_id} from the Hugging Face hub; pass "
+                              f"{self.flag_prefix}allow_network true to allow it, or a local copy of the dataset as "
+                              "the question file")
+        from datasets import load_dataset
+
+        try:
+            # Under the project's cache, not ~/.cache/huggingface: one place to find and delete.
+            return load_dataset(self.hub_id, split=split, cache_dir=str(cache_dir() / "datasets"))
+        except (OSError, ConnectionError, ValueError) as err:
+            raise MedTokError(f"cannot load {self.hub_id} split {split!r} from the hub: "
+                              f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+
+
+_REGISTRY: dict[str, type[Layout]] = {}
+
+
+def register(cls: type[Layout]) -> type[Layout]:
+    """Class decorator: make a layout available by its ``name``."""
+    if not cls.name or cls.name == AUTO:
+        raise TypeError(f"{cls.__name__} must set a name other than {AUTO!r}")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise TypeError(f"layout {cls.name!r} is registered twice "
+                        f"({_REGISTRY[cls.name].__qualname__} and {cls.__qualname__})")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def layout_names() -> list[str]:
+    """``auto`` (each record recognised by its keys) and the registered layouts, sorted."""
+    return [AUTO, *sorted(_REGISTRY)]
+
+
+def get_layout(name: str, flag_prefix: str = "--") -> Layout | None:
+    """The layout named ``name``; None for ``auto``."""
+    if name == AUTO:
+        return None
+    try:
+        return _REGISTRY[name](flag_prefix)
+    except KeyError:
+        raise ConfigError(f"unknown question layout {name!r}; registered: {', '.join(layout_names())}") from None
+
+
+def load_question_dataset(path: str | Path | None, layout: str = AUTO, skip_invalid: bool = False,
+                          allow_network: bool = False, split: str = "train", flag_prefix: str = "--"):
+    """(questions as a ``datasets.Dataset``, skipped reasons) from a file or a hub layout.
+
+    ``auto`` recognises every record of the file by its keys (MedDDx, the authors' layout,
+    linked JSONL); a named layout reads every record as that layout. ``split`` is the hub split
+    read by a hub layout when no file is given; ``flag_prefix`` is how errors name the options.
+    """
+    chosen = get_layout(layout, flag_prefix)
+    path = None if path in (None, "") else Path(path)
+    if chosen is None:
+        if path is None:
+            raise ConfigError("layout auto reads a question file; pass one, or a hub layout "
+                              f"({', '.join(n for n in layout_names() if n != AUTO and _REGISTRY[n].hub_id)})")
+        items, skipped = load_mcq(path, skip_invalid)
+    else:
+        items, skipped = chosen.load(path, skip_invalid, allow_network, split)
+    return items_dataset(items), skipped
