@@ -77,3 +77,23 @@ def test_recipe_overrides_win_over_the_common_ones():
 def test_bad_recipes_are_config_errors(recipes, message):
     with pytest.raises(ConfigError, match=message):
         recipe.RecipeConfig(recipes=recipes)
+
+
+def test_collect_only_publishes_the_curve_into_the_readme_block(run, tmp_path):
+    folder, questions = run
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- recipe:sweep -->\nold\n<!-- /recipe:sweep -->\nend\n")
+    cfg = recipe.RecipeConfig(output=str(tmp_path), recipes={"run": {"optim.lr": 1e-4}, "later": {}},
+                              questions=str(questions), train=False, readme=str(readme))
+    results = recipe.sweep(cfg)
+    assert list(results["recipes"]) == ["run"]  # a recipe not started yet is left out, not an error
+    text = readme.read_text()
+    assert "\nold\n" not in text and text.startswith("intro") and text.rstrip().endswith("end")
+    assert "| run | `optim.lr=0.0001` | 2 | 66.7 |" in text and "majority letter B = 50.0 %" in text
+    assert (tmp_path / "docs/results/recipe_sweep/recipes.png").is_file()
+
+
+def test_collect_before_any_recipe_started_says_how_to_start(tmp_path):
+    cfg = recipe.RecipeConfig(output=str(tmp_path), questions="x.jsonl", train=False)
+    with pytest.raises(ConfigError, match="no recipe .* has started"):
+        recipe.sweep(cfg)
