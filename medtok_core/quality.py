@@ -27,6 +27,11 @@ import torch.nn.functional as F
 _KEY = 1 << 31  # pair (a, b) of code ids -> one int64 key a * _KEY + b
 
 
+# Queries ranked per block: a [Q, C] score matrix over the whole vocabulary (14k ICD-9 queries x
+# 98k ICD-10-CM codes) with its masks and temporaries took > 20 GB and was OOM-killed.
+QUERY_BLOCK = 1024
+
+
 def normalized(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(torch.as_tensor(x).float(), dim=-1)
 
@@ -108,14 +113,17 @@ def parent_mrr(vocab: pd.DataFrame, emb: torch.Tensor, max_queries: int, seed: i
     e = normalized(emb)
     ranks = []
     for s in np.unique(systems[q]):
-        qs = q[systems[q] == s]
         cand = np.nonzero(systems == s)[0]
         pos = {int(c): j for j, c in enumerate(cand)}
-        truth = torch.zeros(len(qs), len(cand), dtype=torch.bool)
-        skip = torch.zeros_like(truth)
-        truth[torch.arange(len(qs)), [pos[row[(s, parents[i])]] for i in qs]] = True
-        skip[torch.arange(len(qs)), [pos[int(i)] for i in qs]] = True
-        ranks.append(ranks_of_best_true(e[qs] @ e[cand].t(), truth, skip))
+        e_cand = e[cand].t()
+        system_q = q[systems[q] == s]
+        for start in range(0, len(system_q), QUERY_BLOCK):
+            qs = system_q[start:start + QUERY_BLOCK]
+            truth = torch.zeros(len(qs), len(cand), dtype=torch.bool)
+            skip = torch.zeros_like(truth)
+            truth[torch.arange(len(qs)), [pos[row[(s, parents[i])]] for i in qs]] = True
+            skip[torch.arange(len(qs)), [pos[int(i)] for i in qs]] = True
+            ranks.append(ranks_of_best_true(e[qs] @ e_cand, truth, skip))
     ranks_t = torch.cat(ranks) if ranks else torch.zeros(0)
     return {"mrr": mrr(ranks_t), "n_queries": int(len(ranks_t))}
 
@@ -153,6 +161,14 @@ def equivalence_mrr(vocab: pd.DataFrame, emb: torch.Tensor, pairs: np.ndarray) -
             "n_queries": int(len(ranks)), "n_targets": int(len(targets))}
 
 
+def _mask(rows: np.ndarray, cols: np.ndarray, start: int, n_rows: int, n_cols: int) -> torch.Tensor:
+    """Boolean [n_rows, n_cols] with the (row - start, col) entries of rows in [start, start + n_rows) set."""
+    mask = torch.zeros(n_rows, n_cols, dtype=torch.bool)
+    sel = (rows >= start) & (rows < start + n_rows)
+    mask[rows[sel] - start, cols[sel]] = True
+    return mask
+
+
 def rank_pairs(q_emb: torch.Tensor, c_emb: torch.Tensor, pairs: np.ndarray, candidates: np.ndarray,
                known: np.ndarray | None = None, score=None) -> torch.Tensor:
     """Rank of the best true partner of each query (first column of ``pairs``) among
@@ -162,21 +178,30 @@ def rank_pairs(q_emb: torch.Tensor, c_emb: torch.Tensor, pairs: np.ndarray, cand
     queries = np.unique(pairs[:, 0])
     qpos = pd.Index(queries)
     cpos = pd.Index(candidates)
-    truth = torch.zeros(len(queries), len(candidates), dtype=torch.bool)
     qi, ci = qpos.get_indexer(pairs[:, 0]), cpos.get_indexer(pairs[:, 1])
-    ok = ci >= 0
-    truth[qi[ok], ci[ok]] = True
-    skip = torch.zeros_like(truth)
+    true_q, true_c = qi[ci >= 0], ci[ci >= 0]
+    skip_q, skip_c = [], []
     if known is not None and len(known):
         ki, kc = qpos.get_indexer(known[:, 0]), cpos.get_indexer(known[:, 1])
         m = (ki >= 0) & (kc >= 0)
-        skip[ki[m], kc[m]] = True
+        skip_q.append(ki[m])
+        skip_c.append(kc[m])
     self_c = cpos.get_indexer(queries)
-    skip[np.nonzero(self_c >= 0)[0], self_c[self_c >= 0]] = True
-    keep = truth.any(1)
-    scores = (score(queries, candidates) if score is not None
-              else q_emb[torch.as_tensor(queries)] @ c_emb[torch.as_tensor(candidates)].t())
-    return ranks_of_best_true(scores[keep], truth[keep], skip[keep])
+    skip_q.append(np.nonzero(self_c >= 0)[0])
+    skip_c.append(self_c[self_c >= 0])
+    skip_q, skip_c = np.concatenate(skip_q), np.concatenate(skip_c)
+    cand = c_emb[torch.as_tensor(candidates)] if score is None else None
+    ranks = []
+    for start in range(0, len(queries), QUERY_BLOCK):
+        block = queries[start:start + QUERY_BLOCK]
+        truth = _mask(true_q, true_c, start, len(block), len(candidates))
+        keep = truth.any(1)
+        if not bool(keep.any()):
+            continue
+        skip = _mask(skip_q, skip_c, start, len(block), len(candidates))
+        scores = score(block, candidates) if score is not None else q_emb[torch.as_tensor(block)] @ cand.t()
+        ranks.append(ranks_of_best_true(scores[keep], truth[keep], skip[keep]))
+    return torch.cat(ranks) if ranks else torch.zeros(0)
 
 
 # ------------------------------------------------------------------------------------- relations

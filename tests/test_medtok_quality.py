@@ -92,6 +92,23 @@ def test_equivalence_mrr_known_answer():
     assert Q.equivalence_mrr(vocab, e, np.array([[0, 3], [1, 2]]))["mrr"] == 0.5
 
 
+def test_ranking_in_query_blocks_gives_the_ranks_of_one_block(monkeypatch):
+    """The whole vocabulary is ranked block by block (memory); block size must not move a rank."""
+    g = torch.Generator().manual_seed(1)
+    emb = torch.randn(60, 6, generator=g).round(decimals=1)  # rounded: ties happen, and count half
+    rng = np.random.default_rng(0)
+    pairs = np.stack([rng.integers(0, 30, 80), rng.integers(30, 60, 80)], 1)
+    known = np.stack([rng.integers(0, 30, 40), rng.integers(30, 60, 40)], 1)
+    candidates = np.arange(25, 60)  # overlaps the queries: a query never ranks itself
+    whole = Q.rank_pairs(emb, emb, pairs, candidates, known)
+    vocab = tree_vocab()
+    e = torch.randn(len(vocab), 4, generator=g)
+    parent_whole = Q.parent_mrr(vocab, e, 100, 0)
+    monkeypatch.setattr(Q, "QUERY_BLOCK", 3)
+    assert torch.equal(Q.rank_pairs(emb, emb, pairs, candidates, known), whole)
+    assert Q.parent_mrr(vocab, e, 100, 0) == parent_whole
+
+
 def relation_case():
     """20 'drugs' (rows 0-19) and 20 'diseases' (rows 20-39) in 5 groups; a drug treats every
     disease of its group. Embeddings are the group direction plus small noise, so cosine is ~1
