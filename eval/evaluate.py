@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from disease_linking.layouts import AUTO, layout_names, load_question_dataset
+from disease_linking.layouts import AUTO, layout_names, load_question_dataset, question_file
 from disease_linking.questions import LETTERS, TIERS, MCQItem, dataset_items, skip_summary
 from eval import collapse, permutations, report, stats
 from eval.report import ALL, ZERO_SHOT, method_rank
@@ -511,14 +511,7 @@ def sources_from_config(cfg: EvalConfig) -> list[Source]:
 
 
 def load_dataset(cfg: EvalConfig) -> list[MCQItem]:
-    if cfg.data:
-        path = Path(cfg.data)
-    elif cfg.layout in (AUTO, "meddx"):
-        from medtok_core.datadir import data_file
-
-        path = data_file("meddx/MedDDx.json", cfg.data_dir)
-    else:
-        path = None  # a hub layout reads its hub dataset; a file layout says it needs a file
+    path = question_file(cfg.data, cfg.layout, cfg.data_dir)
     dataset, skipped = load_question_dataset(path, cfg.layout, cfg.skip_invalid, cfg.allow_network, cfg.hub_split)
     items = dataset_items(dataset)
     if skipped:

@@ -26,11 +26,10 @@ from pathlib import Path
 
 import torch
 
-from disease_linking.layouts import AUTO, layout_names, load_question_dataset
+from disease_linking.layouts import AUTO, layout_names, load_question_dataset, question_file
 from disease_linking.questions import TIERS, MCQItem, dataset_items, skip_summary
 from medtok_core.config import require_choice, require_range, save_config, to_dict
 from medtok_core.config import starts_fresh as config_starts_fresh
-from medtok_core.datadir import data_file
 from medtok_core.errors import ConfigError, MedTokError
 from medtok_core.io import check_writable_dir, read_json, sha256_file, write_json, write_text
 from medtok_core.tracking import (
@@ -141,12 +140,7 @@ class TrainConfig:
 
 # ---- data -----------------------------------------------------------------------------------------
 def load_questions(opts: DataOptions) -> list[MCQItem]:
-    if opts.train_file:
-        path = Path(opts.train_file)
-    elif opts.layout in (AUTO, "meddx"):
-        path = data_file("meddx/MedDDx.json", opts.data_dir)
-    else:
-        path = None  # a hub layout reads its hub dataset; a file layout says it needs a file
+    path = question_file(opts.train_file, opts.layout, opts.data_dir)
     dataset, skipped = load_question_dataset(path, opts.layout, opts.skip_invalid, opts.allow_network,
                                              opts.hub_split, flag_prefix="--data.")
     items = dataset_items(dataset)

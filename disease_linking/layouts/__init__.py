@@ -17,10 +17,12 @@ from disease_linking.layouts.base import (
     get_layout,
     layout_names,
     load_question_dataset,
+    question_file,
     register,
 )
 
-__all__ = ["AUTO", "HubLayout", "Layout", "get_layout", "layout_names", "load_question_dataset", "register"]
+__all__ = ["AUTO", "HubLayout", "Layout", "get_layout", "layout_names", "load_question_dataset", "question_file",
+           "register"]
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":

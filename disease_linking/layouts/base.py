@@ -119,6 +119,18 @@ def get_layout(name: str, flag_prefix: str = "--") -> Layout | None:
         raise ConfigError(f"unknown question layout {name!r}; registered: {', '.join(layout_names())}") from None
 
 
+def question_file(file: str | None, layout: str, data_dir: str | None = None) -> Path | None:
+    """The question file to read: the user's, else the data directory's MedDDx for the MedDDx (and
+    auto) layout; None otherwise (a hub layout reads its hub dataset, a file layout says it needs a file)."""
+    if file:
+        return Path(file)
+    if layout in (AUTO, "meddx"):
+        from medtok_core.datadir import data_file
+
+        return data_file("meddx/MedDDx.json", data_dir)
+    return None
+
+
 def load_question_dataset(path: str | Path | None, layout: str = AUTO, skip_invalid: bool = False,
                           allow_network: bool = False, split: str = "train", flag_prefix: str = "--"):
     """(questions as a ``datasets.Dataset``, skipped reasons) from a file or a hub layout.
