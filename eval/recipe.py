@@ -189,8 +189,11 @@ def table_lines(results: dict) -> list[str]:
             mark = "**" if e["above_majority"] else ""
             lines.append(f"| {name} | {overrides} | {e['epoch']} | {mark}{100 * e['acc']:.1f}{mark} | "
                          f"{100 * e['ci95'][0]:.1f}–{100 * e['ci95'][1]:.1f} | {e['p_above_majority']:.3f} |")
-    lines += ["", f"Bold: above the majority-letter rate at α={results['alpha']}."]
-    return lines
+    above = [f"{name} (epoch {e['epoch']})" for name, summary in results["recipes"].items()
+             for e in summary["epochs"] if e["above_majority"]]
+    verdict = (f"Above the majority-letter rate at α={results['alpha']} (bold): {', '.join(above)}." if above else
+               f"**No recipe is above the majority-letter rate at any epoch** (α={results['alpha']}).")
+    return [*lines, "", verdict]
 
 
 def write_report(out: Path, results: dict) -> None:

@@ -91,6 +91,7 @@ def test_collect_only_publishes_the_curve_into_the_readme_block(run, tmp_path):
     assert "\nold\n" not in text and text.startswith("intro") and text.rstrip().endswith("end")
     assert "| run | `optim.lr=0.0001` | 2 | 66.7 |" in text and "majority letter B = 50.0 %" in text
     assert (tmp_path / "docs/results/recipe_sweep/recipes.png").is_file()
+    assert "No recipe is above the majority-letter rate" in text  # 4 of 6 right vs a 50 % floor
 
 
 def test_collect_before_any_recipe_started_says_how_to_start(tmp_path):
