@@ -234,6 +234,7 @@ def plot(out: Path, results: dict) -> None:
     floor = results["floor"]
     ax.axhline(100 * floor["majority_rate"], color="k", ls="--", lw=1, label=f"majority letter ({floor['majority_letter']})")
     ax.axhline(100 * floor["chance"], color="grey", ls=":", lw=1, label="chance")
+    ax.set_xticks(sorted({e["epoch"] for s in results["recipes"].values() for e in s["epochs"]}))
     ax.set_xlabel("epoch")
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_title(f"LoRA-only recipes, Intermediate held-out (n={floor['n']})")
