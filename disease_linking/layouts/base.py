@@ -22,6 +22,7 @@ from disease_linking.questions import (
 )
 from medtok_core.errors import ConfigError, MedTokError
 from medtok_core.io import cache_dir
+from medtok_core.registry import Registry
 
 AUTO = "auto"
 
@@ -90,18 +91,8 @@ class HubLayout(Layout):
                               f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
 
 
-_REGISTRY: dict[str, type[Layout]] = {}
-
-
-def register(cls: type[Layout]) -> type[Layout]:
-    """Class decorator: make a layout available by its ``name``."""
-    if not cls.name or cls.name == AUTO:
-        raise TypeError(f"{cls.__name__} must set a name other than {AUTO!r}")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise TypeError(f"layout {cls.name!r} is registered twice "
-                        f"({_REGISTRY[cls.name].__qualname__} and {cls.__qualname__})")
-    _REGISTRY[cls.name] = cls
-    return cls
+_REGISTRY = Registry("layout", reserved=(AUTO,))
+register = _REGISTRY.register  # class decorator of a layout file
 
 
 def layout_names() -> list[str]:

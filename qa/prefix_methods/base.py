@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from medtok_core.errors import ConfigError, MedTokError
+from medtok_core.registry import Registry
 from qa.prefix import ItemPrefix, Projector
 
 if TYPE_CHECKING:
@@ -68,18 +69,8 @@ class PrefixMethod:
         return module(emb.to(weight.dtype)).to(token_embeds.dtype), mask
 
 
-_REGISTRY: dict[str, type[PrefixMethod]] = {}
-
-
-def register(cls: type[PrefixMethod]) -> type[PrefixMethod]:
-    """Class decorator: make a prefix method available by its ``name``."""
-    if not cls.name:
-        raise TypeError(f"{cls.__name__} must set a name")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise TypeError(f"prefix method {cls.name!r} is registered twice "
-                        f"({_REGISTRY[cls.name].__qualname__} and {cls.__qualname__})")
-    _REGISTRY[cls.name] = cls
-    return cls
+_REGISTRY = Registry("prefix method")
+register = _REGISTRY.register  # class decorator of a prefix-method file
 
 
 def unregister(name: str) -> None:
