@@ -18,7 +18,6 @@ Outputs: ``results.json``, ``report.md``, ``recipes.png``.
 
 from __future__ import annotations
 
-import collections
 import json
 import math
 import shutil
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from disease_linking.questions import load_mcq
+from eval.stats import chance_accuracy, majority_letter_baseline
 from medtok_core.config import ConfigError, load_yaml, parse_config, require_range, save_config
 from medtok_core.datadir import data_file
 from medtok_core.errors import cli_entry
@@ -108,10 +108,9 @@ def heldout_floor(run: Path, questions: Path) -> dict:
     val = [by_id[i] for i in split["val"] if i in by_id]
     if not val:
         raise ConfigError(f"{run}/split.json names no question of {questions}; is --questions the file it trained on?")
-    letters = collections.Counter(it.answer for it in val)
-    letter, count = letters.most_common(1)[0]
-    return {"n": len(val), "majority_letter": letter, "majority_rate": count / len(val),
-            "chance": sum(1 / len(it.options) for it in val) / len(val)}
+    majority = majority_letter_baseline([it.answer for it in val])  # the report's own floor
+    return {"n": len(val), "majority_letter": majority["letter"], "majority_rate": majority["accuracy"],
+            "chance": chance_accuracy([len(it.options) for it in val])}
 
 
 def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
