@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from disease_linking.layouts import AUTO, layout_names, load_question_dataset, question_file
-from disease_linking.questions import LETTERS, TIERS, MCQItem, dataset_items, skip_summary
+from disease_linking.questions import LETTERS, TIERS, MCQItem, dataset_items, skip_summary, to_row
 from eval import collapse, permutations, report, stats
 from eval.report import ALL, ZERO_SHOT, method_rank
 from medtok_core.config import FieldError, require_choice, require_range, save_config
@@ -85,6 +85,9 @@ class EvalConfig:
     # reports accuracy per order, mean, spread and the permutation-debiased accuracy.
     permutations: int = 1
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    # Models scored at a time, each in its own process on cores/workers threads. Each model's
+    # scores are kept in <output>/scored/ as it finishes: a rerun after a kill scores only the rest.
+    workers: int = 1
     plots: bool = True  # write the PNG plots
     skip_invalid: bool = False  # leave out malformed questions (reported) instead of stopping
 
@@ -97,6 +100,7 @@ class EvalConfig:
         require_range(self, "exact_below", 0)
         require_range(self, "batch_size", 1)
         require_range(self, "permutations", 1, 5)  # at most one order per letter
+        require_range(self, "workers", 1)
         require_choice(self, "layout", layout_names())
 
 
@@ -534,29 +538,115 @@ def _print_progress(label: str) -> Callable[[int, int], None]:
     return report_progress
 
 
-def score_sources(sources: Sequence[Source], items: Sequence[MCQItem], batch_size: int = 32,
-                  log: Callable[[str], None] = print, orders: int = 1) -> list[Run]:
-    """One run per source; with ``orders`` > 1 each question is also scored under that many cyclic
+# ------------------------------------------------------------------------------------ scoring
+SCORED = "scored"  # <output>/scored/: one finished model's scores per file, for resuming
+
+
+def _folder_digest(path: Path) -> str:
+    """Digest of every file under a checkpoint/reference folder (names and contents)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+    return h.hexdigest()
+
+
+def scoring_key(src: Source, items: Sequence[MCQItem], batch_size: int, orders: int) -> str:
+    """What a model's scores depend on: the model (its files' contents), the questions as scored
+    (codes included) and how they are scored (batching moves bf16 logits by padding)."""
+    model = (_folder_digest(Path(src.path)) if src.kind in ("checkpoint", "reference")
+             else f"{src.path}:{src.dtype}")
+    rows = [to_row(it) for it in items]
+    payload = json.dumps([src.kind, src.method, src.seed, model, rows, batch_size, orders],
+                         sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _scored_path(folder: Path, src: Source, key: str) -> Path:
+    slug = "".join(c if c.isalnum() or c in "-." else "-" for c in f"{src.method}-{src.seed}")
+    return folder / f"{slug}-{key}.json"
+
+
+def save_scored_run(path: Path, run: Run) -> None:
+    write_json(path, {"method": run.method, "seed": run.seed, "source": run.source, "seconds": run.seconds,
+                      "predictions": run.predictions, "orders": run.orders})
+
+
+def load_scored_run(path: Path, src: Source) -> Run | None:
+    """The run saved at ``path`` for ``src``, or None when there is none (or it is unreadable)."""
+    try:
+        saved = read_json(path)
+        return Run(src.method, src.seed, src.path, predictions=saved["predictions"], train_ids=src.train_ids,
+                   val_ids=src.val_ids, seconds=saved.get("seconds"), orders=saved.get("orders") or [])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def score_source(src: Source, items: Sequence[MCQItem], batch_size: int = 32, orders: int = 1,
+                 log: Callable[[str], None] = print) -> Run:
+    """Score one source; with ``orders`` > 1 each question is also scored under that many cyclic
     option orders (order 0, the file's own, gives ``predictions``)."""
+    run = Run(src.method, src.seed, src.path, train_ids=src.train_ids, val_ids=src.val_ids)
+    log(f"scoring {run.label} from {src.path} on {len(items)} questions"
+        + (f" x {orders} option orders" if orders > 1 else ""))
+    t0 = time.perf_counter()
+    scorer = _load_scorer(src)
+    if orders > 1:
+        score = functools.partial(score_items, scorer, batch_size=batch_size, progress=_print_progress(run.label))
+        run.orders = permutations.score_orders(score, items, orders)
+        run.predictions = dict(run.orders[0])  # order 0 is the file's own order
+    else:
+        run.predictions = score_items(scorer, items, batch_size, _print_progress(run.label))
+    run.seconds = time.perf_counter() - t0
+    return run
+
+
+def _score_and_save(src: Source, items: Sequence[MCQItem], batch_size: int, orders: int,
+                    path: Path | None, threads: int | None = None, log: Callable[[str], None] = print) -> Run:
+    if threads:  # a worker process: its share of the cores
+        import torch
+
+        torch.set_num_threads(threads)
+    run = score_source(src, items, batch_size, orders, log)
+    if path is not None:
+        save_scored_run(path, run)
+    return run
+
+
+def score_sources(sources: Sequence[Source], items: Sequence[MCQItem], batch_size: int = 32,
+                  log: Callable[[str], None] = print, orders: int = 1, scored_dir: Path | None = None,
+                  workers: int = 1) -> list[Run]:
+    """One run per source, in the order of ``sources``. With ``scored_dir`` each finished run is
+    saved there and a saved run of the same model, questions and settings is reused; with
+    ``workers`` > 1 that many models are scored at a time in their own processes."""
     if orders > 1:
         permutations.check_orders(items, orders)
-    runs = []
-    for src in sources:
-        run = Run(src.method, src.seed, src.path, train_ids=src.train_ids, val_ids=src.val_ids)
-        log(f"scoring {run.label} from {src.path} on {len(items)} questions"
-            + (f" x {orders} option orders" if orders > 1 else ""))
-        t0 = time.perf_counter()
-        scorer = _load_scorer(src)
-        if orders > 1:
-            score = functools.partial(score_items, scorer, batch_size=batch_size,
-                                      progress=_print_progress(run.label))
-            run.orders = permutations.score_orders(score, items, orders)
-            run.predictions = dict(run.orders[0])  # order 0 is the file's own order
-        else:
-            run.predictions = score_items(scorer, items, batch_size, _print_progress(run.label))
-        run.seconds = time.perf_counter() - t0
-        runs.append(run)
-    return runs
+    runs: dict[int, Run] = {}
+    paths: dict[int, Path | None] = {}
+    for i, src in enumerate(sources):
+        paths[i] = _scored_path(scored_dir, src, scoring_key(src, items, batch_size, orders)) if scored_dir else None
+        saved = load_scored_run(paths[i], src) if paths[i] is not None and paths[i].is_file() else None
+        if saved is not None:
+            log(f"reusing the scores of {saved.label} ({paths[i]})")
+            runs[i] = saved
+    todo = [i for i in range(len(sources)) if i not in runs]
+    if workers > 1 and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        threads = max(1, (multiprocessing.cpu_count() or 1) // workers)
+        log(f"scoring {len(todo)} models, {workers} at a time on {threads} thread(s) each")
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {i: pool.submit(_score_and_save, sources[i], list(items), batch_size, orders, paths[i],
+                                      threads) for i in todo}
+            for i, future in futures.items():
+                runs[i] = future.result()
+    else:
+        for i in todo:
+            runs[i] = _score_and_save(sources[i], items, batch_size, orders, paths[i], log=log)
+    return [runs[i] for i in range(len(sources))]
 
 
 def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -575,7 +665,8 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
         raise MedTokError("no question left to evaluate after removing training questions; check "
                           "--tiers and the checkpoints' split.json")
     permutations.check_orders(selected, cfg.permutations)
-    runs = score_sources(sources, selected, cfg.batch_size, log, cfg.permutations) + saved_runs
+    runs = score_sources(sources, selected, cfg.batch_size, log, cfg.permutations,
+                         scored_dir=Path(cfg.output) / SCORED, workers=cfg.workers) + saved_runs
     results = summarize(selected, runs, tiers=cfg.tiers, baseline=cfg.baseline, boot=cfg.bootstrap,
                         exact_below=cfg.exact_below, held_out=held_out is not None)
     results["dataset_path"] = cfg.data or ("MedDDx (data dir)" if cfg.layout in (AUTO, "meddx") else cfg.layout)

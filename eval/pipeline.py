@@ -15,12 +15,15 @@ Stages, each driven through its own command line so it stays independent:
 
 A stage is skipped when its outputs exist and its stamp (a hash of its command, the contents of
 the files it reads, and the stamps of the stages it depends on) is unchanged. Timings of every
-stage go to ``<output>/timings.json``.
+stage go to ``<output>/timings.json``. With ``workers: N`` consecutive stages that read nothing of
+each other (MedTok and linking; the fine-tunes and references) run N at a time, and evaluation
+scores N models at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import resource
@@ -36,7 +39,7 @@ from typing import Any
 
 from eval.reference import run_folder as reference_run_folder
 from medtok_core.artifact import MANIFEST, TABLE, artifact_dir, find_artifact
-from medtok_core.config import FieldError, load_yaml, parse_config, require_choice, save_config
+from medtok_core.config import FieldError, load_yaml, parse_config, require_choice, require_range, save_config
 from medtok_core.errors import ConfigError, MedTokError, cli_entry
 from medtok_core.io import read_json, write_json
 from qa.checkpoint import QA_CONFIG, best_checkpoint
@@ -80,6 +83,12 @@ class PipelineConfig:
     # Options for the launcher (accelerate).
     launcher_args: list[str] = field(default_factory=lambda: ["--config_file", "configs/accelerate/cpu.yaml"])
     force: list[str] = field(default_factory=list)  # stage groups to redo: build, medtok, link, finetune, eval, all
+    # Stages that read nothing of each other (the fine-tunes and references; MedTok and linking)
+    # run this many at a time, each on an equal share of the cores (OMP_NUM_THREADS), its output
+    # in <output>/logs/. Several single-thread processes keep a small CPU busier than one process
+    # on every core (benchmarks/bench_workers.py). Not part of any stage's stamp: a run started
+    # with one value resumes with another.
+    workers: int = 1
     dry_run: bool = False  # print the plan (what would run, what is up to date) and stop
     build: StageOptions = field(default_factory=StageOptions)
     medtok: StageOptions = field(default_factory=lambda: StageOptions("configs/medtok_quick.yaml"))
@@ -108,6 +117,7 @@ class PipelineConfig:
         if (self.methods or self.references) and not self.seeds:
             raise FieldError("seeds", "is empty; give at least one seed")
         require_choice(self, "launcher", ("accelerate", "python"))
+        require_range(self, "workers", 1)
 
 
 # ---------------------------------------------------------------------------------------- stages
@@ -121,6 +131,11 @@ class Stage:
     depends: list[str] = field(default_factory=list)  # names of stages whose results it reads
     workdir: Path | None = None  # the stage's own folder, with its resumable state
     key: str = ""  # stamp: filled in by plan()
+    run_args: list[str] = field(default_factory=list)  # how to run it (e.g. --workers): not in the stamp
+
+    @property
+    def command(self) -> list[str]:
+        return self.argv + self.run_args
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -221,7 +236,8 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         + (["--zero_shot", "default", "--zero_shot_dtype", _finetune_dtype(cfg)] if cfg.zero_shot else []) + _config_args(cfg.eval) + _overrides(cfg.eval),
         [eval_dir / "results.json", eval_dir / "report.md"],
         depends=[d for d in ["link", "medtok"] if d in built]
-        + [s.name for s in stages if s.group in ("finetune", "reference")]))
+        + [s.name for s in stages if s.group in ("finetune", "reference")],
+        run_args=["--workers", str(cfg.workers)] if cfg.workers > 1 else []))
     return stages
 
 
@@ -352,7 +368,8 @@ def _clock(seconds: float) -> str:
 
 
 class Progress:
-    """The pipeline's one progress line (printed before each stage): stages done, elapsed, ETA.
+    """The pipeline's one progress line (printed before each stage, and after each stage of a
+    parallel batch): stages done, elapsed, ETA.
 
     A stage's expected duration is what it took when it last finished (its stamp records it),
     else the mean of the stages of its group finished so far (this run or earlier ones): the
@@ -360,8 +377,8 @@ class Progress:
     there is no estimate, and the line says so.
     """
 
-    def __init__(self, out: Path, stages: list[Stage]):
-        self.stages, self.start = stages, time.perf_counter()
+    def __init__(self, out: Path, stages: list[Stage], workers: int = 1):
+        self.stages, self.start, self.workers = stages, time.perf_counter(), workers
         self.last: dict[str, float] = {}
         self.by_group: dict[str, list[float]] = {}
         for stage in stages:
@@ -387,7 +404,10 @@ class Progress:
         """``to_run``: this and every later stage expected to run (not reused)."""
         guesses = [self.expected(s) for s in to_run]
         unknown = sorted({s.group for s, g in zip(to_run, guesses, strict=True) if g is None})
-        eta = _clock(sum(g for g in guesses if g is not None))
+        known = {s.name: g for s, g in zip(to_run, guesses, strict=True) if g is not None}
+        # Stages of one independent batch share the workers.
+        eta = _clock(sum(sum(known.get(s.name, 0.0) for s in batch) / min(self.workers, len(batch))
+                         for batch in independent_batches(to_run)))
         if unknown:
             eta = f">= {eta} (no estimate yet for: {', '.join(unknown)})"
         return (f"pipeline: stage {index}/{len(self.stages)}, {len(to_run)} left to run; "
@@ -403,6 +423,18 @@ def _still_to_run(stages: list[Stage], ran: set[str], must_run: Callable[[Stage]
             out.append(stage)
             pending.add(stage.name)
     return out
+
+
+def independent_batches(stages: list[Stage]) -> list[list[Stage]]:
+    """``stages`` in order, cut into runs of consecutive stages none of which reads another's
+    results: the stages of one batch may run at the same time."""
+    batches: list[list[Stage]] = []
+    for stage in stages:
+        if batches and not {s.name for s in batches[-1]} & set(stage.depends):
+            batches[-1].append(stage)
+        else:
+            batches.append([stage])
+    return batches
 
 
 def _header(index: int, total: int, title: str) -> None:
@@ -436,7 +468,7 @@ def run_until_done_or_stopped(stage: Stage) -> int:
     whole group (accelerate's launcher and the training processes under it) and then the
     pipeline, so nothing keeps training in the background. The stage keeps its resumable state
     and its stamp says "not finished": the same command later resumes it."""
-    proc = subprocess.Popen(stage.argv, cwd=REPO_ROOT, env=_env(), start_new_session=True)
+    proc = subprocess.Popen(stage.command, cwd=REPO_ROOT, env=_env(), start_new_session=True)
     received: list[int] = []
 
     def forward(signum, _frame):
@@ -478,7 +510,7 @@ def run_stage(stage: Stage, out: Path) -> tuple[float, float]:
     Returns (wall seconds, CPU seconds of the stage's processes). CPU time is reported too
     because wall time on a shared machine says more about the neighbours than about the stage.
     """
-    print(f"$ {_printable(stage.argv)}", flush=True)
+    print(f"$ {_printable(stage.command)}", flush=True)
     clear_stale_state(out, stage)
     t0, cpu0 = time.perf_counter(), _children_cpu_seconds()
     returncode = run_until_done_or_stopped(stage)
@@ -486,13 +518,98 @@ def run_stage(stage: Stage, out: Path) -> tuple[float, float]:
     if returncode != 0:
         raise MedTokError(f"stage '{stage.name}' failed (exit code {returncode}) after {seconds:.0f} s; "
                           f"its error is printed above. Fix it and re-run: finished stages are reused")
+    stamp_finished(out, stage, seconds, cpu)
+    return seconds, cpu
+
+
+def stamp_finished(out: Path, stage: Stage, seconds: float, cpu: float) -> None:
     for p in stage.outputs:
         if not p.exists():
             raise MedTokError(f"stage '{stage.name}' finished but did not write {p}")
     write_json(_stamp_path(out, stage), {"stage": stage.name, "key": stage.key, "seconds": seconds,
                                          "cpu_seconds": cpu, "argv": stage.argv[1:],
                                          "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
-    return seconds, cpu
+
+
+def _log_path(out: Path, stage: Stage) -> Path:
+    return out / "logs" / (stage.name.replace(" ", "_") + ".log")
+
+
+def _start_logged(stage: Stage, out: Path, threads: int) -> subprocess.Popen:
+    """Start a stage of a parallel batch: its output goes to its log, its threads are capped."""
+    clear_stale_state(out, stage)
+    log = _log_path(out, stage)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**_env(), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(f"$ {_printable(stage.command)}\n")
+        f.flush()
+        proc = subprocess.Popen(stage.command, cwd=REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    print(f"started {stage.name} on {threads} thread(s); log: {_printable([str(log)])}", flush=True)
+    return proc
+
+
+def _log_tail(log: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def run_in_parallel(batch: list[Stage], out: Path, workers: int,
+                    on_finished: Callable[[Stage, float, float], None]) -> None:
+    """Run the independent stages of ``batch`` at most ``workers`` at a time, each on
+    cores/workers threads, stamping each as it finishes. A failing stage stops the others (they
+    keep their resumable state) and is one error naming its log; SIGINT/SIGTERM stop them all as
+    in :func:`run_until_done_or_stopped`."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    waiting, running = list(batch), {}  # pid -> (stage, process, start time)
+    received: list[int] = []
+    failed: list[tuple[Stage, int, float]] = []
+
+    def forward(signum, _frame):
+        received.append(signum)
+        for pid in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while running or (waiting and not received and not failed):
+            while waiting and len(running) < workers and not received and not failed:
+                stage = waiting.pop(0)
+                proc = _start_logged(stage, out, threads)
+                running[proc.pid] = (stage, proc, time.perf_counter())
+            pid, status, usage = os.wait4(-1, 0)  # the pipeline has no other children
+            if pid not in running:
+                continue
+            stage, proc, t0 = running.pop(pid)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            seconds, cpu = time.perf_counter() - t0, usage.ru_utime + usage.ru_stime
+            if proc.returncode == 0:
+                stamp_finished(out, stage, seconds, cpu)
+                on_finished(stage, seconds, cpu)
+            elif not received:
+                failed.append((stage, proc.returncode, seconds))
+                for other in running:  # they keep their state: the rerun resumes them
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(other, signal.SIGTERM)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        name = signal.Signals(received[0]).name
+        print(f"stopped by {name} during stages {', '.join(repr(s.name) for s in batch if s not in waiting)}; "
+              "run the same command again to resume them", file=sys.stderr, flush=True)
+        raise SystemExit(128 + received[0])
+    if failed:
+        stage, code, seconds = failed[0]
+        log = _log_path(out, stage)
+        print(_log_tail(log), file=sys.stderr, flush=True)
+        raise MedTokError(f"stage '{stage.name}' failed (exit code {code}) after {seconds:.0f} s; the end of "
+                          f"its log ({_printable([str(log)])}) is printed above. Fix it and re-run: "
+                          "finished stages are reused")
 
 
 def _forced(cfg: PipelineConfig) -> set[str]:
@@ -519,30 +636,59 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             if must_run(stage):
                 ran.add(stage.name)
             state = "run" if stage.name in ran else "up to date"
-            print(f"{stage.name:32s} {state:11s} $ {_printable(stage.argv)}")
+            print(f"{stage.name:32s} {state:11s} $ {_printable(stage.command)}")
         return {}
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "pipeline_config.yaml")
-    timings: dict[str, Any] = {"stages": [], "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    timings: dict[str, Any] = {"stages": [], "started": time.strftime("%Y-%m-%d %H:%M:%S"), "workers": cfg.workers}
     t_start = time.perf_counter()
-    progress = Progress(out, stages)
-    for i, stage in enumerate(stages, 1):
-        _header(i, len(stages), stage.title)
-        if must_run(stage):
-            print(progress.line(i, _still_to_run(stages[i - 1:], ran, must_run)), flush=True)
-        if not must_run(stage):
-            reused = ", ".join(_printable([str(p)]) for p in stage.outputs) or "its cached results"
-            print(f"up to date (same inputs and settings as last time): reusing {reused}", flush=True)
-            timings["stages"].append({"name": stage.name, "group": stage.group, "seconds": 0.0,
-                                      "cpu_seconds": 0.0, "skipped": True})
-            continue
-        seconds, cpu = run_stage(stage, out)
+    progress = Progress(out, stages, cfg.workers)
+    position = {stage.name: i for i, stage in enumerate(stages, 1)}
+
+    def announce(index: int) -> None:
+        """The progress line: stage ``index`` and every later one not finished yet."""
+        left = [stage for stage in stages[index - 1:] if stage.name not in ran]
+        print(progress.line(index, _still_to_run(left, ran, must_run)), flush=True)
+
+    def finished(stage: Stage, seconds: float, cpu: float) -> None:
         ran.add(stage.name)
         progress.finished(stage, seconds)
         print(f"--- {stage.name}: {seconds:.1f} s wall, {cpu:.1f} s CPU", flush=True)
         timings["stages"].append({"name": stage.name, "group": stage.group, "seconds": round(seconds, 2),
                                   "cpu_seconds": round(cpu, 2), "skipped": False})
         write_json(out / "timings.json", timings)  # partial timings survive a failed later stage
+
+    def reuse(stage: Stage) -> None:
+        reused = ", ".join(_printable([str(p)]) for p in stage.outputs) or "its cached results"
+        print(f"up to date (same inputs and settings as last time): reusing {reused}", flush=True)
+        timings["stages"].append({"name": stage.name, "group": stage.group, "seconds": 0.0,
+                                  "cpu_seconds": 0.0, "skipped": True})
+
+    def finished_in_batch(first: int, stage: Stage, seconds: float, cpu: float) -> None:
+        finished(stage, seconds, cpu)
+        if any(s.name not in ran for s in stages[first - 1:]):
+            announce(first)
+
+    for batch in independent_batches(stages):
+        stale = [stage for stage in batch if must_run(stage)]
+        if cfg.workers > 1 and len(stale) > 1:
+            for stage in batch:
+                if stage not in stale:
+                    _header(position[stage.name], len(stages), stage.title)
+                    reuse(stage)
+            first, last = position[stale[0].name], position[stale[-1].name]
+            _header(first, len(stages), f"{len(stale)} independent stages ({first}-{last}), "
+                    f"{cfg.workers} at a time: {stale[0].name} ... {stale[-1].name}")
+            announce(first)
+            run_in_parallel(stale, out, cfg.workers, functools.partial(finished_in_batch, first))
+            continue
+        for stage in batch:
+            _header(position[stage.name], len(stages), stage.title)
+            if stage in stale:
+                announce(position[stage.name])
+                finished(stage, *run_stage(stage, out))
+            else:
+                reuse(stage)
     timings["total_seconds"] = round(time.perf_counter() - t_start, 2)
     timings["by_group"] = {g: round(sum(s["seconds"] for s in timings["stages"] if s["group"] == g), 2)
                            for g in STAGE_GROUPS}

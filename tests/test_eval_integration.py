@@ -62,3 +62,21 @@ def test_evaluate_real_checkpoints_and_zero_shot(trained):
     assert all(abs(sum(r["probs"].values()) - 1) < 1e-3 for r in records)
     assert {c["method"] for c in results["comparisons"]} == {"zero-shot", "medtok"}
     assert (out / "accuracy_by_tier.png").is_file() and (out / "report.md").is_file()
+
+
+def test_models_scored_in_parallel_processes_give_the_sequential_predictions(trained):
+    root, data, base, checkpoints = trained
+    predictions = {}
+    for workers in (1, 2):
+        out = root / f"eval-workers{workers}"
+        evaluate(EvalConfig(data=str(data), checkpoints=checkpoints, zero_shot=[str(base)], output=str(out),
+                            workers=workers, plots=False, bootstrap=BootstrapConfig(n_resamples=20)),
+                 log=lambda s: None)
+        predictions[workers] = [json.loads(x) for p in sorted((out / "predictions").iterdir())
+                                for x in p.read_text().splitlines()]
+        assert len(list((out / "scored").iterdir())) == 3  # one saved run per model, for resuming
+    # The same predictions; probabilities equal up to the summation order of 1 thread vs 2.
+    assert [(r["method"], r["id"], r["pred"]) for r in predictions[1]] == \
+        [(r["method"], r["id"], r["pred"]) for r in predictions[2]]
+    for a, b in zip(predictions[1], predictions[2], strict=True):
+        assert a["probs"] == pytest.approx(b["probs"], abs=1e-5)

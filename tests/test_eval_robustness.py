@@ -112,6 +112,37 @@ def test_eval_run_with_permutations_reports_orders_and_rereports_them(tmp_path, 
     assert again["methods"]["zero-shot"]["option_orders"] == results["methods"]["zero-shot"]["option_orders"]
 
 
+def test_a_rerun_after_a_kill_scores_only_the_models_not_yet_scored(tmp_path, monkeypatch):
+    data = tmp_path / "toy.jsonl"
+    data.write_text("".join(json.dumps({"id": it.id, "question": it.question, "options": it.options,
+                                        "answer": it.answer, "tier": it.tier}) + "\n" for it in toy_items()))
+    loaded = []
+
+    def scorer_or_kill(src):
+        loaded.append(src.path)
+        if src.path == "second" and len(loaded) == 2:
+            raise KeyboardInterrupt  # killed while loading the second model
+        return FirstOption() if src.path == "first" else Oracle()
+
+    monkeypatch.setattr(ev, "_load_scorer", scorer_or_kill)
+    out = tmp_path / "eval"
+    cfg = EvalConfig(data=str(data), zero_shot=["first", "second"], output=str(out), permutations=2,
+                     tiers=["Basic"], bootstrap=ev.BootstrapConfig(n_resamples=50), plots=False)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(cfg, log=lambda _: None)
+    assert not (out / "results.json").exists() and len(list((out / "scored").iterdir())) == 1
+    results = evaluate(cfg, log=lambda _: None)
+    assert loaded == ["first", "second", "second"]  # the first model's scores were reused
+    accuracy = [r["tiers"]["Basic"]["accuracy"] for r in results["runs"]]
+    assert accuracy == [pytest.approx(3 / 8), 1.0]  # the reused run is the first model's, in its place
+    evaluate(cfg, log=lambda _: None)
+    assert len(loaded) == 3  # nothing left to score
+    other = tmp_path / "other.jsonl"  # other questions: nothing is reused
+    other.write_text(data.read_text().replace("Question 0?", "Question zero?"))
+    evaluate(EvalConfig(**{**cfg.__dict__, "data": str(other)}), log=lambda _: None)
+    assert len(loaded) == 5
+
+
 # ---- differences over questions and seeds ------------------------------------------------------------
 def test_seed_bootstrap_point_estimate_by_hand_and_certain_case():
     a = [[1, 1, 0, 0], [1, 0, 0, 0]]  # seed-averaged accuracy 3/8

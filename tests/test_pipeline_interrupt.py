@@ -28,9 +28,9 @@ def inputs(tmp_path_factory):
             "linked": str(root / "linked.jsonl"), "root": root}
 
 
-def pipeline_config(inputs, out: Path) -> Path:
+def pipeline_config(inputs, out: Path, seeds=(0,), workers=1) -> Path:
     cfg = {"output": str(out), "medtok_artifact": inputs["medtok"], "linked": inputs["linked"],
-           "methods": ["none"], "seeds": [0], "zero_shot": False,
+           "methods": ["none"], "seeds": list(seeds), "zero_shot": False, "workers": workers,
            "launcher_args": ["--config_file", "configs/accelerate/cpu.yaml"],
            "finetune": {"config": "", "overrides": {
                "model": {"base_model": inputs["llama"], "dtype": "float32"},
@@ -51,9 +51,9 @@ def env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def metrics(out: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+def metrics(out: Path, seed: int = 0) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     """(train step, loss) and (eval step, val_acc), what the run learned: no timings."""
-    records = [json.loads(x) for x in (out / "qa" / "none-seed0" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in (out / "qa" / f"none-seed{seed}" / "metrics.jsonl").read_text().splitlines()]
     train = [(r["step"], round(r["loss"], 5)) for r in records if r["event"] == "train"]
     evals = [(r["step"], r["val_acc"]) for r in records if r["event"] == "eval"]
     return train, evals
@@ -72,8 +72,8 @@ def processes_mentioning(text: str) -> list[int]:
     return pids
 
 
-def wait_for_train_step(out: Path, step: int, proc: subprocess.Popen, timeout_s: float = 300) -> None:
-    log = out / "qa" / "none-seed0" / "metrics.jsonl"
+def wait_for_train_step(out: Path, step: int, proc: subprocess.Popen, timeout_s: float = 300, seed: int = 0) -> None:
+    log = out / "qa" / f"none-seed{seed}" / "metrics.jsonl"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the pipeline ended before it could be interrupted"
@@ -109,4 +109,33 @@ def test_sigterm_stops_every_process_and_the_rerun_matches_an_uninterrupted_run(
     assert '"event": "resume"' in resumed_log  # it continued, it did not start over
     assert metrics(cut) == metrics(whole)
     accuracy = [json.loads((d / "eval" / "results.json").read_text())["methods"]["none"] for d in (whole, cut)]
+    assert accuracy[0] == accuracy[1]
+
+
+def test_parallel_fine_tunes_stop_together_and_resume_to_the_sequential_result(inputs):
+    """workers: 2 runs two fine-tunes at once (each on its share of the cores, output in its log);
+    SIGTERM stops both, and the rerun, which may use another number of workers, learns exactly
+    what the sequential pipeline learns."""
+    root = inputs["root"]
+    sequential = root / "sequential"
+    subprocess.run(command(pipeline_config(inputs, sequential, seeds=(0, 1))), cwd=REPO, env=env(), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    cut = root / "parallel"
+    proc = subprocess.Popen(command(pipeline_config(inputs, cut, seeds=(0, 1), workers=2)), cwd=REPO, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_train_step(cut, 3, proc, seed=1)  # seed 1 trains while seed 0 does: they run together
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM during stages 'finetune none seed 0', 'finetune none seed 1'" in err
+    assert "started finetune none seed 1 on 1 thread(s)" in out or (os.cpu_count() or 1) > 3
+    assert processes_mentioning(str(cut)) == []
+    assert (cut / "logs" / "finetune_none_seed_1.log").is_file()
+
+    subprocess.run(command(pipeline_config(inputs, cut, seeds=(0, 1), workers=2)), cwd=REPO, env=env(), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for seed in (0, 1):
+        assert metrics(cut, seed) == metrics(sequential, seed)
+    accuracy = [json.loads((d / "eval" / "results.json").read_text())["methods"]["none"] for d in (sequential, cut)]
     assert accuracy[0] == accuracy[1]

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from eval.pipeline import Progress, Stage, _stamp_path, _still_to_run
+from eval.pipeline import Progress, Stage, _stamp_path, _still_to_run, independent_batches
 from medtok_core.io import write_json
 
 
@@ -33,3 +33,20 @@ def test_stages_reading_a_rerun_stage_count_as_still_to_run():
     fresh = set()  # nothing stale: only the current stage and what reads it, directly or not
     assert [s.name for s in _still_to_run(stages, set(), lambda s: s.name in fresh)] == ["link", "ft a", "eval"]
     assert [s.name for s in _still_to_run(stages[3:], set(), lambda s: False)] == ["other"]
+
+
+def test_batches_hold_consecutive_stages_that_read_nothing_of_each_other():
+    stages = [stage("build", "build"), stage("medtok", "medtok", ["build"]), stage("link", "link", ["build"]),
+              stage("ft a", "finetune", ["link", "medtok"]), stage("ft b", "finetune", ["link"]),
+              stage("ref", "reference", ["medtok"]), stage("eval", "eval", ["ft a", "ft b", "ref"])]
+    assert [[s.name for s in b] for b in independent_batches(stages)] == [
+        ["build"], ["medtok", "link"], ["ft a", "ft b", "ref"], ["eval"]]
+
+
+def test_eta_shares_a_batch_between_the_workers(tmp_path: Path):
+    stages = [stage("ft a", "finetune"), stage("ft b", "finetune"), stage("ft c", "finetune"),
+              stage("eval", "eval", ["ft a", "ft b", "ft c"])]
+    for s, seconds in zip(stages, (300.0, 300.0, 300.0, 60.0), strict=True):
+        write_json(_stamp_path(tmp_path, s), {"seconds": seconds, "finished": "yes"})
+    assert Progress(tmp_path, stages).line(1, stages).endswith("ETA 0:16:00")
+    assert Progress(tmp_path, stages, workers=2).line(1, stages).endswith("ETA 0:08:30")  # 900 s / 2 + 60 s
