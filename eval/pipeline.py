@@ -695,8 +695,32 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     timings["cpu_by_group"] = {g: round(sum(s["cpu_seconds"] for s in timings["stages"] if s["group"] == g), 2)
                                for g in STAGE_GROUPS}
     timings["load_average"] = os.getloadavg()  # how busy the machine was when the run ended
+    timings["all_runs"] = stamped_totals(out, stages)
     write_json(out / "timings.json", timings)
     return timings
+
+
+def stamped_totals(out: Path, stages: list[Stage]) -> dict[str, Any]:
+    """What the experiment cost over every run of the pipeline that built it (an interrupted
+    pipeline may finish in a later session): wall time while at least one of its stages ran (the
+    union of the stamped stages' intervals, so stages run side by side count once), and the
+    stages' CPU time. Work lost to a kill (since the last saved step) is not counted."""
+    spans, cpu, per_group = [], 0.0, {}
+    for stage in stages:
+        try:
+            stamp = read_json(_stamp_path(out, stage))
+            end = time.mktime(time.strptime(stamp["finished"], "%Y-%m-%d %H:%M:%S"))
+            spans.append((end - float(stamp["seconds"]), end))
+            cpu += float(stamp.get("cpu_seconds") or 0.0)
+            per_group[stage.group] = per_group.get(stage.group, 0.0) + float(stamp.get("cpu_seconds") or 0.0)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not finished: not part of the experiment's result yet
+    wall, covered_to = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        wall += max(0.0, end - max(start, covered_to))
+        covered_to = max(covered_to, end)
+    return {"stages": len(spans), "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
+            "cpu_seconds_by_group": {g: round(c, 1) for g, c in per_group.items()}}
 
 
 def _summary(cfg: PipelineConfig, timings: dict[str, Any]) -> None:

@@ -127,6 +127,75 @@ def _accuracy_section(results: dict) -> list[str]:
             *_table(header, rows), ""]
 
 
+def holm_adjusted(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the order given."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def _floor_finding(results: dict) -> str | None:
+    """Is the LoRA-only baseline above the majority letter on all tiers together? Above means
+    every seed's interval lies above it."""
+    base, ds = results["baseline"], results["dataset"][ALL]
+    runs = [r for r in _runs_of(results, base) if r["tiers"][ALL]["accuracy"] is not None]
+    if not runs:
+        return None
+    majority = ds["majority_letter"]["accuracy"]
+    mean = sum(r["tiers"][ALL]["accuracy"] for r in runs) / len(runs)
+    above = all(r["tiers"][ALL]["ci_low"] > majority for r in runs)
+    seeds = f"{len(runs)} seed" + ("s" if len(runs) > 1 else "")
+    return (f"- **Floor**: `{base}` scores {pct(mean)} % on all tiers together ({seeds}) against "
+            f"{pct(majority)} % for always answering the most frequent letter and {pct(ds['chance'])} % chance: "
+            + ("above the floor (every seed's 95 % interval lies above the majority letter)." if above else
+               "**not above the floor** (a seed's 95 % interval reaches the majority letter), so a prefix "
+               "method has no fine-tuned skill to improve on; read the differences below with that in mind."))
+
+
+def _difference_finding(results: dict, alpha: float = 0.05) -> str | None:
+    """Every method against the baseline on all tiers together, Holm-adjusted over the methods."""
+    rows = [r for r in results.get("seed_bootstrap") or []
+            if r["tier"] == ALL and r["difference"] is not None and not is_reference(r["method"])]
+    if not rows:
+        return None
+    base = results["baseline"]
+    adjusted = holm_adjusted([r["p_value"] for r in rows])
+
+    def cell(r: dict, p: float) -> str:
+        return (f"`{r['method']}` {100 * r['difference']:+.1f} points [{100 * r['ci_low']:+.1f}, "
+                f"{100 * r['ci_high']:+.1f}], Holm-adjusted {_p_text(p)}")
+
+    method_test = (f"paired bootstrap over questions and seeds, Holm-adjusted over the {len(rows)} methods "
+                   f"compared, α = {alpha}")
+    significant = [(r, p) for r, p in zip(rows, adjusted, strict=True) if p < alpha]
+    if not significant:
+        largest = max(zip(rows, adjusted, strict=True), key=lambda rp: abs(rp[0]["difference"]))
+        return (f"- **Methods vs `{base}`**: no significant difference on all tiers together ({method_test}); "
+                f"the largest is {cell(*largest)}.")
+    return (f"- **Methods vs `{base}`** ({method_test}): significant for "
+            + "; ".join(cell(r, p) for r, p in significant) + ".")
+
+
+def _reference_finding(results: dict) -> str | None:
+    refs = [m for m in _methods(results) if is_reference(m) and results["methods"][m]["tiers"][ALL]["mean"] is not None]
+    if not refs:
+        return None
+    ds = results["dataset"][ALL]
+    return ("- **Embeddings only (no LLM)**: " + ", ".join(
+        f"`{m}` {pct(results['methods'][m]['tiers'][ALL]['mean'])} %" for m in refs)
+        + f" on all tiers together (majority letter {pct(ds['majority_letter']['accuracy'])} %): what the "
+        "code vectors alone carry.")
+
+
+def findings(results: dict) -> list[str]:
+    """What the numbers show, in sentences generated from the results (never typed by hand)."""
+    lines = [x for x in (_floor_finding(results), _difference_finding(results), _reference_finding(results)) if x]
+    return ["## What the numbers show", "", *lines, ""] if lines else []
+
+
 def _comparison_section(results: dict) -> list[str]:
     comps = results["comparisons"]
     base = results["baseline"]
@@ -310,7 +379,8 @@ def render_report(results: dict) -> str:
     plots = (results.get("files") or {}).get("plots") or {}
     for name, path in plots.items():
         lines += [f"![{name}]({Path(path).name})", ""]
-    lines += _accuracy_section(results) + _comparison_section(results) + _seed_bootstrap_section(results)
+    lines += findings(results) + _accuracy_section(results) + _comparison_section(results)
+    lines += _seed_bootstrap_section(results)
     lines += _references_section(results) + _collapse_section(results)
     lines += _orders_section(results) + _linked_section(results)
     lines += _letter_section(results) + _seeds_section(results)

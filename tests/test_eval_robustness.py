@@ -186,3 +186,45 @@ def test_summarize_reports_the_seed_aware_difference_beside_mcnemar(tmp_path):
     from eval.report import render_report
 
     assert "over questions and seeds (paired bootstrap)" in render_report(results)
+
+
+# ---- the generated findings -------------------------------------------------------------------------
+def test_holm_adjustment_by_hand():
+    from eval.report import holm_adjusted
+
+    # sorted 0.01, 0.02, 0.04 -> 3 x 0.01, 2 x 0.02, max(0.04, previous) ; returned in input order
+    assert holm_adjusted([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm_adjusted([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def _seeded_runs(items, right_by_run):
+    def run(method, seed, right):
+        return Run(method, seed, "toy", {it.id: {"pred": it.answer if i in right else
+                                                 next(x for x in "ABCD" if x != it.answer),
+                                                 "probs": {}, "n_codes": 0} for i, it in enumerate(items)})
+
+    return [run(method, seed, right) for (method, seed), right in right_by_run.items()]
+
+
+def test_findings_say_no_difference_and_not_above_the_floor_when_that_is_the_case():
+    from eval.report import findings
+
+    items = toy_items("ABCD" * 10)  # 40 questions, majority letter 25 %
+    runs = _seeded_runs(items, {("none", 0): set(range(0, 40, 4)), ("none", 1): set(range(1, 40, 4)),
+                                ("medtok", 0): set(range(0, 40, 4)), ("medtok", 1): set(range(2, 40, 4))})
+    text = "\n".join(findings(summarize(items, runs, tiers=["Basic"], boot=ev.BootstrapConfig(n_resamples=500))))
+    assert "`none` scores 25.0 % on all tiers together (2 seeds)" in text and "**not above the floor**" in text
+    assert "no significant difference on all tiers together" in text and "`medtok` +0.0 points" in text
+
+
+def test_findings_name_a_method_that_is_significantly_better():
+    from eval.report import findings
+
+    items = toy_items("ABCD" * 10)
+    every = set(range(40))
+    runs = _seeded_runs(items, {("none", 0): set(range(0, 40, 4)), ("none", 1): set(range(0, 40, 4)),
+                                ("text", 0): set(range(0, 40, 4)), ("text", 1): set(range(0, 40, 4)),
+                                ("medtok", 0): every, ("medtok", 1): every - {3}})
+    text = "\n".join(findings(summarize(items, runs, tiers=["Basic"], boot=ev.BootstrapConfig(n_resamples=500))))
+    assert "significant for `medtok` +73.8 points" in text and "over the 2 methods compared" in text
+    assert "`text`" not in text  # not significant: not named

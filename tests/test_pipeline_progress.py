@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from eval.pipeline import Progress, Stage, _stamp_path, _still_to_run, independent_batches
+from eval.pipeline import Progress, Stage, _stamp_path, _still_to_run, independent_batches, stamped_totals
 from medtok_core.io import write_json
 
 
@@ -50,3 +50,18 @@ def test_eta_shares_a_batch_between_the_workers(tmp_path: Path):
         write_json(_stamp_path(tmp_path, s), {"seconds": seconds, "finished": "yes"})
     assert Progress(tmp_path, stages).line(1, stages).endswith("ETA 0:16:00")
     assert Progress(tmp_path, stages, workers=2).line(1, stages).endswith("ETA 0:08:30")  # 900 s / 2 + 60 s
+
+
+def test_experiment_time_counts_stages_run_side_by_side_once(tmp_path: Path):
+    stages = [stage("link", "link"), stage("ft a", "finetune"), stage("ft b", "finetune"), stage("eval", "eval")]
+    stamps = [("2026-01-01 10:00:00", 60.0, 50.0),   # link 09:59-10:00
+              ("2026-01-01 10:10:00", 600.0, 590.0),  # ft a 10:00-10:10, beside
+              ("2026-01-01 10:08:00", 420.0, 400.0),  # ft b 10:01-10:08
+              ("2026-01-02 09:01:00", 60.0, 55.0)]    # eval the next day, after a resume
+    for s, (finished, seconds, cpu) in zip(stages, stamps, strict=True):
+        write_json(_stamp_path(tmp_path, s), {"finished": finished, "seconds": seconds, "cpu_seconds": cpu})
+    totals = stamped_totals(tmp_path, stages)
+    assert totals["wall_seconds"] == 60 + 600 + 60 and totals["cpu_seconds"] == 50 + 590 + 400 + 55
+    assert totals["cpu_seconds_by_group"] == {"link": 50.0, "finetune": 990.0, "eval": 55.0}
+    write_json(_stamp_path(tmp_path, stages[3]), {"finished": None, "seconds": None})  # killed: not counted
+    assert stamped_totals(tmp_path, stages)["stages"] == 3
