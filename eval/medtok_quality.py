@@ -42,9 +42,15 @@ from medtok_core.io import read_json, write_json, write_text
 
 REPO = Path(__file__).resolve().parent.parent
 TASK_PREFIXES = ("hierarchy", "gem", "heldout_")
-METHODS = ("medtok", "medtok_continuous", "text_only", "graph_only", "raw_text", "random")
+CORE_METHODS = ("medtok", "medtok_continuous", "text_only", "graph_only", "raw_text", "random")
+# Ablation, opt-in: each of the four exported parts of the fused tokens alone (which part carries
+# which relation; what reading all four with one cosine or one probe loses).
+# Named in the export's order (medtok_core.model.EMBEDDING_NAMES; not imported: it pulls in torch-geometric).
+PART_METHODS = ("medtok_text_specific", "medtok_text_cross", "medtok_graph_cross", "medtok_graph_specific")
+METHODS = CORE_METHODS + PART_METHODS
 # Which trained MedTok variant (model.modalities) each method needs.
-VARIANT_OF = {"medtok": "both", "medtok_continuous": "both", "text_only": "text", "graph_only": "graph"}
+VARIANT_OF = {"medtok": "both", "medtok_continuous": "both", "text_only": "text", "graph_only": "graph",
+              **{m: "both" for m in PART_METHODS}}
 
 
 @dataclass
@@ -57,7 +63,9 @@ class QualityConfig:
     # a list value inside one override separates its items with ';' (data.link_relations=a;b).
     medtok_overrides: list[str] = field(default_factory=list)
     output: str = "runs/medtok_quality"
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    # Methods compared (keys of results.json); the part ablations medtok_text_specific,
+    # medtok_text_cross, medtok_graph_cross, medtok_graph_specific only when listed.
+    methods: list[str] = field(default_factory=lambda: list(CORE_METHODS))
     # Held-out relations, relation:SYSTEM_A:SYSTEM_B (relation = KG relation between the nodes the
     # codes attach to). Queries of the MRR come from SYSTEM_A.
     relations: list[str] = field(default_factory=lambda: [
@@ -206,6 +214,9 @@ def all_embeddings(cfg: QualityConfig, tcfg, data, out: Path, heldout_sha: str) 
             emb[m] = got["graph"]["quantized"]
         elif m == "raw_text":
             emb[m] = data.text_table[data.code_text[:, 0]].float()
+        elif m in PART_METHODS:  # tcfg.model.dim columns each, in the export's order
+            i, dim = PART_METHODS.index(m), tcfg.model.dim
+            emb[m] = got["both"]["quantized"][:, i * dim:(i + 1) * dim]
         elif m == "random":
             g = torch.Generator().manual_seed(cfg.seed)
             emb[m] = torch.randn(len(data), 4 * tcfg.model.dim, generator=g)
@@ -348,8 +359,13 @@ def targets(results: dict) -> dict[str, dict[str, bool]]:
     return out
 
 
-def markdown_table(results: dict) -> str:
-    methods = [m for m in METHODS if any(m in t["scores"] for t in results["tasks"].values())]
+def _present(results: dict, candidates: tuple[str, ...]) -> list[str]:
+    return [m for m in candidates if any(m in t["scores"] for t in results["tasks"].values())]
+
+
+def markdown_table(results: dict, methods: list[str] | None = None) -> str:
+    """Tasks x methods, the best of each row in bold (default: the core methods of the run)."""
+    methods = methods if methods is not None else _present(results, CORE_METHODS)
     lines = ["| task | metric | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
     for name, t in results["tasks"].items():
         vals = [t["scores"].get(m) for m in methods]
@@ -359,6 +375,16 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def parts_table(results: dict) -> str:
+    """The part ablation beside the fused tokens and the single-modality models ("" when not run)."""
+    parts = _present(results, PART_METHODS)
+    if not parts:
+        return ""
+    methods = _present(results, ("medtok",)) + parts + _present(results, ("text_only", "graph_only", "raw_text"))
+    return ("Ablation: each of the four exported parts of the fused tokens alone (`medtok` is all four "
+            "concatenated):\n\n" + markdown_table(results, methods))
+
+
 def report_md(results: dict, tasks: list[Task], skipped: dict[str, str]) -> str:
     tg = results["targets"]
     met = sum(all(v.values()) for v in tg.values())
@@ -366,7 +392,7 @@ def report_md(results: dict, tasks: list[Task], skipped: dict[str, str]) -> str:
              f"MedTok config: `{results['medtok_config']}` {results['medtok_overrides'] or ''}; "
              f"{results['n_codes']} codes ({', '.join(f'{k} {v}' for k, v in results['systems'].items())}); "
              f"seed {results['seed']}. Higher is better everywhere; best per task in bold.", "",
-             markdown_table(results), "",
+             markdown_table(results), "", *([parts_table(results), ""] if parts_table(results) else []),
              f"Targets (issue 9) met on {met} of {len(tg)} tasks:", ""]
     for name, row in tg.items():
         parts.append(f"- {name}: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in row.items()))
@@ -376,7 +402,10 @@ def report_md(results: dict, tasks: list[Task], skipped: dict[str, str]) -> str:
               "- `medtok_continuous`: the same model's four encoder outputs before quantisation (unit-normalised);",
               "- `text_only` / `graph_only`: MedTok trained with the same config, `model.modalities` text / graph;",
               "- `raw_text`: the frozen text encoder's vector of the code description (MedTok's own input);",
-              "- `random`: seeded Gaussian vectors of MedTok's width (the floor).", "",
+              "- `random`: seeded Gaussian vectors of MedTok's width (the floor).",
+              *(["- `medtok_<part>` (ablation): one of the four parts of `medtok` alone (text-specific, "
+                 "text-cross, graph-cross, graph-specific quantised sums)."]
+                if any(m in PART_METHODS for t in tasks for m in t.scores) else []), "",
               "## Tasks and protocols", ""]
     for t in tasks:
         parts.append(f"- **{t.name}** ({t.metric}; n = {t.n}): {t.protocol}")
@@ -397,7 +426,9 @@ def readme_block(results: dict, name: str, folder: str) -> str:
             f"([report with every protocol]({folder}/report.md)); MedTok config `{results['medtok_config']}`"
             f"{overrides}, {results['n_codes']} codes, training of the three MedTok variants {secs:.0f} s on the "
             f"shared 2-core machine. Issue-9 targets met on {met} of {len(tg)} tasks.\n\n"
-            f"{markdown_table(results)}\n\n![MedTok quality, {name}]({folder}/results.png)")
+            f"{markdown_table(results)}\n\n"
+            + (f"{parts_table(results)}\n\n" if parts_table(results) else "")
+            + f"![MedTok quality, {name}]({folder}/results.png)")
 
 
 def publish(out: Path, readme: Path, name: str) -> Path:
@@ -426,7 +457,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(results["tasks"])
-    methods = [m for m in METHODS if any(m in t["scores"] for t in results["tasks"].values())]
+    methods = _present(results, CORE_METHODS)  # the part ablations are in the report's second table
     fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(names) + 2), 4.5))
     width = 0.8 / len(methods)
     x = np.arange(len(names))

@@ -230,3 +230,19 @@ def test_relation_task_names():
     specs = ["indication:ATC:ICD10CM", "indication:ATC:ICD9CM", "drug_drug:ATC:ATC"]
     assert [MQ.relation_task_name(s, specs) for s in specs] == [
         "heldout_indication_icd10cm", "heldout_indication_icd9cm", "heldout_drug_drug"]
+
+
+def test_part_ablations_are_the_exported_parts_in_export_order(monkeypatch, tmp_path):
+    from medtok_core.model import EMBEDDING_NAMES
+
+    assert MQ.PART_METHODS == tuple(f"medtok_{n}" for n in EMBEDDING_NAMES)
+    dim, exported = 3, torch.arange(2 * 12, dtype=torch.float32).reshape(2, 12)  # 4 parts x dim 3
+    monkeypatch.setattr(MQ, "variant_embeddings", lambda *a, **k: {"quantized": exported, "continuous": exported,
+                                                                    "tokenizer": None, "train": {}})
+    cfg = MQ.QualityConfig(methods=["medtok", *MQ.PART_METHODS], progress=False)
+    tcfg = MQ.training_config(cfg)
+    tcfg.model.dim = dim
+    emb, _, _ = MQ.all_embeddings(cfg, tcfg, None, tmp_path, "sha")
+    assert torch.equal(torch.cat([emb[m] for m in MQ.PART_METHODS], 1), emb["medtok"])
+    assert torch.equal(emb["medtok_graph_cross"], exported[:, 6:9])
+    assert MQ.QualityConfig().methods == list(MQ.CORE_METHODS)  # ablations only when asked for
