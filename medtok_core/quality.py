@@ -229,8 +229,12 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, c: float = 1.0, max_iter: int = 1
     change any ranking)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
 
-    with warnings.catch_warnings():
+    # One BLAS thread: lbfgs often stops at max_iter, where the iterate depends on the summation
+    # order of multi-threaded BLAS; with the thread count of the environment the probe scores
+    # moved by up to 0.005 between runs (enough to flip near-ties between methods).
+    with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
         # A probe stopped at max_iter is still a valid, slightly more regularised probe.
         warnings.simplefilter("ignore", ConvergenceWarning)
         lr = LogisticRegression(C=c, max_iter=max_iter, random_state=seed).fit(x, y)
