@@ -362,6 +362,23 @@ def first_difference(old: Any, new: Any, prefix: str = "", ignore: tuple[str, ..
     return None if old == new else f"{prefix.rstrip('.')}: {old!r} -> {new!r}"
 
 
+def with_defaults(cls: type, saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the options it predates filled in at their defaults: a run saved before
+    an option existed ran as that option's default does, so it still resumes."""
+    try:
+        defaults = to_dict(cls())
+    except TypeError:  # a config without defaults for every field: compare as saved
+        return saved
+
+    def fill(default: Any, old: Any) -> Any:
+        if isinstance(default, dict) and isinstance(old, dict):
+            return {**{k: v for k, v in default.items() if k not in old},
+                    **{k: fill(default.get(k), v) for k, v in old.items()}}
+        return old
+
+    return fill(defaults, saved)
+
+
 def starts_fresh(cfg: Any, saved: Path, out: Path) -> bool:
     """Whether a run in folder ``out`` must start over; raises if it holds a run with other settings.
 
@@ -375,7 +392,8 @@ def starts_fresh(cfg: Any, saved: Path, out: Path) -> bool:
         old = yaml.safe_load(saved.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         old = None
-    diff = first_difference(old, to_dict(cfg)) if isinstance(old, dict) else f"its {saved.name} is unreadable"
+    diff = (first_difference(with_defaults(type(cfg), old), to_dict(cfg)) if isinstance(old, dict)
+            else f"its {saved.name} is unreadable")
     if diff is None:
         return not cfg.resume
     if cfg.force or not cfg.resume:

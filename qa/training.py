@@ -9,6 +9,7 @@ with the same command continues from the same step with the same data order and 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import functools
@@ -92,6 +93,10 @@ class OptimOptions:
     grad_accum: int = 1  # micro-batches per optimizer step
     max_grad_norm: float = 1.0  # gradient norm clip (0: none)
     max_steps: int = 0  # stop after this many optimizer steps in total (0: no limit)
+    # Peak-memory cap (0: off). A batch whose rows x padded positions (prompt + prefix) exceed it
+    # runs as row slices of at most this many positions, their gradients summed: the same update,
+    # with only one slice's activations alive. Long batches set a fine-tune's peak RSS.
+    max_batch_tokens: int = 0
 
     def __post_init__(self):
         require_range(self, "lr", 0.0, low_open=True)
@@ -103,6 +108,7 @@ class OptimOptions:
         require_range(self, "grad_accum", 1)
         require_range(self, "max_grad_norm", 0.0)
         require_range(self, "max_steps", 0)
+        require_range(self, "max_batch_tokens", 0)
 
 
 @dataclass
@@ -247,6 +253,37 @@ class EpochBatches:
             yield self.encoder.collate([
                 self.encoder.from_tokens(self.encoder.ordered(self.items[i], order), rows["input_ids"][i],
                                          rows["label"][i], rows["truncated"][i]) for i in idx])
+
+
+def row_slices(batch: dict[str, torch.Tensor], max_tokens: int) -> list[dict[str, torch.Tensor]]:
+    """The batch as row slices of at most ``max_tokens`` padded positions each (the whole batch
+    when it fits or ``max_tokens`` is 0), each slice's all-padding leading columns dropped."""
+    rows, width = batch["input_ids"].shape[0], batch["input_ids"].shape[1] + batch["prefix_mask"].shape[1]
+    per_slice = rows if max_tokens <= 0 else max(1, max_tokens // width)
+    if per_slice >= rows:
+        return [batch]
+    slices = []
+    for start in range(0, rows, per_slice):
+        piece = {k: v[start:start + per_slice] for k, v in batch.items()}
+        first = int(piece["attention_mask"].any(dim=0).nonzero()[0])  # left padding: real columns end the row
+        piece["input_ids"], piece["attention_mask"] = piece["input_ids"][:, first:], piece["attention_mask"][:, first:]
+        slices.append(piece)
+    return slices
+
+
+def backward_in_slices(model, batch: dict[str, torch.Tensor], accelerator, max_tokens: int) -> torch.Tensor:
+    """The batch's mean loss, its gradients accumulated (see OptimOptions.max_batch_tokens).
+    Each slice's mean loss is weighted by its share of the rows, so the summed gradients are the
+    whole batch's; under DDP only the last slice synchronises."""
+    slices = row_slices(batch, max_tokens)
+    rows, total = batch["input_ids"].shape[0], None
+    for i, piece in enumerate(slices):
+        last = i == len(slices) - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            loss = model(**piece)["loss"] * (piece["input_ids"].shape[0] / rows)
+            accelerator.backward(loss)
+        total = loss.detach() if total is None else total + loss.detach()
+    return total
 
 
 # ---- accelerate / deepspeed -------------------------------------------------------------------------
@@ -558,6 +595,9 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Pat
     if cfg.deepspeed_config:
         deepspeed_config_path(cfg)  # given but missing is an error even when DeepSpeed is not used
     accelerator = make_accelerator(cfg)
+    if cfg.optim.max_batch_tokens and _using_deepspeed():
+        raise ConfigError("optim.max_batch_tokens does not work under DeepSpeed (its engine steps after every "
+                          "backward); set it to 0 and use optim.grad_accum with a smaller optim.batch_size")
     set_seed(cfg.seed)
     items = load_questions(cfg.data)
     train_items, val_items = make_split(items, cfg.data)
@@ -611,8 +651,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Pat
             torch.manual_seed(stable_seed("batch", cfg.seed, accelerator.process_index, state.epoch,
                                           state.batches_done) % 2**63)
             with accelerator.accumulate(model):
-                loss = model(**batch)["loss"]
-                accelerator.backward(loss)
+                loss = backward_in_slices(model, batch, accelerator, cfg.optim.max_batch_tokens)
                 if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0 and not _using_deepspeed():
                     accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
                 optimizer.step()

@@ -233,6 +233,10 @@ def test_at_least_forty_cases_over_every_entry_point():
 
 def test_a_run_folder_with_other_settings_resumes_only_when_they_match(tmp_path):
     """The rule both trainers (MedTok, QA) apply before writing into an output folder."""
+    import dataclasses
+
+    import yaml
+
     from medtok_core.config import ConfigError, save_config, starts_fresh
     from medtok_core.train import TrainConfig as MedTokConfig
 
@@ -246,3 +250,12 @@ def test_a_run_folder_with_other_settings_resumes_only_when_they_match(tmp_path)
         starts_fresh(other, saved, tmp_path)
     other.force = True
     assert starts_fresh(other, saved, tmp_path) is True
+    # A run saved before an option existed ran as its default does: it resumes...
+    older = yaml.safe_load(saved.read_text())
+    del older["optim"]["link_batch"], older["seed"]
+    saved.write_text(yaml.safe_dump(older))
+    assert starts_fresh(cfg, saved, tmp_path) is False
+    # ...unless the option is now set to something else.
+    with pytest.raises(ConfigError, match=r"other settings \(optim.link_batch: 128 -> 7\)"):
+        starts_fresh(MedTokConfig(output_dir=str(tmp_path), optim=dataclasses.replace(cfg.optim, link_batch=7)),
+                     saved, tmp_path)

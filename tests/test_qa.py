@@ -294,3 +294,51 @@ def test_ask_cli_unknown_checkpoint(tmp_path, capsys):
         main(["--checkpoint", str(tmp_path / "missing"), "--question", "Q?\nA: a\nB: b", "--no-linker"])
     assert exit_info.value.code == 2
     assert "not a QA checkpoint" in capsys.readouterr().err
+
+
+# ---- token-budgeted slices (optim.max_batch_tokens) -------------------------------------------------------
+class _PlainAccelerator:
+    """What backward_in_slices asks of accelerate, on one process."""
+
+    @staticmethod
+    def backward(loss):
+        loss.backward()
+
+    @staticmethod
+    def no_sync(model):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+
+
+def test_a_batch_run_in_slices_gives_the_whole_batch_loss_and_gradients(assets):
+    from qa.model import LoraOptions
+    from qa.training import backward_in_slices, row_slices
+
+    model = build_qa_model(options(assets, lora=LoraOptions(dropout=0.0)), lora=True, seed=0)
+    model.train()
+    items = tiny_questions(6, seed=5)
+    items[2].question += " It began after a long flight and has lasted for three days without relief." * 3
+    batch = model.encoder.collate(model.encoder.encode_many(items))
+    width = batch["input_ids"].shape[1] + batch["prefix_mask"].shape[1]
+    slices = row_slices(batch, 2 * width)
+    assert [s["input_ids"].shape[0] for s in slices] == [2, 2, 2]
+    assert all(s["input_ids"].shape[0] * (s["input_ids"].shape[1] + s["prefix_mask"].shape[1]) <= 2 * width
+               for s in slices)
+    assert sum(s["input_ids"].shape[1] < batch["input_ids"].shape[1] for s in slices) == 2  # padding dropped
+    assert row_slices(batch, 0) == [batch] and row_slices(batch, 6 * width) == [batch]
+
+    whole = model(**batch)["loss"]
+    whole.backward()
+    expected = _grads(model)
+    model.zero_grad(set_to_none=True)
+    sliced = backward_in_slices(model, batch, _PlainAccelerator(), 2 * width)
+    assert float(sliced) == pytest.approx(float(whole.detach()), abs=1e-6)
+    got = _grads(model)
+    assert got.keys() == expected.keys() and len(got) > 0
+    for name, grad in expected.items():
+        assert torch.allclose(got[name], grad, atol=1e-6, rtol=1e-4), name
