@@ -155,28 +155,36 @@ def _floor_finding(results: dict) -> str | None:
                "method has no fine-tuned skill to improve on; read the differences below with that in mind."))
 
 
-def _difference_finding(results: dict, alpha: float = 0.05) -> str | None:
-    """Every method against the baseline on all tiers together, Holm-adjusted over the methods."""
+def _tier_difference(results: dict, tier: str, alpha: float) -> str | None:
+    """One tier: the methods that differ from the baseline after Holm's adjustment over the
+    methods, or the largest difference when none does."""
     rows = [r for r in results.get("seed_bootstrap") or []
-            if r["tier"] == ALL and r["difference"] is not None and not is_reference(r["method"])]
+            if r["tier"] == tier and r["difference"] is not None and not is_reference(r["method"])]
     if not rows:
         return None
-    base = results["baseline"]
     adjusted = holm_adjusted([r["p_value"] for r in rows])
 
     def cell(r: dict, p: float) -> str:
         return (f"`{r['method']}` {100 * r['difference']:+.1f} points [{100 * r['ci_low']:+.1f}, "
                 f"{100 * r['ci_high']:+.1f}], Holm-adjusted {_p_text(p)}")
 
-    method_test = (f"paired bootstrap over questions and seeds, Holm-adjusted over the {len(rows)} methods "
-                   f"compared, α = {alpha}")
+    where = "all tiers together" if tier == ALL else _tier_title(results, tier)
     significant = [(r, p) for r, p in zip(rows, adjusted, strict=True) if p < alpha]
     if not significant:
         largest = max(zip(rows, adjusted, strict=True), key=lambda rp: abs(rp[0]["difference"]))
-        return (f"- **Methods vs `{base}`**: no significant difference on all tiers together ({method_test}); "
-                f"the largest is {cell(*largest)}.")
-    return (f"- **Methods vs `{base}`** ({method_test}): significant for "
-            + "; ".join(cell(r, p) for r, p in significant) + ".")
+        return f"{where}: no significant difference; the largest is {cell(*largest)}"
+    return f"{where}: significant for " + "; ".join(cell(r, p) for r, p in significant)
+
+
+def _difference_finding(results: dict, alpha: float = 0.05) -> str | None:
+    """Every method against the baseline, on all tiers together and tier by tier; Holm-adjusted
+    over the methods within each row."""
+    lines = [x for x in (_tier_difference(results, t, alpha) for t in results["tiers"]) if x]
+    if not lines:
+        return None
+    n = len({r["method"] for r in results.get("seed_bootstrap") or [] if not is_reference(r["method"])})
+    return (f"- **Methods vs `{results['baseline']}`** (paired bootstrap over questions and seeds, Holm-adjusted "
+            f"over the {n} methods compared, α = {alpha}):\n" + "\n".join(f"  - {x}." for x in lines))
 
 
 def _reference_finding(results: dict) -> str | None:

@@ -214,7 +214,8 @@ def test_findings_say_no_difference_and_not_above_the_floor_when_that_is_the_cas
                                 ("medtok", 0): set(range(0, 40, 4)), ("medtok", 1): set(range(2, 40, 4))})
     text = "\n".join(findings(summarize(items, runs, tiers=["Basic"], boot=ev.BootstrapConfig(n_resamples=500))))
     assert "`none` scores 25.0 % on all tiers together (2 seeds)" in text and "**not above the floor**" in text
-    assert "no significant difference on all tiers together" in text and "`medtok` +0.0 points" in text
+    assert "  - Basic: no significant difference; the largest is `medtok` +0.0 points" in text
+    assert "  - all tiers together: no significant difference" in text
 
 
 def test_findings_name_a_method_that_is_significantly_better():
@@ -226,5 +227,6 @@ def test_findings_name_a_method_that_is_significantly_better():
                                 ("text", 0): set(range(0, 40, 4)), ("text", 1): set(range(0, 40, 4)),
                                 ("medtok", 0): every, ("medtok", 1): every - {3}})
     text = "\n".join(findings(summarize(items, runs, tiers=["Basic"], boot=ev.BootstrapConfig(n_resamples=500))))
-    assert "significant for `medtok` +73.8 points" in text and "over the 2 methods compared" in text
+    assert "  - all tiers together: significant for `medtok` +73.8 points" in text
+    assert "  - Basic: significant for `medtok`" in text and "over the 2 methods compared" in text
     assert "`text`" not in text  # not significant: not named
