@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from disease_linking.layouts import AUTO, layout_names, load_question_dataset, question_file
-from disease_linking.questions import LETTERS, TIERS, MCQItem, dataset_items, skip_summary, to_row
+from disease_linking.questions import LETTERS, TIERS, MCQItem, dataset_items, skip_summary
 from eval import collapse, permutations, report, stats
 from eval.report import ALL, ZERO_SHOT, method_rank
 from medtok_core.config import FieldError, require_choice, require_range, save_config
 from medtok_core.errors import ConfigError, MedTokError
 from medtok_core.io import atomic_path, read_json, write_json
 from qa.checkpoint import find_checkpoint, read_checkpoint_config
+from qa.token_cache import questions_sha
 
 
 # --------------------------------------------------------------------------------------- config
@@ -553,13 +554,13 @@ def _folder_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def scoring_key(src: Source, items: Sequence[MCQItem], batch_size: int, orders: int) -> str:
+def scoring_key(src: Source, questions_sha: str, batch_size: int, orders: int) -> str:
     """What a model's scores depend on: the model (its files' contents), the questions as scored
-    (codes included) and how they are scored (batching moves bf16 logits by padding)."""
+    (``qa.token_cache.questions_sha``: codes included) and how they are scored (batching moves
+    bf16 logits by padding)."""
     model = (_folder_digest(Path(src.path)) if src.kind in ("checkpoint", "reference")
              else f"{src.path}:{src.dtype}")
-    rows = [to_row(it) for it in items]
-    payload = json.dumps([src.kind, src.method, src.seed, model, rows, batch_size, orders],
+    payload = json.dumps([src.kind, src.method, src.seed, model, questions_sha, batch_size, orders],
                          sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -625,8 +626,9 @@ def score_sources(sources: Sequence[Source], items: Sequence[MCQItem], batch_siz
         permutations.check_orders(items, orders)
     runs: dict[int, Run] = {}
     paths: dict[int, Path | None] = {}
+    questions = questions_sha(list(items)) if scored_dir else ""  # once: the same questions for every model
     for i, src in enumerate(sources):
-        paths[i] = _scored_path(scored_dir, src, scoring_key(src, items, batch_size, orders)) if scored_dir else None
+        paths[i] = _scored_path(scored_dir, src, scoring_key(src, questions, batch_size, orders)) if scored_dir else None
         saved = load_scored_run(paths[i], src) if paths[i] is not None and paths[i].is_file() else None
         if saved is not None:
             log(f"reusing the scores of {saved.label} ({paths[i]})")
