@@ -6,7 +6,9 @@ side by side).
     python benchmarks/bench_workers.py [--workers 2] [--steps 6] [--out benchmarks/results/workers.json]
 
 Reports each layout's aggregate training tokens/s and scoring questions/s (summed over its
-processes) and the ratio workers / one process: above 1, a batch of independent fine-tunes or
+processes), its utilisation of the whole machine (``train_mfu`` / ``score_mfu``: model FLOP/s of
+all its processes over the all-core matmul peak measured by the one-process run) and the ratio
+workers / one process: above 1, a batch of independent fine-tunes or
 models finishes sooner side by side. The side-by-side processes start together but their phases
 (loading, training, scoring) do not line up exactly; run it on an otherwise idle machine.
 """
@@ -38,10 +40,17 @@ def run_layout(processes: int, threads: int, steps: int, folder: Path) -> list[d
     return [json.loads(out.read_text()) for out in outs]
 
 
-def aggregate(results: list[dict]) -> dict:
+def aggregate(results: list[dict], machine_peak_gflops: float) -> dict:
+    """Throughput summed over a layout's processes; ``*_mfu``: their model FLOP/s together (counted
+    as bench_qa.py counts them, training in the medtok mode) over the matmul peak of the whole
+    machine (all cores, same dtype): the utilisation of the CPU, not of one process."""
+    train_flops = sum(r["medtok_tokens_per_s"] * r["flops_per_token"]["train"] for r in results)
+    score_flops = sum(r["score_tokens_per_s"] * r["flops_per_token"]["forward"] for r in results)
     return {"processes": len(results), "threads_each": results[0]["threads"],
             "train_tokens_per_s": sum(r["none_tokens_per_s"] for r in results),
             "score_questions_per_s": sum(r["score_questions_per_s"] for r in results),
+            "train_mfu": train_flops / (machine_peak_gflops * 1e9),
+            "score_mfu": score_flops / (machine_peak_gflops * 1e9),
             "peak_rss_gib_each": max(r["peak_rss_gib"] for r in results)}
 
 
@@ -57,8 +66,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         one = run_layout(1, cores, args.steps, Path(tmp))
         many = run_layout(args.workers, max(1, cores // args.workers), args.steps, Path(tmp))
-    single, side = aggregate(one), aggregate(many)
+    # The one-process run measured the matmul peak on every core, the machine's.
+    peak = one[0]["matmul_peak_gflops"]
+    single, side = aggregate(one, peak), aggregate(many, peak)
     result = {"cores": cores, "cpu_flags": one[0]["cpu_flags"], "dtype": one[0]["dtype"],
+              "machine_matmul_peak_gflops": peak,
               "one_process": single, "side_by_side": side,
               "train_throughput_ratio": side["train_tokens_per_s"] / single["train_tokens_per_s"],
               "score_throughput_ratio": side["score_questions_per_s"] / single["score_questions_per_s"],

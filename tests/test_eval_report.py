@@ -225,6 +225,7 @@ def test_publish_copies_with_relative_paths_and_regenerates_the_readme_block(tmp
     block = text.split("<!-- results:demo -->")[1].split("<!-- /results:demo -->")[0]
     table = ev.report.results_markdown_table(published)
     assert table in block and "`make demo`" in block
+    assert "\n\n" + table.lstrip("\n") in block  # a blank line before the table: it must not join the findings list
     pub.publish(pub.PublishConfig(eval_dir=str(eval_dir), name="demo", target=str(tmp_path / "docs"),
                                   readme=str(readme)))
     assert readme.read_text().count("<!-- results:demo -->") == 1  # replaced, not appended again
