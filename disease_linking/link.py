@@ -1,6 +1,7 @@
 """Link the mentions of an MCQ file to medical codes.
 
     python -m disease_linking.link --input MedDDx.json --output linked.jsonl [--authors_output qa.json]
+    python -m disease_linking.link --layout medmcqa --allow_network true --output medmcqa_linked.jsonl
 
 Writes the linked JSONL, optionally the authors' QA layout, and ``<output>.summary.json`` (coverage
 per tier, mentions per question, codes per system, disease/drug/phenotype split, timings).
@@ -14,11 +15,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from disease_linking.layouts import AUTO, layout_names, load_question_dataset, question_file
 from disease_linking.linker import LinkConfig, Linker
-from disease_linking.questions import load_mcq, skip_summary, to_authors_layout, write_jsonl
+from disease_linking.questions import dataset_items, skip_summary, to_authors_layout, write_jsonl
 from disease_linking.summary import format_summary, summarize
-from medtok_core.config import parse_config, save_config, to_dict
-from medtok_core.datadir import data_file
+from medtok_core.config import parse_config, require_choice, save_config, to_dict
 from medtok_core.errors import ConfigError, cli_entry
 from medtok_core.io import atomic_path, check_writable, write_json
 
@@ -29,6 +30,11 @@ class LinkCLIConfig:
 
     # Question file (MedDDx layout, the authors' QA layout, or linked JSONL); default: MedDDx.json of the data dir.
     input: str | None = None
+    # How input is read: auto (each question recognised by its keys) or a registered layout; a hub
+    # layout (medmcqa) without input downloads its hub dataset, only with allow_network.
+    layout: str = field(default=AUTO, metadata={"choices": layout_names})
+    allow_network: bool = False  # let a hub layout download its dataset from the Hugging Face hub
+    hub_split: str = "validation"  # the split a hub layout reads (MedMCQA's test split hides its answers)
     # Linked JSONL to write.
     output: str = "linked.jsonl"
     # Also write the questions in the authors' QA layout ({"input": [...], "medical_codes": [...]}) here.
@@ -41,6 +47,9 @@ class LinkCLIConfig:
     progress: bool = True
     linking: LinkConfig = field(default_factory=LinkConfig)
 
+    def __post_init__(self):
+        require_choice(self, "layout", layout_names())
+
 
 def summary_path(output: Path) -> Path:
     return output.with_name(output.name.removesuffix(".jsonl") + ".summary.json")
@@ -49,12 +58,14 @@ def summary_path(output: Path) -> Path:
 def run(cfg: LinkCLIConfig) -> dict:
     if not cfg.output:
         raise ConfigError("--output is required (path of the linked JSONL to write)")
-    input_path = Path(cfg.input) if cfg.input else data_file("meddx/MedDDx.json", cfg.data_dir)
+    input_path = question_file(cfg.input, cfg.layout, cfg.data_dir)
     output = Path(cfg.output)
     check_writable(output, "--output")  # before the linker loads for seconds
     if cfg.authors_output:
         check_writable(cfg.authors_output, "--authors_output")
-    items, skipped = load_mcq(input_path, skip_invalid=cfg.skip_invalid)
+    dataset, skipped = load_question_dataset(input_path, cfg.layout, cfg.skip_invalid, cfg.allow_network,
+                                             cfg.hub_split)
+    items = dataset_items(dataset)
     if skipped:
         print(skip_summary(skipped), file=sys.stderr)
     t0 = time.perf_counter()
@@ -69,7 +80,7 @@ def run(cfg: LinkCLIConfig) -> dict:
             tmp.write_text(json.dumps([to_authors_layout(it) for it in linked], ensure_ascii=False, indent=1),
                            encoding="utf-8")
     summary = summarize(linked)
-    summary["run"] = {"input": str(input_path), "questions": len(items), "skipped_invalid": len(skipped),
+    summary["run"] = {"input": str(input_path or cfg.layout), "questions": len(items), "skipped_invalid": len(skipped),
                       "skipped_reasons": skipped,
                       "load_s": round(t_load, 2), "link_s": round(t_link, 2),
                       "questions_per_s": round(len(items) / max(t_link, 1e-9), 1),

@@ -187,6 +187,12 @@ CASES = [
                                                 "--authors_output", "{a_file}/a.json"], "cannot write into"),
     ("link-missing-input", link_cli.main, ["--input", "{root}/nope.json", "--output", "{root}/l.jsonl"], "does not exist"),
     ("link-latin1", link_cli.main, ["--input", "{latin1}", "--output", "{root}/l.jsonl"], "is not UTF-8 text"),
+    ("link-unknown-layout", link_cli.main, ["--layout", "medqa", "--output", "{root}/l.jsonl"],
+     "layout must be one of auto, linked"),
+    ("link-hub-no-network", link_cli.main, ["--layout", "medmcqa", "--output", "{root}/l.jsonl"],
+     "pass --allow_network true to allow it"),
+    ("link-layout-mismatch", link_cli.main, ["--input", "{linked}", "--layout", "meddx", "--output", "{root}/l.jsonl"],
+     "not a meddx record (no 'query'"),
     ("quality-unknown-option", linking_quality.main, ["--thresholds", "0.8", "--gold_file", "x"], "unknown option gold_file"),
     # MedTok
     ("medtok-epochs-zero", medtok_cli.main, ["--optim.epochs", "0", "--output_dir", "{root}/mt"], "optim.epochs must satisfy"),

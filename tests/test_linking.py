@@ -211,6 +211,11 @@ def test_cli_writes_linked_authors_and_summary(tmp_path, linker, monkeypatch):
     assert json.loads((tmp_path / "qa.json").read_text())[0]["medical_codes"][0] == "ICD10CM:E11"
     summary = json.loads((tmp_path / "out" / "linked.summary.json").read_text())
     assert summary["Expert"]["coverage_stem"] == 1.0 and summary["run"]["questions"] == 1
+    # A named layout reads the same file the same way as auto.
+    link_main(["--input", str(src), "--layout", "meddx", "--output", str(tmp_path / "named.jsonl"),
+               "--progress", "false"])
+    (named,), _ = load_mcq(tmp_path / "named.jsonl")
+    assert [(m.text, m.codes[0].code) for m in named.mentions] == [(m.text, m.codes[0].code) for m in item.mentions]
 
 
 MEDDDX_FILE = Path(os.environ.get("MEDTOK_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")) \
