@@ -10,14 +10,13 @@ per tier, mentions per question, codes per system, disease/drug/phenotype split,
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from disease_linking.layouts import AUTO, layout_names, load_question_dataset, question_file
+from disease_linking.layouts import AUTO, layout_names, load_question_items, question_file
 from disease_linking.linker import LinkConfig, Linker
-from disease_linking.questions import dataset_items, skip_summary, to_authors_layout, write_jsonl
+from disease_linking.questions import to_authors_layout, write_jsonl
 from disease_linking.summary import format_summary, summarize
 from medtok_core.config import parse_config, require_choice, save_config, to_dict
 from medtok_core.errors import ConfigError, cli_entry
@@ -63,11 +62,7 @@ def run(cfg: LinkCLIConfig) -> dict:
     check_writable(output, "--output")  # before the linker loads for seconds
     if cfg.authors_output:
         check_writable(cfg.authors_output, "--authors_output")
-    dataset, skipped = load_question_dataset(input_path, cfg.layout, cfg.skip_invalid, cfg.allow_network,
-                                             cfg.hub_split)
-    items = dataset_items(dataset)
-    if skipped:
-        print(skip_summary(skipped), file=sys.stderr)
+    items, skipped = load_question_items(input_path, cfg.layout, cfg.skip_invalid, cfg.allow_network, cfg.hub_split)
     t0 = time.perf_counter()
     linker = Linker.from_cache(cfg.linking, cfg.data_dir, progress=cfg.progress)
     t_load = time.perf_counter() - t0

@@ -19,15 +19,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from disease_linking.layouts import AUTO, layout_names, load_question_dataset, question_file
-from disease_linking.questions import LETTERS, TIERS, MCQItem, dataset_items, skip_summary
+from disease_linking.layouts import AUTO, layout_names, load_question_items, question_file
+from disease_linking.questions import LETTERS, TIERS, MCQItem
 from eval import collapse, permutations, report, stats
 from eval.report import ALL, ZERO_SHOT, method_rank
 from medtok_core.config import FieldError, require_choice, require_range, save_config
@@ -517,10 +516,7 @@ def sources_from_config(cfg: EvalConfig) -> list[Source]:
 
 def load_dataset(cfg: EvalConfig) -> list[MCQItem]:
     path = question_file(cfg.data, cfg.layout, cfg.data_dir)
-    dataset, skipped = load_question_dataset(path, cfg.layout, cfg.skip_invalid, cfg.allow_network, cfg.hub_split)
-    items = dataset_items(dataset)
-    if skipped:
-        print(skip_summary(skipped), file=sys.stderr)
+    items, _ = load_question_items(path, cfg.layout, cfg.skip_invalid, cfg.allow_network, cfg.hub_split)
     if not items:
         raise MedTokError(f"{path or cfg.layout} contains no questions")
     unknown = sorted({it.tier for it in items if it.tier} - set(TIERS))

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from disease_linking.layouts import AUTO, layout_names, load_question_dataset, question_file
-from disease_linking.questions import TIERS, MCQItem, dataset_items, skip_summary
+from disease_linking.layouts import AUTO, layout_names, load_question_items, question_file
+from disease_linking.questions import TIERS, MCQItem
 from medtok_core.config import require_choice, require_range, save_config, to_dict
 from medtok_core.config import starts_fresh as config_starts_fresh
 from medtok_core.errors import ConfigError, MedTokError
@@ -94,8 +94,8 @@ class OptimOptions:
     max_grad_norm: float = 1.0  # gradient norm clip (0: none)
     max_steps: int = 0  # stop after this many optimizer steps in total (0: no limit)
     # Peak-memory cap (0: off). A batch whose rows x padded positions (prompt + prefix) exceed it
-    # runs as row slices of at most this many positions, their gradients summed: the same update,
-    # with only one slice's activations alive. Long batches set a fine-tune's peak RSS.
+    # runs as row slices of at most this many positions, their gradients summed: the same update
+    # (up to rounding and the dropout draws), with only one slice's activations alive. Long batches set a fine-tune's peak RSS.
     max_batch_tokens: int = 0
 
     def __post_init__(self):
@@ -147,11 +147,8 @@ class TrainConfig:
 # ---- data -----------------------------------------------------------------------------------------
 def load_questions(opts: DataOptions) -> list[MCQItem]:
     path = question_file(opts.train_file, opts.layout, opts.data_dir)
-    dataset, skipped = load_question_dataset(path, opts.layout, opts.skip_invalid, opts.allow_network,
-                                             opts.hub_split, flag_prefix="--data.")
-    items = dataset_items(dataset)
-    if skipped:
-        print(skip_summary(skipped), file=sys.stderr)
+    items, _ = load_question_items(path, opts.layout, opts.skip_invalid, opts.allow_network, opts.hub_split,
+                                   flag_prefix="--data.")
     if opts.tier:
         if opts.tier not in TIERS:
             raise ConfigError(f"data.tier must be one of {', '.join(TIERS)} or empty, got {opts.tier!r}")

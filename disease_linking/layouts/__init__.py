@@ -1,7 +1,7 @@
 """Question layouts, one file each, registered by name (see ``base.py``).
 
 Importing this package imports every module in it, so a new ``disease_linking/layouts/<name>.py``
-that decorates its class with :func:`register` is accepted by ``--layout`` (training, evaluation)
+that decorates its class with :func:`register` is accepted by ``--layout`` (training, evaluation, linking)
 and listed by ``--help`` without touching anything else.
 """
 
@@ -17,12 +17,13 @@ from disease_linking.layouts.base import (
     get_layout,
     layout_names,
     load_question_dataset,
+    load_question_items,
     question_file,
     register,
 )
 
-__all__ = ["AUTO", "HubLayout", "Layout", "get_layout", "layout_names", "load_question_dataset", "question_file",
-           "register"]
+__all__ = ["AUTO", "HubLayout", "Layout", "get_layout", "layout_names", "load_question_dataset",
+           "load_question_items", "question_file", "register"]
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":

@@ -9,15 +9,18 @@ with :func:`register`. Every record still goes through the one validator of
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
 from disease_linking.questions import (
     MCQFormatError,
     MCQItem,
+    dataset_items,
     items_dataset,
     load_mcq,
     parse_linked,
+    skip_summary,
     validate_records,
 )
 from medtok_core.errors import ConfigError, MedTokError
@@ -140,3 +143,14 @@ def load_question_dataset(path: str | Path | None, layout: str = AUTO, skip_inva
     else:
         items, skipped = chosen.load(path, skip_invalid, allow_network, split)
     return items_dataset(items), skipped
+
+
+def load_question_items(path: str | Path | None, layout: str = AUTO, skip_invalid: bool = False,
+                        allow_network: bool = False, split: str = "train",
+                        flag_prefix: str = "--") -> tuple[list[MCQItem], list]:
+    """(questions, skipped reasons) as :func:`load_question_dataset` reads them, the skipped ones
+    summarised on stderr: what every entry point that reads questions does first."""
+    dataset, skipped = load_question_dataset(path, layout, skip_invalid, allow_network, split, flag_prefix)
+    if skipped:
+        print(skip_summary(skipped), file=sys.stderr)
+    return dataset_items(dataset), skipped
