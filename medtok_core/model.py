@@ -59,6 +59,11 @@ class ModelConfig:
     # Residual connection around each cross-attention (query + attended values): the cross
     # embeddings keep their own modality instead of being only a summary of the other one.
     cross_residual: bool = False
+    # A learned weight per code on each of the four parts of the exported embedding (2 * sigmoid of
+    # a linear map of the four parts, 1 at the start), trained by the link loss. One cosine over the
+    # concatenation averages the parts' similarities; where only the graph parts carry a code's
+    # relations (a drug's interactions), the text parts dilute them (docs/medtok_quality_ablations.md).
+    part_gates: bool = False
     dropout: float = 0.1  # dropout of the GNN and cross-attention
     aug_text_dropout: float = 0.3  # feature dropout of the augmented view (specific InfoNCE)
     aug_edge_dropout: float = 0.3  # edge dropout of the augmented view
@@ -82,16 +87,28 @@ class MedTokOutput:
     pre: dict[str, torch.Tensor]          # encoder outputs before quantisation, [B, d] each
     quant: dict[str, QuantOut] = field(default_factory=dict)
     aug: dict[str, torch.Tensor] | None = None  # pre-quantisation embeddings of the augmented view
+    gates: torch.Tensor | None = None  # [B, 4] weight of each part (ModelConfig.part_gates), else 1
+
+    def _gated(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.gates is None:
+            return parts
+        return [p * self.gates[:, i:i + 1] for i, p in enumerate(parts)]
 
     def embedding(self) -> torch.Tensor:
         """[B, 4d]: the four quantised vectors (weighted codebook sums), in EMBEDDING_NAMES order."""
-        return torch.cat([self.quant[n].soft for n in EMBEDDING_NAMES], dim=-1)
+        return torch.cat(self._gated([self.quant[n].soft for n in EMBEDDING_NAMES]), dim=-1)
+
+    def continuous(self) -> torch.Tensor:
+        """[B, 4d]: the counterpart of :meth:`embedding` before quantisation (unit-normalised parts)."""
+        return torch.cat(self._gated([F.normalize(self.pre[n], dim=-1) for n in EMBEDDING_NAMES]), dim=-1)
 
     def token_ids(self) -> torch.Tensor:
         return torch.stack([self.quant[n].ids for n in EMBEDDING_NAMES], dim=1)  # [B, 4, K]
 
     def token_weights(self) -> torch.Tensor:
-        return torch.stack([self.quant[n].weights for n in EMBEDDING_NAMES], dim=1)
+        """[B, 4, K]: each token's weight in :meth:`embedding` (part gate included)."""
+        weights = torch.stack([self.quant[n].weights for n in EMBEDDING_NAMES], dim=1)
+        return weights if self.gates is None else weights * self.gates.unsqueeze(-1)
 
 
 class GraphEncoder(nn.Module):
@@ -159,6 +176,10 @@ class MedTokModel(nn.Module):
         self.graph_to_text = CrossAttention(d, cfg.attn_heads, cfg.dropout, cfg.cross_residual)   # eq. 2
         self.codebook = RegionedCodebook(cfg.codebook_size, d, cfg.text_frac, cfg.shared_frac,
                                          cfg.top_k, cfg.tau, cfg.beta, cfg.quantizer)
+        self.part_gate = nn.Linear(4 * d, 4) if cfg.part_gates else None
+        if self.part_gate is not None:  # every part weighs 1 at the start
+            nn.init.zeros_(self.part_gate.weight)
+            nn.init.zeros_(self.part_gate.bias)
 
     # ---- modality switches / augmentation -------------------------------------------------
     def _apply_modalities(self, text: torch.Tensor, text_mask: torch.Tensor, g: GraphInput):
@@ -207,8 +228,15 @@ class MedTokModel(nn.Module):
             aug = {"text_specific": aug_text_specific, "graph_specific": aug_graph_specific}
         return pre, aug
 
+    def gates(self, pre: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """[B, 4] weight of each part in the exported embedding (None without part gates)."""
+        if self.part_gate is None:
+            return None
+        x = torch.cat([F.normalize(pre[n], dim=-1) for n in EMBEDDING_NAMES], dim=-1)
+        return 2 * torch.sigmoid(self.part_gate(x))
+
     def quantize(self, pre: dict[str, torch.Tensor]) -> MedTokOutput:
-        out = MedTokOutput(pre=pre)
+        out = MedTokOutput(pre=pre, gates=self.gates(pre))
         for name, region in zip(EMBEDDING_NAMES, EMBEDDING_REGIONS, strict=True):
             out.quant[name] = self.codebook(pre[name], region)
         return out

@@ -30,8 +30,15 @@ from medtok_core.artifact import FORMAT, artifact_dir, load_artifact, write_arti
 from medtok_core.config import ConfigError, parse_config, require_range, save_config, starts_fresh, to_dict
 from medtok_core.errors import cli_entry
 from medtok_core.io import atomic_path, write_json
-from medtok_core.losses import LossWeights, fused, info_nce, medtok_losses, mix
-from medtok_core.model import EMBEDDING_NAMES, EMBEDDING_REGIONS, GraphInput, MedTokModel, ModelConfig
+from medtok_core.losses import LossWeights, info_nce, medtok_losses, mix
+from medtok_core.model import (
+    EMBEDDING_NAMES,
+    EMBEDDING_REGIONS,
+    GraphInput,
+    MedTokModel,
+    MedTokOutput,
+    ModelConfig,
+)
 from medtok_core.tracking import (
     CURVES,
     accelerator_kwargs,
@@ -452,7 +459,7 @@ def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
         losses = medtok_losses(out_main, out_main.aug, cfg.loss, text_ref)
         if use_link:
             link_nce = functools.partial(_pair_nce, start=n_main, temperature=cfg.loss.temperature)
-            losses["link"] = mix(cfg.loss.quantized_share, link_nce, fused(out_main.pre), out_main.embedding())
+            losses["link"] = mix(cfg.loss.quantized_share, link_nce, out_main.continuous(), out_main.embedding())
             losses["total"] = losses["total"] + cfg.loss.link * losses["link"]
         optimizer.zero_grad(set_to_none=True)
         acc.backward(losses["total"])
@@ -511,7 +518,7 @@ def encode_continuous(model: MedTokModel, data: TrainData, batch_size: int = 102
     for s in range(0, len(data), batch_size):
         rows = torch.arange(s, min(s + batch_size, len(data)))
         pre, _ = model.encode(*_batch_inputs(data, rows, torch.device("cpu")))
-        out.append(torch.cat([torch.nn.functional.normalize(pre[n].float(), dim=-1) for n in EMBEDDING_NAMES], -1))
+        out.append(MedTokOutput(pre=pre, gates=model.gates(pre)).continuous().float())
     return torch.cat(out)
 
 

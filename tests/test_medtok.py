@@ -15,7 +15,7 @@ import torch
 
 from medtok_core.errors import MedTokError
 from medtok_core.losses import LossWeights
-from medtok_core.model import ModelConfig
+from medtok_core.model import EMBEDDING_NAMES, MedTokModel, ModelConfig
 from medtok_core.tokenizer import MedTokTokenizer, UnknownCodeWarning
 from medtok_core.train import (
     DataConfig,
@@ -24,6 +24,7 @@ from medtok_core.train import (
     TrainData,
     encode_all,
     export_artifact,
+    resolved_config,
     train,
 )
 
@@ -301,6 +302,31 @@ def test_link_and_distill_losses_train_and_resume(tmp_path):
     train(cfg(tmp_path / "b", 3), data)
     resumed = train(cfg(tmp_path / "b", 6), data)
     assert [r["total"] for r in full.history] == [r["total"] for r in resumed.history]
+
+
+def test_part_gates_start_at_one_learn_and_the_tokens_still_make_the_embedding(tmp_path):
+    """With model.part_gates each code weighs its four parts (trained by the link and the fused
+    distillation losses); the exported tokens (ids, gated weights) still sum to the exported
+    embedding, and the artifact reproduces it."""
+    import torch.nn.functional as F
+
+    data = tiny_data()
+    data.link_pairs = {"indication": torch.tensor([[40, 2], [41, 6], [42, 10], [39, 14]])}
+    c = tiny_config(tmp_path / "run", max_steps=8)
+    c.model.part_gates, c.loss.link, c.loss.fused_distill, c.optim.link_batch = True, 1.0, 1.0, 4
+    fresh = MedTokModel(resolved_config(c, data).model)
+    assert fresh.gates({n: torch.randn(3, 8) for n in EMBEDDING_NAMES}).eq(1).all()
+    result = train(c, data)
+    assert all(math.isfinite(r["fused_distill"]) and math.isfinite(r["link"]) for r in result.history)
+    table = encode_all(result.model, data)
+    norms = table["embeddings"].view(len(data), 4, -1).norm(dim=-1)
+    assert norms.std() > 1e-3  # the parts no longer all weigh the same
+    book = F.normalize(result.model.codebook.embedding, dim=-1)
+    rebuilt = (table["weights"].unsqueeze(-1) * book[table["ids"].long()]).sum(2).reshape(len(data), -1)
+    assert torch.allclose(rebuilt, table["embeddings"], atol=1e-5)
+    artifact = export_artifact(tmp_path / "artifact", c, result.model, data)
+    again = encode_all(MedTokTokenizer.from_pretrained(artifact).model(), data)
+    assert torch.allclose(again["embeddings"], table["embeddings"], atol=1e-6)
 
 
 def test_similarity_distill_is_zero_for_a_rotation():
