@@ -109,13 +109,12 @@ def medtok_losses(out: MedTokOutput, aug: dict[str, torch.Tensor] | None, w: Los
     if aug is not None:
         parts["specific_nce"] = (info_nce(q["text_specific"], aug["text_specific"], w.temperature)
                                  + info_nce(q["graph_specific"], aug["graph_specific"], w.temperature))
+    def distill(x: torch.Tensor) -> torch.Tensor:
+        return similarity_distill(x, text_ref, w.distill_temperature)
+
     if w.text_distill > 0 and text_ref is not None:
-        parts["text_distill"] = mix(w.quantized_share,
-                                    lambda x: similarity_distill(x, text_ref, w.distill_temperature),
-                                    q["text_specific"], out.quant["text_specific"].soft)
+        parts["text_distill"] = mix(w.quantized_share, distill, q["text_specific"], out.quant["text_specific"].soft)
     if w.fused_distill > 0 and text_ref is not None:
-        parts["fused_distill"] = mix(w.quantized_share,
-                                     lambda x: similarity_distill(x, text_ref, w.distill_temperature),
-                                     out.continuous(), out.embedding())
+        parts["fused_distill"] = mix(w.quantized_share, distill, out.continuous(), out.embedding())
     parts["total"] = sum(getattr(w, k) * v for k, v in parts.items() if k != "total")
     return parts

@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 from disease_linking.questions import (
     MCQFormatError,
     MCQItem,
-    dataset_items,
     items_dataset,
     load_mcq,
     parse_linked,
@@ -125,6 +124,18 @@ def question_file(file: str | None, layout: str, data_dir: str | None = None) ->
     return None
 
 
+def _load(path: str | Path | None, layout: str, skip_invalid: bool, allow_network: bool, split: str,
+          flag_prefix: str) -> tuple[list[MCQItem], list]:
+    chosen = get_layout(layout, flag_prefix)
+    path = None if path in (None, "") else Path(path)
+    if chosen is None:
+        if path is None:
+            raise ConfigError("layout auto reads a question file; pass one, or a hub layout "
+                              f"({', '.join(n for n in layout_names() if n != AUTO and _REGISTRY[n].hub_id)})")
+        return load_mcq(path, skip_invalid)
+    return chosen.load(path, skip_invalid, allow_network, split)
+
+
 def load_question_dataset(path: str | Path | None, layout: str = AUTO, skip_invalid: bool = False,
                           allow_network: bool = False, split: str = "train", flag_prefix: str = "--"):
     """(questions as a ``datasets.Dataset``, skipped reasons) from a file or a hub layout.
@@ -133,24 +144,17 @@ def load_question_dataset(path: str | Path | None, layout: str = AUTO, skip_inva
     linked JSONL); a named layout reads every record as that layout. ``split`` is the hub split
     read by a hub layout when no file is given; ``flag_prefix`` is how errors name the options.
     """
-    chosen = get_layout(layout, flag_prefix)
-    path = None if path in (None, "") else Path(path)
-    if chosen is None:
-        if path is None:
-            raise ConfigError("layout auto reads a question file; pass one, or a hub layout "
-                              f"({', '.join(n for n in layout_names() if n != AUTO and _REGISTRY[n].hub_id)})")
-        items, skipped = load_mcq(path, skip_invalid)
-    else:
-        items, skipped = chosen.load(path, skip_invalid, allow_network, split)
+    items, skipped = _load(path, layout, skip_invalid, allow_network, split, flag_prefix)
     return items_dataset(items), skipped
 
 
 def load_question_items(path: str | Path | None, layout: str = AUTO, skip_invalid: bool = False,
                         allow_network: bool = False, split: str = "train",
                         flag_prefix: str = "--") -> tuple[list[MCQItem], list]:
-    """(questions, skipped reasons) as :func:`load_question_dataset` reads them, the skipped ones
-    summarised on stderr: what every entry point that reads questions does first."""
-    dataset, skipped = load_question_dataset(path, layout, skip_invalid, allow_network, split, flag_prefix)
+    """(questions, skipped reasons) read as :func:`load_question_dataset` reads them (without the
+    Arrow round trip), the skipped ones summarised on stderr: what every entry point that reads
+    questions does first."""
+    items, skipped = _load(path, layout, skip_invalid, allow_network, split, flag_prefix)
     if skipped:
         print(skip_summary(skipped), file=sys.stderr)
-    return dataset_items(dataset), skipped
+    return items, skipped
