@@ -15,7 +15,7 @@ ties the quantised vectors to these outputs, and the KL acts on the codebook dis
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,11 @@ class LossWeights:
     # weigh them): with per-code part weights learnt by the link loss alone, retrieval of a code's
     # textual equivalents (ICD-9 -> ICD-10-CM) fell below the text-only model's.
     fused_distill: float = 0.0
+    # Code systems left out of fused_distill. An ATC drug's description is its bare name, and a
+    # name says little about what a drug does (the raw description vector ranks a drug's held-out
+    # interaction partners at chance): holding the whole embedding to name neighbours there only
+    # dilutes the graph parts. The text-specific part keeps them (text_distill).
+    fused_distill_exclude_systems: list[str] = field(default_factory=list)
     # Link prediction over code pairs joined in the training graph (TrainConfig.link_relations):
     # InfoNCE between the two codes' fused embeddings, in-batch negatives.
     link: float = 0.0
@@ -93,10 +98,12 @@ def mix(share: float, loss_fn, continuous: torch.Tensor, quantized: torch.Tensor
 
 
 def medtok_losses(out: MedTokOutput, aug: dict[str, torch.Tensor] | None, w: LossWeights,
-                  text_ref: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                  text_ref: torch.Tensor | None = None,
+                  fused_rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Every loss component (unweighted) plus ``total`` (weighted sum).
 
-    ``text_ref`` [B, Dt]: the frozen description vectors, for the ``text_distill`` term."""
+    ``text_ref`` [B, Dt]: the frozen description vectors, for the ``text_distill`` term;
+    ``fused_rows`` [B] bool: the rows that take part in ``fused_distill`` (None: all)."""
     q = out.pre
     parts = {
         "vq": sum(out.quant[n].vq_loss for n in EMBEDDING_NAMES),
@@ -109,12 +116,14 @@ def medtok_losses(out: MedTokOutput, aug: dict[str, torch.Tensor] | None, w: Los
     if aug is not None:
         parts["specific_nce"] = (info_nce(q["text_specific"], aug["text_specific"], w.temperature)
                                  + info_nce(q["graph_specific"], aug["graph_specific"], w.temperature))
-    def distill(x: torch.Tensor) -> torch.Tensor:
-        return similarity_distill(x, text_ref, w.distill_temperature)
+    def distill(x: torch.Tensor, ref: torch.Tensor | None = text_ref) -> torch.Tensor:
+        return similarity_distill(x, ref, w.distill_temperature)
 
     if w.text_distill > 0 and text_ref is not None:
         parts["text_distill"] = mix(w.quantized_share, distill, q["text_specific"], out.quant["text_specific"].soft)
-    if w.fused_distill > 0 and text_ref is not None:
-        parts["fused_distill"] = mix(w.quantized_share, distill, out.continuous(), out.embedding())
+    rows = slice(None) if fused_rows is None else fused_rows
+    if w.fused_distill > 0 and text_ref is not None and len(text_ref[rows]) >= 2:
+        parts["fused_distill"] = mix(w.quantized_share, lambda x: distill(x, text_ref[rows]),
+                                     out.continuous()[rows], out.embedding()[rows])
     parts["total"] = sum(getattr(w, k) * v for k, v in parts.items() if k != "total")
     return parts

@@ -73,6 +73,72 @@ def mrr(ranks: torch.Tensor) -> float:
     return float((1.0 / ranks.float()).mean()) if len(ranks) else float("nan")
 
 
+@dataclass
+class Observed:
+    """What one method's metric on one task is computed from: the reciprocal rank of each query
+    (``mrr``) or the scores of the positive and negative pairs (``roc_auc``). Every method of a
+    run sees the same queries / pairs in the same order, which is what makes the bootstrap paired."""
+
+    metric: str
+    rr: np.ndarray | None = None
+    pos: np.ndarray | None = None
+    neg: np.ndarray | None = None
+
+    @classmethod
+    def from_ranks(cls, ranks: torch.Tensor) -> Observed:
+        return cls("mrr", rr=(1.0 / ranks.float()).numpy().astype(np.float64))
+
+    @property
+    def value(self) -> float:
+        if self.metric == "mrr":
+            return float(self.rr.mean()) if len(self.rr) else float("nan")
+        return roc_auc(self.pos, self.neg)
+
+    def resampled(self, draws: tuple[np.ndarray, ...]) -> np.ndarray:
+        """[R] metric values at resampled indices (``draws``: one [R, n] index array per sample,
+        queries for MRR, positives then negatives for ROC-AUC)."""
+        if self.metric == "mrr":
+            return self.rr[draws[0]].mean(1)
+        return _resampled_auc(self.pos, self.neg, *draws)
+
+    def sizes(self) -> tuple[int, ...]:
+        return (len(self.rr),) if self.metric == "mrr" else (len(self.pos), len(self.neg))
+
+
+def _resampled_auc(pos: np.ndarray, neg: np.ndarray, pos_idx: np.ndarray, neg_idx: np.ndarray) -> np.ndarray:
+    """ROC-AUC (ties half) of each resample: the share of resampled negatives below each resampled
+    positive, from per-resample counts over the distinct score values (no per-resample sort)."""
+    values, group = np.unique(np.r_[pos, neg], return_inverse=True)
+    g_pos, g_neg = group[:len(pos)], group[len(pos):]
+    r, n_groups = len(neg_idx), len(values)
+    flat = (g_neg[neg_idx] + n_groups * np.arange(r)[:, None]).ravel()
+    mass = np.bincount(flat, minlength=r * n_groups).reshape(r, n_groups).astype(np.float64)
+    below = np.cumsum(mass, axis=1) - mass  # negatives strictly below each value
+    frac = (below + 0.5 * mass) / neg_idx.shape[1]
+    return np.take_along_axis(frac, g_pos[pos_idx], axis=1).mean(1)
+
+
+def paired_difference(a: Observed, b: Observed, scale_b: float = 1.0, n_resamples: int = 1000,
+                      confidence_level: float = 0.95, seed: int = 0) -> dict:
+    """``a - scale_b * b`` with a percentile bootstrap interval, queries (or positive and negative
+    pairs, each stratum on its own) drawn with replacement, the same draws for both methods."""
+    if a.metric != b.metric or a.sizes() != b.sizes():
+        raise ValueError("paired_difference needs the same metric over the same queries / pairs")
+    diff = a.value - scale_b * b.value
+    if min(a.sizes()) == 0:
+        return {"difference": float("nan"), "low": float("nan"), "high": float("nan")}
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 2_000_000 // max(sum(a.sizes()), 1))  # bounded memory: chunk x n index arrays
+    diffs = []
+    for start in range(0, n_resamples, chunk):
+        r = min(chunk, n_resamples - start)
+        draws = tuple(rng.integers(0, n, size=(r, n)) for n in a.sizes())
+        diffs.append(a.resampled(draws) - scale_b * b.resampled(draws))
+    tail = 100 * (1 - confidence_level) / 2
+    low, high = np.percentile(np.concatenate(diffs), [tail, 100 - tail])
+    return {"difference": float(diff), "low": float(low), "high": float(high)}
+
+
 # ------------------------------------------------------------------------------------- hierarchy
 def hierarchy_pairs(vocab: pd.DataFrame, n_random: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Sibling pairs (up to 10 per parent, capped at ``n_random``) and random same-system pairs."""
@@ -96,14 +162,24 @@ def hierarchy_pairs(vocab: pd.DataFrame, n_random: int, seed: int) -> tuple[np.n
     return pos, neg[neg[:, 0] != neg[:, 1]]
 
 
-def hierarchy_auc(vocab: pd.DataFrame, emb: torch.Tensor, n_random: int, seed: int) -> dict:
+def hierarchy_observed(vocab: pd.DataFrame, emb: torch.Tensor, n_random: int, seed: int) -> Observed:
     pos, neg = hierarchy_pairs(vocab, n_random, seed)
-    return {"auc": roc_auc(cosine_scores(emb, pos), cosine_scores(emb, neg)),
-            "n_sibling_pairs": len(pos), "n_random_pairs": len(neg)}
+    return Observed("roc_auc", pos=cosine_scores(emb, pos), neg=cosine_scores(emb, neg))
+
+
+def hierarchy_auc(vocab: pd.DataFrame, emb: torch.Tensor, n_random: int, seed: int) -> dict:
+    o = hierarchy_observed(vocab, emb, n_random, seed)
+    return {"auc": o.value, "n_sibling_pairs": len(o.pos), "n_random_pairs": len(o.neg)}
 
 
 def parent_mrr(vocab: pd.DataFrame, emb: torch.Tensor, max_queries: int, seed: int) -> dict:
     """MRR of each code's parent among all codes of its system (itself excluded)."""
+    o = parent_observed(vocab, emb, max_queries, seed)
+    return {"mrr": o.value, "n_queries": len(o.rr)}
+
+
+def parent_observed(vocab: pd.DataFrame, emb: torch.Tensor, max_queries: int, seed: int) -> Observed:
+    """Reciprocal rank of each code's parent among all codes of its system (itself excluded)."""
     systems = vocab["system"].astype(str).to_numpy()
     row = {(s, c): i for i, (s, c) in enumerate(zip(systems, vocab["code"].astype(str), strict=True))}
     parents = vocab["parent"].fillna("").astype(str).to_numpy()
@@ -124,8 +200,7 @@ def parent_mrr(vocab: pd.DataFrame, emb: torch.Tensor, max_queries: int, seed: i
             truth[torch.arange(len(qs)), [pos[row[(s, parents[i])]] for i in qs]] = True
             skip[torch.arange(len(qs)), [pos[int(i)] for i in qs]] = True
             ranks.append(ranks_of_best_true(e[qs] @ e_cand, truth, skip))
-    ranks_t = torch.cat(ranks) if ranks else torch.zeros(0)
-    return {"mrr": mrr(ranks_t), "n_queries": int(len(ranks_t))}
+    return Observed.from_ranks(torch.cat(ranks) if ranks else torch.zeros(0))
 
 
 # ------------------------------------------------------------------------------------- GEM
@@ -155,10 +230,17 @@ def equivalence_mrr(vocab: pd.DataFrame, emb: torch.Tensor, pairs: np.ndarray) -
     """MRR of the best-ranked GEM partner of each ICD-9-CM code among all ICD-10-CM codes."""
     if len(pairs) == 0:
         return {"mrr": float("nan"), "n_queries": 0}
+    o = equivalence_observed(vocab, emb, pairs)
+    return {"mrr": o.value, "hits@10": float((o.rr >= 0.1).mean()), "n_queries": len(o.rr),
+            "n_targets": int((vocab["system"] == "ICD10CM").sum())}
+
+
+def equivalence_observed(vocab: pd.DataFrame, emb: torch.Tensor, pairs: np.ndarray) -> Observed:
+    """Reciprocal rank of the best-ranked GEM partner of each ICD-9-CM code among all ICD-10-CM codes."""
+    if len(pairs) == 0:
+        return Observed.from_ranks(torch.zeros(0))
     targets = np.nonzero((vocab["system"] == "ICD10CM").to_numpy())[0]
-    ranks = rank_pairs(normalized(emb), normalized(emb), pairs, targets)
-    return {"mrr": mrr(ranks), "hits@10": float((ranks <= 10).float().mean()),
-            "n_queries": int(len(ranks)), "n_targets": int(len(targets))}
+    return Observed.from_ranks(rank_pairs(normalized(emb), normalized(emb), pairs, targets))
 
 
 def _mask(rows: np.ndarray, cols: np.ndarray, start: int, n_rows: int, n_cols: int) -> torch.Tensor:
@@ -325,12 +407,18 @@ def relation_sample(split, name: str, symmetric: bool, max_train: int, neg_per_p
 def relation_metrics(emb: torch.Tensor, s: RelationSample, seed: int = 0) -> dict[str, float]:
     """Zero-shot cosine and probe: ROC-AUC (test positives vs test negatives) and filtered MRR
     (each test query's best held-out partner among all candidates of the other side)."""
+    return {kind: o.value for kind, o in relation_observed(emb, s, seed).items()}
+
+
+def relation_observed(emb: torch.Tensor, s: RelationSample, seed: int = 0) -> dict[str, Observed]:
+    """:func:`relation_metrics` before the reduction to one number."""
     e = normalized(emb)
-    out = {"auc_cosine": roc_auc(cosine_scores(e, s.test_pos), cosine_scores(e, s.test_neg)),
-           "mrr_cosine": mrr(rank_pairs(e, e, s.test_pos, s.cand_b, s.known))}
+    out = {"auc_cosine": Observed("roc_auc", pos=cosine_scores(e, s.test_pos), neg=cosine_scores(e, s.test_neg)),
+           "mrr_cosine": Observed.from_ranks(rank_pairs(e, e, s.test_pos, s.cand_b, s.known))}
     probe = PairProbe.fit(e, s.train_pos, s.train_neg, seed=seed)
-    out["auc_probe"] = roc_auc(probe.score_pairs(e, s.test_pos), probe.score_pairs(e, s.test_neg))
-    out["mrr_probe"] = mrr(rank_pairs(e, e, s.test_pos, s.cand_b, s.known, score=probe.score_matrix(e)))
+    out["auc_probe"] = Observed("roc_auc", pos=probe.score_pairs(e, s.test_pos), neg=probe.score_pairs(e, s.test_neg))
+    out["mrr_probe"] = Observed.from_ranks(rank_pairs(e, e, s.test_pos, s.cand_b, s.known,
+                                                      score=probe.score_matrix(e)))
     return out
 
 

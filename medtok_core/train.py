@@ -401,6 +401,13 @@ def resolved_config(cfg: TrainConfig, data: TrainData) -> TrainConfig:
     return dataclasses.replace(cfg, model=model)
 
 
+def fused_distill_rows(data: TrainData, rows: torch.Tensor, w) -> torch.Tensor | None:
+    """[B] bool: the batch rows whose system takes part in loss.fused_distill (None: every row)."""
+    if not w.fused_distill_exclude_systems:
+        return None
+    return torch.as_tensor(~data.vocab["system"].isin(w.fused_distill_exclude_systems).to_numpy()[rows.numpy()])
+
+
 def _pair_nce(emb: torch.Tensor, start: int, temperature: float) -> torch.Tensor:
     """InfoNCE between the two codes of each link pair (rows ``start:`` of ``emb``, pairs adjacent)."""
     pair = emb[start:].reshape(-1, 2, emb.shape[1])
@@ -456,7 +463,7 @@ def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
         text, mask, g = _batch_inputs(data, rows, device)
         out_main = model(text, mask, g, augment=cfg.loss.specific_nce > 0)
         text_ref = text[:, 0] if cfg.model.modalities != "graph" else None  # graph-only sees no own text
-        losses = medtok_losses(out_main, out_main.aug, cfg.loss, text_ref)
+        losses = medtok_losses(out_main, out_main.aug, cfg.loss, text_ref, fused_distill_rows(data, rows, cfg.loss))
         if use_link:
             link_nce = functools.partial(_pair_nce, start=n_main, temperature=cfg.loss.temperature)
             losses["link"] = mix(cfg.loss.quantized_share, link_nce, out_main.continuous(), out_main.embedding())

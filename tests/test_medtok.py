@@ -382,3 +382,29 @@ def test_code_resolution_is_bounded_by_the_longest_known_code(tmp_path):
     assert len(exact) == 104 and max(map(len, prefixes)) <= len("A10BA02") and len(prefixes) <= len("A10BA02")
     with pytest.raises(MedTokError, match="1000000 characters is too long"):
         tok.resolve("E" * 1_000_000)
+
+
+def test_fused_distillation_leaves_out_the_excluded_systems(tmp_path):
+    """loss.fused_distill_exclude_systems: the excluded codes (here ATC) neither take part in the
+    fused distillation nor get a gradient from it; the others get the same term as alone."""
+    from medtok_core.losses import medtok_losses, similarity_distill
+    from medtok_core.train import _batch_inputs, fused_distill_rows
+
+    data = tiny_data()
+    c = tiny_config(tmp_path / "run", max_steps=1)
+    c.model.part_gates, c.loss.fused_distill, c.loss.fused_distill_exclude_systems = True, 1.0, ["ATC"]
+    model = MedTokModel(resolved_config(c, data).model)
+    rows = torch.arange(len(data))
+    text, mask, g = _batch_inputs(data, rows, torch.device("cpu"))
+    out = model(text, mask, g)
+    keep = fused_distill_rows(data, rows, c.loss)
+    assert keep.tolist() == (data.vocab["system"] != "ATC").tolist()
+    emb = out.continuous()
+    emb.retain_grad()
+    out.continuous = lambda: emb  # the same tensor, so its gradient can be read
+    loss = medtok_losses(out, None, c.loss, text[:, 0], keep)["fused_distill"]
+    assert loss.item() == pytest.approx(similarity_distill(emb[keep], text[keep, 0], c.loss.distill_temperature).item())
+    loss.backward()
+    assert emb.grad[~keep].abs().sum() == 0 and emb.grad[keep].abs().sum() > 0
+    c.loss.fused_distill_exclude_systems = []
+    assert fused_distill_rows(data, rows, c.loss) is None

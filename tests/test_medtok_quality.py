@@ -246,3 +246,49 @@ def test_part_ablations_are_the_exported_parts_in_export_order(monkeypatch, tmp_
     assert torch.equal(torch.cat([emb[m] for m in MQ.PART_METHODS], 1), emb["medtok"])
     assert torch.equal(emb["medtok_graph_cross"], exported[:, 6:9])
     assert MQ.QualityConfig().methods == list(MQ.CORE_METHODS)  # ablations only when asked for
+
+
+def test_resampled_auc_is_the_auc_of_the_resample():
+    rng = np.random.default_rng(0)
+    pos, neg = np.round(rng.normal(0.5, 1, 40), 1), np.round(rng.normal(0, 1, 60), 1)  # rounded: ties
+    ident = (np.arange(40)[None], np.arange(60)[None])
+    assert Q._resampled_auc(pos, neg, *ident)[0] == pytest.approx(Q.roc_auc(pos, neg))
+    draws = (rng.integers(0, 40, (5, 40)), rng.integers(0, 60, (5, 60)))
+    got = Q._resampled_auc(pos, neg, *draws)
+    want = [Q.roc_auc(pos[p], neg[n]) for p, n in zip(*draws, strict=True)]
+    assert got == pytest.approx(want)
+
+
+def test_paired_difference_is_paired_and_covers_what_it_should():
+    rng = np.random.default_rng(1)
+    rr = rng.uniform(0, 1, 500)
+    a = Q.Observed("mrr", rr=rr)
+    same = Q.paired_difference(a, Q.Observed("mrr", rr=rr.copy()))
+    assert same == {"difference": 0.0, "low": 0.0, "high": 0.0}
+    # A constant per-query gain of 0.01 is certain when paired, though tiny next to the spread of rr.
+    shifted = Q.paired_difference(Q.Observed("mrr", rr=rr + 0.01), a)
+    assert shifted["difference"] == pytest.approx(0.01) and shifted["low"] == pytest.approx(0.01)
+    # Two methods as good on average, each better on different queries: the interval holds 0.
+    other = Q.Observed("mrr", rr=rng.permutation(rr))
+    d = Q.paired_difference(a, other)
+    assert d["low"] < 0 < d["high"]
+    assert Q.paired_difference(a, Q.Observed("mrr", rr=rr), scale_b=0.5)["low"] > 0
+    pos, neg = rng.normal(1, 1, 200), rng.normal(0, 1, 300)
+    better = Q.paired_difference(Q.Observed("roc_auc", pos=pos + 1, neg=neg), Q.Observed("roc_auc", pos=pos, neg=neg))
+    assert 0 < better["low"] <= better["difference"] <= better["high"]
+    with pytest.raises(ValueError, match="same metric"):
+        Q.paired_difference(a, Q.Observed("mrr", rr=rr[:10]))
+
+
+def test_targets_table_holds_medtok_to_the_better_single_modality():
+    res = fake_results()
+    ci = {"text_only": {"difference": -0.02, "low": -0.05, "high": 0.01},
+          "0.9 x raw_text": {"difference": -0.02, "low": -0.04, "high": -0.001}}
+    res["tasks"]["gem_icd9_icd10cm_mrr"]["ci"] = ci
+    res["targets"] = MQ.targets(MQ.validate_results(res))
+    table = MQ.targets_table(res)
+    assert "| gem_icd9_icd10cm_mrr | medtok - text_only | -0.020 [-0.050, +0.010] | within the noise | **no** |" in table
+    assert "| medtok - 0.9 x raw_text | -0.020 [-0.040, -0.001] | below | **no** |" in table
+    res["tasks"]["gem_icd9_icd10cm_mrr"]["ci"]["text_only"] = {"difference": 0.1}
+    with pytest.raises(MedTokError, match="difference, low, high"):
+        MQ.validate_results(res)
