@@ -245,6 +245,14 @@ class Task:
         self.scores[method] = obs.value
 
 
+def part_norms(emb: torch.Tensor, systems: pd.Series) -> dict[str, list[float]]:
+    """Per code system, the mean norm of each of the four exported parts (text-specific, text-cross,
+    graph-cross, graph-specific): with ``model.part_gates``, the weight the gates give each part."""
+    norms = emb.float().reshape(len(emb), 4, -1).norm(dim=-1)
+    sys_ = systems.astype(str).to_numpy()
+    return {s: [round(float(x), 3) for x in norms[torch.as_tensor(sys_ == s)].mean(0)] for s in sorted(set(sys_))}
+
+
 def to_rows(pairs: np.ndarray, row_of: pd.Series) -> np.ndarray:
     """Vocabulary code ids -> rows of the embedding tables."""
     return row_of.reindex(np.asarray(pairs).reshape(-1)).to_numpy(dtype=np.int64).reshape(-1, 2)
@@ -476,6 +484,10 @@ def report_md(results: dict, tasks: list[Task], skipped: dict[str, str]) -> str:
         parts.append(f"- **{t.name}** ({t.metric}; n = {t.n}): {t.protocol}")
     for name, why in skipped.items():
         parts.append(f"- {name}: skipped ({why}).")
+    if results.get("part_norms"):
+        parts += ["", "Mean norm of each exported part per code system (text-specific / text-cross / graph-cross / "
+                  "graph-specific; with part gates, the weight each part gets):", ""]
+        parts += [f"- {s}: {' / '.join(f'{x:.2f}' for x in v)}" for s, v in results["part_norms"].items()]
     parts += ["", "## Training", "", "```", json.dumps(results["training"], indent=2), "```", "",
               "![scores](results.png)", ""]
     return "\n".join(parts)
@@ -576,7 +588,8 @@ def run(cfg: QualityConfig) -> dict:
             "n_codes": len(data), "systems": data.vocab["system"].value_counts().sort_index().to_dict(),
             "heldout_edges": len(removed), "skipped": skipped, "n_resamples": cfg.n_resamples,
             "training": {"prepare_s": round(prep_s, 1), **train_info},
-            "eval_s": round(time.perf_counter() - t1, 1)}
+            "eval_s": round(time.perf_counter() - t1, 1),
+            **({"part_norms": part_norms(emb["medtok"], data.vocab["system"])} if "medtok" in emb else {})}
     results = results_json(tasks, meta)
     results["targets"] = targets(validate_results(results))
     write_json(out / "results.json", results)

@@ -292,3 +292,10 @@ def test_targets_table_holds_medtok_to_the_better_single_modality():
     res["tasks"]["gem_icd9_icd10cm_mrr"]["ci"]["text_only"] = {"difference": 0.1}
     with pytest.raises(MedTokError, match="difference, low, high"):
         MQ.validate_results(res)
+
+
+def test_part_norms_are_the_mean_norm_of_each_part_per_system():
+    emb = torch.zeros(3, 8)  # 4 parts x dim 2
+    emb[0, 0], emb[1, 6], emb[2, 2:4] = 3.0, 2.0, torch.tensor([3.0, 4.0])
+    got = MQ.part_norms(emb, pd.Series(["ATC", "ATC", "ICD10CM"]))
+    assert got == {"ATC": [1.5, 0.0, 0.0, 1.0], "ICD10CM": [0.0, 5.0, 0.0, 0.0]}
