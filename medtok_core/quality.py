@@ -10,6 +10,10 @@
   zero-shot by cosine and by a logistic probe trained on the training pairs only, as ROC-AUC
   against sampled negatives of the same code sets and as filtered MRR.
 
+Each task's metric is computed from an :class:`Observed` (per-query reciprocal ranks, or the
+scores of positive and negative pairs), which :func:`paired_difference` resamples for a paired
+bootstrap interval of the difference between two methods.
+
 Ranks count ties half (mean rank among equal scores): quantised embeddings can be identical for
 two codes, and counting a tie as a win would flatter them.
 """
@@ -67,10 +71,6 @@ def ranks_of_best_true(scores: torch.Tensor, truth: torch.Tensor, skip: torch.Te
     above = ((scores > best) & others).sum(1).float()
     ties = ((scores == best) & others).sum(1).float()
     return 1.0 + above + 0.5 * ties
-
-
-def mrr(ranks: torch.Tensor) -> float:
-    return float((1.0 / ranks.float()).mean()) if len(ranks) else float("nan")
 
 
 @dataclass

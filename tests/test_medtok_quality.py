@@ -26,7 +26,7 @@ def test_ranks_count_ties_half_and_skip_filtered():
     truth = torch.tensor([[0, 1, 0, 0], [0, 1, 0, 0]], dtype=torch.bool)
     skip = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 1]], dtype=torch.bool)
     assert Q.ranks_of_best_true(scores, truth, skip).tolist() == [2.5, 1.0]
-    assert Q.mrr(torch.tensor([1.0, 2.0, 4.0])) == pytest.approx((1 + 0.5 + 0.25) / 3)
+    assert Q.Observed.from_ranks(torch.tensor([1.0, 2.0, 4.0])).value == pytest.approx((1 + 0.5 + 0.25) / 3)
 
 
 def test_roc_auc_known_values():
