@@ -116,14 +116,16 @@ def medtok_losses(out: MedTokOutput, aug: dict[str, torch.Tensor] | None, w: Los
     if aug is not None:
         parts["specific_nce"] = (info_nce(q["text_specific"], aug["text_specific"], w.temperature)
                                  + info_nce(q["graph_specific"], aug["graph_specific"], w.temperature))
-    def distill(x: torch.Tensor, ref: torch.Tensor | None = text_ref) -> torch.Tensor:
-        return similarity_distill(x, ref, w.distill_temperature)
+    def distill_to(ref: torch.Tensor):
+        return lambda x: similarity_distill(x, ref, w.distill_temperature)
 
     if w.text_distill > 0 and text_ref is not None:
-        parts["text_distill"] = mix(w.quantized_share, distill, q["text_specific"], out.quant["text_specific"].soft)
-    rows = slice(None) if fused_rows is None else fused_rows
-    if w.fused_distill > 0 and text_ref is not None and len(text_ref[rows]) >= 2:
-        parts["fused_distill"] = mix(w.quantized_share, lambda x: distill(x, text_ref[rows]),
-                                     out.continuous()[rows], out.embedding()[rows])
+        parts["text_distill"] = mix(w.quantized_share, distill_to(text_ref), q["text_specific"],
+                                    out.quant["text_specific"].soft)
+    if w.fused_distill > 0 and text_ref is not None:
+        rows = slice(None) if fused_rows is None else fused_rows
+        if len(text_ref[rows]) >= 2:  # a similarity matrix needs two codes
+            parts["fused_distill"] = mix(w.quantized_share, distill_to(text_ref[rows]),
+                                         out.continuous()[rows], out.embedding()[rows])
     parts["total"] = sum(getattr(w, k) * v for k, v in parts.items() if k != "total")
     return parts

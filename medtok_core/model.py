@@ -82,6 +82,11 @@ class GraphInput:
     num_graphs: int
 
 
+def unit_parts(pre: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[B, 4d]: the four encoder outputs, each unit-normalised, in EMBEDDING_NAMES order."""
+    return torch.cat([F.normalize(pre[n], dim=-1) for n in EMBEDDING_NAMES], dim=-1)
+
+
 @dataclass
 class MedTokOutput:
     pre: dict[str, torch.Tensor]          # encoder outputs before quantisation, [B, d] each
@@ -89,18 +94,19 @@ class MedTokOutput:
     aug: dict[str, torch.Tensor] | None = None  # pre-quantisation embeddings of the augmented view
     gates: torch.Tensor | None = None  # [B, 4] weight of each part (ModelConfig.part_gates), else 1
 
-    def _gated(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _gated(self, parts: torch.Tensor) -> torch.Tensor:
+        """[B, 4d] concatenated parts, each scaled by its gate."""
         if self.gates is None:
             return parts
-        return [p * self.gates[:, i:i + 1] for i, p in enumerate(parts)]
+        return (parts.unflatten(-1, (4, -1)) * self.gates.unsqueeze(-1)).flatten(-2)
 
     def embedding(self) -> torch.Tensor:
         """[B, 4d]: the four quantised vectors (weighted codebook sums), in EMBEDDING_NAMES order."""
-        return torch.cat(self._gated([self.quant[n].soft for n in EMBEDDING_NAMES]), dim=-1)
+        return self._gated(torch.cat([self.quant[n].soft for n in EMBEDDING_NAMES], dim=-1))
 
     def continuous(self) -> torch.Tensor:
         """[B, 4d]: the counterpart of :meth:`embedding` before quantisation (unit-normalised parts)."""
-        return torch.cat(self._gated([F.normalize(self.pre[n], dim=-1) for n in EMBEDDING_NAMES]), dim=-1)
+        return self._gated(unit_parts(self.pre))
 
     def token_ids(self) -> torch.Tensor:
         return torch.stack([self.quant[n].ids for n in EMBEDDING_NAMES], dim=1)  # [B, 4, K]
@@ -232,8 +238,7 @@ class MedTokModel(nn.Module):
         """[B, 4] weight of each part in the exported embedding (None without part gates)."""
         if self.part_gate is None:
             return None
-        x = torch.cat([F.normalize(pre[n], dim=-1) for n in EMBEDDING_NAMES], dim=-1)
-        return 2 * torch.sigmoid(self.part_gate(x))
+        return 2 * torch.sigmoid(self.part_gate(unit_parts(pre)))
 
     def quantize(self, pre: dict[str, torch.Tensor]) -> MedTokOutput:
         out = MedTokOutput(pre=pre, gates=self.gates(pre))

@@ -401,11 +401,11 @@ def resolved_config(cfg: TrainConfig, data: TrainData) -> TrainConfig:
     return dataclasses.replace(cfg, model=model)
 
 
-def fused_distill_rows(data: TrainData, rows: torch.Tensor, w) -> torch.Tensor | None:
-    """[B] bool: the batch rows whose system takes part in loss.fused_distill (None: every row)."""
+def fused_distill_mask(data: TrainData, w: LossWeights) -> torch.Tensor | None:
+    """[n] bool: the codes whose system takes part in loss.fused_distill (None: every code)."""
     if not w.fused_distill_exclude_systems:
         return None
-    return torch.as_tensor(~data.vocab["system"].isin(w.fused_distill_exclude_systems).to_numpy()[rows.numpy()])
+    return torch.as_tensor(~data.vocab["system"].isin(w.fused_distill_exclude_systems).to_numpy())
 
 
 def _pair_nce(emb: torch.Tensor, start: int, temperature: float) -> torch.Tensor:
@@ -451,6 +451,7 @@ def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
     bar = tqdm(total=total, initial=step, desc="medtok train", disable=not (cfg.progress and acc.is_main_process),
                dynamic_ncols=True)
     t0, trained = time.perf_counter(), 0
+    fused_mask = fused_distill_mask(data, cfg.loss)
     model.train()
     while step < total:
         epoch, pos = divmod(step, steps_per_epoch)
@@ -463,7 +464,8 @@ def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
         text, mask, g = _batch_inputs(data, rows, device)
         out_main = model(text, mask, g, augment=cfg.loss.specific_nce > 0)
         text_ref = text[:, 0] if cfg.model.modalities != "graph" else None  # graph-only sees no own text
-        losses = medtok_losses(out_main, out_main.aug, cfg.loss, text_ref, fused_distill_rows(data, rows, cfg.loss))
+        fused_rows = None if fused_mask is None else fused_mask[rows]
+        losses = medtok_losses(out_main, out_main.aug, cfg.loss, text_ref, fused_rows)
         if use_link:
             link_nce = functools.partial(_pair_nce, start=n_main, temperature=cfg.loss.temperature)
             losses["link"] = mix(cfg.loss.quantized_share, link_nce, out_main.continuous(), out_main.embedding())

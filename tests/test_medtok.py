@@ -388,7 +388,7 @@ def test_fused_distillation_leaves_out_the_excluded_systems(tmp_path):
     """loss.fused_distill_exclude_systems: the excluded codes (here ATC) neither take part in the
     fused distillation nor get a gradient from it; the others get the same term as alone."""
     from medtok_core.losses import medtok_losses, similarity_distill
-    from medtok_core.train import _batch_inputs, fused_distill_rows
+    from medtok_core.train import _batch_inputs, fused_distill_mask
 
     data = tiny_data()
     c = tiny_config(tmp_path / "run", max_steps=1)
@@ -397,7 +397,7 @@ def test_fused_distillation_leaves_out_the_excluded_systems(tmp_path):
     rows = torch.arange(len(data))
     text, mask, g = _batch_inputs(data, rows, torch.device("cpu"))
     out = model(text, mask, g)
-    keep = fused_distill_rows(data, rows, c.loss)
+    keep = fused_distill_mask(data, c.loss)[rows]
     assert keep.tolist() == (data.vocab["system"] != "ATC").tolist()
     emb = out.continuous()
     emb.retain_grad()
@@ -407,4 +407,4 @@ def test_fused_distillation_leaves_out_the_excluded_systems(tmp_path):
     loss.backward()
     assert emb.grad[~keep].abs().sum() == 0 and emb.grad[keep].abs().sum() > 0
     c.loss.fused_distill_exclude_systems = []
-    assert fused_distill_rows(data, rows, c.loss) is None
+    assert fused_distill_mask(data, c.loss) is None
