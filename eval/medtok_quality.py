@@ -49,7 +49,10 @@ GEM_SHARE = 0.9  # GEM retrieval: MedTok must keep this share of the raw text ve
 # which relation; what reading all four with one cosine or one probe loses).
 # Named in the export's order (medtok_core.model.EMBEDDING_NAMES; not imported: it pulls in torch-geometric).
 PART_METHODS = ("medtok_text_specific", "medtok_text_cross", "medtok_graph_cross", "medtok_graph_specific")
-METHODS = CORE_METHODS + PART_METHODS
+# Ablation, opt-in: the raw description vector reduced by PCA to one part's width (model.dim): how
+# much of the description's geometry a part of that size can hold at best.
+CAPACITY_METHODS = ("raw_text_pca",)
+METHODS = CORE_METHODS + PART_METHODS + CAPACITY_METHODS
 # Which trained MedTok variant (model.modalities) each method needs.
 VARIANT_OF = {"medtok": "both", "medtok_continuous": "both", "text_only": "text", "graph_only": "graph",
               **{m: "both" for m in PART_METHODS}}
@@ -221,6 +224,8 @@ def all_embeddings(cfg: QualityConfig, tcfg, data, out: Path, heldout_sha: str) 
             emb[m] = got["graph"]["quantized"]
         elif m == "raw_text":
             emb[m] = data.text_table[data.code_text[:, 0]].float()
+        elif m == "raw_text_pca":
+            emb[m] = principal_components(data.text_table[data.code_text[:, 0]].float(), tcfg.model.dim)
         elif m in PART_METHODS:  # tcfg.model.dim columns each, in the export's order
             i, dim = PART_METHODS.index(m), tcfg.model.dim
             emb[m] = got["both"]["quantized"][:, i * dim:(i + 1) * dim]
@@ -229,6 +234,14 @@ def all_embeddings(cfg: QualityConfig, tcfg, data, out: Path, heldout_sha: str) 
             emb[m] = torch.randn(len(data), 4 * tcfg.model.dim, generator=g)
     tok = got[variants[0]]["tokenizer"]
     return emb, train_info, tok
+
+
+def principal_components(x: torch.Tensor, k: int) -> torch.Tensor:
+    """[n, k]: the rows of ``x``, centred, projected on their k leading principal axes (exact:
+    eigenvectors of the covariance, so the result does not depend on a random sketch)."""
+    x = x - x.mean(0)
+    _, vecs = torch.linalg.eigh(x.double().t() @ x.double())
+    return x @ vecs[:, -k:].flip(1).to(x.dtype)
 
 
 # ============================================================================== tasks
@@ -453,9 +466,10 @@ def _is_best_single(scores: dict, method: str) -> bool:
 def parts_table(results: dict) -> str:
     """The part ablation beside the fused tokens and the single-modality models ("" when not run)."""
     parts = _present(results, PART_METHODS)
-    if not parts:
+    if not parts and not _present(results, CAPACITY_METHODS):
         return ""
-    methods = _present(results, ("medtok",)) + parts + _present(results, (*SINGLE_MODALITIES, "raw_text"))
+    methods = (_present(results, ("medtok",)) + parts
+               + _present(results, (*SINGLE_MODALITIES, "raw_text", *CAPACITY_METHODS)))
     return ("Ablation: each of the four exported parts of the fused tokens alone (`medtok` is all four "
             "concatenated):\n\n" + markdown_table(results, methods))
 
@@ -486,7 +500,10 @@ def report_md(results: dict, tasks: list[Task], skipped: dict[str, str]) -> str:
               "- `random`: seeded Gaussian vectors of MedTok's width (the floor).",
               *(["- `medtok_<part>` (ablation): one of the four parts of `medtok` alone (text-specific, "
                  "text-cross, graph-cross, graph-specific quantised sums)."]
-                if any(m in PART_METHODS for t in tasks for m in t.scores) else []), "",
+                if any(m in PART_METHODS for t in tasks for m in t.scores) else []),
+              *(["- `raw_text_pca` (ablation): `raw_text` centred and projected on its `model.dim` leading "
+                 "principal axes: the most of the description's geometry one part of that width can hold."]
+                if any(m in CAPACITY_METHODS for t in tasks for m in t.scores) else []), "",
               "## Tasks and protocols", ""]
     for t in tasks:
         parts.append(f"- **{t.name}** ({t.metric}; n = {t.n}): {t.protocol}")

@@ -64,6 +64,10 @@ class ModelConfig:
     # concatenation averages the parts' similarities; where only the graph parts carry a code's
     # relations (a drug's interactions), the text parts dilute them (docs/medtok_quality_ablations.md).
     part_gates: bool = False
+    # False: the graph encoder sees the code's own node without its name (as graph-only MedTok
+    # does), so the graph parts carry the code's neighbourhood only and the text parts its
+    # description; True: the own node carries the name embedding, like every other node.
+    graph_own_text: bool = True
     dropout: float = 0.1  # dropout of the GNN and cross-attention
     aug_text_dropout: float = 0.3  # feature dropout of the augmented view (specific InfoNCE)
     aug_edge_dropout: float = 0.3  # edge dropout of the augmented view
@@ -191,7 +195,7 @@ class MedTokModel(nn.Module):
     def _apply_modalities(self, text: torch.Tensor, text_mask: torch.Tensor, g: GraphInput):
         if self.cfg.modalities == "text":
             g = _only_center(g)
-        elif self.cfg.modalities == "graph":
+        elif self.cfg.modalities == "graph" or not self.cfg.graph_own_text:
             node_text = g.node_text.clone()
             node_text[g.center] = 0.0
             g = GraphInput(node_text, g.node_type, g.edge_index, g.edge_type, g.batch, g.center, g.num_graphs)

@@ -408,3 +408,26 @@ def test_fused_distillation_leaves_out_the_excluded_systems(tmp_path):
     assert emb.grad[~keep].abs().sum() == 0 and emb.grad[keep].abs().sum() > 0
     c.loss.fused_distill_exclude_systems = []
     assert fused_distill_mask(data, c.loss) is None
+
+
+@pytest.mark.parametrize("own_text", [True, False])
+def test_graph_own_text_decides_whether_the_graph_parts_see_the_codes_name(own_text):
+    """model.graph_own_text=False: the graph parts come from the code's neighbourhood only (as in
+    graph-only MedTok), while the text parts still read its description."""
+    from medtok_core.train import _batch_inputs
+
+    data = tiny_data()
+    cfg = tiny_config(Path("unused"))
+    cfg.model.graph_own_text = own_text
+    model = MedTokModel(resolved_config(cfg, data).model).eval()
+    text, mask, g = _batch_inputs(data, torch.arange(8), torch.device("cpu"))
+    renamed = g.node_text.clone()
+    renamed[g.center] = torch.randn(len(g.center), renamed.shape[1])  # another name for each code
+    g2 = type(g)(renamed, g.node_type, g.edge_index, g.edge_type, g.batch, g.center, g.num_graphs)
+    text2 = text.clone()
+    text2[:, 0] = renamed[g.center]
+    with torch.no_grad():
+        pre, _ = model.encode(text, mask, g)
+        pre2, _ = model.encode(text2, mask, g2)
+    assert not torch.allclose(pre["text_specific"], pre2["text_specific"])
+    assert torch.allclose(pre["graph_specific"], pre2["graph_specific"]) == (not own_text)

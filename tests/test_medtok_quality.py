@@ -299,3 +299,17 @@ def test_part_norms_are_the_mean_norm_of_each_part_per_system():
     emb[0, 0], emb[1, 6], emb[2, 2:4] = 3.0, 2.0, torch.tensor([3.0, 4.0])
     got = MQ.part_norms(emb, pd.Series(["ATC", "ATC", "ICD10CM"]))
     assert got == {"ATC": [1.5, 0.0, 0.0, 1.0], "ICD10CM": [0.0, 5.0, 0.0, 0.0]}
+
+
+def test_raw_text_pca_keeps_the_leading_axes():
+    """The capacity ablation projects on the directions of largest variance, in order, and with
+    every axis kept it is a rotation (cosine ranks of centred vectors unchanged)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 3, generator=g) * torch.tensor([1.0, 3.0, 0.2]) + 5.0
+    two = MQ.principal_components(x, 2)
+    centred = x - x.mean(0)
+    assert two.shape == (500, 2)
+    assert torch.allclose(two.abs(), centred[:, [1, 0]].abs(), atol=0.1 * centred.abs().max())
+    assert torch.allclose(two.var(0), centred[:, [1, 0]].var(0), rtol=0.05)
+    full = MQ.principal_components(x, 3)
+    assert torch.allclose(full @ full.t(), centred @ centred.t(), atol=1e-3)
