@@ -223,9 +223,9 @@ def all_embeddings(cfg: QualityConfig, tcfg, data, out: Path, heldout_sha: str) 
         elif m == "graph_only":
             emb[m] = got["graph"]["quantized"]
         elif m == "raw_text":
-            emb[m] = data.text_table[data.code_text[:, 0]].float()
+            emb[m] = description_vectors(data)
         elif m == "raw_text_pca":
-            emb[m] = principal_components(data.text_table[data.code_text[:, 0]].float(), tcfg.model.dim)
+            emb[m] = principal_components(description_vectors(data), tcfg.model.dim)
         elif m in PART_METHODS:  # tcfg.model.dim columns each, in the export's order
             i, dim = PART_METHODS.index(m), tcfg.model.dim
             emb[m] = got["both"]["quantized"][:, i * dim:(i + 1) * dim]
@@ -236,11 +236,17 @@ def all_embeddings(cfg: QualityConfig, tcfg, data, out: Path, heldout_sha: str) 
     return emb, train_info, tok
 
 
+def description_vectors(data) -> torch.Tensor:
+    """[n_codes, Dt]: the frozen text encoder's vector of each code's description (MedTok's input)."""
+    return data.text_table[data.code_text[:, 0]].float()
+
+
 def principal_components(x: torch.Tensor, k: int) -> torch.Tensor:
     """[n, k]: the rows of ``x``, centred, projected on their k leading principal axes (exact:
     eigenvectors of the covariance, so the result does not depend on a random sketch)."""
     x = x - x.mean(0)
-    _, vecs = torch.linalg.eigh(x.double().t() @ x.double())
+    xd = x.double()
+    _, vecs = torch.linalg.eigh(xd.t() @ xd)  # ascending eigenvalues
     return x @ vecs[:, -k:].flip(1).to(x.dtype)
 
 
@@ -464,7 +470,8 @@ def _is_best_single(scores: dict, method: str) -> bool:
 
 
 def parts_table(results: dict) -> str:
-    """The part ablation beside the fused tokens and the single-modality models ("" when not run)."""
+    """The part and capacity ablations beside the fused tokens and the single-modality models ("" when
+    neither was run)."""
     parts = _present(results, PART_METHODS)
     if not parts and not _present(results, CAPACITY_METHODS):
         return ""
@@ -500,10 +507,10 @@ def report_md(results: dict, tasks: list[Task], skipped: dict[str, str]) -> str:
               "- `random`: seeded Gaussian vectors of MedTok's width (the floor).",
               *(["- `medtok_<part>` (ablation): one of the four parts of `medtok` alone (text-specific, "
                  "text-cross, graph-cross, graph-specific quantised sums)."]
-                if any(m in PART_METHODS for t in tasks for m in t.scores) else []),
+                if _present(results, PART_METHODS) else []),
               *(["- `raw_text_pca` (ablation): `raw_text` centred and projected on its `model.dim` leading "
                  "principal axes: the most of the description's geometry one part of that width can hold."]
-                if any(m in CAPACITY_METHODS for t in tasks for m in t.scores) else []), "",
+                if _present(results, CAPACITY_METHODS) else []), "",
               "## Tasks and protocols", ""]
     for t in tasks:
         parts.append(f"- **{t.name}** ({t.metric}; n = {t.n}): {t.protocol}")
