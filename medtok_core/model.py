@@ -24,6 +24,7 @@ from torch import nn
 from torch_geometric.nn import GATConv, GCNConv
 from torch_geometric.utils import scatter, to_dense_batch
 
+from medtok_core.config import require_range
 from medtok_core.quantizer import QuantOut, RegionedCodebook
 
 EMBEDDING_NAMES = ("text_specific", "text_cross", "graph_cross", "graph_specific")
@@ -37,6 +38,9 @@ class ModelConfig:
 
     text_dim: int = 384  # output size of the frozen text encoder
     dim: int = 64  # size d of codebook vectors and hidden states
+    # Hidden width of the MLP from the frozen description vector to the text tokens (0: dim). The
+    # description's fine neighbourhoods need a wider first layer than a d-wide bottleneck.
+    text_hidden: int = 0
     gnn: Literal["gat", "gcn"] = "gat"  # graph encoder type
     gnn_layers: int = 2  # message-passing layers
     gat_heads: int = 4  # attention heads per GAT layer
@@ -71,6 +75,10 @@ class ModelConfig:
     dropout: float = 0.1  # dropout of the GNN and cross-attention
     aug_text_dropout: float = 0.3  # feature dropout of the augmented view (specific InfoNCE)
     aug_edge_dropout: float = 0.3  # edge dropout of the augmented view
+
+    def __post_init__(self):
+        require_range(self, "dim", 1)
+        require_range(self, "text_hidden", 0)
 
 
 @dataclass
@@ -178,7 +186,8 @@ class MedTokModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.dim
-        self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(), nn.Linear(d, d))
+        hidden = cfg.text_hidden or d
+        self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, hidden), nn.GELU(), nn.Linear(hidden, d))
         self.text_norm = nn.LayerNorm(d)
         self.no_text = nn.Parameter(torch.zeros(d))  # the text token of the "graph" ablation
         self.graph = GraphEncoder(cfg)

@@ -102,6 +102,11 @@ class OptimConfig:
     # Code pairs per step for the link loss (drawn evenly over data.link_relations), encoded in the
     # same forward pass as the batch.
     link_batch: int = 128
+    # Batches made of blocks of this many consecutive codes in (system, code) order, the blocks
+    # shuffled: a code meets its parent, siblings and cousins in its batch, so the in-batch
+    # distillation and contrastive terms rank fine hierarchy neighbourhoods, not only random
+    # codes. 0: codes drawn at random.
+    hierarchy_block: int = 0
 
     def __post_init__(self):
         require_range(self, "lr", 0.0, low_open=True)
@@ -111,6 +116,7 @@ class OptimConfig:
         require_range(self, "grad_clip", 0.0)
         require_range(self, "warmup_steps", 0)
         require_range(self, "link_batch", 2)  # the link InfoNCE needs a second pair in the batch
+        require_range(self, "hierarchy_block", 0)
 
 
 @dataclass
@@ -335,9 +341,22 @@ def _batch_inputs(data: TrainData, rows: torch.Tensor, device: torch.device):
     return text.to(device), mask.to(device), g
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """Shuffle of one epoch; depends only on (seed, epoch), so a resumed run sees the same batches."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000003 + epoch))
+def epoch_order(n: int, seed: int, epoch: int, blocks: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Shuffle of one epoch, of the codes or, given ``blocks``, of those blocks of rows; depends
+    only on (seed, epoch), so a resumed run sees the same batches."""
+    gen = torch.Generator().manual_seed(seed * 1000003 + epoch)
+    if blocks is None:
+        return torch.randperm(n, generator=gen)
+    return torch.cat([blocks[i] for i in torch.randperm(len(blocks), generator=gen)])
+
+
+def hierarchy_blocks(vocab: pd.DataFrame, size: int) -> list[torch.Tensor] | None:
+    """Rows in (system, code) order cut into blocks of ``size``: a code's parent, siblings and
+    cousins share its block (code prefixes), so a batch of blocks holds hierarchy neighbours."""
+    if size <= 0:
+        return None
+    rows = np.lexsort((vocab["code"].astype(str).to_numpy(), vocab["system"].astype(str).to_numpy()))
+    return list(torch.as_tensor(rows, dtype=torch.long).split(size))
 
 
 @torch.no_grad()
@@ -452,10 +471,11 @@ def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
                dynamic_ncols=True)
     t0, trained = time.perf_counter(), 0
     fused_mask = fused_distill_mask(data, cfg.loss)
+    blocks = hierarchy_blocks(data.vocab, cfg.optim.hierarchy_block)
     model.train()
     while step < total:
         epoch, pos = divmod(step, steps_per_epoch)
-        order = epoch_order(len(data), cfg.seed, epoch)[rank * per_rank:(rank + 1) * per_rank]
+        order = epoch_order(len(data), cfg.seed, epoch, blocks)[rank * per_rank:(rank + 1) * per_rank]
         rows = order[pos * cfg.optim.batch_size:(pos + 1) * cfg.optim.batch_size]
         n_main = len(rows)
         use_link = cfg.loss.link > 0 and bool(data.link_pairs)

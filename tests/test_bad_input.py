@@ -197,6 +197,10 @@ CASES = [
     # MedTok
     ("medtok-epochs-zero", medtok_cli.main, ["--optim.epochs", "0", "--output_dir", "{root}/mt"], "optim.epochs must satisfy"),
     ("medtok-batch-one", medtok_cli.main, ["--optim.batch_size", "1", "--output_dir", "{root}/mt"], "optim.batch_size"),
+    ("medtok-text-hidden-negative", medtok_cli.main, ["--model.text_hidden", "-1", "--output_dir", "{root}/mt"],
+     "model.text_hidden must satisfy 0 <= text_hidden"),
+    ("medtok-hierarchy-block-negative", medtok_cli.main, ["--optim.hierarchy_block", "-2", "--output_dir", "{root}/mt"],
+     "optim.hierarchy_block must satisfy"),
     ("medtok-top-k-text", medtok_cli.main, ["--model.top_k", "many", "--output_dir", "{root}/mt"], "model.top_k expects int"),
     ("build-unknown-option", build_cli.main, ["--colour", "red"], "unknown option colour"),
     ("medtok-section-value", medtok_cli.main, ["--optim", "3", "--output_dir", "{root}/mt"],

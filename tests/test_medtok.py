@@ -431,3 +431,49 @@ def test_graph_own_text_decides_whether_the_graph_parts_see_the_codes_name(own_t
         pre2, _ = model.encode(text2, mask, g2)
     assert not torch.allclose(pre["text_specific"], pre2["text_specific"])
     assert torch.allclose(pre["graph_specific"], pre2["graph_specific"]) == (not own_text)
+
+
+def test_hierarchy_blocks_keep_a_codes_neighbours_in_its_batch_and_resume(tmp_path):
+    """optim.hierarchy_block: an epoch is a shuffle of blocks of consecutive (system, code) rows,
+    so a code's parent and siblings share its block; every row once; reproducible per
+    (seed, epoch), so a resumed run sees the same batches."""
+    from medtok_core.train import epoch_order, hierarchy_blocks
+
+    vocab = pd.DataFrame({"system": ["ICD9CM", "ICD10CM", "ICD10CM", "ICD10CM", "ICD10CM", "ICD9CM"],
+                          "code": ["250", "E11.9", "E10", "E11", "E11.0", "250.0"]})
+    blocks = hierarchy_blocks(vocab, 3)
+    assert [b.tolist() for b in blocks] == [[2, 3, 4], [1, 0, 5]]  # E10 E11 E11.0 | E11.9 250 250.0
+    assert hierarchy_blocks(vocab, 0) is None
+    order = epoch_order(6, 0, 0, blocks)
+    assert sorted(order.tolist()) == list(range(6))
+    assert order[:3].tolist() in ([2, 3, 4], [1, 0, 5])
+    assert torch.equal(order, epoch_order(6, 0, 0, blocks))
+    assert any(not torch.equal(epoch_order(6, 0, e, blocks), order) for e in range(1, 5))
+
+    data = tiny_data()
+
+    def cfg(out, steps):
+        c = tiny_config(out, max_steps=steps)
+        c.optim.hierarchy_block = 4
+        return c
+
+    full = train(cfg(tmp_path / "a", 6), data)
+    train(cfg(tmp_path / "b", 3), data)
+    resumed = train(cfg(tmp_path / "b", 6), data)
+    assert [r["total"] for r in full.history] == [r["total"] for r in resumed.history]
+    random_batches = train(tiny_config(tmp_path / "c", max_steps=6), data)
+    assert [r["total"] for r in full.history] != [r["total"] for r in random_batches.history]
+
+
+def test_text_hidden_widens_the_text_mlp_and_the_artifact_rebuilds_it(tmp_path):
+    """model.text_hidden sets the hidden width of the description MLP (0: dim, the old shape, so
+    older artifacts load unchanged); an artifact trained with it rebuilds the same model."""
+    assert MedTokModel(ModelConfig(text_dim=TEXT_DIM, dim=8)).text_proj[0].out_features == 8
+    data = tiny_data()
+    cfg = tiny_config(tmp_path / "run", max_steps=3)
+    cfg.model.text_hidden = 24
+    result = train(cfg, data)
+    assert result.model.text_proj[0].out_features == 24
+    tok = MedTokTokenizer.from_pretrained(export_artifact(tmp_path / "artifact", cfg, result.model, data))
+    assert tok.model().text_proj[0].out_features == 24
+    assert torch.allclose(encode_all(tok.model(), data)["embeddings"], tok.embeddings, atol=1e-6)
