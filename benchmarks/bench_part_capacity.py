@@ -5,7 +5,7 @@
 
 Parent retrieval MRR (:func:`medtok_core.quality.parent_observed`, the same queries as
 ``python -m eval.medtok_quality``) of the frozen description vectors MedTok's text branch reads,
-and of three ``model.dim``-wide summaries of them:
+and of three summaries of them, ``--dim`` wide (default: ``model.dim``, one part):
 
 - ``pca``: their leading principal axes (the best *linear* summary);
 - ``distilled_random``: a small MLP (Dt -> ``--hidden`` -> dim) trained with MedTok's listwise description
@@ -32,7 +32,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eval.medtok_quality import description_vectors, principal_components  # noqa: E402
-from medtok_core.config import parse_config  # noqa: E402
+from medtok_core.config import parse_config, require_range  # noqa: E402
 from medtok_core.errors import cli_entry  # noqa: E402
 from medtok_core.io import write_json  # noqa: E402
 from medtok_core.losses import similarity_distill  # noqa: E402
@@ -47,11 +47,17 @@ class BenchConfig:
 
     medtok_config: str = "configs/medtok_full.yaml"  # MedTok config: codes, dim, batch size, temperature
     output: str = "runs/bench_part_capacity.json"
+    dim: int = 0  # width of the summaries (0: the config's model.dim, one part)
     hidden: int = 256  # hidden width of the distilled MLP (MedTok's text MLP: model.text_hidden or dim)
     block: int = 32  # hierarchy block when the config's optim.hierarchy_block is 0
     max_parent_queries: int = 5000  # as eval.medtok_quality
     seed: int = 0
     num_threads: int = 2
+
+    def __post_init__(self):
+        require_range(self, "dim", 0)
+        for name in ("hidden", "block", "max_parent_queries", "num_threads"):
+            require_range(self, name, 1)
 
 
 def distilled(x: torch.Tensor, dim: int, hidden: int, order_of_epoch, batch_size: int, temperature: float,
@@ -77,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(cfg.num_threads)
     tcfg = parse_config(TrainConfig, ["--config", cfg.medtok_config])
     data = prepare_data(tcfg.data, progress=True)
-    x, vocab, dim = description_vectors(data), data.vocab, tcfg.model.dim
+    x, vocab, dim = description_vectors(data), data.vocab, cfg.dim or tcfg.model.dim
     block = tcfg.optim.hierarchy_block or cfg.block
     blocks = hierarchy_blocks(vocab, block)
     temperature = tcfg.loss.distill_temperature
