@@ -60,13 +60,13 @@ class BenchConfig:
             require_range(self, name, 1)
 
 
-def distilled(x: torch.Tensor, dim: int, hidden: int, order_of_epoch, batch_size: int, temperature: float,
+def distilled(x: torch.Tensor, dim: int, hidden: int, order: torch.Tensor, batch_size: int, temperature: float,
               seed: int) -> torch.Tensor:
-    """[n, dim]: an MLP trained one epoch to keep the batch-wise similarity ranking of ``x``."""
+    """[n, dim]: an MLP trained one epoch (rows in ``order``) to keep the batch-wise similarity
+    ranking of ``x``."""
     torch.manual_seed(seed)
     mlp = nn.Sequential(nn.Linear(x.shape[1], hidden), nn.GELU(), nn.Linear(hidden, dim))
     opt = torch.optim.AdamW(mlp.parameters(), lr=2e-3)
-    order = order_of_epoch(0)
     for s in range(math.ceil(len(x) / batch_size)):
         rows = order[s * batch_size:(s + 1) * batch_size]
         loss = similarity_distill(mlp(x[rows]), x[rows], temperature)
@@ -85,21 +85,21 @@ def main(argv: list[str] | None = None) -> None:
     data = prepare_data(tcfg.data, progress=True)
     x, vocab, dim = description_vectors(data), data.vocab, cfg.dim or tcfg.model.dim
     block = tcfg.optim.hierarchy_block or cfg.block
-    blocks = hierarchy_blocks(vocab, block)
     temperature = tcfg.loss.distill_temperature
+
+    def distilled_over(blocks):
+        order = epoch_order(len(x), cfg.seed, 0, blocks)
+        return distilled(x, dim, cfg.hidden, order, tcfg.optim.batch_size, temperature, cfg.seed)
+
     summaries = {
         "raw_text": lambda: x,
         "pca": lambda: principal_components(x, dim),
-        "distilled_random": lambda: distilled(x, dim, cfg.hidden, lambda e: epoch_order(len(x), cfg.seed, e),
-                                              tcfg.optim.batch_size, temperature, cfg.seed),
-        "distilled_hierarchy": lambda: distilled(x, dim, cfg.hidden, lambda e: epoch_order(len(x), cfg.seed, e, blocks),
-                                                 tcfg.optim.batch_size, temperature, cfg.seed),
+        "distilled_random": lambda: distilled_over(None),
+        "distilled_hierarchy": lambda: distilled_over(hierarchy_blocks(vocab, block)),
     }
     results = {"medtok_config": cfg.medtok_config, "dim": dim, "text_dim": x.shape[1], "hidden": cfg.hidden,
-               "n_codes": len(x),
-               "batch_size": tcfg.optim.batch_size, "hierarchy_block": block,
-               "distill_temperature": temperature, "parent_mrr": {}, "seconds": {},
-               "machine": machine_facts()}
+               "n_codes": len(x), "batch_size": tcfg.optim.batch_size, "hierarchy_block": block,
+               "distill_temperature": temperature, "parent_mrr": {}, "seconds": {}, "machine": machine_facts()}
     for name, make in summaries.items():
         t = time.perf_counter()
         obs = parent_observed(vocab, make(), cfg.max_parent_queries, cfg.seed)

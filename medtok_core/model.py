@@ -38,8 +38,8 @@ class ModelConfig:
 
     text_dim: int = 384  # output size of the frozen text encoder
     dim: int = 64  # size d of codebook vectors and hidden states
-    # Hidden width of the MLP from the frozen description vector to the text tokens (0: dim). The
-    # description's fine neighbourhoods need a wider first layer than a d-wide bottleneck.
+    # Hidden width of the MLP from the frozen description vector to the text tokens (0: dim, a
+    # d-wide bottleneck on the description; wider measured in docs/medtok_quality_ablations.md, round 6).
     text_hidden: int = 0
     gnn: Literal["gat", "gcn"] = "gat"  # graph encoder type
     gnn_layers: int = 2  # message-passing layers
