@@ -47,6 +47,9 @@ class LossWeights:
     # interaction partners at chance): holding the whole embedding to name neighbours there only
     # dilutes the graph parts. The text-specific part keeps them (text_distill).
     fused_distill_exclude_systems: list[str] = field(default_factory=list)
+    # True: those systems are left out of text_distill too, so not even their text-specific part is
+    # held to name neighbours.
+    text_distill_excludes_them: bool = False
     # Link prediction over code pairs joined in the training graph (TrainConfig.link_relations):
     # InfoNCE between the two codes' fused embeddings, in-batch negatives.
     link: float = 0.0
@@ -119,11 +122,13 @@ def medtok_losses(out: MedTokOutput, aug: dict[str, torch.Tensor] | None, w: Los
     def distill_to(ref: torch.Tensor):
         return lambda x: similarity_distill(x, ref, w.distill_temperature)
 
+    rows = slice(None) if fused_rows is None else fused_rows
     if w.text_distill > 0 and text_ref is not None:
-        parts["text_distill"] = mix(w.quantized_share, distill_to(text_ref), q["text_specific"],
-                                    out.quant["text_specific"].soft)
+        text_rows = rows if w.text_distill_excludes_them else slice(None)
+        if len(text_ref[text_rows]) >= 2:  # a similarity matrix needs two codes
+            parts["text_distill"] = mix(w.quantized_share, distill_to(text_ref[text_rows]),
+                                        q["text_specific"][text_rows], out.quant["text_specific"].soft[text_rows])
     if w.fused_distill > 0 and text_ref is not None:
-        rows = slice(None) if fused_rows is None else fused_rows
         if len(text_ref[rows]) >= 2:  # a similarity matrix needs two codes
             parts["fused_distill"] = mix(w.quantized_share, distill_to(text_ref[rows]),
                                          out.continuous()[rows], out.embedding()[rows])

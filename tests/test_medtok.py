@@ -477,3 +477,25 @@ def test_text_hidden_widens_the_text_mlp_and_the_artifact_rebuilds_it(tmp_path):
     tok = MedTokTokenizer.from_pretrained(export_artifact(tmp_path / "artifact", cfg, result.model, data))
     assert tok.model().text_proj[0].out_features == 24
     assert torch.allclose(encode_all(tok.model(), data)["embeddings"], tok.embeddings, atol=1e-6)
+
+
+@pytest.mark.parametrize("excludes_them", [False, True])
+def test_text_distillation_leaves_out_the_excluded_systems_only_when_asked(tmp_path, excludes_them):
+    """loss.text_distill_excludes_them: the systems of fused_distill_exclude_systems (ATC) are
+    left out of text_distill too; by default every code's text-specific part is distilled."""
+    from medtok_core.losses import medtok_losses, similarity_distill
+    from medtok_core.train import _batch_inputs, fused_distill_mask
+
+    data = tiny_data()
+    c = tiny_config(tmp_path / "run", max_steps=1)
+    c.loss.text_distill, c.loss.fused_distill_exclude_systems = 1.0, ["ATC"]
+    c.loss.text_distill_excludes_them = excludes_them
+    model = MedTokModel(resolved_config(c, data).model)
+    text, mask, g = _batch_inputs(data, torch.arange(len(data)), torch.device("cpu"))
+    out = model(text, mask, g)
+    keep = fused_distill_mask(data, c.loss)
+    rows = keep if excludes_them else torch.ones_like(keep)
+    loss = medtok_losses(out, None, c.loss, text[:, 0], keep)["text_distill"]
+    expected = similarity_distill(out.pre["text_specific"][rows], text[rows, 0], c.loss.distill_temperature)
+    assert loss.item() == pytest.approx(expected.item())
+    assert (~keep).any() and keep.any()
