@@ -122,13 +122,14 @@ def medtok_losses(out: MedTokOutput, aug: dict[str, torch.Tensor] | None, w: Los
     def distill_to(ref: torch.Tensor):
         return lambda x: similarity_distill(x, ref, w.distill_temperature)
 
-    rows = slice(None) if fused_rows is None else fused_rows
     if w.text_distill > 0 and text_ref is not None:
-        text_rows = rows if w.text_distill_excludes_them else slice(None)
-        if len(text_ref[text_rows]) >= 2:  # a similarity matrix needs two codes
-            parts["text_distill"] = mix(w.quantized_share, distill_to(text_ref[text_rows]),
-                                        q["text_specific"][text_rows], out.quant["text_specific"].soft[text_rows])
+        ref, specific, soft = text_ref, q["text_specific"], out.quant["text_specific"].soft
+        if w.text_distill_excludes_them and fused_rows is not None:
+            ref, specific, soft = ref[fused_rows], specific[fused_rows], soft[fused_rows]
+        if len(ref) >= 2:  # a similarity matrix needs two codes
+            parts["text_distill"] = mix(w.quantized_share, distill_to(ref), specific, soft)
     if w.fused_distill > 0 and text_ref is not None:
+        rows = slice(None) if fused_rows is None else fused_rows
         if len(text_ref[rows]) >= 2:  # a similarity matrix needs two codes
             parts["fused_distill"] = mix(w.quantized_share, distill_to(text_ref[rows]),
                                          out.continuous()[rows], out.embedding()[rows])

@@ -499,3 +499,18 @@ def test_text_distillation_leaves_out_the_excluded_systems_only_when_asked(tmp_p
     expected = similarity_distill(out.pre["text_specific"][rows], text[rows, 0], c.loss.distill_temperature)
     assert loss.item() == pytest.approx(expected.item())
     assert (~keep).any() and keep.any()
+
+
+def test_loss_history_of_a_tiny_seeded_model_is_pinned(tmp_path):
+    """Every default-off option (hierarchy batches, a wider text MLP, the text-distillation
+    exclusion) must leave the training of an existing recipe exactly where it was: six steps of a
+    tiny seeded model with gates, link pairs, both distillations and the ATC exclusion, pinned."""
+    data = tiny_data()
+    data.link_pairs = {"code_is_a": torch.tensor([[1, 0], [2, 1], [4, 3], [5, 4]]),
+                       "indication": torch.tensor([[40, 2], [41, 6]])}
+    c = tiny_config(tmp_path / "run", max_steps=6)
+    c.model.part_gates, c.model.cross_residual = True, True
+    c.loss.link, c.loss.text_distill, c.loss.fused_distill = 1.0, 1.0, 0.5
+    c.loss.fused_distill_exclude_systems, c.optim.link_batch = ["ATC"], 4
+    totals = [r["total"] for r in train(c, data).history]
+    assert totals == pytest.approx([37.897308, 37.337234, 32.035439, 28.791538, 26.393885, 27.223133], rel=1e-4)
