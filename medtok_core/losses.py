@@ -106,7 +106,8 @@ def medtok_losses(out: MedTokOutput, aug: dict[str, torch.Tensor] | None, w: Los
     """Every loss component (unweighted) plus ``total`` (weighted sum).
 
     ``text_ref`` [B, Dt]: the frozen description vectors, for the ``text_distill`` term;
-    ``fused_rows`` [B] bool: the rows that take part in ``fused_distill`` (None: all)."""
+    ``fused_rows`` [B] bool: the rows that take part in ``fused_distill`` (None: all), and in
+    ``text_distill`` too with ``w.text_distill_excludes_them``."""
     q = out.pre
     parts = {
         "vq": sum(out.quant[n].vq_loss for n in EMBEDDING_NAMES),

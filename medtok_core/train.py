@@ -473,9 +473,12 @@ def train(cfg: TrainConfig, data: TrainData, accelerator=None) -> TrainResult:
     fused_mask = fused_distill_mask(data, cfg.loss)
     blocks = hierarchy_blocks(data.vocab, cfg.optim.hierarchy_block)
     model.train()
+    order_epoch, order = -1, None
     while step < total:
         epoch, pos = divmod(step, steps_per_epoch)
-        order = epoch_order(len(data), cfg.seed, epoch, blocks)[rank * per_rank:(rank + 1) * per_rank]
+        if epoch != order_epoch:  # one shuffle per epoch, not per step (204k codes on the full run)
+            order_epoch = epoch
+            order = epoch_order(len(data), cfg.seed, epoch, blocks)[rank * per_rank:(rank + 1) * per_rank]
         rows = order[pos * cfg.optim.batch_size:(pos + 1) * cfg.optim.batch_size]
         n_main = len(rows)
         use_link = cfg.loss.link > 0 and bool(data.link_pairs)
