@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt requirements-data.txt
 	touch $@
 
 demo: install
-	$(PY) -m eval.pipeline
+	$(PY) -m recipes.pipeline
 
 test: install
 	$(PY) -m pytest -q

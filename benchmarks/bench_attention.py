@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from bench_qa import questions, random_artifact  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
-from medtok_core.machine import cpu_flags  # noqa: E402
+from commons.machine import cpu_flags  # noqa: E402
 from qa.base_model import resolve_dtype  # noqa: E402
 from qa.model import ModelOptions, build_qa_model  # noqa: E402
 from qa.training import EpochBatches, OptimOptions, make_optimizer, split_by_option_set  # noqa: E402

@@ -7,7 +7,7 @@ Quality (per artifact):
 - codebook utilisation and perplexity per region, over the exported token table;
 - hierarchy preservation: ROC-AUC of cosine similarity separating sibling pairs (same parent)
   from random pairs of the same system;
-(metrics: :mod:`medtok_core.quality`, shared with ``python -m eval.medtok_quality``)
+(metrics: :mod:`medtok_core.quality`, shared with ``python -m recipes.medtok_quality``)
 - cross-system equivalence: for ICD-9-CM codes with a GEM partner in ICD-10-CM
   (data_file("kg/gem_icd9_to_icd10cm.csv"), both sides mapped to the artifact's codes with the
   tokenizer's ancestor fallback), MRR of the best-ranked true partner among all ICD-10-CM codes.
@@ -29,9 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from medtok_core.config import parse_config  # noqa: E402
-from medtok_core.errors import cli_entry  # noqa: E402
-from medtok_core.io import write_json  # noqa: E402
+from commons.config import parse_config  # noqa: E402
+from commons.errors import cli_entry  # noqa: E402
+from commons.io import write_json  # noqa: E402
 from medtok_core.quality import codebook_usage, equivalence_mrr, gem_pairs, hierarchy_auc  # noqa: E402
 from medtok_core.tokenizer import MedTokTokenizer  # noqa: E402
 

@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 def measure(args) -> dict:
     import torch
 
-    from medtok_core.config import parse_config
-    from medtok_core.machine import machine_facts
+    from commons.config import parse_config
+    from commons.machine import machine_facts
     from qa.base_model import resolve_dtype
     from qa.model import build_qa_model
     from qa.training import (

@@ -4,7 +4,7 @@
         --output docs/results/medtok_ablations/full_part_capacity.json
 
 Parent retrieval MRR (:func:`medtok_core.quality.parent_observed`, the same queries as
-``python -m eval.medtok_quality``) of the frozen description vectors MedTok's text branch reads,
+``python -m recipes.medtok_quality``) of the frozen description vectors MedTok's text branch reads,
 and of three summaries of them, ``--dim`` wide (default: ``model.dim``, one part):
 
 - ``pca``: their leading principal axes (the best *linear* summary);
@@ -31,14 +31,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from eval.medtok_quality import description_vectors, principal_components  # noqa: E402
-from medtok_core.config import parse_config, require_range  # noqa: E402
-from medtok_core.errors import cli_entry  # noqa: E402
-from medtok_core.io import write_json  # noqa: E402
+from commons.config import parse_config, require_range  # noqa: E402
+from commons.errors import cli_entry  # noqa: E402
+from commons.io import write_json  # noqa: E402
+from commons.machine import machine_facts  # noqa: E402
 from medtok_core.losses import similarity_distill  # noqa: E402
-from medtok_core.machine import machine_facts  # noqa: E402
 from medtok_core.quality import parent_observed  # noqa: E402
 from medtok_core.train import TrainConfig, epoch_order, hierarchy_blocks, prepare_data  # noqa: E402
+from recipes.medtok_quality import description_vectors, principal_components  # noqa: E402
 
 
 @dataclass
@@ -50,7 +50,7 @@ class BenchConfig:
     dim: int = 0  # width of the summaries (0: the config's model.dim, one part)
     hidden: int = 256  # hidden width of the distilled MLP (MedTok's text MLP: model.text_hidden or dim)
     block: int = 32  # hierarchy block when the config's optim.hierarchy_block is 0
-    max_parent_queries: int = 5000  # as eval.medtok_quality
+    max_parent_queries: int = 5000  # as recipes.medtok_quality
     seed: int = 0
     num_threads: int = 2
 

@@ -4,7 +4,7 @@
     python benchmarks/bench_pipeline.py --pipeline configs/pipeline_full.yaml --fresh_cache false
     python benchmarks/bench_pipeline.py --timings runs/pipeline/timings.json   # only format
 
-Runs ``eval.pipeline`` with every stage forced into its own output folder. With ``fresh_cache``
+Runs ``recipes.pipeline`` with every stage forced into its own output folder. With ``fresh_cache``
 (default) ``$MEDTOK_CACHE_DIR`` points at an empty temporary folder, so vocabulary, graph, text
 embeddings and the base model are built as on a fresh clone. Writes ``<output>/bench.json`` (stage
 timings plus machine facts) and prints a Markdown table.
@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from medtok_core.config import from_dict, load_yaml, parse_config  # noqa: E402
-from medtok_core.errors import cli_entry  # noqa: E402
-from medtok_core.io import read_json, write_json  # noqa: E402
-from medtok_core.machine import machine_facts  # noqa: E402
+from commons.config import from_dict, load_yaml, parse_config  # noqa: E402
+from commons.errors import cli_entry  # noqa: E402
+from commons.io import read_json, write_json  # noqa: E402
+from commons.machine import machine_facts  # noqa: E402
 
 
 @dataclass
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.timings:
         print(markdown(read_json(cfg.timings)))
         return
-    from eval.pipeline import PipelineConfig, run_pipeline
+    from recipes.pipeline import PipelineConfig, run_pipeline
 
     pipe = from_dict(PipelineConfig, load_yaml(cfg.pipeline)) if cfg.pipeline else PipelineConfig()
     pipe = dataclasses.replace(pipe, output=cfg.output, force=["all"], dry_run=False)

@@ -38,8 +38,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from commons.machine import cpu_flags  # noqa: E402
 from disease_linking.questions import CodeRef, Mention, load_mcq  # noqa: E402
-from medtok_core.machine import cpu_flags  # noqa: E402
 from qa.base_model import DEFAULT_BASE_MODEL, load_base_model, resolve_dtype  # noqa: E402
 from qa.model import ModelOptions, build_qa_model  # noqa: E402
 from qa.tiny import build_tiny_medtok  # noqa: E402
@@ -54,7 +54,7 @@ from qa.training import (  # noqa: E402
 
 
 def questions(args) -> list:
-    from medtok_core.datadir import data_file
+    from commons.datadir import data_file
 
     path = Path(args.linked) if args.linked else data_file("meddx/MedDDx.json")
     items, _ = load_mcq(path)
@@ -260,7 +260,7 @@ def _peft_lora_forward(model):
 
 def write_readme_block(readme: str, res: dict, source: str) -> None:
     """The README's QA speed figures, generated from a result JSON (never retyped)."""
-    from medtok_core.io import replace_marked_block
+    from commons.io import replace_marked_block
 
     body = (f"QA speed, SmolLM2-135M, batch {res['batch_size']}, {res['dtype']}, {res['threads']} threads, "
             f"CPU flags {', '.join(res['cpu_flags'])}, load average {res['load_average'][0]:.1f} "

@@ -24,7 +24,7 @@ def peak_rss_mib() -> float:
 
 def main(argv: list[str] | None = None) -> None:
     os.environ["MEDTOK_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-vocab-")
-    from medtok_core.config import parse_config
+    from commons.config import parse_config
     from medtok_core.vocab import VocabConfig, load_or_build_vocab
 
     cfg = parse_config(VocabConfig, argv, prog="bench_vocab.py")

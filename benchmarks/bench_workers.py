@@ -1,6 +1,6 @@
 """Threads or processes on a small CPU: one ``bench_qa.py`` process on every core against
 ``--workers`` processes on an equal share of the cores each, started together. This is the choice
-``workers:`` makes in ``eval.pipeline`` (fine-tunes side by side) and ``eval.run`` (models scored
+``workers:`` makes in ``recipes.pipeline`` (fine-tunes side by side) and ``recipes.evaluate`` (models scored
 side by side).
 
     python benchmarks/bench_workers.py [--workers 2] [--steps 6] [--out benchmarks/results/workers.json]

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from spacy.language import Language
 
+from commons.io import atomic_path, cache_dir, read_json, write_json
 from disease_linking.lexicon import GENERIC_WORDS, Lexicon
 from disease_linking.pipeline import tokenizer_id
-from medtok_core.io import atomic_path, cache_dir, read_json, write_json
 
 # Bump when term rows, scores or keys change for the same inputs.
 LEXICON_VERSION = 15

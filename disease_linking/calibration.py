@@ -5,7 +5,7 @@ lexicon entry cross-referenced through the KG scores 0.85-0.99, an embedding-fal
 cosine similarity, and a drug name that equals an ATC substance scores 1.0 but is right far more
 often than a disease description match of the same score. The model maps a few features of a
 mention's code (:data:`FEATURES`) to the probability that it is an acceptable code for a real
-mention. It is fitted on the *tune* half of the gold standard by ``python -m eval.linking_quality
+mention. It is fitted on the *tune* half of the gold standard by ``python -m recipes.linking_quality
 --fit_calibration true`` (labels: predicted mention matched to a gold mention and its top code
 acceptable; an unmatched prediction is a failure) and checked on the *report* half with a
 reliability plot. Codes below the top one get the model's value for their own features, capped
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from commons.errors import DataFileError
+from commons.io import read_json, write_json
 from disease_linking.questions import CodeRef, MCQItem, Mention
 from disease_linking.rules import UNSUPPORTED, unsupported_synonym
-from medtok_core.errors import DataFileError
-from medtok_core.io import read_json, write_json
 
 DEFAULT_PATH = Path(__file__).with_name("calibration.json")
 FEATURES = ("bias", "score", "fallback", "exact_entry", "parent_rule", "drug", "phenotype", "option",
@@ -89,7 +89,7 @@ class Calibrator:
         path = Path(path)
         if not path.is_file():
             raise DataFileError(f"calibration file {path} does not exist; fit it with "
-                                "python -m eval.linking_quality --fit_calibration true")
+                                "python -m recipes.linking_quality --fit_calibration true")
         d = read_json(path)
         if d.get("features") != list(FEATURES):
             raise DataFileError(f"calibration file {path} was fitted on other features; refit it")

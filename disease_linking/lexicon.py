@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from commons.errors import DataFileError
+from commons.io import atomic_path
 from disease_linking.normalize import is_acronym, norm_word, term_key
 from disease_linking.questions import CodeRef
-from medtok_core.errors import DataFileError
-from medtok_core.io import atomic_path
 
 # Order used to rank codes of equal score and to name a term's main kind.
 KIND_ORDER = ("disease", "phenotype", "drug")
@@ -230,7 +230,7 @@ class Lexicon:
     def load(cls, path: str | Path) -> Lexicon:
         path = Path(path)
         if not path.is_file():
-            raise DataFileError(f"lexicon file {path} does not exist; build it with python -m disease_linking.link")
+            raise DataFileError(f"lexicon file {path} does not exist; build it with medtok-qa link")
         return cls(pd.read_parquet(path))
 
     @classmethod

@@ -1,7 +1,7 @@
 """Link the mentions of an MCQ file to medical codes.
 
-    python -m disease_linking.link --input MedDDx.json --output linked.jsonl [--authors_output qa.json]
-    python -m disease_linking.link --layout medmcqa --allow_network true --output medmcqa_linked.jsonl
+    medtok-qa link --input MedDDx.json --output linked.jsonl [--authors_output qa.json]
+    medtok-qa link --layout medmcqa --allow_network true --output medmcqa_linked.jsonl
 
 Writes the linked JSONL, optionally the authors' QA layout, and ``<output>.summary.json`` (coverage
 per tier, mentions per question, codes per system, disease/drug/phenotype split, timings).
@@ -14,13 +14,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from commons.config import require_choice, save_config, to_dict
+from commons.errors import ConfigError
+from commons.io import atomic_path, check_writable, write_json
 from disease_linking.layouts import AUTO, layout_names, load_question_items, question_file
 from disease_linking.linker import LinkConfig, Linker
 from disease_linking.questions import to_authors_layout, write_jsonl
-from disease_linking.summary import format_summary, summarize
-from medtok_core.config import parse_config, require_choice, save_config, to_dict
-from medtok_core.errors import ConfigError, cli_entry
-from medtok_core.io import atomic_path, check_writable, write_json
+from disease_linking.summary import summarize
 
 
 @dataclass
@@ -84,17 +84,3 @@ def run(cfg: LinkCLIConfig) -> dict:
     save_config(cfg, output.with_name(output.name.removesuffix(".jsonl") + ".config.yaml"))
     write_jsonl(output, linked)
     return summary
-
-
-@cli_entry
-def main(argv: list[str] | None = None) -> None:
-    cfg = parse_config(LinkCLIConfig, argv, prog="python -m disease_linking.link")
-    summary = run(cfg)
-    r = summary["run"]
-    print(format_summary(summary))
-    print(f"linked {r['questions']} questions ({r['skipped_invalid']} skipped) in {r['link_s']} s "
-          f"(+{r['load_s']} s loading) -> {cfg.output}; summary: {summary_path(Path(cfg.output))}")
-
-
-if __name__ == "__main__":
-    main()

@@ -61,7 +61,7 @@ class LinkConfig:
     embedding_fallback: bool = True
     # Minimum cosine similarity for a fallback code of a phrase that may name a disease (a head-word
     # phrase, an abbreviation's long form, a whole option). Both thresholds are chosen on the tune
-    # half of eval/gold/linking_v2.jsonl by python -m eval.linking_quality; in the last run the
+    # half of eval/gold/linking_v2.jsonl by python -m recipes.linking_quality; in the last run the
     # phrase fallback added no right code there, so it is off (> 1) by default.
     fallback_threshold: float = 1.01
     # The same for a known lexicon concept without codes ("Cognitive decline"): the mention is

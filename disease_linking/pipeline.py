@@ -11,9 +11,9 @@ from spacy.language import Language
 from spacy.tokens import Doc, Span
 from spacy.util import filter_spans
 
+from commons.errors import ConfigError
 from disease_linking.lexicon import Lexicon
 from disease_linking.normalize import BOUNDARY, token_view
-from medtok_core.errors import ConfigError
 
 MATCHER_PIPE = "medtok_lexicon_matcher"
 SPAN_KEY = "lexicon"

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medtok_core.errors import MedTokError
-from medtok_core.io import atomic_path
+from commons.errors import UserError
+from commons.io import atomic_path
 
 LETTERS = "ABCDE"
 TIERS = ("Basic", "Intermediate", "Expert")
@@ -29,7 +29,7 @@ _OPTION_LINE = re.compile(r"^\s*([A-E])\s*[:.)]\s*(.*\S)?\s*$")
 _NA = {"n/a", "na", "none", ""}
 
 
-class MCQFormatError(MedTokError):
+class MCQFormatError(UserError):
     """A question item is malformed."""
 
 

@@ -1,5 +1,5 @@
 """Rules applied around the lexicon match, each fixing one class of errors read on the tune half
-of the gold standard (``eval/gold/linking_v2.jsonl``, ``python -m eval.linking_quality --errors``).
+of the gold standard (``eval/gold/linking_v2.jsonl``, ``python -m recipes.linking_quality --errors``).
 Each rule is pinned by a small test in ``tests/test_linking.py``.
 
 - :func:`names_molecule`: a drug or disease word that is part of a gene, receptor, enzyme or

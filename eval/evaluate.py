@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from commons.config import FieldError, require_choice, require_range, save_config
+from commons.errors import ConfigError, UserError
+from commons.io import atomic_path, read_json, write_json
 from disease_linking.layouts import AUTO, layout_names, load_question_items, question_file
 from disease_linking.questions import LETTERS, TIERS, MCQItem
 from eval import collapse, permutations, report, stats
 from eval.report import ALL, ZERO_SHOT, method_rank
-from medtok_core.config import FieldError, require_choice, require_range, save_config
-from medtok_core.errors import ConfigError, MedTokError
-from medtok_core.io import atomic_path, read_json, write_json
 from qa.checkpoint import find_checkpoint, read_checkpoint_config
 from qa.token_cache import questions_sha
 
@@ -62,7 +62,7 @@ class EvalConfig:
     allow_network: bool = False  # let a hub layout download its dataset from the Hugging Face hub
     hub_split: str = "validation"  # the split a hub layout reads (MedMCQA's test split hides its answers)
     checkpoints: list[str] = field(default_factory=list)  # QA checkpoint folders (method + seed each)
-    # Embeddings-only reference folders (python -m eval.reference), scored beside the LLM methods.
+    # Embeddings-only reference folders (python -m recipes.reference), scored beside the LLM methods.
     references: list[str] = field(default_factory=list)
     zero_shot: list[str] = field(default_factory=list)  # base models scored without fine-tuning ("default")
     # dtype of zero-shot models: auto = bfloat16 on a GPU, float32 on CPU (CPUs without native bf16
@@ -156,7 +156,7 @@ def _read_split(folder: Path) -> tuple[frozenset[str], frozenset[str] | None]:
         return frozenset(), None
     split = read_json(split_path)
     if not isinstance(split, dict) or "train" not in split:
-        raise MedTokError(f"{split_path} must be a JSON object with 'train' and 'val' id lists")
+        raise UserError(f"{split_path} must be a JSON object with 'train' and 'val' id lists")
     val = split.get("val")
     return frozenset(map(str, split["train"])), (None if val is None else frozenset(map(str, val)))
 
@@ -233,7 +233,7 @@ def load_prediction_runs(path: str | Path) -> list[Run]:
     """Runs from a predictions JSONL written by :func:`write_outputs` (one run per method+seed)."""
     path = Path(path)
     if not path.is_file():
-        raise MedTokError(f"predictions file {path} does not exist")
+        raise UserError(f"predictions file {path} does not exist")
     runs: dict[tuple[str, int | None], Run] = {}
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -249,7 +249,7 @@ def load_prediction_runs(path: str | Path) -> list[Run]:
                     run.orders.append({})
                 run.orders[shift][str(rec["id"])] = {"pred": order["pred"], "probs": order.get("probs", {})}
         except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise MedTokError(f"{path}:{n}: not a prediction record ({err})") from None
+            raise UserError(f"{path}:{n}: not a prediction record ({err})") from None
     return list(runs.values())
 
 
@@ -359,10 +359,10 @@ def summarize(items: Sequence[MCQItem], runs: Sequence[Run], *, tiers: Sequence[
     for run in runs:
         missing = [it.id for it in items if it.id not in run.predictions]
         if missing:
-            raise MedTokError(f"{run.label} ({run.source}) has no prediction for {len(missing)} of the "
+            raise UserError(f"{run.label} ({run.source}) has no prediction for {len(missing)} of the "
                               f"{len(items)} evaluated questions (e.g. {missing[0]}); score it again")
         if any(it.id not in order for order in run.orders for it in items):
-            raise MedTokError(f"{run.label} ({run.source}) lacks a permuted-order prediction for some "
+            raise UserError(f"{run.label} ({run.source}) lacks a permuted-order prediction for some "
                               "evaluated question; score it again")
     n_options = max((len(it.options) for it in items), default=4)
     alphabet = LETTERS[:n_options]
@@ -518,10 +518,10 @@ def load_dataset(cfg: EvalConfig) -> list[MCQItem]:
     path = question_file(cfg.data, cfg.layout, cfg.data_dir)
     items, _ = load_question_items(path, cfg.layout, cfg.skip_invalid, cfg.allow_network, cfg.hub_split)
     if not items:
-        raise MedTokError(f"{path or cfg.layout} contains no questions")
+        raise UserError(f"{path or cfg.layout} contains no questions")
     unknown = sorted({it.tier for it in items if it.tier} - set(TIERS))
     if unknown:
-        raise MedTokError(f"{path}: unknown tier {unknown[0]!r}; tiers are {', '.join(TIERS)}")
+        raise UserError(f"{path}: unknown tier {unknown[0]!r}; tiers are {', '.join(TIERS)}")
     return items
 
 
@@ -660,7 +660,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
     for run in saved_runs:  # re-reported runs restrict the set to what they scored
         selected = [it for it in selected if it.id in run.predictions]
     if not selected:
-        raise MedTokError("no question left to evaluate after removing training questions; check "
+        raise UserError("no question left to evaluate after removing training questions; check "
                           "--tiers and the checkpoints' split.json")
     permutations.check_orders(selected, cfg.permutations)
     runs = score_sources(sources, selected, cfg.batch_size, log, cfg.permutations,

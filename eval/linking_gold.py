@@ -8,8 +8,8 @@ Two splits live in the repo:
   over a seeded sample stratified by tier (rules: ``eval/gold/RULES.md``); its header also records
   which questions form the *tune* half (thresholds, calibration) and which the *report* half.
 
-    python -m eval.linking_gold sample   # print the seeded sample (question ids per tier)
-    python -m eval.linking_gold build    # .ann -> .jsonl with offsets, after checking every code
+    python -m recipes.linking_gold sample   # print the seeded sample (question ids per tier)
+    python -m recipes.linking_gold build    # .ann -> .jsonl with offsets, after checking every code
 
 The ``.ann`` format (one block per question, in sample order)::
 
@@ -27,11 +27,10 @@ from __future__ import annotations
 import json
 import random
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from medtok_core.errors import MedTokError
+from commons.errors import UserError
 
 HERE = Path(__file__).resolve().parent
 GOLD_V1 = HERE / "gold_linking.jsonl"
@@ -46,7 +45,7 @@ SEED = 13
 PER_TIER = 40
 
 
-class GoldFormatError(MedTokError):
+class GoldFormatError(UserError):
     """An annotation line or gold record is malformed or names a code the vocabulary lacks."""
 
 
@@ -171,8 +170,8 @@ def load_gold(path: str | Path) -> tuple[dict, list[dict]]:
 
 
 def _meddx(data_dir=None):
+    from commons.datadir import data_file
     from disease_linking.questions import load_mcq
-    from medtok_core.datadir import data_file
 
     items, _ = load_mcq(data_file("meddx/MedDDx.json", data_dir))
     return items
@@ -180,7 +179,7 @@ def _meddx(data_dir=None):
 
 def build(ann: Path = ANN_V2, out: Path = GOLD_V2, data_dir=None) -> dict:
     """Write ``out`` from ``ann``: the header (sample procedure, tune/report halves) + records."""
-    from medtok_core.io import atomic_path
+    from commons.io import atomic_path
     from medtok_core.vocab import VocabConfig, load_or_build_vocab
 
     items = _meddx(data_dir)
@@ -204,20 +203,3 @@ def build(ann: Path = ANN_V2, out: Path = GOLD_V2, data_dir=None) -> dict:
         for rec in [header, *records]:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     return {"questions": len(done), "mentions": len(records)}
-
-
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["sample"]:
-        v1, _ = load_gold(GOLD_V1)
-        for tier, ids in sample_questions(_meddx(), set(v1["questions"])).items():
-            print(tier, " ".join(ids))
-    elif argv[:1] == ["build"]:
-        print(build())
-    else:
-        print("usage: python -m eval.linking_gold {sample|build}", file=sys.stderr)
-        raise SystemExit(2)
-
-
-if __name__ == "__main__":
-    main()

@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+from commons.errors import ConfigError
 from disease_linking.questions import MCQItem
-from medtok_core.errors import ConfigError
 from qa.data import cyclic_shift
 
 

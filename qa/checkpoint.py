@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from medtok_core.errors import MedTokError
-from medtok_core.io import atomic_dir, read_format_json, write_json, write_text
-from medtok_core.model_card import CARD, best_validation, qa_card, read_yaml
+from commons.errors import UserError
+from commons.io import atomic_dir, read_format_json, write_json, write_text
+from medtok_core.model_card import CARD
+from qa.card import best_validation, qa_card, read_yaml
 
 FORMAT = "medtok-qa-checkpoint"
 QA_CONFIG = "qa_config.json"
@@ -27,7 +28,7 @@ PROJECTOR = "projector.safetensors"
 BEST = "best"
 
 
-class CheckpointError(MedTokError):
+class CheckpointError(UserError):
     """A QA checkpoint folder is missing, incomplete or damaged."""
 
 

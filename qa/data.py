@@ -13,8 +13,8 @@ import random
 from collections import defaultdict
 from dataclasses import replace
 
+from commons.errors import UserError
 from disease_linking.questions import LETTERS, MCQItem
-from medtok_core.errors import MedTokError
 
 CODE_FIELDS = ("stem", "stem+options")
 
@@ -28,7 +28,7 @@ def split_by_option_set(items: list[MCQItem], val_fraction: float, seed: int
                         ) -> tuple[list[MCQItem], list[MCQItem]]:
     """(train, val): whole option-set groups go to validation until it holds ``val_fraction`` of the items."""
     if not 0.0 <= val_fraction < 1.0:
-        raise MedTokError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
     groups: dict[tuple[str, ...], list[MCQItem]] = defaultdict(list)
     for item in items:
         groups[option_set_key(item)].append(item)
@@ -98,7 +98,7 @@ def linked_codes(item: MCQItem, code_fields: str = "stem", codes_per_mention: in
     Items without mentions fall back to the authors' ``medical_codes`` list (stem codes).
     """
     if code_fields not in CODE_FIELDS:
-        raise MedTokError(f"code_fields must be one of {', '.join(CODE_FIELDS)}, got {code_fields!r}")
+        raise UserError(f"code_fields must be one of {', '.join(CODE_FIELDS)}, got {code_fields!r}")
     if fields is None:
         fields = ["stem"] + ([f"option:{k}" for k in item.options] if code_fields == "stem+options" else [])
     out: list[str] = []

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from commons.config import from_dict, require_choice, require_range
+from commons.errors import UserError
 from disease_linking.questions import LETTERS, MCQItem
-from medtok_core.config import from_dict, require_choice, require_range
-from medtok_core.errors import MedTokError
 from qa import checkpoint, token_cache
 from qa.base_model import DEFAULT_BASE_MODEL, DTYPES, load_base_model, resolve_dtype
 from qa.data import CODE_FIELDS, shuffle_options, stable_seed
@@ -330,7 +330,7 @@ def _attach_lora(lm: nn.Module, lora: LoraOptions) -> nn.Module:
         # autocast_adapter_dtype keeps LoRA weights in fp32 over a bf16 base (stable small updates).
         model = get_peft_model(lm, config, autocast_adapter_dtype=True)
     except ValueError as err:
-        raise MedTokError(f"LoRA target modules {lora.target_modules} do not fit this model: "
+        raise UserError(f"LoRA target modules {lora.target_modules} do not fit this model: "
                           f"{str(err).splitlines()[0]}") from None
     lean_lora(model)  # the adapter's arithmetic in the activations' dtype, fused into the base matmul
     return model
@@ -380,7 +380,7 @@ def zero_shot_model(base_model: str = DEFAULT_BASE_MODEL, prefix_mode: str = "no
     """The base model without adapter or prefix module (baselines): a method with nothing to train."""
     if get_method(prefix_mode).trainable:
         untrained = ", ".join(n for n in method_names() if not get_method(n).trainable)
-        raise MedTokError(f"a zero-shot model has no trained prefix module; use prefix_mode {untrained}, "
+        raise UserError(f"a zero-shot model has no trained prefix module; use prefix_mode {untrained}, "
                           f"not {prefix_mode}")
     options = ModelOptions(base_model=base_model, prefix_mode=prefix_mode, medtok=medtok, dtype=dtype,
                            **option_overrides)
@@ -401,10 +401,10 @@ def load_qa_checkpoint(path: str | Path, medtok: str | None = None, device: str 
         options.medtok = medtok
     if options.medtok and cfg.get("medtok_token_table_sha256"):
         if not Path(options.medtok).is_dir():
-            raise MedTokError(f"the MedTok artifact {options.medtok} of checkpoint {ckpt} is missing; "
+            raise UserError(f"the MedTok artifact {options.medtok} of checkpoint {ckpt} is missing; "
                               "pass its new location (medtok=...)")
         if token_table_sha(options.medtok) != cfg["medtok_token_table_sha256"]:
-            raise MedTokError(f"MedTok artifact {options.medtok} differs from the one checkpoint {ckpt} "
+            raise UserError(f"MedTok artifact {options.medtok} differs from the one checkpoint {ckpt} "
                               "was trained with (token_table sha256 mismatch)")
     options.gradient_checkpointing = False
     options.allow_download = allow_download

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from commons.errors import UserError
 from disease_linking.questions import MCQItem
-from medtok_core.errors import MedTokError
 from qa.data import CODE_FIELDS, linked_codes, stable_seed
 
 PROJECTORS = ("linear", "mlp")
@@ -33,7 +33,7 @@ class Projector(nn.Module):
     def __init__(self, in_dim: int, hidden_size: int, kind: str = "linear"):
         super().__init__()
         if kind not in PROJECTORS:
-            raise MedTokError(f"projector must be one of {', '.join(PROJECTORS)}, got {kind!r}")
+            raise UserError(f"projector must be one of {', '.join(PROJECTORS)}, got {kind!r}")
         self.kind = kind
         if kind == "linear":
             self.net = nn.Linear(in_dim, hidden_size)
@@ -51,7 +51,7 @@ class CodeSource:
     def __init__(self, tokenizer, code_fields: str = "stem", codes_per_mention: int = 1, max_codes: int = 8,
                  seed: int = 0, min_confidence: float = 0.0):
         if code_fields not in CODE_FIELDS:
-            raise MedTokError(f"code_fields must be one of {', '.join(CODE_FIELDS)}, got {code_fields!r}")
+            raise UserError(f"code_fields must be one of {', '.join(CODE_FIELDS)}, got {code_fields!r}")
         self.tok = tokenizer
         self.code_fields, self.codes_per_mention, self.max_codes = code_fields, codes_per_mention, max_codes
         self.seed = seed
@@ -88,7 +88,7 @@ class CodeSource:
     def _nearest_known(self, code: str) -> str | None:
         try:
             hit = self.tok.resolve(code, warn=False)
-        except MedTokError:
+        except UserError:
             return None
         return f"{hit.system}:{hit.code}"
 

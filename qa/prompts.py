@@ -7,8 +7,8 @@ letters' logits at that position (no sampling, no substring matching).
 
 from __future__ import annotations
 
+from commons.errors import UserError
 from disease_linking.questions import MCQItem
-from medtok_core.errors import MedTokError
 
 SYSTEM_PROMPT = ("You are a medical expert answering multiple-choice questions. "
                  "Reply with the letter of the single correct option and nothing else.")
@@ -47,11 +47,11 @@ def letter_token_ids(tokenizer, letters: str = "ABCDE") -> dict[str, int]:
     for letter in letters:
         toks = tokenizer.encode(letter, add_special_tokens=False)
         if len(toks) != 1:
-            raise MedTokError(f"the base model's tokenizer splits the letter {letter!r} into {len(toks)} "
+            raise UserError(f"the base model's tokenizer splits the letter {letter!r} into {len(toks)} "
                               "tokens; letter scoring needs single-token letters")
         ids[letter] = toks[0]
     if len(set(ids.values())) != len(ids):
-        raise MedTokError("the base model's tokenizer maps two answer letters to one token")
+        raise UserError("the base model's tokenizer maps two answer letters to one token")
     return ids
 
 

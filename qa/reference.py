@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from commons.config import from_dict, require_range
+from commons.errors import UserError
+from commons.io import atomic_dir, read_format_json, write_json
 from disease_linking.questions import MCQItem
-from medtok_core.config import from_dict, require_range
-from medtok_core.errors import MedTokError
-from medtok_core.io import atomic_dir, read_format_json, write_json
 from qa.data import stable_seed
 from qa.prefix import CodeSource
 
@@ -75,10 +75,10 @@ def get_reference(name: str) -> ReferenceKind:
     try:
         return REFERENCES[name]
     except KeyError:
-        raise MedTokError(f"unknown reference {name!r}; choose from {', '.join(REFERENCES)}") from None
+        raise UserError(f"unknown reference {name!r}; choose from {', '.join(REFERENCES)}") from None
 
 
-class ReferenceError(MedTokError):
+class ReferenceError(UserError):
     """A reference folder is missing, incomplete or damaged."""
 
 
@@ -117,7 +117,7 @@ class CodeVectors:
 
     def __init__(self, codes: CodeSource, features: str, text_vectors=None):
         if features not in FEATURES:
-            raise MedTokError(f"reference features must be one of {', '.join(FEATURES)}, got {features!r}")
+            raise UserError(f"reference features must be one of {', '.join(FEATURES)}, got {features!r}")
         self.codes, self.features = codes, features
         # texts -> FloatTensor [n, dim]; injectable so tests need no text encoder.
         self._text_vectors = text_vectors
@@ -374,7 +374,7 @@ def read_reference_config(path: str | Path) -> dict:
     file = Path(path) / CONFIG
     if not file.is_file():
         raise ReferenceError(f"{path} is not a reference folder (no {CONFIG}); pass a folder written by "
-                             "`python -m eval.reference`")
+                             "`python -m recipes.reference`")
     cfg = read_format_json(file, FORMAT, "reference config", ReferenceError, "train it again")
     for key, kind in (("name", str), ("features", str), ("dim", int), ("options", dict)):
         if not isinstance(cfg.get(key), kind):

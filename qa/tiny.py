@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from medtok_core.io import atomic_dir
+from commons.io import atomic_dir
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from commons.io import cache_dir
 from disease_linking.questions import MCQItem, from_row, items_dataset, to_row
-from medtok_core.io import cache_dir
 
 # Part of every key: bump when what a cached row holds, or how it is computed, changes.
 CACHE_VERSION = 1

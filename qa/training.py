@@ -27,13 +27,11 @@ from pathlib import Path
 
 import torch
 
-from disease_linking.layouts import AUTO, layout_names, load_question_items, question_file
-from disease_linking.questions import TIERS, MCQItem
-from medtok_core.config import require_choice, require_range, save_config, to_dict
-from medtok_core.config import starts_fresh as config_starts_fresh
-from medtok_core.errors import ConfigError, MedTokError
-from medtok_core.io import check_writable_dir, read_json, sha256_file, write_json, write_text
-from medtok_core.tracking import (
+from commons.config import require_choice, require_range, save_config, to_dict
+from commons.config import starts_fresh as config_starts_fresh
+from commons.errors import ConfigError, UserError
+from commons.io import check_writable_dir, read_json, sha256_file, write_json, write_text
+from commons.tracking import (
     CURVES,
     accelerator_kwargs,
     check_report_to,
@@ -41,6 +39,8 @@ from medtok_core.tracking import (
     scalars,
     start_trackers,
 )
+from disease_linking.layouts import AUTO, layout_names, load_question_items, question_file
+from disease_linking.questions import TIERS, MCQItem
 from qa.base_model import resolve_dtype
 from qa.checkpoint import best_checkpoint
 from qa.data import split_by_option_set, stable_seed
@@ -155,10 +155,10 @@ def load_questions(opts: DataOptions) -> list[MCQItem]:
         untiered = items and all(i.tier is None for i in items)
         items = [i for i in items if i.tier == opts.tier]
         if untiered:  # e.g. MedMCQA: no difficulty tiers at all
-            raise MedTokError(f"the questions of {path or opts.layout} have no tiers; pass --data.tier \"\" "
+            raise UserError(f"the questions of {path or opts.layout} have no tiers; pass --data.tier \"\" "
                               "to train on all of them")
     if not items:
-        raise MedTokError(f"no {opts.tier or ''} questions with an answer in {path or opts.layout}")
+        raise UserError(f"no {opts.tier or ''} questions with an answer in {path or opts.layout}")
     return items
 
 
@@ -169,7 +169,7 @@ def make_split(items: list[MCQItem], opts: DataOptions) -> tuple[list[MCQItem], 
     if opts.limit_val:
         val = val[: opts.limit_val]
     if not train:
-        raise MedTokError("the training split is empty; lower data.val_fraction")
+        raise UserError("the training split is empty; lower data.val_fraction")
     return train, val
 
 
@@ -500,14 +500,14 @@ def _verify_resume_state(path: Path) -> None:
     parts of it with torch.load(weights_only=False), which can run code from a tampered file."""
     manifest = path / MANIFEST
     if not manifest.is_file():
-        raise MedTokError(f"resume state {path} has no {MANIFEST} (written by an older version or damaged); "
+        raise UserError(f"resume state {path} has no {MANIFEST} (written by an older version or damaged); "
                           "delete the folder to start over, or pass --resume false")
     try:
         expected = read_json(manifest)
     except (ValueError, UnicodeDecodeError):
         expected = None
     if expected != _folder_digests(path):
-        raise MedTokError(f"resume state {path} differs from what was saved (damaged or edited); delete the "
+        raise UserError(f"resume state {path} differs from what was saved (damaged or edited); delete the "
                           "folder to start over, or pass --resume false")
 
 
@@ -552,7 +552,7 @@ def _run_files(out: Path) -> dict[str, Path]:
 
 
 def starts_fresh(cfg: TrainConfig, out: Path) -> bool:
-    """Whether ``out`` must be cleared before training (see :func:`medtok_core.config.starts_fresh`)."""
+    """Whether ``out`` must be cleared before training (see :func:`commons.config.starts_fresh`)."""
     return config_starts_fresh(cfg, out / "train_config.yaml", out)
 
 

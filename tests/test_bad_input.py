@@ -10,18 +10,18 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from disease_linking import link as link_cli
 from disease_linking.questions import write_jsonl
-from eval import linking_quality, pipeline
-from eval import run as eval_cli
-from finetune import launch as launch_cli
 from finetune import train as train_cli
-from medtok_core import build as build_cli
-from medtok_core import train as medtok_cli
-from qa import ask as ask_cli
 from qa.model import ModelOptions
 from qa.tiny import TINY_CODES, build_tiny_lm, build_tiny_medtok, tiny_questions
 from qa.training import DataOptions, OptimOptions, TrainConfig, train
+from recipes import ask as ask_cli
+from recipes import build as build_cli
+from recipes import evaluate as eval_cli
+from recipes import finetune as launch_cli
+from recipes import link as link_cli
+from recipes import linking_quality, pipeline
+from recipes import train_tokenizer as medtok_cli
 
 ITEM = {"id": "x-1", "question": "A patient has fever. Which is most likely?", "options": {"A": "flu", "B": "cold"},
         "answer": "A", "tier": "Intermediate"}
@@ -247,7 +247,7 @@ def test_a_run_folder_with_other_settings_resumes_only_when_they_match(tmp_path)
 
     import yaml
 
-    from medtok_core.config import ConfigError, save_config, starts_fresh
+    from commons.config import ConfigError, save_config, starts_fresh
     from medtok_core.train import TrainConfig as MedTokConfig
 
     saved = tmp_path / "config.yaml"

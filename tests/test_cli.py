@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eval import cli
-from medtok_core.config import ConfigError, _field_types, field_docs, from_dict, load_yaml, parse_config
+from commons.config import ConfigError, _field_types, field_docs, from_dict, load_yaml, parse_config
+from recipes import cli
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -98,12 +98,12 @@ def test_help_text_comes_from_the_field_comments():
 def _entry_configs():
     from disease_linking.link import LinkCLIConfig
     from eval.evaluate import EvalConfig
-    from eval.linking_quality import QualityConfig
-    from eval.pipeline import PipelineConfig
-    from eval.publish import PublishConfig
     from medtok_core.build import BuildConfig
     from medtok_core.train import TrainConfig as MedTokConfig
     from qa.training import TrainConfig as QAConfig
+    from recipes.linking_quality import QualityConfig
+    from recipes.pipeline import PipelineConfig
+    from recipes.publish import PublishConfig
 
     return [BuildConfig, MedTokConfig, LinkCLIConfig, QAConfig, EvalConfig, PipelineConfig, QualityConfig,
             PublishConfig]
@@ -126,18 +126,18 @@ def test_every_option_of_every_entry_point_has_help(cls):
 
 # ---------------------------------------------------------------- --print_config
 
-CONFIG_FILES = {"medtok_quick.yaml": "medtok_core.train", "medtok_full.yaml": "medtok_core.train",
-                "medtok_quick_before.yaml": "medtok_core.train", "medtok_quality_full.yaml": "eval.medtok_quality",
+CONFIG_FILES = {"medtok_quick.yaml": "recipes.train_tokenizer", "medtok_full.yaml": "recipes.train_tokenizer",
+                "medtok_quick_before.yaml": "recipes.train_tokenizer", "medtok_quality_full.yaml": "recipes.medtok_quality",
                 "qa_quick.yaml": "qa.training", "qa_paper.yaml": "qa.training",
-                "pipeline_quick.yaml": "eval.pipeline", "pipeline_full.yaml": "eval.pipeline",
-                "pipeline_cpu.yaml": "eval.pipeline", "recipe_sweep.yaml": "eval.recipe"}
+                "pipeline_quick.yaml": "recipes.pipeline", "pipeline_full.yaml": "recipes.pipeline",
+                "pipeline_cpu.yaml": "recipes.pipeline", "recipe_sweep.yaml": "recipes.recipe"}
 
 
 def _config_class(module: str):
     import importlib
 
     mod = importlib.import_module(module)
-    names = {"eval.pipeline": "PipelineConfig", "eval.medtok_quality": "QualityConfig", "eval.recipe": "RecipeConfig"}
+    names = {"recipes.pipeline": "PipelineConfig", "recipes.medtok_quality": "QualityConfig", "recipes.recipe": "RecipeConfig"}
     return getattr(mod, names.get(module, "TrainConfig"))
 
 
@@ -172,13 +172,13 @@ def test_console_script_is_declared():
     tomllib = pytest.importorskip("tomllib")
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     module, func = scripts["medtok-qa"].split(":")
-    assert (module, func) == ("eval.cli", "main")
+    assert (module, func) == ("recipes.cli", "main")
     for name in ("build", "train-tokenizer", "link", "finetune", "eval", "ask", "pipeline", "quality"):
         assert name in cli.commands()
 
 
 def test_top_level_help_imports_no_heavy_library():
-    code = ("import sys, eval.cli\ntry:\n    eval.cli.main(['--help'])\nexcept SystemExit as e:\n    assert not e.code\n"
+    code = ("import sys, recipes.cli\ntry:\n    recipes.cli.main(['--help'])\nexcept SystemExit as e:\n    assert not e.code\n"
             "print(sorted(m for m in ('torch', 'transformers', 'pandas', 'datasets') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("[]"), out
@@ -235,6 +235,6 @@ def test_a_bad_command_is_one_error_line(argv, message, capsys):
 
 
 def test_python_m_modules_keep_working():
-    out = subprocess.run([sys.executable, "-m", "medtok_core.build", "--print_config", "--rebuild"], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "recipes.build", "--print_config", "--rebuild"], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
     assert yaml.safe_load(out)["rebuild"] is True

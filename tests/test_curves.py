@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from commons.config import ConfigError, parse_config
+from commons.tracking import CURVES, LOG_DIR, medtok_curves, qa_curves, read_jsonl
 from disease_linking.questions import write_jsonl
-from medtok_core.config import ConfigError, parse_config
-from medtok_core.tracking import CURVES, LOG_DIR, medtok_curves, qa_curves, read_jsonl
 from qa.model import ModelOptions
 from qa.tiny import TINY_CODES, build_tiny_lm, build_tiny_medtok, tiny_questions
 from qa.training import DataOptions, OptimOptions, TrainConfig, train
@@ -83,7 +83,7 @@ def test_report_to_is_checked_when_parsed():
 
 def test_report_to_does_not_make_a_run_folder_other(tmp_path):
     """Where a run reports is not what it is: resuming with another --report_to is allowed."""
-    from medtok_core.config import save_config, starts_fresh
+    from commons.config import save_config, starts_fresh
 
     cfg = TrainConfig(output_dir=str(tmp_path))
     save_config(cfg, tmp_path / "train_config.yaml")

@@ -20,12 +20,12 @@ from disease_linking.questions import (
     to_authors_layout,
     write_jsonl,
 )
-from eval import run as eval_cli
 from finetune import train as train_cli
 from qa.model import ModelOptions, build_qa_model
 from qa.tiny import build_tiny_lm, tiny_questions
 from qa.token_cache import CACHE_SUBDIR, fingerprint
 from qa.training import EpochBatches
+from recipes import evaluate as eval_cli
 
 MEDDX = {"query": "Which drug treats beriberi?\nA: Niacin\nB: Thiamine\nC: Zinc\nD: Iron\n",
          "answer": "B", "sim_level_std": 0.05}
@@ -240,10 +240,10 @@ def test_a_second_training_run_tokenizes_nothing(tiny_lm, cache, tmp_path, monke
 
 
 def test_untiered_questions_ask_for_an_empty_tier(tmp_path):
-    from medtok_core.errors import MedTokError
+    from commons.errors import UserError
     from qa.training import DataOptions, load_questions
 
     path = str(_files(tmp_path)["medmcqa"])
-    with pytest.raises(MedTokError, match='have no tiers; pass --data.tier ""'):
+    with pytest.raises(UserError, match='have no tiers; pass --data.tier ""'):
         load_questions(DataOptions(train_file=path, layout="medmcqa"))
     assert len(load_questions(DataOptions(train_file=path, layout="medmcqa", tier=""))) == 3

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
+from commons.config import from_dict
 from disease_linking.questions import write_jsonl
 from eval.evaluate import BootstrapConfig, EvalConfig, evaluate
-from medtok_core.config import from_dict
 from qa.tiny import TINY_CODES, build_tiny_llama, build_tiny_medtok, tiny_questions
 
 # Two one-epoch trainings of a tiny model: ~25 s of CPU, slower on a busy machine.

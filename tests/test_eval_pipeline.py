@@ -1,4 +1,4 @@
-"""eval.pipeline: the plan, stamps (skip what is up to date, redo what changed), timings."""
+"""recipes.pipeline: the plan, stamps (skip what is up to date, redo what changed), timings."""
 
 import json
 import sys
@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from eval import pipeline as pl
-from eval.pipeline import PipelineConfig, Stage
-from medtok_core.config import parse_config
-from medtok_core.errors import MedTokError
+from commons.config import parse_config
+from commons.errors import UserError
 from qa.prefix_methods import method_names
+from recipes import pipeline as pl
+from recipes.pipeline import PipelineConfig, Stage
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -89,7 +89,7 @@ def test_failing_stage_is_one_line_error_and_not_stamped(tmp_path, monkeypatch):
     out = tmp_path / "run"
     bad = Stage("build", "build", "fails", [sys.executable, "-c", "raise SystemExit(3)"], [])
     monkeypatch.setattr(pl, "build_stages", lambda cfg: [bad])
-    with pytest.raises(MedTokError, match="stage 'build' failed \\(exit code 3\\)"):
+    with pytest.raises(UserError, match="stage 'build' failed \\(exit code 3\\)"):
         pl.run_pipeline(PipelineConfig(output=str(out)))
     stamp = out / "stamps" / "build.json"
     assert not json.loads(stamp.read_text())["finished"]  # started, never finished: not reused

@@ -1,14 +1,14 @@
-"""eval.evaluate / eval.report / eval.run on toy datasets and fake checkpoints (no model)."""
+"""eval.evaluate / eval.report / recipes.evaluate on toy datasets and fake checkpoints (no model)."""
 
 import json
 
 import pytest
 
+from commons.errors import UserError
 from disease_linking.questions import CodeRef, MCQItem, Mention, load_mcq
 from eval import evaluate as ev
 from eval.evaluate import EvalConfig, Run, evaluate, select_items, summarize, write_outputs
-from eval.run import main as run_main
-from medtok_core.errors import MedTokError
+from recipes.evaluate import main as run_main
 
 
 def _meddx_record(i: int, std: float, answer: str, n_options: int = 4) -> dict:
@@ -172,7 +172,7 @@ def test_missing_prediction_is_a_user_error():
     items = [MCQItem("q-0", "s", opts, "A", "Basic"), MCQItem("q-1", "s", opts, "B", "Basic")]
     run = Run("none", 0, "somewhere")
     run.predictions = {"q-0": {"pred": "A", "probs": {}, "n_codes": 0}}
-    with pytest.raises(MedTokError, match="no prediction for 1 of the 2"):
+    with pytest.raises(UserError, match="no prediction for 1 of the 2"):
         summarize(items, [run])
 
 
@@ -206,7 +206,7 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
 
 
 def test_publish_copies_with_relative_paths_and_regenerates_the_readme_block(tmp_path, monkeypatch):
-    from eval import publish as pub
+    from recipes import publish as pub
 
     items, _ = load_mcq(_write_meddx(tmp_path / "MedDDx.json"))
     results = summarize(items, _runs_for(items))

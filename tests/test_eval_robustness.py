@@ -5,11 +5,11 @@ import json
 
 import pytest
 
+from commons.errors import ConfigError
 from disease_linking.questions import MCQItem
 from eval import evaluate as ev
 from eval import permutations, stats
 from eval.evaluate import EvalConfig, Run, evaluate, load_prediction_runs, summarize
-from medtok_core.errors import ConfigError
 
 ANSWERS = "ABCDAACB"  # A 3, B 2, C 2, D 1 of 8
 

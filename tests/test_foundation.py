@@ -9,10 +9,10 @@ from typing import Literal
 
 import pytest
 
-from medtok_core import datadir
-from medtok_core.config import parse_config, save_config
-from medtok_core.errors import ConfigError, DataFileError, MedTokError, cli_entry
-from medtok_core.io import atomic_dir, atomic_path, sha256_file
+from commons import datadir
+from commons.config import parse_config, save_config
+from commons.errors import ConfigError, DataFileError, UserError, cli_entry
+from commons.io import atomic_dir, atomic_path, sha256_file
 
 
 @dataclass
@@ -72,7 +72,7 @@ def test_config_errors_are_one_line(argv, message):
 def test_cli_entry_turns_user_errors_into_exit_2(capsys):
     @cli_entry
     def main():
-        raise MedTokError("the thing is wrong; do this instead")
+        raise UserError("the thing is wrong; do this instead")
 
     with pytest.raises(SystemExit) as exit_info:
         main()

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
+from commons.errors import ConfigError, DataFileError, UserError
 from medtok_core import kg_sources as S
-from medtok_core.errors import ConfigError, DataFileError, MedTokError
 from medtok_core.graph import (
     PRIMEKG_COLUMNS,
     KGConfig,
@@ -568,7 +568,7 @@ def test_batch_layout_and_edge_dropout(kg):
 
 # ----------------------------------------------------------------------------- entry point
 def test_build_cli_help_and_bad_option(capsys):
-    from medtok_core.build import main
+    from recipes.build import main
 
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])
@@ -583,13 +583,13 @@ def test_build_cli_help_and_bad_option(capsys):
 def test_build_conflicting_shortcuts():
     from medtok_core.build import BuildConfig, resolve
 
-    with pytest.raises(MedTokError, match="disagree"):
+    with pytest.raises(UserError, match="disagree"):
         resolve(BuildConfig(data_dir="a", kg=KGConfig(data_dir="b")))
 
 
 @pytest.mark.integration
 def test_build_on_real_data(capsys):
-    from medtok_core.build import main
+    from recipes.build import main
 
     main(["--progress", "false"])
     out = capsys.readouterr().out

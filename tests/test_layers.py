@@ -1,11 +1,12 @@
-"""The import layers of the architecture (README, "Architecture in 30 seconds"), checked on the source.
+"""The import layers of the architecture (docs/design.md), checked on the source.
 
-    medtok_core  <  disease_linking  <  qa  <  finetune, eval
+    commons  <  medtok_core  <  disease_linking  <  qa, ehr  <  eval  <  recipes  <  finetune
 
-A module may import its own package or the ones below it, never one above; ``eval`` and
-``finetune`` are imported by nobody but themselves (they hold entry points and reports); and no
-chain of imports (module level or inside functions; ``if TYPE_CHECKING:`` blocks excepted) leads
-from a module back to itself.
+A module may import its own package or the ones below it, never one above; ``qa`` and ``ehr`` are
+siblings that never import each other; ``recipes`` and ``finetune`` (the entry points) are imported
+by nobody but themselves; only they define a ``main`` or run as ``__main__``; and no chain of
+imports (module level or inside functions; ``if TYPE_CHECKING:`` blocks excepted) leads from a
+module back to itself.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-LAYERS = {"medtok_core": 0, "disease_linking": 1, "qa": 2, "finetune": 3, "eval": 3}
-TOP = {"finetune", "eval"}
+LAYERS = {"commons": 0, "medtok_core": 1, "disease_linking": 2, "qa": 3, "ehr": 3, "eval": 4,
+          "recipes": 5, "finetune": 6}  # finetune/train.py: the script `accelerate launch` runs
+TOP = {"recipes", "finetune"}  # entry points
+LIBRARY = [pkg for pkg in LAYERS if pkg not in TOP]
 
 
 def module_name(path: Path) -> str:
@@ -46,7 +49,7 @@ def imported_modules(tree: ast.AST, known: set[str]) -> set[str]:
 
 
 def project_imports() -> dict[str, set[str]]:
-    files = [p for pkg in LAYERS for p in (REPO / pkg).rglob("*.py")]
+    files = [p for pkg in LAYERS if (REPO / pkg).is_dir() for p in (REPO / pkg).rglob("*.py")]
     known = {module_name(p) for p in files}
     return {module_name(p): imported_modules(ast.parse(p.read_text(encoding="utf-8")), known) for p in files}
 
@@ -59,7 +62,7 @@ def layer_violations(graph: dict[str, set[str]]) -> list[str]:
             tpkg = target.split(".")[0]
             if tpkg == pkg:
                 continue
-            if LAYERS[tpkg] > LAYERS[pkg] or tpkg in TOP:
+            if LAYERS[tpkg] >= LAYERS[pkg] or (tpkg in TOP and pkg not in TOP):
                 out.append(f"{module} imports {target}")
     return sorted(out)
 
@@ -95,8 +98,10 @@ def test_no_import_cycles():
 
 def test_the_checks_catch_an_upward_import_and_a_cycle():
     graph = {"medtok_core.a": {"qa.b"}, "qa.b": {"medtok_core.a"}, "qa.c": {"eval.d"}, "eval.d": set(),
-             "disease_linking.e": {"disease_linking.f"}, "disease_linking.f": {"disease_linking.e"}}
-    assert layer_violations(graph) == ["medtok_core.a imports qa.b", "qa.c imports eval.d"]
+             "disease_linking.e": {"disease_linking.f"}, "disease_linking.f": {"disease_linking.e"},
+             "ehr.g": {"qa.c"}, "eval.h": {"recipes.i"}, "recipes.i": {"eval.d", "commons.j"}}
+    assert layer_violations(graph) == ["ehr.g imports qa.c", "eval.h imports recipes.i", "medtok_core.a imports qa.b",
+                                       "qa.c imports eval.d"]
     assert sorted(map(tuple, cycles(graph))) == [("disease_linking.e", "disease_linking.f", "disease_linking.e"),
                                                  ("medtok_core.a", "qa.b", "medtok_core.a")]
 
@@ -105,3 +110,20 @@ def test_type_checking_imports_are_ignored_and_from_imports_resolve_submodules()
     tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import eval.report\n"
                      "from qa import checkpoint\nfrom qa.model import build_qa_model\n")
     assert imported_modules(tree, {"qa.checkpoint", "qa.model"}) == {"qa.checkpoint", "qa.model"}
+
+
+def _defines_main(tree: ast.AST) -> bool:
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == "main":
+            return True
+        if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+            return True
+    return False
+
+
+def test_library_packages_hold_no_entry_point():
+    """Entry points live in recipes/ (and finetune/train.py for ``accelerate launch``): a library module
+    never parses argv or runs as a script."""
+    found = [str(p.relative_to(REPO)) for pkg in LIBRARY if (REPO / pkg).is_dir() for p in (REPO / pkg).rglob("*.py")
+             if _defines_main(ast.parse(p.read_text(encoding="utf-8")))]
+    assert found == []

@@ -15,10 +15,10 @@ import pytest
 import spacy
 
 from disease_linking.lexicon import Lexicon, term_variants
-from disease_linking.link import main as link_main
 from disease_linking.linker import LinkConfig, Linker, target_type
 from disease_linking.questions import CodeRef, MCQFormatError, MCQItem, Mention, load_mcq, to_authors_layout
 from disease_linking.summary import summarize
+from recipes.link import main as link_main
 
 TERMS = [
     ("Chronic obstructive pulmonary disease, unspecified", "disease", "ICD10CM:J44.9", [("ICD10CM", "J44.9", 1.0)]),
@@ -482,7 +482,7 @@ def test_ann_format_and_seeded_halves():
 
 
 def test_scorer_accepts_ancestors_down_to_category_and_atc_level_4():
-    from eval.linking_quality import acceptable
+    from recipes.linking_quality import acceptable
 
     ok = acceptable(["ICD10CM:G40.909", "ATC:A01AB03"])
     assert {"ICD10CM:G40.90", "ICD10CM:G40.9", "ICD10CM:G40", "ATC:A01AB"} <= ok
@@ -549,7 +549,7 @@ def test_rule_bare_symptom_takes_the_unspecified_code_not_the_residual_one():
 
 
 def test_threshold_tuning_needs_the_added_codes_to_be_precise_too():
-    from eval.linking_quality import marginal_precision
+    from recipes.linking_quality import marginal_precision
 
     base = {"predicted": 100, "right": 85, "gold": 120, "code_recall_at_1": 85 / 120}
     looser = {"predicted": 110, "right": 92, "gold": 120, "code_recall_at_1": 92 / 120}  # +10 codes, 7 right
@@ -558,7 +558,7 @@ def test_threshold_tuning_needs_the_added_codes_to_be_precise_too():
 
 
 def test_confidence_curve_and_readme_block():
-    from eval.linking_quality import QualityConfig, confidence_curve, readme_block
+    from recipes.linking_quality import QualityConfig, confidence_curve, readme_block
 
     def item(qid, conf):
         m = Mention("fever", 0, 5, "stem", [CodeRef("ICD10CM", "R50.9", 1.0, confidence=conf)], kind="phenotype")

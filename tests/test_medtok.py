@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from medtok_core.errors import MedTokError
+from commons.errors import UserError
 from medtok_core.losses import LossWeights
 from medtok_core.model import EMBEDDING_NAMES, MedTokModel, ModelConfig
 from medtok_core.tokenizer import MedTokTokenizer, UnknownCodeWarning
@@ -185,20 +185,20 @@ def test_tokenizer_api(trained):
     with pytest.warns(UnknownCodeWarning, match="A01.1"):
         fallback = tok.encode("ICD10CM:A01.19")  # unknown child -> nearest known ancestor
     assert torch.equal(fallback, tok.encode("A01.1"))
-    with pytest.raises(MedTokError, match="empty"):
+    with pytest.raises(UserError, match="empty"):
         tok.encode("")
-    with pytest.raises(MedTokError, match="empty"):
+    with pytest.raises(UserError, match="empty"):
         tok.embed("ICD10CM:  ")
-    with pytest.raises(MedTokError, match="unknown code system 'SNOMED'"):
+    with pytest.raises(UserError, match="unknown code system 'SNOMED'"):
         tok.encode("SNOMED:A01")
-    with pytest.raises(MedTokError, match="no known ancestor"):
+    with pytest.raises(UserError, match="no known ancestor"):
         tok.encode("ICD10CM:Z99")
-    with pytest.raises(MedTokError, match="string"):
+    with pytest.raises(UserError, match="string"):
         tok.encode([None])  # type: ignore[list-item]
 
 
 def test_tokenizer_rejects_malformed_artifacts(trained, tmp_path):
-    with pytest.raises(MedTokError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         MedTokTokenizer.from_pretrained(tmp_path / "nope")
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -206,17 +206,17 @@ def test_tokenizer_rejects_malformed_artifacts(trained, tmp_path):
         if f.name != "manifest.json":  # the file checks below, not the manifest, must catch each case
             (broken / f.name).write_bytes(f.read_bytes())
     (broken / "token_table.safetensors").unlink()
-    with pytest.raises(MedTokError, match="missing token_table.safetensors"):
+    with pytest.raises(UserError, match="missing token_table.safetensors"):
         MedTokTokenizer.from_pretrained(broken)
     (broken / "token_table.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(MedTokError, match="token_table.safetensors is unreadable"):
+    with pytest.raises(UserError, match="token_table.safetensors is unreadable"):
         MedTokTokenizer.from_pretrained(broken)
     (broken / "token_table.safetensors").write_bytes((trained.artifact / "token_table.safetensors").read_bytes())
     (broken / "config.json").write_text("{not json")
-    with pytest.raises(MedTokError, match="config.json is not valid JSON"):
+    with pytest.raises(UserError, match="config.json is not valid JSON"):
         MedTokTokenizer.from_pretrained(broken)
     (broken / "config.json").write_text(json.dumps({"format": "other"}))
-    with pytest.raises(MedTokError, match="not a MedTok artifact"):
+    with pytest.raises(UserError, match="not a MedTok artifact"):
         MedTokTokenizer.from_pretrained(broken)
 
 
@@ -231,13 +231,13 @@ def test_damaged_artifacts_never_load(trained, tmp_path):
     table = bytearray((damaged / "token_table.safetensors").read_bytes())
     table[-5] ^= 0xFF
     (damaged / "token_table.safetensors").write_bytes(bytes(table))
-    with pytest.raises(MedTokError, match="token_table.safetensors differs from the sha256"):
+    with pytest.raises(UserError, match="token_table.safetensors differs from the sha256"):
         MedTokTokenizer.from_pretrained(damaged)
     (damaged / "manifest.json").unlink()
     tensors = load_file(trained.artifact / "token_table.safetensors")
     tensors["embeddings"][3, 0] = float("nan")
     save_file(tensors, str(damaged / "token_table.safetensors"))
-    with pytest.raises(MedTokError, match="NaN or infinite values for 1 code"):
+    with pytest.raises(UserError, match="NaN or infinite values for 1 code"):
         MedTokTokenizer.from_pretrained(damaged)
 
 
@@ -277,7 +277,7 @@ def test_real_minilm_encode_new(tmp_path):
     kg = SimpleNamespace(node_name=np.array(["insulin", "hyperglycemia"]), node_type=np.array([2, 4]))
     star = tok.encode_new(["diabetes"], neighbors=[[0, 1]], kg=kg)
     assert star["ids"].shape == (1, 4, 3)
-    with pytest.raises(MedTokError, match="non-empty description"):
+    with pytest.raises(UserError, match="non-empty description"):
         tok.encode_new([""])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -380,7 +380,7 @@ def test_code_resolution_is_bounded_by_the_longest_known_code(tmp_path):
     assert (hit.system, hit.code) == ("ICD10CM", "E11.9")
     exact, *prefixes = calls  # one exact lookup, then prefixes no longer than the longest code
     assert len(exact) == 104 and max(map(len, prefixes)) <= len("A10BA02") and len(prefixes) <= len("A10BA02")
-    with pytest.raises(MedTokError, match="1000000 characters is too long"):
+    with pytest.raises(UserError, match="1000000 characters is too long"):
         tok.resolve("E" * 1_000_000)
 
 

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from eval import medtok_quality as MQ
+from commons.errors import UserError
 from medtok_core import quality as Q
-from medtok_core.errors import MedTokError
 from medtok_core.heldout import PairSplit
+from recipes import medtok_quality as MQ
 
 
 def onehot(n: int, dim: int | None = None) -> torch.Tensor:
@@ -208,7 +208,7 @@ def test_results_schema_and_targets(tmp_path):
 def test_results_schema_rejects(mutate, match):
     res = fake_results()
     mutate(res)
-    with pytest.raises(MedTokError, match=match):
+    with pytest.raises(UserError, match=match):
         MQ.validate_results(res)
 
 
@@ -290,7 +290,7 @@ def test_targets_table_holds_medtok_to_the_better_single_modality():
     assert "| gem_icd9_icd10cm_mrr | medtok - text_only | -0.020 [-0.050, +0.010] | within the noise | **no** |" in table
     assert "| medtok - 0.9 x raw_text | -0.020 [-0.040, -0.001] | below | **no** |" in table
     res["tasks"]["gem_icd9_icd10cm_mrr"]["ci"]["text_only"] = {"difference": 0.1}
-    with pytest.raises(MedTokError, match="difference, low, high"):
+    with pytest.raises(UserError, match="difference, low, high"):
         MQ.validate_results(res)
 
 

@@ -92,7 +92,8 @@ def test_qa_checkpoint_card_names_base_model_data_licences_and_accuracy(tiny):
 
 
 def test_base_model_metadata_is_a_hub_id_or_absent(tmp_path):
-    from medtok_core.model_card import _encoder_hub_id, _hub_id
+    from medtok_core.model_card import _encoder_hub_id
+    from qa.card import _hub_id
 
     assert _hub_id("smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert _hub_id("meta-llama/Llama-3.1-8B-Instruct") == "meta-llama/Llama-3.1-8B-Instruct"

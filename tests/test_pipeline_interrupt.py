@@ -1,4 +1,4 @@
-"""SIGTERM to ``python -m eval.pipeline`` mid-fine-tune: nothing keeps running, and the rerun
+"""SIGTERM to ``python -m recipes.pipeline`` mid-fine-tune: nothing keeps running, and the rerun
 finishes with the same metrics as a run that was never interrupted (tiny LLaMA, tiny artifact)."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def pipeline_config(inputs, out: Path, seeds=(0,), workers=1) -> Path:
 
 
 def command(config: Path) -> list[str]:
-    return [sys.executable, "-m", "eval.pipeline", "--config", str(config)]
+    return [sys.executable, "-m", "recipes.pipeline", "--config", str(config)]
 
 
 def env() -> dict[str, str]:

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from eval.pipeline import Progress, Stage, _stamp_path, _still_to_run, independent_batches, stamped_totals
-from medtok_core.io import write_json
+from commons.io import write_json
+from recipes.pipeline import Progress, Stage, _stamp_path, _still_to_run, independent_batches, stamped_totals
 
 
 def stage(name, group, depends=()):

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from commons.config import parse_config
+from commons.errors import ConfigError
 from disease_linking.questions import CodeRef, MCQItem, Mention, write_jsonl
 from eval.evaluate import EvalConfig, evaluate
 from finetune.train import main as finetune_main
-from medtok_core.config import parse_config
-from medtok_core.errors import ConfigError
 from qa.checkpoint import find_checkpoint
 from qa.data import shuffle_options
 from qa.model import ModelOptions, build_qa_model, load_qa_checkpoint

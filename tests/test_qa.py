@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from commons.errors import UserError
 from disease_linking.questions import CodeRef, MCQItem, Mention, write_jsonl
-from medtok_core.errors import MedTokError
 from qa.data import linked_codes, option_set_key, shuffle_options, split_by_option_set
 from qa.model import ModelOptions, build_qa_model, load_qa_checkpoint
 from qa.prompts import render_prompt
@@ -158,7 +158,7 @@ def test_prefix_modes(assets):
         [a.codes] * 6  # other questions get other codes
     none = build_qa_model(options(assets, prefix_mode="none", medtok=None), lora=False)
     assert none.score([item])[0]["n_codes"] == 0
-    with pytest.raises(MedTokError, match="needs a MedTok artifact"):
+    with pytest.raises(UserError, match="needs a MedTok artifact"):
         build_qa_model(options(assets, prefix_mode="medtok", medtok=None), lora=False)
 
 
@@ -194,7 +194,7 @@ def test_save_load_round_trip_identical(assets, medtok_model, tmp_path):
     assert cfg["prefix_mode"] == "medtok" and len(cfg["medtok_token_table_sha256"]) == 64
     after = load_qa_checkpoint(tmp_path / "ckpt").score(items)
     assert after == before
-    with pytest.raises(MedTokError, match="not a QA checkpoint"):
+    with pytest.raises(UserError, match="not a QA checkpoint"):
         load_qa_checkpoint(tmp_path / "nowhere")
 
 
@@ -263,7 +263,7 @@ def test_deepspeed_config_auto_values_filled(tmp_path):
 
 
 def test_train_cli_shortcuts():
-    from finetune.train import expand_shortcuts
+    from recipes.finetune import expand_shortcuts
 
     assert expand_shortcuts(["--prefix_mode", "medtok", "--prefix-mode=none", "--medtok", "x", "--optim.lr", "1"]) == [
         "--model.prefix_mode", "medtok", "--model.prefix_mode=none", "--model.medtok", "x", "--optim.lr", "1"]
@@ -288,7 +288,7 @@ def test_ask_parses_and_survives_bad_input(assets, medtok_model, tmp_path, capsy
 
 
 def test_ask_cli_unknown_checkpoint(tmp_path, capsys):
-    from qa.ask import main
+    from recipes.ask import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--checkpoint", str(tmp_path / "missing"), "--question", "Q?\nA: a\nB: b", "--no-linker"])

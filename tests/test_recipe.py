@@ -1,11 +1,11 @@
-"""eval.recipe: the held-out floor, the interval and test, and the per-epoch curve it reads."""
+"""recipes.recipe: the held-out floor, the interval and test, and the per-epoch curve it reads."""
 
 import json
 
 import pytest
 
-from eval import recipe
-from medtok_core.errors import ConfigError
+from commons.errors import ConfigError
+from recipes import recipe
 
 
 def _question(qid, answer, n_options=4):

@@ -1,4 +1,4 @@
-"""Embeddings-only references (qa/reference.py, eval/reference.py) and the artifact collapse rate
+"""Embeddings-only references (qa/reference.py, recipes/reference.py) and the artifact collapse rate
 (eval/collapse.py): a synthetic case with a known answer, the uniform fallback, the report rows,
 the pipeline stage, and a collapse rate counted by hand."""
 
@@ -12,10 +12,8 @@ import pytest
 import torch
 
 from disease_linking.questions import CodeRef, MCQItem, Mention, write_jsonl
-from eval import pipeline as pl
 from eval.collapse import artifact_collapse, collapses
 from eval.evaluate import BootstrapConfig, EvalConfig, Run, evaluate, summarize
-from eval.reference import main as reference_main
 from eval.report import render_report
 from medtok_core.tokenizer import MedTokTokenizer
 from qa.prefix import CodeSource
@@ -31,6 +29,8 @@ from qa.reference import (
 )
 from qa.tiny import TINY_CODES, build_tiny_medtok, tiny_questions
 from qa.training import DataOptions, load_questions, make_split
+from recipes import pipeline as pl
+from recipes.reference import main as reference_main
 
 FAST = ReferenceOptions(hidden=32, epochs=60, patience=0, lr=1e-2, dropout=0.0)
 

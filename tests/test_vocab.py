@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from commons.errors import ConfigError, DataFileError, UserError
 from medtok_core import code_systems as cs
-from medtok_core.errors import ConfigError, DataFileError, MedTokError
 from medtok_core.vocab import (
     CodeVocab,
     VocabConfig,
@@ -286,7 +286,7 @@ def test_load_user_codes_returns_validated_frame(tmp_path):
     ("system,code,description,parent\nSNOMEDCT,1,A,1\n", r"names the code itself as its parent"),
 ])
 def test_bad_user_csv_errors(tmp_path, text, message):
-    with pytest.raises(MedTokError, match=message) as err:
+    with pytest.raises(UserError, match=message) as err:
         load_user_codes(write_csv(tmp_path, text))
     assert "\n" not in str(err.value)
 
@@ -294,7 +294,7 @@ def test_bad_user_csv_errors(tmp_path, text, message):
 def test_user_parent_in_builtin_system_checked_at_merge(tmp_path):
     csv = write_csv(tmp_path, "system,code,description,parent\nATC,A10BA98,thing,Q99XX\n")
     load_user_codes(csv)  # without the built-in table the parent cannot be checked yet
-    with pytest.raises(MedTokError, match=r"parent Q99XX which is not a ATC code"):
+    with pytest.raises(UserError, match=r"parent Q99XX which is not a ATC code"):
         build_vocab(VocabConfig(systems=["ATC"], user_codes=str(csv)))
 
 

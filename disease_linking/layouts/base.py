@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
+from commons.errors import ConfigError, UserError
+from commons.io import cache_dir
+from commons.registry import Registry
 from disease_linking.questions import (
     MCQFormatError,
     MCQItem,
@@ -22,9 +25,6 @@ from disease_linking.questions import (
     skip_summary,
     validate_records,
 )
-from medtok_core.errors import ConfigError, MedTokError
-from medtok_core.io import cache_dir
-from medtok_core.registry import Registry
 
 AUTO = "auto"
 
@@ -89,7 +89,7 @@ class HubLayout(Layout):
             # Under the project's cache, not ~/.cache/huggingface: one place to find and delete.
             return load_dataset(self.hub_id, split=split, cache_dir=str(cache_dir() / "datasets"))
         except (OSError, ConnectionError, ValueError) as err:
-            raise MedTokError(f"cannot load {self.hub_id} split {split!r} from the hub: "
+            raise UserError(f"cannot load {self.hub_id} split {split!r} from the hub: "
                               f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
 
 
@@ -118,7 +118,7 @@ def question_file(file: str | None, layout: str, data_dir: str | None = None) ->
     if file:
         return Path(file)
     if layout in (AUTO, "meddx"):
-        from medtok_core.datadir import data_file
+        from commons.datadir import data_file
 
         return data_file("meddx/MedDDx.json", data_dir)
     return None

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from medtok_core.errors import ConfigError, MedTokError
-from medtok_core.registry import Registry
+from commons.errors import ConfigError, UserError
+from commons.registry import Registry
 from qa.prefix import ItemPrefix, Projector
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class PrefixMethod:
 
     def __init__(self, options, codes: CodeSource | None):
         if self.needs_artifact and codes is None:
-            raise MedTokError(f"prefix_mode {self.name} needs a MedTok artifact; pass model.medtok PATH")
+            raise UserError(f"prefix_mode {self.name} needs a MedTok artifact; pass model.medtok PATH")
         self.options, self.codes = options, codes
 
     @property

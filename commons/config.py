@@ -32,8 +32,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-from medtok_core.errors import ConfigError
-from medtok_core.io import write_text
+from commons.errors import ConfigError
+from commons.io import write_text
 
 T = TypeVar("T")
 # The command name --help shows, when a front door (the medtok-qa console script) runs a module's main.
@@ -311,9 +311,23 @@ def config_help(cls: type, prog: str | None = None) -> str:
     return head + "\n".join(_help_lines(cls))
 
 
+def underscore_flags(argv: list[str] | None) -> list[str]:
+    """``argv`` with every ``--hyphen-flag`` spelled ``--hyphen_flag``, the one style of every command;
+    the old spelling still works and says so once on stderr (values are left alone)."""
+    out = []
+    for arg in list(sys.argv[1:] if argv is None else argv):
+        name, eq, value = arg.partition("=")
+        if arg.startswith("--") and "-" in name[2:]:
+            fixed = "--" + name[2:].replace("-", "_")
+            print(f"note: {name} is spelled {fixed} (the hyphen spelling is deprecated)", file=sys.stderr)
+            arg = fixed + eq + value
+        out.append(arg)
+    return out
+
+
 def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None = None) -> T:
     """Parse ``--config FILE`` and ``--key value [value ...]`` / ``--key=value`` overrides into ``cls``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = underscore_flags(argv)
     if "-h" in argv or "--help" in argv:
         print(config_help(cls, COMMAND_NAME.get() or prog))
         raise SystemExit(0)
@@ -330,7 +344,6 @@ def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None =
         while not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
             i += 1
             values.append(argv[i])
-        key = key.replace("-", "_")
         if key == "print_config":
             print_config = _convert(values[-1] if values else "true", bool, "--print_config")
         elif key == "config":

@@ -1,17 +1,17 @@
 """The main command: the whole MedTok-QA pipeline end to end, reusing what is already built.
 
-    python -m eval.pipeline                                   # quick demo (embedded defaults)
-    python -m eval.pipeline --config configs/pipeline_full.yaml
-    python -m eval.pipeline --force finetune,eval             # redo some stages
+    python -m recipes.pipeline                                   # quick demo (embedded defaults)
+    python -m recipes.pipeline --config configs/pipeline_full.yaml
+    python -m recipes.pipeline --force finetune,eval             # redo some stages
 
 Stages, each driven through its own command line so it stays independent:
 
-1. vocabulary + knowledge graph      python -m medtok_core.build
-2. MedTok training                   python -m medtok_core.train --config configs/medtok_quick.yaml
-3. disease linking of MedDDx         python -m disease_linking.link
+1. vocabulary + knowledge graph      medtok-qa build
+2. MedTok training                   medtok-qa train-tokenizer --config configs/medtok_quick.yaml
+3. disease linking of MedDDx         medtok-qa link
 4. QA fine-tuning, per method+seed   accelerate launch finetune/train.py --prefix_mode ...
-5. embeddings-only references        python -m eval.reference   (no LLM; seconds on CPU)
-6. evaluation by tier                python -m eval.run
+5. embeddings-only references        python -m recipes.reference   (no LLM; seconds on CPU)
+6. evaluation by tier                python -m recipes.evaluate
 
 A stage is skipped when its outputs exist and its stamp (a hash of its command, the contents of
 the files it reads, and the stamps of the stages it depends on) is unchanged. Timings of every
@@ -37,15 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.reference import run_folder as reference_run_folder
+from commons.config import FieldError, load_yaml, parse_config, require_choice, require_range, save_config
+from commons.errors import ConfigError, UserError, cli_entry
+from commons.io import read_json, write_json
 from medtok_core.artifact import MANIFEST, TABLE, artifact_dir, find_artifact
-from medtok_core.config import FieldError, load_yaml, parse_config, require_choice, require_range, save_config
-from medtok_core.errors import ConfigError, MedTokError, cli_entry
-from medtok_core.io import read_json, write_json
 from qa.checkpoint import QA_CONFIG, best_checkpoint
 from qa.prefix_methods import get_method, method_names
 from qa.reference import CONFIG as REFERENCE_CONFIG
 from qa.reference import reference_names
+from recipes.reference import run_folder as reference_run_folder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STAGE_GROUPS = ("build", "medtok", "link", "finetune", "reference", "eval")
@@ -183,18 +183,18 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     stages = []
     if not (cfg.medtok_artifact and cfg.linked):
         stages.append(Stage("build", "build", "Vocabulary + knowledge graph",
-                            _python("medtok_core.build") + data_dir + _config_args(cfg.build) + _overrides(cfg.build),
+                            _python("recipes.build") + data_dir + _config_args(cfg.build) + _overrides(cfg.build),
                             []))  # results live in the shared cache; the stamp alone records the build
     if not cfg.medtok_artifact:
         stages.append(Stage("medtok", "medtok", "MedTok training",
-                            _python("medtok_core.train") + _config_args(cfg.medtok)
+                            _python("recipes.train_tokenizer") + _config_args(cfg.medtok)
                             + (["--data.data_dir", cfg.data_dir] if cfg.data_dir else [])
                             + ["--output_dir", str(medtok_run)] + _overrides(cfg.medtok),
                             [artifact / TABLE], depends=["build"], workdir=medtok_run))
     if not cfg.linked:
         dataset = cfg.dataset or _default_dataset(cfg.data_dir)
         stages.append(Stage("link", "link", "Disease linking",
-                            _python("disease_linking.link") + ["--input", str(dataset), "--output", str(linked)]
+                            _python("recipes.link") + ["--input", str(dataset), "--output", str(linked)]
                             + data_dir + _config_args(cfg.link) + _overrides(cfg.link),
                             [linked], depends=["build"]))
     built = {s.name for s in stages}
@@ -218,7 +218,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     if references:
         stages.append(Stage(
             "reference", "reference", "Embeddings-only references (no LLM)",
-            _python("eval.reference") + ["--medtok", str(artifact), "--data.train_file", str(linked),
+            _python("recipes.reference") + ["--medtok", str(artifact), "--data.train_file", str(linked),
                                          "--output", str(out / "reference"),
                                          "--references", ",".join(cfg.references),
                                          "--seeds", ",".join(map(str, cfg.seeds))]
@@ -229,7 +229,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     eval_dir = out / "eval"
     stages.append(Stage(
         "eval", "eval", "Evaluation by tier",
-        _python("eval.run") + ["--data", str(linked), "--output", str(eval_dir)]
+        _python("recipes.evaluate") + ["--data", str(linked), "--output", str(eval_dir)]
         + (["--checkpoints", ",".join(map(str, checkpoints))] if checkpoints else [])
         + (["--references", ",".join(map(str, references))] if references else [])
         + ["--medtok", str(artifact), "--codes_per_mention", _finetune_value(cfg, "model", "codes_per_mention", 1)]
@@ -282,12 +282,12 @@ def _finetune_dtype(cfg: PipelineConfig) -> str:
 
 def _launcher(cfg: PipelineConfig) -> list[str]:
     if cfg.launcher == "accelerate":  # accelerate launch with one-line errors and exit code 2
-        return _python("finetune.launch") + list(cfg.launcher_args)
+        return _python("recipes.finetune") + list(cfg.launcher_args)
     return [sys.executable, str(REPO_ROOT / "finetune" / "train.py")]
 
 
 def _default_dataset(data_dir: str | None) -> Path:
-    from medtok_core.datadir import data_file
+    from commons.datadir import data_file
 
     return data_file("meddx/MedDDx.json", data_dir)
 
@@ -516,7 +516,7 @@ def run_stage(stage: Stage, out: Path) -> tuple[float, float]:
     returncode = run_until_done_or_stopped(stage)
     seconds, cpu = time.perf_counter() - t0, _children_cpu_seconds() - cpu0
     if returncode != 0:
-        raise MedTokError(f"stage '{stage.name}' failed (exit code {returncode}) after {seconds:.0f} s; "
+        raise UserError(f"stage '{stage.name}' failed (exit code {returncode}) after {seconds:.0f} s; "
                           f"its error is printed above. Fix it and re-run: finished stages are reused")
     stamp_finished(out, stage, seconds, cpu)
     return seconds, cpu
@@ -525,7 +525,7 @@ def run_stage(stage: Stage, out: Path) -> tuple[float, float]:
 def stamp_finished(out: Path, stage: Stage, seconds: float, cpu: float) -> None:
     for p in stage.outputs:
         if not p.exists():
-            raise MedTokError(f"stage '{stage.name}' finished but did not write {p}")
+            raise UserError(f"stage '{stage.name}' finished but did not write {p}")
     write_json(_stamp_path(out, stage), {"stage": stage.name, "key": stage.key, "seconds": seconds,
                                          "cpu_seconds": cpu, "argv": stage.argv[1:],
                                          "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
@@ -607,7 +607,7 @@ def run_in_parallel(batch: list[Stage], out: Path, workers: int,
         stage, code, seconds = failed[0]
         log = _log_path(out, stage)
         print(_log_tail(log), file=sys.stderr, flush=True)
-        raise MedTokError(f"stage '{stage.name}' failed (exit code {code}) after {seconds:.0f} s; the end of "
+        raise UserError(f"stage '{stage.name}' failed (exit code {code}) after {seconds:.0f} s; the end of "
                           f"its log ({_printable([str(log)])}) is printed above. Fix it and re-run: "
                           "finished stages are reused")
 
@@ -742,7 +742,7 @@ def _summary(cfg: PipelineConfig, timings: dict[str, Any]) -> None:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = parse_config(PipelineConfig, argv, prog="python -m eval.pipeline")
+    cfg = parse_config(PipelineConfig, argv, prog="python -m recipes.pipeline")
     if not cfg.methods and not cfg.zero_shot and not cfg.references:
         raise ConfigError("nothing to evaluate: give at least one method or reference, or zero_shot: true")
     timings = run_pipeline(cfg)

@@ -1,6 +1,6 @@
-"""``python -m eval.run``: evaluate QA checkpoints and zero-shot base models by difficulty tier.
+"""``python -m recipes.evaluate``: evaluate QA checkpoints and zero-shot base models by difficulty tier.
 
-    python -m eval.run --data runs/linked.jsonl --checkpoints runs/qa/none-s0,runs/qa/medtok-s0 \
+    python -m recipes.evaluate --data runs/linked.jsonl --checkpoints runs/qa/none-s0,runs/qa/medtok-s0 \
         --zero_shot default --output runs/eval
 
 Writes results.json, report.md, predictions/<method>.jsonl and PNG plots into --output.
@@ -8,16 +8,16 @@ Writes results.json, report.md, predictions/<method>.jsonl and PNG plots into --
 
 from __future__ import annotations
 
+from commons.config import parse_config
+from commons.errors import cli_entry
+from commons.io import check_writable_dir
 from eval.evaluate import EvalConfig, evaluate
 from eval.report import results_markdown_table
-from medtok_core.config import parse_config
-from medtok_core.errors import cli_entry
-from medtok_core.io import check_writable_dir
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(EvalConfig, argv, prog="python -m eval.run")
+    cfg = parse_config(EvalConfig, argv, prog="python -m recipes.evaluate")
     check_writable_dir(cfg.output, "--output")
     results = evaluate(cfg)  # writes eval_config.yaml beside its results, never before
     print(results_markdown_table(results))

@@ -73,7 +73,7 @@ def _can_create_in(folder: Path) -> bool:
 
 def check_writable(path: str | os.PathLike, option: str) -> None:
     """Fail early, naming the option, when ``path`` cannot be written as a file."""
-    from medtok_core.errors import ConfigError
+    from commons.errors import ConfigError
 
     path = Path(path)
     if path.is_dir():
@@ -88,7 +88,7 @@ def check_writable(path: str | os.PathLike, option: str) -> None:
 
 def check_writable_dir(path: str | os.PathLike, option: str) -> None:
     """Fail early, naming the option, when folder ``path`` cannot be created or written."""
-    from medtok_core.errors import ConfigError
+    from commons.errors import ConfigError
 
     path = Path(path)
     if path.exists() and not path.is_dir():

@@ -1,6 +1,6 @@
-"""``python -m finetune.launch``: ``accelerate launch finetune/train.py`` with the project's error contract.
+"""``python -m recipes.finetune``: ``accelerate launch finetune/train.py`` with the project's error contract.
 
-    python -m finetune.launch --config_file configs/accelerate/cpu.yaml \
+    python -m recipes.finetune --config_file configs/accelerate/cpu.yaml \
         --config configs/qa_quick.yaml --prefix_mode medtok --medtok ART --data.train_file LINKED
 
 The options accelerate's launcher knows (``--config_file``, ``--num_processes``, ``--multi_gpu``,
@@ -20,10 +20,26 @@ import subprocess
 import sys
 from pathlib import Path
 
-from medtok_core.config import parse_config
-from medtok_core.errors import ConfigError, cli_entry
+from commons.config import parse_config
+from commons.errors import ConfigError, cli_entry
 
-TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
+SHORTCUTS = {"--prefix_mode": "--model.prefix_mode", "--medtok": "--model.medtok",
+             "--base_model": "--model.base_model"}
+
+
+def expand_shortcuts(argv: list[str]) -> list[str]:
+    """``--prefix_mode X`` = ``--model.prefix_mode X`` (and the other shortcuts), hyphens as underscores."""
+    out = []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if key.startswith("--"):
+            key = "--" + key[2:].replace("-", "_")
+            key = SHORTCUTS.get(key, key)
+        out.append(f"{key}{eq}{value}" if eq else key)
+    return out
+
+
+TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "finetune" / "train.py"
 # accelerate launch options this wrapper passes through: name -> takes a value
 LAUNCH_OPTIONS = {"--config_file": True, "--num_processes": True, "--num_machines": True, "--machine_rank": True,
                   "--main_process_ip": True, "--main_process_port": True, "--mixed_precision": True,
@@ -61,10 +77,9 @@ def _check_launch_options(launch: list[str]) -> None:
 
 def preflight(train_args: list[str]) -> None:
     """Everything that can be checked before processes start (parse, ranges, run-folder conflicts)."""
-    from finetune.train import expand_shortcuts
     from qa.training import TrainConfig, preflight_checks
 
-    cfg = parse_config(TrainConfig, expand_shortcuts(train_args), prog="python -m finetune.launch")
+    cfg = parse_config(TrainConfig, expand_shortcuts(train_args), prog="python -m recipes.finetune")
     preflight_checks(cfg)
 
 

@@ -1,6 +1,6 @@
 """User-facing errors and the CLI wrapper that turns them into one clear line.
 
-Library code raises :class:`MedTokError` (or a subclass) for anything the *user* can fix:
+Library code raises :class:`UserError` (or a subclass) for anything the *user* can fix:
 a missing file, a malformed input, a bad option. Entry points wrap ``main`` with
 :func:`cli_entry`, so users see ``error: <what is wrong and how to fix it>`` and exit code 2
 instead of a traceback. Genuine bugs still raise normally and show a traceback.
@@ -17,15 +17,15 @@ from typing import TypeVar
 F = TypeVar("F", bound=Callable[..., object])
 
 
-class MedTokError(Exception):
+class UserError(Exception):
     """An error caused by user input or environment, with a message that says how to fix it."""
 
 
-class DataFileError(MedTokError):
+class DataFileError(UserError):
     """A required data file is missing or corrupted."""
 
 
-class ConfigError(MedTokError):
+class ConfigError(UserError):
     """A configuration value or command-line option is invalid."""
 
 
@@ -36,7 +36,7 @@ def cli_entry(main: F) -> F:
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except MedTokError as err:
+        except UserError as err:
             if os.environ.get("RANK", "0") == "0":  # every process of a launch fails alike: say it once
                 print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None

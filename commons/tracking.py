@@ -15,8 +15,8 @@ import math
 from collections.abc import Iterable
 from pathlib import Path
 
-from medtok_core.config import FieldError
-from medtok_core.io import atomic_path
+from commons.config import FieldError
+from commons.io import atomic_path
 
 # accelerate tracker name -> the module it needs (any one of them) and the pip extra that brings it
 TRACKERS: dict[str, tuple[tuple[str, ...], str]] = {

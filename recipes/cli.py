@@ -12,52 +12,39 @@
 Each command is the same ``main(argv)`` as its ``python -m`` module, so options, config files,
 ``--print_config`` and the one-line ``error:`` contract are the same either way.
 
-Why this file lives in ``eval``: it reaches every package, and ``eval`` is the top layer
-(tests/test_layers.py). ``finetune`` is a top layer too and may not be imported from ``eval``, so
-the table below names each command's target as a ``"module:function"`` string, resolved only when
-that command runs, exactly as a ``[project.scripts]`` entry point is: no package imports another
-one above it, and ``medtok-qa --help`` loads none of the heavy libraries.
+Each command's target is a ``"module:function"`` string resolved only when that command runs, exactly
+as a ``[project.scripts]`` entry point is, so ``medtok-qa --help`` loads none of the heavy libraries.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
-from pathlib import Path
 
-from medtok_core.config import COMMAND_NAME
-from medtok_core.errors import ConfigError, cli_entry
+from commons.config import COMMAND_NAME
+from commons.errors import ConfigError, cli_entry
 
 # command -> (target "module:function", one-line summary); the order is the order of the stages.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("medtok_core.datadir:main", "check (or --download) the data files against the manifest"),
-    "build": ("medtok_core.build:main", "build and cache the code vocabulary, knowledge graph and subgraphs"),
-    "train-tokenizer": ("medtok_core.train:main", "train MedTok and export its artifact (token table)"),
-    "link": ("disease_linking.link:main", "link the diseases/drugs of a question file to codes (linked JSONL)"),
-    "finetune": ("finetune.launch:main", "fine-tune a QA model (accelerate launch options accepted)"),
-    "reference": ("eval.reference:main", "train the embeddings-only references (no LLM) on the fine-tunes' split"),
-    "eval": ("eval.run:main", "evaluate QA checkpoints and zero-shot baselines by difficulty tier"),
-    "ask": ("qa.ask:main", "answer questions interactively with a QA checkpoint"),
-    "pipeline": ("eval.pipeline:main", "run every stage end to end, skipping what is up to date"),
-    "quality": ("eval.linking_quality:main", "linking precision/recall on the hand-annotated gold sample"),
-    "recipe": ("eval.recipe:main", "sweep LoRA-only fine-tune recipes, judged on the held-out slice only"),
-    "publish": ("eval.publish:main", "copy an evaluation into docs/results/<name>/ and its table into the README"),
-}
-# Stages added by other modules when they are present in this checkout.
-OPTIONAL_COMMANDS: dict[str, tuple[str, str]] = {
-    "medtok-quality": ("eval.medtok_quality:main", "MedTok token quality (hierarchy, cross-system mapping)"),
+    "data": ("recipes.data:main", "check (or --download) the data files against the manifest"),
+    "build": ("recipes.build:main", "build and cache the code vocabulary, knowledge graph and subgraphs"),
+    "train-tokenizer": ("recipes.train_tokenizer:main", "train MedTok and export its artifact (token table)"),
+    "link": ("recipes.link:main", "link the diseases/drugs of a question file to codes (linked JSONL)"),
+    "finetune": ("recipes.finetune:main", "fine-tune a QA model (accelerate launch options accepted)"),
+    "reference": ("recipes.reference:main", "train the embeddings-only references (no LLM) on the fine-tunes' split"),
+    "eval": ("recipes.evaluate:main", "evaluate QA checkpoints and zero-shot baselines by difficulty tier"),
+    "ask": ("recipes.ask:main", "answer questions interactively with a QA checkpoint"),
+    "pipeline": ("recipes.pipeline:main", "run every stage end to end, skipping what is up to date"),
+    "quality": ("recipes.linking_quality:main", "linking precision/recall on the hand-annotated gold sample"),
+    "recipe": ("recipes.recipe:main", "sweep LoRA-only fine-tune recipes, judged on the held-out slice only"),
+    "medtok-quality": ("recipes.medtok_quality:main", "MedTok token quality (hierarchy, cross-system mapping)"),
+    "publish": ("recipes.publish:main", "copy an evaluation into docs/results/<name>/ and its table into the README"),
 }
 
 
 def commands() -> dict[str, tuple[str, str]]:
-    """The commands this checkout has (an optional one when its module file exists)."""
-    here = Path(__file__).resolve().parent.parent
-    found = dict(COMMANDS)
-    for name, (target, summary) in OPTIONAL_COMMANDS.items():
-        module = target.split(":")[0]
-        if (here / (module.replace(".", "/") + ".py")).is_file():
-            found[name] = (target, summary)
-    return found
+    """The commands, in the order of the stages."""
+    return COMMANDS
 
 
 def usage() -> str:

@@ -1,0 +1,50 @@
+"""``medtok-qa ask``: answer multiple-choice questions with a QA checkpoint (see :mod:`qa.ask`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+
+from commons.config import COMMAND_NAME, underscore_flags
+from commons.errors import ConfigError, cli_entry
+from qa.ask import PROMPT_HELP, Asker, load_linker, read_blocks, run
+from qa.ask import __doc__ as ask_doc
+
+
+def _one_line_error(message: str):
+    raise ConfigError(f"{message}; see medtok-qa ask --help")
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=COMMAND_NAME.get() or "medtok-qa ask", description=ask_doc.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="QA checkpoint folder (or a run folder with best/)")
+    parser.add_argument("--question", help="question text (stem + 'A: ...' lines) or JSON; else read stdin")
+    parser.add_argument("--json", action="store_true", help="one JSON object per question on stdout")
+    parser.add_argument("--medtok", help="MedTok artifact folder, if it moved since training")
+    parser.add_argument("--no_linker", action="store_true", help="do not link mentions (use codes in the input)")
+    parser.add_argument("--data_dir", help="data directory for the linker")
+    parser.add_argument("--allow_download", action="store_true",
+                        help="fetch the checkpoint's base model from the Hugging Face Hub if it is not cached")
+    parser.error = _one_line_error  # type: ignore[method-assign]
+    args = parser.parse_args(underscore_flags(argv))
+
+    from qa.model import load_qa_checkpoint
+
+    model = load_qa_checkpoint(args.checkpoint, medtok=args.medtok, allow_download=args.allow_download)
+    asker = Asker(model, load_linker(not args.no_linker, args.data_dir))
+    if args.question is not None:
+        texts: Iterator[str] = iter([args.question])
+    else:
+        interactive = sys.stdin.isatty()
+        if interactive:
+            print(PROMPT_HELP, file=sys.stderr)
+        texts = read_blocks(sys.stdin, interactive)
+    errors = run(asker, texts, args.json)
+    # A single question that failed is a failed command; an interactive session is not.
+    return 2 if args.question is not None and errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
