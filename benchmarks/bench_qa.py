@@ -126,11 +126,11 @@ def main() -> None:
                    help="torch threads (0: torch's default); the peak is measured with the same count")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--out", default="benchmarks/results_qa.json")
-    p.add_argument("--readme", help="also write the README block bench:qa from the result (e.g. README.md)")
-    p.add_argument("--from_json", help="format an existing result JSON into --readme instead of measuring")
+    p.add_argument("--page", help="also write the block bench:qa of this page from the result (docs/performance.md)")
+    p.add_argument("--from_json", help="format an existing result JSON into --page instead of measuring")
     args = p.parse_args()
     if args.from_json:
-        write_readme_block(args.readme or "README.md", json.loads(Path(args.from_json).read_text()), args.from_json)
+        write_page_block(args.page or "docs/performance.md", json.loads(Path(args.from_json).read_text()), args.from_json)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -239,8 +239,8 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))
-    if args.readme:
-        write_readme_block(args.readme, res, args.out)
+    if args.page:
+        write_page_block(args.page, res, args.out)
 
 
 def _optim():
@@ -258,13 +258,14 @@ def _peft_lora_forward(model):
             del module.forward
 
 
-def write_readme_block(readme: str, res: dict, source: str) -> None:
-    """The README's QA speed figures, generated from a result JSON (never retyped)."""
-    from commons.io import replace_marked_block
+def write_page_block(page: str, res: dict, source: str) -> None:
+    """The QA speed figures of the performance page, generated from a result JSON (never retyped)."""
+    from commons.io import page_link, replace_marked_block
 
+    link = page_link(page, source)
     body = (f"QA speed, SmolLM2-135M, batch {res['batch_size']}, {res['dtype']}, {res['threads']} threads, "
             f"CPU flags {', '.join(res['cpu_flags'])}, load average {res['load_average'][0]:.1f} "
-            f"(`python benchmarks/bench_qa.py --readme README.md`; [`{source}`]({source})):\n\n"
+            f"(`python benchmarks/bench_qa.py --page docs/performance.md`; [`{source}`]({link})):\n\n"
             f"| what | figure |\n|---|---|\n"
             f"| training utilisation `train_mfu` (medtok prefix) | {res['train_mfu']:.2f} of the same-run "
             f"{res['dtype']} matmul peak ({res['matmul_peak_gflops']:.0f} GFLOP/s) |\n"
@@ -276,7 +277,7 @@ def write_readme_block(readme: str, res: dict, source: str) -> None:
             f"| scoring | {res['score_questions_per_s']:.1f} questions/s (all 1769 ≈ "
             f"{res['score_1769_s_extrapolated'] / 60:.1f} min per model) |\n"
             f"| peak RSS of the benchmark (several model copies) | {res['peak_rss_gib']:.2f} GiB |")
-    replace_marked_block(readme, "bench:qa", body)
+    replace_marked_block(page, "bench:qa", body)
 
 
 def _fresh_copy(base):

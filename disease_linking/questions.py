@@ -4,7 +4,7 @@ Layouts accepted (options A-E; an "E: n/a" option is dropped):
 - MedDDx: ``{"query": "stem\\nA: ...\\nB: ...", "answer": "D", "sim_level_std": 0.013}``
 - the MedTok authors' QA layout: ``{"input": [question_with_options, answer], "medical_codes": [...]}``
 
-Linked dataset (DESIGN.md), one JSON object per line:
+Linked dataset (docs/interfaces.md), one JSON object per line:
 ``id, question, options {A..E}, answer, tier, mentions [{text, start, end, field, codes [{system, code, score[, why, confidence]}]}][, subject]``.
 Other layouts (and hub datasets such as MedMCQA) are plug-ins in ``disease_linking/layouts/``
 that map their records onto these fields; every record is checked here, by one validator.

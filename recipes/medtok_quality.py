@@ -89,10 +89,10 @@ class QualityConfig:
     seed: int = 0
     retrain: bool = False
     progress: bool = True
-    # Also publish the run: results, report and plot to docs/results/medtok_quality_NAME/ beside
-    # this README, and the table between its <!-- medtok_quality:NAME --> markers.
-    readme: str | None = None
-    readme_name: str = "quick"
+    # Also publish the run: results, report and plot to docs/results/medtok_quality_NAME/, and the
+    # table between the <!-- medtok_quality:NAME --> markers of this page (docs/medtok_quality.md).
+    page: str | None = None
+    page_name: str = "quick"
     # Only publish the results already in --output (no training, no scoring).
     publish_only: bool = False
 
@@ -525,7 +525,7 @@ def report_md(results: dict, tasks: list[Task], skipped: dict[str, str]) -> str:
     return "\n".join(parts)
 
 
-def readme_block(results: dict, name: str, folder: str) -> str:
+def page_block(results: dict, name: str, folder: str) -> str:
     tg = results["targets"]
     met = sum(all(v.values()) for v in tg.values())
     train = results["training"]
@@ -542,22 +542,21 @@ def readme_block(results: dict, name: str, folder: str) -> str:
             + f"![MedTok quality, {name}]({folder}/results.png)")
 
 
-def publish(out: Path, readme: Path, name: str) -> Path:
-    """Copy results.json, report.md and the plot to docs/results/medtok_quality_NAME/ beside the
-    README and regenerate its ``<!-- medtok_quality:NAME -->`` block from that results.json."""
+def publish(out: Path, page: Path, name: str) -> Path:
+    """Copy results.json, report.md and the plot to docs/results/medtok_quality_NAME/ and regenerate
+    the ``<!-- medtok_quality:NAME -->`` block of ``page`` from that results.json."""
     import shutil
 
-    from commons.io import replace_marked_block
+    from commons.io import docs_root, page_link, replace_marked_block
 
     results = validate_results(read_json(out / "results.json"))
-    folder = Path("docs") / "results" / f"medtok_quality_{name}"
-    dest = readme.parent / folder
+    dest = docs_root(page) / "docs" / "results" / f"medtok_quality_{name}"
     dest.mkdir(parents=True, exist_ok=True)
     for f in ("report.md", "results.png"):
         if (out / f).is_file():
             shutil.copyfile(out / f, dest / f)
     write_json(dest / "results.json", results)
-    replace_marked_block(readme, f"medtok_quality:{name}", readme_block(results, name, folder.as_posix()))
+    replace_marked_block(page, f"medtok_quality:{name}", page_block(results, name, page_link(page, dest)))
     return dest
 
 
@@ -627,8 +626,8 @@ def run(cfg: QualityConfig) -> dict:
     write_json(out / "results.json", results)
     plot(results, out / "results.png")
     write_text(out / "report.md", report_md(results, tasks, skipped))
-    if cfg.readme:
-        publish(out, Path(cfg.readme), cfg.readme_name)
+    if cfg.page:
+        publish(out, Path(cfg.page), cfg.page_name)
     print(markdown_table(results))
     print(f"results: {out / 'results.json'}, report: {out / 'report.md'}")
     return results
@@ -638,11 +637,11 @@ def run(cfg: QualityConfig) -> dict:
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(QualityConfig, argv, prog="python -m recipes.medtok_quality")
     if cfg.publish_only:
-        if not cfg.readme:
-            raise ConfigError("--publish_only needs --readme README.md")
+        if not cfg.page:
+            raise ConfigError("--publish_only needs --page docs/medtok_quality.md")
         if not (Path(cfg.output) / "results.json").is_file():
             raise ConfigError(f"{cfg.output} holds no results.json; run python -m recipes.medtok_quality first")
-        print(f"published to {publish(Path(cfg.output), Path(cfg.readme), cfg.readme_name)}")
+        print(f"published to {publish(Path(cfg.output), Path(cfg.page), cfg.page_name)}")
         return
     run(cfg)
 

@@ -444,7 +444,7 @@ def _header(index: int, total: int, title: str) -> None:
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    # Nothing may reach the network at run time (DESIGN.md); the caller may still override.
+    # Nothing may reach the network at run time (docs/design.md); the caller may still override.
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TRANSFORMERS_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")

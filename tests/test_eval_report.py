@@ -216,7 +216,7 @@ def test_publish_copies_with_relative_paths_and_regenerates_the_readme_block(tmp
     readme = tmp_path / "README.md"
     readme.write_text("# title\n\n<!-- results:demo -->\nold retyped table\n<!-- /results:demo -->\n\nmore text\n")
     dest = pub.publish(pub.PublishConfig(eval_dir=str(eval_dir), name="demo", command="make demo",
-                                         target=str(tmp_path / "docs"), readme=str(readme)))
+                                         target=str(tmp_path / "docs"), page=str(readme)))
     published = json.loads((dest / "results.json").read_text())
     assert published["dataset_path"] == "runs/x/linked.jsonl"  # relative to the repository
     assert {"report.md", "machine.json", "accuracy_by_tier.png"} <= {p.name for p in dest.iterdir()}
@@ -225,7 +225,8 @@ def test_publish_copies_with_relative_paths_and_regenerates_the_readme_block(tmp
     block = text.split("<!-- results:demo -->")[1].split("<!-- /results:demo -->")[0]
     table = ev.report.results_markdown_table(published)
     assert table in block and "`make demo`" in block
+    assert "](docs/demo/accuracy_by_tier.png)" in block  # links relative to the page
     assert "\n\n" + table.lstrip("\n") in block  # a blank line before the table: it must not join the findings list
     pub.publish(pub.PublishConfig(eval_dir=str(eval_dir), name="demo", target=str(tmp_path / "docs"),
-                                  readme=str(readme)))
+                                  page=str(readme)))
     assert readme.read_text().count("<!-- results:demo -->") == 1  # replaced, not appended again

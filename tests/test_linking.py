@@ -558,7 +558,7 @@ def test_threshold_tuning_needs_the_added_codes_to_be_precise_too():
 
 
 def test_confidence_curve_and_readme_block():
-    from recipes.linking_quality import QualityConfig, confidence_curve, readme_block
+    from recipes.linking_quality import QualityConfig, confidence_curve, page_block
 
     def item(qid, conf):
         m = Mention("fever", 0, 5, "stem", [CodeRef("ICD10CM", "R50.9", 1.0, confidence=conf)], kind="phenotype")
@@ -572,5 +572,5 @@ def test_confidence_curve_and_readme_block():
           "code_recall_at_1": 0.5}
     after = {"splits": {"v2-report": {"mentions": 2, "questions": 2, "all": sc}}, "load_s": 1.0}
     before = {"splits": {"v2-report": {"all": {**sc, "code_precision": 0.25}}}}
-    block = readme_block(after, before, QualityConfig(plot=""))
+    block = page_block(after, before, QualityConfig(plot=""))
     assert "| all | 2 | 100.0 -> **100.0** | 100.0 -> **100.0** | 25.0 -> **50.0** | 50.0 -> **50.0** |" in block

@@ -189,7 +189,7 @@ def test_results_schema_and_targets(tmp_path):
     (out / "results.png").write_bytes((tmp_path / "p.png").read_bytes())
     readme = tmp_path / "README.md"
     readme.write_text("# title\n\n<!-- medtok_quality:quick -->\nold\n<!-- /medtok_quality:quick -->\n\ntail\n")
-    MQ.main(["--publish_only", "--readme", str(readme), "--output", str(out)])
+    MQ.main(["--publish_only", "--page", str(readme), "--output", str(out)])
     text = readme.read_text()
     assert "old" not in text and text.endswith("tail\n") and "| hierarchy_sibling_auc |" in text
     assert "docs/results/medtok_quality_quick/results.png" in text
@@ -218,7 +218,7 @@ def test_cli_user_errors(capsys):
                         [["--medtok_overrides", "model.dim"], "key=value"],
                         [["--relations", "indication:ATC"], "relation:SYSTEM_A:SYSTEM_B"],
                         [["--nope", "1"], "unknown option nope"],
-                        [["--publish_only"], "--publish_only needs --readme"]):
+                        [["--publish_only"], "--publish_only needs --page"]):
         with pytest.raises(SystemExit) as exc:
             MQ.main(argv + ["--output", "/nonexistent/never-written"])
         assert exc.value.code == 2

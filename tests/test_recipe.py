@@ -84,7 +84,7 @@ def test_collect_only_publishes_the_curve_into_the_readme_block(run, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- recipe:sweep -->\nold\n<!-- /recipe:sweep -->\nend\n")
     cfg = recipe.RecipeConfig(output=str(tmp_path), recipes={"run": {"optim.lr": 1e-4}, "later": {}},
-                              questions=str(questions), train=False, readme=str(readme))
+                              questions=str(questions), train=False, page=str(readme))
     results = recipe.sweep(cfg)
     assert list(results["recipes"]) == ["run"]  # a recipe not started yet is left out, not an error
     text = readme.read_text()

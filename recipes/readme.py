@@ -1,0 +1,97 @@
+"""``python -m recipes.readme``: regenerate the README's result summaries from the published result files.
+
+Each headline result has one page under ``docs/`` (written by its own command) and one short table in
+the README, generated here from the same result file so no figure is ever retyped;
+``tests/test_readme.py`` fails when the README's tables differ from what this writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from commons.io import read_json, replace_marked_block
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+README = REPO_ROOT / "README.md"
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def meddx_summary(root: Path) -> str:
+    """Mean accuracy over seeds on all test questions, and the difference from ``none`` with its interval."""
+    res = read_json(root / "docs/results/meddx_cpu/results.json")
+    diffs = {(d["method"], d["tier"]): d for d in res.get("seed_bootstrap", [])}
+    floor = res["dataset"]["All"]["majority_letter"]
+    rows = ["| method | seeds | accuracy, all tiers (%) | vs `none` (points, 95 % CI) |", "|---|---|---|---|"]
+    for method, stats in res["methods"].items():
+        d = diffs.get((method, "All"))
+        vs = (f"{100 * d['difference']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]" if d else "–")
+        rows.append(f"| `{method}` | {stats['n_runs']} | {_pct(stats['tiers']['All']['mean'])} | {vs} |")
+    rows.append(f"| *majority letter ({floor['letter']})* | | {_pct(floor['accuracy'])} | |")
+    clear = [m for (m, tier), d in diffs.items() if tier == "All" and (d["ci_low"] > 0 or d["ci_high"] < 0)]
+    above = [m for m, s in res["methods"].items() if s["tiers"]["All"]["mean"] > floor["accuracy"]]
+    verdict = (f"{len(clear)} method(s) differ from `none` with an interval excluding 0 ({', '.join(clear) or '-'}); "
+               f"{len(above)} of {len(res['methods'])} score above the majority letter")
+    return (f"**MedDDx, complete CPU experiment** (n = {res['dataset']['All']['n']} test questions; "
+            f"[page](docs/results/meddx_cpu.md)): {verdict}.\n\n" + "\n".join(rows))
+
+
+def medtok_quality_summary(root: Path) -> str:
+    """Targets met per published MedTok quality run."""
+    rows = ["| run | codes | tasks meeting every target |", "|---|---|---|"]
+    for name in ("quick", "full"):
+        file = root / f"docs/results/medtok_quality_{name}/results.json"
+        if not file.is_file():
+            continue
+        res = read_json(file)
+        met = [all(task.values()) for task in res["targets"].values()]
+        rows.append(f"| `{name}` | {res['n_codes']:,} | {sum(met)} of {len(met)} tasks |")
+    return ("**MedTok quality** (do the tokens beat their own text on held-out relations? "
+            "[page](docs/medtok_quality.md)):\n\n" + "\n".join(rows))
+
+
+def linking_summary(root: Path) -> str:
+    """Code precision and top-code recall of the linker on the held-out half of the gold standard."""
+    res = read_json(root / "docs/linking_quality/after.json")
+    rep = res["splits"]["v2-report"]
+    rows = ["| split | mentions | mention P | code P (top) | code R@1 (top) |", "|---|---|---|---|---|"]
+    for name in ("v2-report", "v2-tune"):
+        s = res["splits"][name]["all"]
+        rows.append(f"| {name} | {s['gold']} | {_pct(s['mention_precision'])} | {_pct(s['code_precision'])} | "
+                    f"{_pct(s['code_recall_at_1'])} |")
+    return (f"**Linking quality** (hand-annotated gold, {rep['questions']} held-out questions; %; "
+            "[page](docs/linking_quality.md)):\n\n" + "\n".join(rows))
+
+
+def speed_summary(root: Path) -> str:
+    """QA training and scoring utilisation against the same-run matmul peak."""
+    res = read_json(root / "benchmarks/results/qa_readme.json")
+    return (f"**QA speed** (SmolLM2-135M, {res['dtype']}, {res['threads']} threads, CPU flags "
+            f"{', '.join(res['cpu_flags'])}; [page](docs/performance.md)): training at {res['train_mfu']:.2f} and "
+            f"scoring at {res['score_mfu']:.2f} of the same-run {res['dtype']} matmul peak; the MedTok prefix "
+            f"costs x{res['prefix_overhead_ratio']:.2f} step time.")
+
+
+SUMMARIES: dict[str, Callable[[Path], str]] = {
+    "summary:meddx_cpu": meddx_summary,
+    "summary:medtok_quality": medtok_quality_summary,
+    "summary:linking": linking_summary,
+    "summary:speed": speed_summary,
+}
+
+
+def write_summaries(readme: Path = README, root: Path = REPO_ROOT) -> None:
+    for marker, make in SUMMARIES.items():
+        replace_marked_block(readme, marker, make(root))
+
+
+def main(argv: list[str] | None = None) -> None:
+    write_summaries()
+    print(f"README summaries regenerated: {', '.join(SUMMARIES)}")
+
+
+if __name__ == "__main__":
+    main()
