@@ -18,6 +18,7 @@ from finetune import launch as launch_cli
 from finetune import train as train_cli
 from medtok_core import build as build_cli
 from medtok_core import train as medtok_cli
+from medtok_core.integrity import write_manifest
 from qa import ask as ask_cli
 from qa.model import ModelOptions
 from qa.tiny import TINY_CODES, build_tiny_lm, build_tiny_medtok, tiny_questions
@@ -84,6 +85,7 @@ def w(tmp_path_factory) -> dict[str, str]:
         if f.name not in ("token_table.safetensors", "manifest.json"):
             (nan / f.name).write_bytes(f.read_bytes())
     save_file(tensors, str(nan / "token_table.safetensors"))
+    write_manifest(nan, ("config.json", "model.safetensors", "vocab.parquet", "token_table.safetensors"))
     w["nan_medtok"] = str(nan)
 
     finished = root / "finished"  # a finished fine-tune: rerunning it with other settings must not touch it
