@@ -177,12 +177,13 @@ CASES = [
      "duplicate question id"),
     ("eval-output-is-file", eval_cli.main, ["--data", "{linked}", "--output", "{a_file}", "--zero_shot", "{llama}"],
      "is a file"),
-    ("eval-truncated-adapter", eval_cli.main, EVAL + ["--checkpoints", "{truncated_adapter}"], "LoRA adapter in"),
+    ("eval-truncated-adapter", eval_cli.main, EVAL + ["--checkpoints", "{truncated_adapter}"],
+     "adapter_model.safetensors differs from the sha256"),
     # interactive QA
     ("ask-not-checkpoint", ask_cli.main, ["--checkpoint", "{a_dir}", "--question", "Q?\nA: a\nB: b"], "is not a QA checkpoint"),
     ("ask-bad-argument", ask_cli.main, ["--checkpoint", "{finished}", "--temperature", "2"], "unrecognized arguments"),
     ("ask-truncated-adapter", ask_cli.main, ["--checkpoint", "{truncated_adapter}", "--question", "Q?\nA: a\nB: b"],
-     "LoRA adapter in"),
+     "adapter_model.safetensors differs from the sha256"),
     # linking
     ("link-output-is-dir", link_cli.main, ["--input", "{linked}", "--output", "{a_dir}"], "--output {a_dir} is a directory"),
     ("link-authors-under-file", link_cli.main, ["--input", "{linked}", "--output", "{root}/l.jsonl",

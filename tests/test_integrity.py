@@ -460,3 +460,28 @@ def test_every_transformers_load_in_the_package_passes_trust_remote_code_false()
                 calls.append((f"{file.relative_to(root)}:{node.lineno}", ok))
     assert len(calls) >= 6  # base_model (4) and text_encoder (3) at least
     assert all(ok for _, ok in calls), [c for c, ok in calls if not ok]
+
+
+# ------------------------------------------------------------- linked output read back by the pipeline
+def test_pipeline_reruns_a_stage_whose_linked_output_was_damaged_after_it_finished(tmp_path, capsys):
+    from eval.pipeline import Stage, _stamp_path, is_up_to_date, stamp_finished
+
+    linked = tmp_path / "linked" / "linked.jsonl"
+    write_jsonl(linked, tiny_questions(4))
+    stage = Stage(group="link", name="link", title="linking", argv=["python", "-m", "disease_linking.link"],
+                  outputs=[linked], key="k1")
+    stamp_finished(tmp_path, stage, 1.0, 1.0)
+    assert is_up_to_date(tmp_path, stage)
+    before = tree_digest(tmp_path)
+    text = linked.read_text().replace("diabetes", "diabetez", 1)  # one edited byte range, still valid JSONL
+    linked.write_text(text)
+    capsys.readouterr()
+    assert not is_up_to_date(tmp_path, stage) and not is_up_to_date(tmp_path, stage)
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "differs from what stage 'link' wrote" in notes[0]
+    assert {k: v for k, v in tree_digest(tmp_path).items() if "linked.jsonl" not in k} == \
+        {k: v for k, v in before.items() if "linked.jsonl" not in k}  # deciding changed nothing
+    stamp = json.loads(_stamp_path(tmp_path, stage).read_text())
+    del stamp["outputs_sha256"]  # a stamp from before digests were recorded: still reused
+    _stamp_path(tmp_path, stage).write_text(json.dumps(stamp))
+    assert is_up_to_date(tmp_path, stage)
