@@ -485,3 +485,38 @@ def test_pipeline_reruns_a_stage_whose_linked_output_was_damaged_after_it_finish
     del stamp["outputs_sha256"]  # a stamp from before digests were recorded: still reused
     _stamp_path(tmp_path, stage).write_text(json.dumps(stamp))
     assert is_up_to_date(tmp_path, stage)
+
+
+def test_legacy_checkpoint_through_the_commands_only_with_the_flag(fx, tmp_path, capfd):
+    legacy = tmp_path / "legacy"
+    shutil.copytree(fx["ckpt"], legacy)
+    (legacy / "manifest.json").unlink()
+    out = tmp_path / "eval_out"
+    argv = ["--data", str(fx["linked"]), "--checkpoints", str(legacy), "--output", str(out), "--plots", "false"]
+    with pytest.raises(SystemExit) as stop:
+        eval_cli.main(argv)
+    assert stop.value.code == 2 and "--allow_unverified true" in capfd.readouterr().err and not out.exists()
+    with pytest.warns(UnverifiedFolderWarning):
+        eval_cli.main(argv + ["--allow_unverified", "true"])
+    assert (out / "results.json").is_file()
+    with pytest.warns(UnverifiedFolderWarning):
+        answered = ask_cli.main(["--checkpoint", str(legacy), "--no-linker", "--allow-unverified", "--question",
+                                 "A patient has fever. Which?\nA: fever\nB: cough"])
+    assert answered == 0  # 2 when the question failed
+
+
+def test_a_cached_hub_model_with_an_auto_map_is_refused_before_transformers_loads_it(fx, monkeypatch):
+    from huggingface_hub import constants
+
+    repo = Path(constants.HF_HUB_CACHE) / "models--evil--remote-code"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    shutil.copytree(fx["llama"], snapshot)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("a" * 40)
+    try:
+        auto_map("config.json")(snapshot, snapshot)
+        with pytest.raises(MedTokError, match="has an auto_map"):
+            load_base_model("evil/remote-code", "float32")
+        assert not (snapshot / "PWNED").exists()
+    finally:
+        shutil.rmtree(repo)
