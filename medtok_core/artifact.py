@@ -15,7 +15,6 @@ damaged file and says how to fix it, so a corrupted artifact never yields NaN em
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,8 @@ import pandas as pd
 import torch
 
 from medtok_core.errors import MedTokError
-from medtok_core.integrity import check_finite, verify_manifest as _verify_folder, write_manifest
+from medtok_core.integrity import check_finite, write_manifest
+from medtok_core.integrity import verify_manifest as _verify_folder
 from medtok_core.io import atomic_dir, read_format_json, sha256_file, write_json, write_text
 from medtok_core.model_card import CARD, medtok_card
 

@@ -112,7 +112,7 @@ def verify_manifest(folder: str | os.PathLike, required: Iterable[str], what: st
     unlisted = [name for name in required if name not in digests and (folder / name).exists()]
     if unlisted:
         raise error(f"{file} does not list {', '.join(unlisted)} (every file the loader reads must be); {advice}")
-    for name, path in paths.items():
+    for path in paths.values():
         if not path.is_file():
             raise error(f"{path} is listed in {file} but missing; {advice}")
     for name, path in paths.items():

@@ -155,7 +155,7 @@ def read_adapter_config(folder: Path, qa_config: dict) -> dict:
             raise CheckpointError(f"{file}: {key} is {cfg.get(key)!r} but {QA_CONFIG} says lora.{option} "
                                   f"{lora[option]!r}; the adapter belongs to another run; {_RESTORE}")
     recorded = cfg.get("base_model_name_or_path")
-    if recorded is not None and not _same_base_model(recorded, qa_config["base_model"]):
+    if recorded is not None and not (isinstance(recorded, str) and _same_base_model(recorded, qa_config["base_model"])):
         raise CheckpointError(f"{file}: the adapter was trained on base model {recorded!r}, this checkpoint's "
                               f"base model is {qa_config['base_model']!r}; {_RESTORE}")
     return cfg

@@ -33,8 +33,8 @@ from qa import ask as ask_cli
 from qa import token_cache
 from qa.base_model import load_base_model
 from qa.model import ModelOptions, QAModel, build_qa_model
-from qa.reference import CodeVectors, ReferenceOptions, load_reference, save_reference, train_reference
 from qa.prefix import CodeSource
+from qa.reference import CodeVectors, ReferenceOptions, load_reference, save_reference, train_reference
 from qa.tiny import TINY_CODES, build_tiny_lm, build_tiny_medtok, tiny_questions
 
 ARTIFACT_FILES = ("config.json", "model.safetensors", "vocab.parquet", "token_table.safetensors")
@@ -192,7 +192,7 @@ def base_model_call(d, fx):
 def text_encoder_call(d, fx):
     from medtok_core.text_encoder import TextEncoder
 
-    TextEncoder(d, use_cache=False).dim
+    assert TextEncoder(d, use_cache=False).dim  # asking the width reads config.json through transformers
 
 
 def cli(main, argv):
