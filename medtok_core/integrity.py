@@ -104,7 +104,7 @@ def verify_manifest(folder: str | os.PathLike, required: Iterable[str], what: st
         if not allow_unverified:
             raise error(f"{what} {folder} has no {MANIFEST}, so its files cannot be verified (written by an "
                         f"older version, or damaged); {advice}, or, if you trust it, load it unverified "
-                        "(allow_unverified=True; eval: --allow_unverified true; ask: --allow-unverified)")
+                        "(allow_unverified=True; eval: --allow_unverified true; ask: --allow_unverified)")
         warnings.warn(f"{what} {folder} has no {MANIFEST}; loading it unverified as asked", UnverifiedFolderWarning,
                       stacklevel=3)
         return

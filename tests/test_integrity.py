@@ -500,7 +500,7 @@ def test_legacy_checkpoint_through_the_commands_only_with_the_flag(fx, tmp_path,
         eval_cli.main(argv + ["--allow_unverified", "true"])
     assert (out / "results.json").is_file()
     with pytest.warns(UnverifiedFolderWarning):
-        answered = ask_cli.main(["--checkpoint", str(legacy), "--no-linker", "--allow-unverified", "--question",
+        answered = ask_cli.main(["--checkpoint", str(legacy), "--no-linker", "--allow_unverified", "--question",
                                  "A patient has fever. Which?\nA: fever\nB: cough"])
     assert answered == 0  # 2 when the question failed
 
