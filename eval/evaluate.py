@@ -16,6 +16,7 @@ their held-out validation slice (the questions they did not train on, chosen by 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -90,6 +91,8 @@ class EvalConfig:
     workers: int = 1
     plots: bool = True  # write the PNG plots
     skip_invalid: bool = False  # leave out malformed questions (reported) instead of stopping
+    # Load checkpoints/references written before manifests were required (warns; only folders you trust).
+    allow_unverified: bool = False
 
     def __post_init__(self):
         for tier in self.tiers:
@@ -140,6 +143,7 @@ class Source:
     train_ids: frozenset[str] = frozenset()
     val_ids: frozenset[str] | None = None
     dtype: str = "auto"  # zero-shot models only (a checkpoint keeps its training dtype)
+    allow_unverified: bool = False  # load a folder without a manifest (legacy; warns)
 
 
 def _beside(folder: Path, name: str) -> Path | None:
@@ -197,11 +201,11 @@ def _load_scorer(source: Source) -> Scorer:
     if source.kind == "reference":
         from qa.reference import load_reference
 
-        return load_reference(source.path)
+        return load_reference(source.path, allow_unverified=source.allow_unverified)
     from qa import model as qa_model
 
     if source.kind == "checkpoint":
-        return qa_model.load_qa_checkpoint(source.path)
+        return qa_model.load_qa_checkpoint(source.path, allow_unverified=source.allow_unverified)
     from qa.base_model import resolve_dtype
 
     kwargs = {"dtype": resolve_dtype(source.dtype)}
@@ -510,6 +514,8 @@ def write_outputs(results: dict, items: Sequence[MCQItem], runs: Sequence[Run], 
 def sources_from_config(cfg: EvalConfig) -> list[Source]:
     sources = [checkpoint_source(p) for p in cfg.checkpoints]
     sources += [reference_source(p) for p in cfg.references]
+    if cfg.allow_unverified:
+        sources = [dataclasses.replace(s, allow_unverified=True) for s in sources]
     sources += [Source("zero-shot", base, ZERO_SHOT, None, dtype=cfg.zero_shot_dtype) for base in cfg.zero_shot]
     return sources
 

@@ -138,21 +138,24 @@ def holm_adjusted(p_values: Sequence[float]) -> list[float]:
 
 
 def _floor_finding(results: dict) -> str | None:
-    """Is the LoRA-only baseline above the majority letter on all tiers together? Above means
-    every seed's interval lies above it."""
+    """Where the LoRA-only baseline stands against the majority letter on all tiers together: above
+    (every seed's interval lies above it), below (every seed's interval lies below it), or neither."""
     base, ds = results["baseline"], results["dataset"][ALL]
     runs = [r for r in _runs_of(results, base) if r["tiers"][ALL]["accuracy"] is not None]
     if not runs:
         return None
     majority = ds["majority_letter"]["accuracy"]
     mean = sum(r["tiers"][ALL]["accuracy"] for r in runs) / len(runs)
-    above = all(r["tiers"][ALL]["ci_low"] > majority for r in runs)
     seeds = f"{len(runs)} seed" + ("s" if len(runs) > 1 else "")
-    return (f"- **Floor**: `{base}` scores {pct(mean)} % on all tiers together ({seeds}) against "
-            f"{pct(majority)} % for always answering the most frequent letter and {pct(ds['chance'])} % chance: "
-            + ("above the floor (every seed's 95 % interval lies above the majority letter)." if above else
-               "**not above the floor** (a seed's 95 % interval reaches the majority letter), so a prefix "
-               "method has no fine-tuned skill to improve on; read the differences below with that in mind."))
+    head = (f"- **Floor**: `{base}` scores {pct(mean)} % on all tiers together ({seeds}) against "
+            f"{pct(majority)} % for always answering the most frequent letter and {pct(ds['chance'])} % chance: ")
+    if all(r["tiers"][ALL]["ci_low"] > majority for r in runs):
+        return head + "above the floor (every seed's 95 % interval lies above the majority letter)."
+    where = ("significantly **below** the majority letter (every seed's 95 % interval lies under it)"
+             if all(r["tiers"][ALL]["ci_high"] < majority for r in runs)
+             else "**not above the floor** (a seed's 95 % interval includes the majority letter)")
+    return (head + where + ", so a prefix method has no fine-tuned skill to improve on; read the differences "
+            "below with that in mind.")
 
 
 def _tier_difference(results: dict, tier: str, alpha: float) -> str | None:
@@ -275,11 +278,16 @@ def _orders_section(results: dict) -> list[str]:
             o = results["methods"][m]["option_orders"][tier]
             rows.append([f"**{method_label(m)}**", _tier_title(results, tier), *(pct(x) for x in o["per_order"]),
                          pct(o["mean"]), pct(o["spread"]), pct(o["debiased"])])
-    header = ["Method", "Tier", *(f"order {s}" for s in range(k)), "mean", "spread", "debiased"]
+    every_rotation = k >= len(results.get("alphabet") or "ABCD")
+    combined = "debiased" if every_rotation else "order-averaged"
+    header = ["Method", "Tier", *(f"order {s}" for s in range(k)), "mean", "spread", combined]
+    why = ("Debiased: each option's probability averaged over every rotation, then the most probable option "
+           "(a letter prior cannot favour any option)." if every_rotation else
+           f"Order-averaged: each option's probability averaged over these {k} orders, then the most probable "
+           "option; not debiased, since not every rotation was scored (a letter prior can still favour an option).")
     return [f"## Option-order robustness ({k} cyclic orders, %)", "",
             "Order s rotates the options by s (the answer moves with its option). Spread = best − worst "
-            "order. Debiased: each option's probability averaged over the orders, then the most probable "
-            "option (a letter prior cannot favour any option). Mean over seeds where a method has several.",
+            f"order. {why} Mean over seeds where a method has several.",
             "", *_table(header, rows), ""]
 
 

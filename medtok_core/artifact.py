@@ -5,7 +5,8 @@
     vocab.parquet             code_id, system, code, description, parent (code_id = row)
     token_table.safetensors   ids [n, 4, K] int32 (global codebook ids), weights [n, 4, K],
                               embeddings [n, 4*d]
-    manifest.json             sha256 of every file above, written at export
+    manifest.json             sha256 of every file above, written at export; required to load (see
+                              commons.integrity; ``allow_unverified=True`` loads a legacy folder)
     README.md                 model card (HF metadata; data files and licences, sizes, quality)
 
 Loading needs neither the knowledge graph nor the text encoder. Every check that fails names the
@@ -14,7 +15,6 @@ damaged file and says how to fix it, so a corrupted artifact never yields NaN em
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,9 @@ import pandas as pd
 import torch
 
 from commons.errors import UserError
-from commons.io import atomic_dir, read_format_json, read_json, sha256_file, write_json, write_text
+from commons.integrity import check_finite, write_manifest
+from commons.integrity import verify_manifest as _verify_folder
+from commons.io import atomic_dir, read_format_json, sha256_file, write_json, write_text
 from medtok_core.model_card import CARD, medtok_card
 
 FORMAT = "medtok-artifact"
@@ -88,15 +90,17 @@ def write_artifact(path: str | Path, config: dict, vocab: pd.DataFrame, table: d
         save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, str(tmp / MODEL))
         vocab.to_parquet(tmp / VOCAB, index=False)
         save_file({k: table[k].detach().contiguous().cpu() for k in TABLE_KEYS}, str(tmp / TABLE))
-        write_json(tmp / MANIFEST, {"sha256": {name: sha256_file(tmp / name) for name in FILES}})
+        write_manifest(tmp, FILES)
         # The model card documents (origin, licences, sizes, quality); it is not part of the manifest.
         write_text(tmp / CARD, medtok_card(config, vocab, table))
     return path
 
 
 # ------------------------------------------------------------------------------------------- read
-def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
-    """Config, vocabulary and token table, validated (and checked against the manifest)."""
+def load_artifact(path: str | Path, verify: bool = True, allow_unverified: bool = False) -> Artifact:
+    """Config, vocabulary and token table, validated and checked against the manifest first.
+
+    ``allow_unverified``: load a (legacy) artifact that has no manifest, with a warning."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -105,7 +109,7 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
     if missing:
         raise ArtifactError(f"MedTok artifact {path} is incomplete: missing {', '.join(missing)}; {_REEXPORT}")
     if verify:
-        verify_manifest(path)
+        verify_manifest(path, allow_unverified)
     config = read_config(path)
     try:
         table = load_file(path / TABLE)
@@ -142,25 +146,13 @@ def load_model_state(path: str | Path) -> dict[str, torch.Tensor]:
         state = load_file(file)
     except (SafetensorError, OSError) as err:
         raise ArtifactError(f"{file} is unreadable ({err}); {_REEXPORT}") from None
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise ArtifactError(f"{file}: tensor {bad[0]} holds NaN or infinite values; {_REEXPORT}")
+    check_finite(state, file, ArtifactError, _REEXPORT)
     return state
 
 
-def verify_manifest(path: Path) -> None:
-    """Compare every file with the sha256 written at export (artifacts without one are accepted)."""
-    manifest = path / MANIFEST
-    if not manifest.is_file():
-        return
-    try:
-        expected = read_json(manifest)["sha256"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        raise ArtifactError(f"{manifest} is damaged; {_REEXPORT}") from None
-    for name, sha in expected.items():
-        if (path / name).is_file() and sha256_file(path / name) != sha:
-            raise ArtifactError(f"{path / name} differs from the sha256 recorded at export (damaged or "
-                                f"edited); {_REEXPORT}")
+def verify_manifest(path: Path, allow_unverified: bool = False) -> None:
+    """Every file the loader reads, listed in manifest.json and matching its sha256 (required)."""
+    _verify_folder(path, FILES, "MedTok artifact", ArtifactError, _REEXPORT, allow_unverified)
 
 
 def _check_table(table: dict[str, torch.Tensor], n: int, config: dict, where: str) -> None:
@@ -178,6 +170,12 @@ def _check_table(table: dict[str, torch.Tensor], n: int, config: dict, where: st
         if bad.any():
             rows = int(bad.reshape(n, -1).any(dim=1).sum())
             raise ArtifactError(f"{where}: {key} holds NaN or infinite values for {rows} code(s); {_REEXPORT}")
+    # Finite but so large that a norm or a dot product overflows (e.g. 1e30): as unusable as NaN.
+    norms = torch.linalg.vector_norm(table["embeddings"].float(), dim=1)
+    if not torch.isfinite(norms).all():
+        rows = int((~torch.isfinite(norms)).sum())
+        raise ArtifactError(f"{where}: embeddings of {rows} code(s) are too large (their norm overflows float32); "
+                            f"{_REEXPORT}")
     size = int(config["codebook"]["size"]) if "size" in config.get("codebook", {}) else None
     ids = table["ids"]
     if size is not None and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= size):

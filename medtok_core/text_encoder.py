@@ -155,9 +155,14 @@ class TextEncoder:
             return
         from transformers import AutoModel, AutoTokenizer
 
+        from commons.integrity import refuse_remote_code
+
+        refuse_remote_code(self.path, "text encoder folder")
         try:
-            self._tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-            model = AutoModel.from_pretrained(str(self.path), local_files_only=True, dtype=self.dtype)
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True,
+                                                            trust_remote_code=False)
+            model = AutoModel.from_pretrained(str(self.path), local_files_only=True, dtype=self.dtype,
+                                              trust_remote_code=False)
         except OSError as err:
             raise UserError(f"cannot load text encoder from {self.path}: {str(err).splitlines()[0]}") from None
         self._model = model.eval().requires_grad_(False).to(self.device)
@@ -167,7 +172,11 @@ class TextEncoder:
         if self._dim is None:
             from transformers import AutoConfig
 
-            self._dim = int(AutoConfig.from_pretrained(str(self.path), local_files_only=True).hidden_size)
+            from commons.integrity import refuse_remote_code
+
+            refuse_remote_code(self.path, "text encoder folder")
+            self._dim = int(AutoConfig.from_pretrained(str(self.path), local_files_only=True,
+                                                       trust_remote_code=False).hidden_size)
         return self._dim
 
     @torch.inference_mode()

@@ -71,9 +71,10 @@ class MedTokTokenizer:
 
     # ---- loading / saving ------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> MedTokTokenizer:
-        """Load an artifact folder (or a training run folder holding ``artifact/``), validated."""
-        art = load_artifact(path)
+    def from_pretrained(cls, path: str | os.PathLike, allow_unverified: bool = False) -> MedTokTokenizer:
+        """Load an artifact folder (or a training run folder holding ``artifact/``), validated against
+        its manifest; ``allow_unverified=True`` loads a legacy folder without one (with a warning)."""
+        art = load_artifact(path, allow_unverified=allow_unverified)
         return cls(art.config, art.vocab, art.table, art.path)
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:

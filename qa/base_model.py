@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from commons.errors import UserError
+from commons.integrity import refuse_remote_code
 from commons.io import atomic_dir, cache_dir
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
@@ -75,12 +76,13 @@ def provision_default_model(force: bool = False) -> Path:
         return target
     gguf = default_gguf_path()
     kwargs = {"gguf_file": gguf.name}
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, trust_remote_code=False, **kwargs)
     if not tokenizer.chat_template:
         raise UserError(f"{gguf} carries no chat template; pass a different base_model")
     # dequantize=True gives plain nn.Linear weights (trainable with LoRA, savable as safetensors).
     model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, dtype=torch.bfloat16, quantization_config=GgufConfig(dequantize=True), **kwargs)
+        gguf.parent, dtype=torch.bfloat16, quantization_config=GgufConfig(dequantize=True), trust_remote_code=False,
+        **kwargs)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config  # the saved folder is a normal, unquantized model
@@ -91,18 +93,32 @@ def provision_default_model(force: bool = False) -> Path:
 
 
 def resolve_base_model(name: str) -> str:
-    """Local folder (provisioned for the default) or hub id for ``name``."""
+    """Local folder (provisioned for the default) or hub id for ``name``; a model that would need
+    its own Python code (``auto_map``) is refused here, before transformers sees it."""
     if name.lower() == DEFAULT_BASE_MODEL:
         return str(provision_default_model())
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
             raise UserError(f"base model folder {path} has no config.json; pass an HF causal-LM folder")
+        refuse_remote_code(path, "base model folder")
         return str(path)
     if name.count("/") != 1 or name.startswith((".", "/")):
         raise UserError(f"base model {name!r} is neither a folder nor a hub id (owner/name) nor "
                           f"{DEFAULT_BASE_MODEL!r}")
+    _refuse_cached_remote_code(name)
     return name
+
+
+def _refuse_cached_remote_code(repo_id: str) -> None:
+    """The same refusal for a hub id whose configs are already in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("config.json", "tokenizer_config.json"):
+        cached = try_to_load_from_cache(repo_id, filename)
+        if isinstance(cached, str):
+            refuse_remote_code(Path(cached).parent, f"base model {repo_id!r} (cached at)")
+            return
 
 
 def _offline() -> bool:
@@ -119,9 +135,12 @@ def load_tokenizer(name: str, allow_download: bool = False):
 
     source = resolve_base_model(name)
     try:
-        tok = AutoTokenizer.from_pretrained(source, local_files_only=_local_only(allow_download))
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=_local_only(allow_download),
+                                            trust_remote_code=False)
     except OSError as err:
         raise _load_error(name, err, allow_download) from None
+    except ValueError as err:
+        raise _remote_code_error(name, err) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # padding is masked out, any id works
     return tok
@@ -139,7 +158,17 @@ def load_base_model(name: str, dtype: str = "auto", allow_download: bool = False
             source, dtype=torch_dtype(dtype), local_files_only=_local_only(allow_download), trust_remote_code=False)
     except OSError as err:
         raise _load_error(name, err, allow_download) from None
+    except ValueError as err:
+        raise _remote_code_error(name, err) from None
     return model, tokenizer
+
+
+def _remote_code_error(name: str, err: ValueError) -> Exception:
+    """transformers' refusal of custom code as one line (other ValueErrors stay bugs)."""
+    if "trust_remote_code" not in str(err):
+        return err
+    return UserError(f"base model {name!r} needs its own Python code, and this project never runs code shipped "
+                       "with a model (trust_remote_code=False); use a model whose architecture transformers implements")
 
 
 def _load_error(name: str, err: Exception, allow_download: bool = False) -> UserError:

@@ -95,12 +95,12 @@ class Encoded:
     truncated: bool
 
 
-def load_medtok(path: str | None):
+def load_medtok(path: str | None, allow_unverified: bool = False):
     if not path:
         return None
     from medtok_core.tokenizer import MedTokTokenizer
 
-    return MedTokTokenizer.from_pretrained(path)
+    return MedTokTokenizer.from_pretrained(path, allow_unverified=allow_unverified)
 
 
 def token_table_sha(path: str | None) -> str | None:
@@ -161,7 +161,7 @@ class PromptEncoder:
         features = Features({"input_ids": List(Value("int64")), "label": Value("int64"),
                              "truncated": Value("bool")})
         key = self.cache_key(items, order) if self.cache_tokens else {}
-        return token_cache.cached_map(items, tokenize, key, features, self.cache_tokens)
+        return token_cache.cached_map(items, tokenize, key, features, self.cache_tokens, len(self.tokenizer))
 
     def cache_key(self, items: list[MCQItem], order: tuple[int, int] | None) -> dict:
         """What the token ids of ``items`` depend on (qa.token_cache hashes it into the file name)."""
@@ -203,7 +203,13 @@ class PromptEncoder:
 
 
 class QAModel(nn.Module):
-    """Base LM (+ LoRA) + projector. ``forward`` returns the letter loss and the letters' logits."""
+    """Base LM (+ LoRA) + projector. ``forward`` returns the letter loss and the letters' logits.
+
+    Load a trained one with ``QAModel.from_pretrained(folder)`` (a QA checkpoint or its run folder);
+    ``model.score(items)`` answers questions; ``print(model)`` summarises what was loaded.
+    """
+
+    checkpoint_path: Path | None = None  # the folder it was loaded from (None: built fresh)
 
     def __init__(self, lm: nn.Module, tokenizer, options: ModelOptions, method: PrefixMethod,
                  projector: nn.Module | None):
@@ -214,6 +220,35 @@ class QAModel(nn.Module):
         self.encoder = PromptEncoder(tokenizer, method, options)
         self.register_buffer("letter_ids", torch.tensor([self.encoder.letter_ids[x] for x in LETTERS]),
                              persistent=False)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, medtok: str | None = None, device: str | None = None,
+                        allow_download: bool = False, allow_unverified: bool = False) -> QAModel:
+        """Restore a QA checkpoint: base model, LoRA adapter and prefix module, verified on the way.
+
+        ``path``: the checkpoint folder or the fine-tuning run folder holding ``best/``.
+        ``medtok``: the MedTok artifact's new location if it moved since training.
+        ``device``: where to put the model (default: CPU).
+        ``allow_download``: fetch a hub base model that is not in the local cache.
+        ``allow_unverified``: accept a checkpoint written before manifests were required (warns).
+        """
+        return load_qa_checkpoint(path, medtok=medtok, device=device, allow_download=allow_download,
+                                  allow_unverified=allow_unverified)
+
+    def __repr__(self) -> str:
+        """One line per part that matters, instead of nn.Module's full tree (``nn.Module.__repr__(m)``)."""
+        lora = getattr(self.lm, "peft_config", {}).get("default") if hasattr(self.lm, "peft_config") else None
+        adapter = (f"LoRA r={lora.r} alpha={lora.lora_alpha} on {sorted(lora.target_modules)}" if lora is not None
+                   else "none")
+        module = "none" if self.projector is None else (
+            f"{type(self.projector).__name__} ({sum(p.numel() for p in self.projector.parameters()):,} parameters)")
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        lines = [f"checkpoint={self.checkpoint_path}" if self.checkpoint_path else "checkpoint=None (built fresh)",
+                 f"base_model={self.options.base_model!r} ({type(self._causal_lm()).__name__}, dtype "
+                 f"{next(self._causal_lm().parameters()).dtype})",
+                 f"prefix_mode={self.options.prefix_mode!r}, medtok={self.options.medtok!r}",
+                 f"adapter={adapter}", f"prefix_module={module}", f"trainable_parameters={trainable:,}"]
+        return "QAModel(\n  " + ",\n  ".join(lines) + "\n)"
 
     # ---- modules inside the (possibly PEFT-wrapped) LM ------------------------------------------
     def _causal_lm(self) -> nn.Module:
@@ -336,12 +371,12 @@ def _attach_lora(lm: nn.Module, lora: LoraOptions) -> nn.Module:
     return model
 
 
-def make_method(options: ModelOptions) -> PrefixMethod:
+def make_method(options: ModelOptions, allow_unverified: bool = False) -> PrefixMethod:
     """The configured prefix method, with its MedTok codes when it reads the artifact."""
     cls = options.method()
     codes = None
     if cls.needs_artifact and options.medtok:
-        codes = CodeSource(load_medtok(options.medtok), options.code_fields, options.codes_per_mention,
+        codes = CodeSource(load_medtok(options.medtok, allow_unverified), options.code_fields, options.codes_per_mention,
                            options.max_codes, 0 if options.shuffle_seed is None else options.shuffle_seed,
                            options.min_code_confidence)
     return cls(options, codes)  # raises when the method needs an artifact and has none
@@ -354,10 +389,10 @@ def resolved_options(options: ModelOptions, seed: int = 0) -> ModelOptions:
 
 
 def build_qa_model(options: ModelOptions, lora: bool = True, model_and_tokenizer=None,
-                   seed: int = 0) -> QAModel:
+                   seed: int = 0, allow_unverified: bool = False) -> QAModel:
     """A fresh QA model: base LM (+ LoRA), prefix module initialised from ``seed`` when the method has one."""
     options = resolved_options(options, seed)
-    method = make_method(options)  # checks method vs artifact before the LM loads
+    method = make_method(options, allow_unverified)  # checks method vs artifact before the LM loads
     lm, tokenizer = model_and_tokenizer or load_base_model(options.base_model, options.dtype,
                                                            options.allow_download)
     for p in lm.parameters():
@@ -388,12 +423,15 @@ def zero_shot_model(base_model: str = DEFAULT_BASE_MODEL, prefix_mode: str = "no
 
 
 def load_qa_checkpoint(path: str | Path, medtok: str | None = None, device: str | None = None,
-                       allow_download: bool = False) -> QAModel:
-    """Load a QA checkpoint (folder or run folder with ``best/``); ``medtok`` overrides the artifact path.
+                       allow_download: bool = False, allow_unverified: bool = False) -> QAModel:
+    """Load a QA checkpoint (folder or run folder with ``best/``): base model, LoRA adapter and prefix
+    module, each verified (manifest, finiteness, adapter vs base model); ``medtok`` overrides the
+    artifact path. The same as :meth:`QAModel.from_pretrained`.
 
     A checkpoint never causes a network call by itself: its base model is read from local files
-    unless the caller passes ``allow_download``."""
-    ckpt = checkpoint.find_checkpoint(path)
+    unless the caller passes ``allow_download``. ``allow_unverified`` loads a checkpoint (and
+    artifact) written before manifests were required, with a warning."""
+    ckpt = checkpoint.verify_checkpoint(path, allow_unverified)
     cfg = checkpoint.read_checkpoint_config(ckpt)
     keys = {f for f in ModelOptions.__dataclass_fields__}
     options = from_dict(ModelOptions, {k: v for k, v in cfg.items() if k in keys})
@@ -408,16 +446,23 @@ def load_qa_checkpoint(path: str | Path, medtok: str | None = None, device: str 
                               "was trained with (token_table sha256 mismatch)")
     options.gradient_checkpointing = False
     options.allow_download = allow_download
-    model = build_qa_model(options, lora=False)
+    # Tensors first (cheap, no model needed): a damaged adapter or module fails before the LM loads.
+    module_state = checkpoint.load_module_state(ckpt) if (ckpt / checkpoint.PROJECTOR).exists() else None
     if cfg.get("has_adapter"):
-        model.lm = checkpoint.load_adapter(model.lm, ckpt)
+        checkpoint.read_adapter_config(ckpt, cfg)
+    model = build_qa_model(options, lora=False, allow_unverified=allow_unverified)
+    if cfg.get("has_adapter"):
+        model.lm = checkpoint.load_adapter(model.lm, ckpt, cfg)
         lean_lora(model.lm)
     if model.projector is not None:
+        if module_state is None:
+            module_state = checkpoint.load_module_state(ckpt)  # raises: missing
         try:
-            model.projector.load_state_dict(checkpoint.load_module_state(ckpt))
+            model.projector.load_state_dict(module_state)
         except RuntimeError as err:
             raise checkpoint.CheckpointError(f"{ckpt / checkpoint.PROJECTOR} does not fit prefix method "
                                              f"{options.prefix_mode}: {str(err).splitlines()[0]}") from None
+    model.checkpoint_path = ckpt
     if device:
         model.to(device)
     return model.eval()

@@ -21,6 +21,7 @@ held-out slice (the same :func:`qa.training.make_split`); a trained reference is
     reference.json         format, name, features, options, artifact + token-table sha256, metrics
     reference.safetensors  the scorer's weights
     split.json             the question ids trained on and held out (qa.training.write_split)
+    manifest.json          sha256 of the three files above, checked before loading (commons.integrity)
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from torch import nn
 
 from commons.config import from_dict, require_range
 from commons.errors import UserError
+from commons.integrity import check_finite, verify_manifest, write_manifest
 from commons.io import atomic_dir, read_format_json, write_json
 from disease_linking.questions import MCQItem
 from qa.data import stable_seed
@@ -363,6 +365,7 @@ def save_reference(path: str | Path, model: ReferenceModel, opts: ReferenceOptio
         save_file({k: v.detach().float().contiguous() for k, v in model.scorer.state_dict().items()}, str(tmp / WEIGHTS))
         write_json(tmp / SPLIT, split)
         write_json(tmp / CONFIG, config)
+        write_manifest(tmp, (CONFIG, WEIGHTS, SPLIT))
     return path
 
 
@@ -395,21 +398,29 @@ def _checked_artifact(path: str | Path, artifact: str | None, sha: str | None) -
     return artifact
 
 
-def load_reference(path: str | Path, medtok: str | None = None, text_vectors=None) -> ReferenceModel:
-    """A reference folder as a scorer; ``medtok`` overrides the artifact path it recorded."""
+def load_reference(path: str | Path, medtok: str | None = None, text_vectors=None,
+                   allow_unverified: bool = False) -> ReferenceModel:
+    """A reference folder as a scorer, checked against its manifest first; ``medtok`` overrides the
+    artifact path it recorded; ``allow_unverified`` loads one written before manifests (warns)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from medtok_core.tokenizer import MedTokTokenizer
 
+    if not is_reference(path):
+        read_reference_config(path)  # raises: not a reference folder
+    verify_manifest(Path(path), (CONFIG, WEIGHTS, SPLIT), "reference folder", ReferenceError, "train it again",
+                    allow_unverified)
     cfg = read_reference_config(path)
     artifact = _checked_artifact(path, medtok or cfg.get("medtok"), cfg.get("medtok_token_table_sha256"))
     opts = from_dict(ReferenceOptions, cfg["options"])
-    codes = CodeSource(MedTokTokenizer.from_pretrained(artifact), "stem", opts.codes_per_mention, opts.max_codes,
-                       min_confidence=opts.min_code_confidence)
+    codes = CodeSource(MedTokTokenizer.from_pretrained(artifact, allow_unverified=allow_unverified), "stem",
+                       opts.codes_per_mention, opts.max_codes, min_confidence=opts.min_code_confidence)
     scorer = OptionScorer(cfg["dim"], opts.hidden)
     try:
-        scorer.load_state_dict(load_file(str(Path(path) / WEIGHTS)))
+        weights = load_file(str(Path(path) / WEIGHTS))
+        check_finite(weights, Path(path) / WEIGHTS, ReferenceError, "train the reference again")
+        scorer.load_state_dict(weights)
     except (SafetensorError, OSError, RuntimeError) as err:
         raise ReferenceError(f"{Path(path) / WEIGHTS} is missing or damaged ({str(err).splitlines()[0]}); "
                              "train the reference again") from None

@@ -27,12 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data_dir", help="data directory for the linker")
     parser.add_argument("--allow_download", action="store_true",
                         help="fetch the checkpoint's base model from the Hugging Face Hub if it is not cached")
+    parser.add_argument("--allow_unverified", action="store_true",
+                        help="load a checkpoint written before manifests were required (warns; only if you trust it)")
     parser.error = _one_line_error  # type: ignore[method-assign]
     args = parser.parse_args(underscore_flags(argv))
 
     from qa.model import load_qa_checkpoint
 
-    model = load_qa_checkpoint(args.checkpoint, medtok=args.medtok, allow_download=args.allow_download)
+    model = load_qa_checkpoint(args.checkpoint, medtok=args.medtok, allow_download=args.allow_download,
+                               allow_unverified=args.allow_unverified)
     asker = Asker(model, load_linker(not args.no_linker, args.data_dir))
     if args.question is not None:
         texts: Iterator[str] = iter([args.question])

@@ -332,7 +332,7 @@ def is_up_to_date(out: Path, stage: Stage) -> bool:
         done = read_json(stamp)
     except (OSError, ValueError):
         return False
-    return done.get("key") == stage.key and bool(done.get("finished"))
+    return done.get("key") == stage.key and bool(done.get("finished")) and _outputs_intact(stage, done)
 
 
 def clear_stale_state(out: Path, stage: Stage) -> None:
@@ -528,7 +528,31 @@ def stamp_finished(out: Path, stage: Stage, seconds: float, cpu: float) -> None:
             raise UserError(f"stage '{stage.name}' finished but did not write {p}")
     write_json(_stamp_path(out, stage), {"stage": stage.name, "key": stage.key, "seconds": seconds,
                                          "cpu_seconds": cpu, "argv": stage.argv[1:],
+                                         "outputs_sha256": _output_digests(stage),
                                          "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+
+_NOTED_CHANGED: set[str] = set()  # each changed output noted once (is_up_to_date is asked repeatedly)
+
+
+def _output_digests(stage: Stage) -> dict[str, str]:
+    """sha256 of the stage's output files (e.g. linked.jsonl); folders carry their own manifests."""
+    return {str(p): _file_digest(p) for p in stage.outputs if p.is_file()}
+
+
+def _outputs_intact(stage: Stage, done: dict) -> bool:
+    """The outputs read back are the ones the stage wrote: a damaged or replaced file reruns it."""
+    recorded = done.get("outputs_sha256")
+    if not isinstance(recorded, dict):
+        return True  # a stamp written before digests were recorded
+    changed = [p for p in stage.outputs if p.is_file() and recorded.get(str(p)) not in (None, _file_digest(p))]
+    for p in changed:
+        if str(p) in _NOTED_CHANGED:
+            continue
+        _NOTED_CHANGED.add(str(p))
+        print(f"note: {p} differs from what stage '{stage.name}' wrote (damaged or edited); running the stage again",
+              flush=True)
+    return not changed
 
 
 def _log_path(out: Path, stage: Stage) -> Path:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
+from commons.integrity import write_manifest
 from disease_linking.questions import write_jsonl
 from finetune import train as train_cli
 from qa.model import ModelOptions
@@ -84,6 +85,7 @@ def w(tmp_path_factory) -> dict[str, str]:
         if f.name not in ("token_table.safetensors", "manifest.json"):
             (nan / f.name).write_bytes(f.read_bytes())
     save_file(tensors, str(nan / "token_table.safetensors"))
+    write_manifest(nan, ("config.json", "model.safetensors", "vocab.parquet", "token_table.safetensors"))
     w["nan_medtok"] = str(nan)
 
     finished = root / "finished"  # a finished fine-tune: rerunning it with other settings must not touch it
@@ -175,12 +177,13 @@ CASES = [
      "duplicate question id"),
     ("eval-output-is-file", eval_cli.main, ["--data", "{linked}", "--output", "{a_file}", "--zero_shot", "{llama}"],
      "is a file"),
-    ("eval-truncated-adapter", eval_cli.main, EVAL + ["--checkpoints", "{truncated_adapter}"], "LoRA adapter in"),
+    ("eval-truncated-adapter", eval_cli.main, EVAL + ["--checkpoints", "{truncated_adapter}"],
+     "adapter_model.safetensors differs from the sha256"),
     # interactive QA
     ("ask-not-checkpoint", ask_cli.main, ["--checkpoint", "{a_dir}", "--question", "Q?\nA: a\nB: b"], "is not a QA checkpoint"),
     ("ask-bad-argument", ask_cli.main, ["--checkpoint", "{finished}", "--temperature", "2"], "unrecognized arguments"),
     ("ask-truncated-adapter", ask_cli.main, ["--checkpoint", "{truncated_adapter}", "--question", "Q?\nA: a\nB: b"],
-     "LoRA adapter in"),
+     "adapter_model.safetensors differs from the sha256"),
     # linking
     ("link-output-is-dir", link_cli.main, ["--input", "{linked}", "--output", "{a_dir}"], "--output {a_dir} is a directory"),
     ("link-authors-under-file", link_cli.main, ["--input", "{linked}", "--output", "{root}/l.jsonl",

@@ -230,3 +230,21 @@ def test_publish_copies_with_relative_paths_and_regenerates_the_readme_block(tmp
     pub.publish(pub.PublishConfig(eval_dir=str(eval_dir), name="demo", target=str(tmp_path / "docs"),
                                   page=str(readme)))
     assert readme.read_text().count("<!-- results:demo -->") == 1  # replaced, not appended again
+
+
+def _floor_results(cis: list[tuple[float, float]], majority: float = 0.31) -> dict:
+    runs = [{"label": f"none-s{i}", "method": "none", "seed": i,
+             "tiers": {"All": {"accuracy": (lo + hi) / 2, "ci_low": lo, "ci_high": hi}}} for i, (lo, hi) in enumerate(cis)]
+    return {"baseline": "none", "runs": runs,
+            "dataset": {"All": {"majority_letter": {"accuracy": majority}, "chance": 0.25}}}
+
+
+@pytest.mark.parametrize("cis, says", [
+    ([(0.35, 0.40), (0.33, 0.38)], "above the floor"),
+    ([(0.22, 0.29), (0.21, 0.28)], "significantly **below** the majority letter"),
+    ([(0.22, 0.29), (0.28, 0.34)], "includes the majority letter"),
+])
+def test_floor_finding_says_what_the_intervals_show(cis, says):
+    from eval.report import _floor_finding
+
+    assert says in _floor_finding(_floor_results(cis))

@@ -199,7 +199,7 @@ def test_deterministic_and_summary(linker):
 
 
 def test_cli_writes_linked_authors_and_summary(tmp_path, linker, monkeypatch):
-    from disease_linking import link as link_cli
+    from recipes import link as link_cli
 
     monkeypatch.setattr(link_cli.Linker, "from_cache", classmethod(lambda cls, *a, **k: linker))
     src = _write(tmp_path / "m.json", MEDDDX)

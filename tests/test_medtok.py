@@ -208,16 +208,20 @@ def test_tokenizer_rejects_malformed_artifacts(trained, tmp_path):
     (broken / "token_table.safetensors").unlink()
     with pytest.raises(UserError, match="missing token_table.safetensors"):
         MedTokTokenizer.from_pretrained(broken)
+
+    def unverified():
+        return pytest.warns(UserWarning, match="no manifest.json; loading it unverified")
+
     (broken / "token_table.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(UserError, match="token_table.safetensors is unreadable"):
-        MedTokTokenizer.from_pretrained(broken)
+    with unverified(), pytest.raises(UserError, match="token_table.safetensors is unreadable"):
+        MedTokTokenizer.from_pretrained(broken, allow_unverified=True)
     (broken / "token_table.safetensors").write_bytes((trained.artifact / "token_table.safetensors").read_bytes())
     (broken / "config.json").write_text("{not json")
-    with pytest.raises(UserError, match="config.json is not valid JSON"):
-        MedTokTokenizer.from_pretrained(broken)
+    with unverified(), pytest.raises(UserError, match="config.json is not valid JSON"):
+        MedTokTokenizer.from_pretrained(broken, allow_unverified=True)
     (broken / "config.json").write_text(json.dumps({"format": "other"}))
-    with pytest.raises(UserError, match="not a MedTok artifact"):
-        MedTokTokenizer.from_pretrained(broken)
+    with unverified(), pytest.raises(UserError, match="not a MedTok artifact"):
+        MedTokTokenizer.from_pretrained(broken, allow_unverified=True)
 
 
 def test_damaged_artifacts_never_load(trained, tmp_path):
@@ -237,8 +241,10 @@ def test_damaged_artifacts_never_load(trained, tmp_path):
     tensors = load_file(trained.artifact / "token_table.safetensors")
     tensors["embeddings"][3, 0] = float("nan")
     save_file(tensors, str(damaged / "token_table.safetensors"))
-    with pytest.raises(UserError, match="NaN or infinite values for 1 code"):
+    with pytest.raises(UserError, match="has no manifest.json"):  # required since issue 26
         MedTokTokenizer.from_pretrained(damaged)
+    with pytest.warns(UserWarning, match="unverified"), pytest.raises(UserError, match="NaN or infinite values for 1 code"):
+        MedTokTokenizer.from_pretrained(damaged, allow_unverified=True)
 
 
 def test_text_and_graph_ablations_run(tmp_path):
