@@ -15,7 +15,7 @@ subject's whole timeline. Task sequences: the subject's events up to each sample
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -40,7 +40,7 @@ class DataOptions:
     meds_dir: str = ""  # a MEDS folder (data/*.parquet, metadata/); empty: clinosim's cohort (below)
     source: str = "clinosim"  # code map plug-in for the MEDS code strings (ehr/code_maps/)
     tasks_file: str | None = None  # task definitions YAML (none: ehr/tasks.yaml)
-    tasks: list[str] = None  # task names to build (none: all in the file)
+    tasks: list[str] = field(default_factory=list)  # task names to build (empty: all in the file)
     max_len: int = 512  # tokens per sequence (the most recent are kept)
     seed: int = 0  # the hash split's seed when the MEDS folder has no subject_splits.parquet
     min_test_positives: int = 10  # a task with fewer positives in held_out is reported not estimable

@@ -14,21 +14,24 @@ sequence (``ehr.sequences``) and one binary head reads the last position for eve
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import nn
 
-from ehr.sequences import MAX_AGE, TYPE_NAMES
-from medtok_core.config import require_range
+from ehr.code_embeddings import EmbeddingOptions, build_code_embedding, variant_names
+from ehr.sequences import MAX_AGE, TYPE_NAMES, Vocab
+from medtok_core.config import require_choice, require_range
 
 
 @dataclass
 class ModelOptions:
     """The EhrMamba model."""
 
-    backbone: Literal["mamba", "transformer"] = "mamba"
+    backbone: Literal["mamba", "transformer"] = "mamba"  # mamba: EhrMamba; transformer: the LLaMA-shaped baseline
+    code_embedding: str = field(default="learned", metadata={"choices": variant_names})  # ehr/code_embeddings/
+    embedding: EmbeddingOptions = field(default_factory=EmbeddingOptions)
     hidden: int = 64  # width of every embedding and the backbone
     layers: int = 2
     state_size: int = 8  # Mamba's SSM state size
@@ -37,6 +40,7 @@ class ModelOptions:
     dropout: float = 0.1
 
     def __post_init__(self):
+        require_choice(self, "code_embedding", variant_names())
         require_range(self, "hidden", 8)
         require_range(self, "layers", 1)
         require_range(self, "state_size", 1)
@@ -86,6 +90,13 @@ def build_backbone(opts: ModelOptions) -> nn.Module:
     """A transformers backbone fed with ``inputs_embeds`` (its own word embeddings stay unused: 1 row)."""
     if opts.backbone == "mamba":
         from transformers import MambaConfig, MambaModel
+        from transformers.utils.import_utils import is_mambapy_available
+
+        if not is_mambapy_available():  # without it use_mambapy silently runs the sequential loop
+            from medtok_core.errors import ConfigError
+
+            raise ConfigError("the mamba backbone needs the mambapy package for its parallel scan on CPU; "
+                              "`pip install mambapy` (or --model.backbone transformer)")
 
         cfg = MambaConfig(vocab_size=1, hidden_size=opts.hidden, state_size=opts.state_size,
                           num_hidden_layers=opts.layers, use_mambapy=True, pad_token_id=0)
@@ -103,12 +114,13 @@ def build_backbone(opts: ModelOptions) -> nn.Module:
 class EhrModel(nn.Module):
     """Embeddings + backbone + next-token head (pretraining) + one binary head for every task (MPF)."""
 
-    def __init__(self, code_embedding: nn.Module, vocab_size: int, opts: ModelOptions):
+    def __init__(self, vocab: Vocab, opts: ModelOptions):
         super().__init__()
         self.opts = opts
+        code_embedding = build_code_embedding(opts.code_embedding, vocab, opts.hidden, opts.embedding)
         self.embeddings = EhrEmbeddings(code_embedding, opts)
         self.backbone = build_backbone(opts)
-        self.lm_head = nn.Linear(opts.hidden, vocab_size)
+        self.lm_head = nn.Linear(opts.hidden, len(vocab))
         self.task_head = nn.Sequential(nn.Dropout(opts.dropout), nn.Linear(opts.hidden, 1))
 
     def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -139,7 +151,7 @@ def collate(samples: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
         dtype = torch.float32 if key == "times" else torch.long
         rows = []
         for s in samples:
-            v = torch.as_tensor(s[key], dtype=dtype)
+            v = torch.tensor(s[key], dtype=dtype)
             fill = pad_id if key == "input_ids" else 0
             rows.append(torch.cat([torch.full((length - len(v),), fill, dtype=dtype), v]))
         out[key] = torch.stack(rows)
