@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quality": ("eval.linking_quality:main", "linking precision/recall on the hand-annotated gold sample"),
     "recipe": ("eval.recipe:main", "sweep LoRA-only fine-tune recipes, judged on the held-out slice only"),
     "publish": ("eval.publish:main", "copy an evaluation into docs/results/<name>/ and its table into the README"),
+    "ehr": ("ehr.cli:main", "EHR models on MEDS patient timelines: ehr convert|data|pretrain|finetune|eval"),
 }
 # Stages added by other modules when they are present in this checkout.
 OPTIONAL_COMMANDS: dict[str, tuple[str, str]] = {
