@@ -25,14 +25,6 @@ from medtok_core.io import check_writable_dir
 
 
 @dataclass
-class EhrDataConfig(DataOptions):
-    """Prepare an EHR dataset folder from MEDS (or clinosim's synthetic cohort)."""
-
-    output_dir: str = "runs/ehr/data"  # the prepared folder (samples.parquet, vocab.json, reports)
-    fhir_dir: str = ""  # a clinosim fhir_r4 folder to convert (into output_dir/../<name>_meds) instead of meds_dir
-
-
-@dataclass
 class ConvertConfig:
     """Convert clinosim's FHIR R4 output to a MEDS folder."""
 
@@ -57,7 +49,7 @@ def convert_main(argv: list[str]) -> Path:
 def data_main(argv: list[str]) -> dict:
     from ehr.clinosim import cached_cohort, convert_fhir
 
-    cfg = parse_config(EhrDataConfig, argv, prog="medtok-qa ehr data")
+    cfg = parse_config(DataOptions, argv, prog="medtok-qa ehr data")
     out = Path(cfg.output_dir)
     check_writable_dir(out, "--output_dir")
     if cfg.meds_dir and cfg.fhir_dir:
@@ -112,7 +104,7 @@ def main(argv: list[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
-        return None
+        raise SystemExit(0)  # as every command's --help does
     step, rest = argv[0], argv[1:]
     if step not in STEPS:
         raise ConfigError(f"unknown ehr step {step!r}; steps: {', '.join(STEPS)}")

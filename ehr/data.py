@@ -35,9 +35,11 @@ SEQUENCE_COLUMNS = ("input_ids", "token_type_ids", "ages", "times", "visit_segme
 
 @dataclass
 class DataOptions:
-    """Where the cohort comes from and how it becomes sequences."""
+    """Prepare an EHR dataset folder from MEDS (or clinosim's synthetic cohort)."""
 
-    meds_dir: str = ""  # a MEDS folder (data/*.parquet, metadata/); empty: clinosim's cohort (below)
+    output_dir: str = "runs/ehr/data"  # the prepared folder (samples.parquet, vocab.json, reports)
+    meds_dir: str = ""  # a MEDS folder (data/*.parquet, metadata/); empty: fhir_dir or clinosim's cohort (below)
+    fhir_dir: str = ""  # a clinosim fhir_r4 folder, converted into <output_dir>_meds
     source: str = "clinosim"  # code map plug-in for the MEDS code strings (ehr/code_maps/)
     tasks_file: str | None = None  # task definitions YAML (none: ehr/tasks.yaml)
     tasks: list[str] = field(default_factory=list)  # task names to build (empty: all in the file)

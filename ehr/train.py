@@ -144,6 +144,8 @@ def train(cfg: EhrTrainConfig, stop_after: int | None = None) -> Path:
     records = training_samples(samples, cfg)
     torch.set_num_threads(cfg.train.threads)
     fresh = starts_fresh(cfg, out / "config.yaml", out)
+    if not fresh and (out / "model.safetensors").is_file():
+        return out  # finished with these settings: nothing to do
     if fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)

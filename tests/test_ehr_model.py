@@ -122,3 +122,5 @@ def test_resume_after_kill_gives_the_same_weights(prepared, tmp_path):
     a, b = load_file(whole / "model.safetensors"), load_file(tmp_path / "killed" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert losses(whole) == losses(tmp_path / "killed")
+    train(killed)  # a finished run with the same settings is left as it is
+    assert losses(tmp_path / "killed") == losses(whole)
