@@ -95,8 +95,7 @@ def prepare(opts: DataOptions, meds_dir: Path, out: Path) -> dict:
     table, report = map_codes(code_map, total)
     meta = dataset.codes_metadata()
     descriptions = dict(zip(meta["code"], meta["description"].fillna(""), strict=True)) if len(meta) else {}
-    vocab = build_vocab(table, descriptions, pd.DataFrame({"code": train.index.repeat(train.to_numpy())}),
-                        total.index, [t.name for t in tasks])
+    vocab = build_vocab(table, descriptions, train, total.index, [t.name for t in tasks])
     labels = build_labels(dataset, tasks)
     lookback = {t.name: t.lookback_days for t in tasks}
     rows = []

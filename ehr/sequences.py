@@ -80,7 +80,7 @@ class Vocab:
         return cls(list(d["tokens"]), dict(d["medtok"]), dict(d["descriptions"]), dict(d["train_counts"]))
 
 
-def build_vocab(code_table: dict, descriptions: dict[str, str], train_events: pd.DataFrame,
+def build_vocab(code_table: dict, descriptions: dict[str, str], train_code_counts: pd.Series,
                 all_codes, tasks: list[str]) -> Vocab:
     """Every token of the cohort (all splits: a MedTok variant embeds codes unseen in training), with
     the training split's counts (the learned table maps tokens never seen in training to [UNK])."""
@@ -94,7 +94,8 @@ def build_vocab(code_table: dict, descriptions: dict[str, str], train_events: pd
             vocab.medtok[m.token] = m.medtok
         if code in descriptions:
             vocab.descriptions.setdefault(m.token, descriptions[code])
-    counts = train_events["code"].map(lambda c: code_table[c].token).value_counts()
+    # events per MEDS code in the training split -> per token (several MEDS codes may share one token)
+    counts = train_code_counts.groupby(train_code_counts.index.map(lambda c: code_table[c].token)).sum()
     vocab.train_counts = {str(k): int(v) for k, v in counts.items()}
     return vocab
 

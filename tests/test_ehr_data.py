@@ -86,7 +86,7 @@ def test_sequence_has_visits_intervals_and_mpf_task_tokens():
     events = mimic_like_events()
     events = events[events.subject_id == 2]
     table, _ = map_codes(get_code_map("mimic_iv"), events["code"].value_counts())
-    vocab = build_vocab(table, {}, events, events["code"].unique(), ["readmission_30d"])
+    vocab = build_vocab(table, {}, events["code"].value_counts(), events["code"].unique(), ["readmission_30d"])
     full = encode_timeline(events, table, vocab)
     tokens = [vocab.tokens[i] for i in full["input_ids"]]
     assert tokens[0] == "[CLS]" and tokens.count(VS) == 2 and tokens.count(VE) == 2

@@ -44,7 +44,7 @@ def test_outcome_one_second_after_prediction_time_is_a_label_not_an_input():
     assert "MEDS_DEATH" not in set(seen["code"])
     # the encoded sequence cut at the prediction time holds no death token either
     table, _ = map_codes(get_code_map("mimic_iv"), events["code"].value_counts())
-    vocab = build_vocab(table, {}, events, events["code"].unique(), [task.name])
+    vocab = build_vocab(table, {}, events["code"].value_counts(), events["code"].unique(), [task.name])
     seq = cut(encode_timeline(events, table, vocab), t, 64, task.name, vocab)
     assert vocab.index["MEDS_DEATH"] not in set(seq["input_ids"].tolist())
     # one second earlier the death is at the prediction time: an input, and that sample is excluded
