@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quality": ("recipes.linking_quality:main", "linking precision/recall on the hand-annotated gold sample"),
     "recipe": ("recipes.recipe:main", "sweep LoRA-only fine-tune recipes, judged on the held-out slice only"),
     "medtok-quality": ("recipes.medtok_quality:main", "MedTok token quality (hierarchy, cross-system mapping)"),
+    "ehr": ("recipes.ehr:main", "EHR models on MEDS patient timelines: ehr convert|data|pretrain|finetune|eval"),
     "publish": ("recipes.publish:main", "copy an evaluation into docs/results/<name>/ and its table into the README"),
 }
 

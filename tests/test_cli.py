@@ -209,6 +209,7 @@ BAD = {  # a bad option for each command, and what its one error line says
     "publish": (["--colour", "red"], "unknown option colour"),
     "recipe": (["--colour", "red"], "unknown option colour"),
     "medtok-quality": (["--colour", "red"], "colour"),
+    "ehr": (["--colour", "red"], "unknown ehr step '--colour'"),
 }
 
 

@@ -1,0 +1,96 @@
+"""What a code-embedding variant is: token ids [B, L] -> vectors [B, L, hidden]; the registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from commons.config import require_range
+from commons.errors import ConfigError, UserError
+from commons.registry import Registry
+from ehr.sequences import UNK, Vocab
+
+REGISTRY = Registry("code embedding")
+register = REGISTRY.register
+
+
+@dataclass
+class EmbeddingOptions:
+    """Options the variants share."""
+
+    medtok: str | None = None  # MedTok artifact folder (the medtok_* variants)
+    projector_hidden: int = 128  # hidden width of the MedTok / text projector MLP
+    text_encoder: str | None = None  # sentence encoder for the text variant (none: the project's MiniLM)
+    min_train_count: int = 1  # learned rows for tokens seen fewer times in training become [UNK]
+
+    def __post_init__(self):
+        require_range(self, "projector_hidden", 1)
+        require_range(self, "min_train_count", 0)
+
+
+class CodeEmbedding(nn.Module):
+    """Base class; subclasses set ``name``/``summary`` and implement ``forward``."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    needs_medtok: ClassVar[bool] = False
+
+    def __init__(self, vocab: Vocab, hidden: int, opts: EmbeddingOptions):
+        super().__init__()
+        self.vocab, self.hidden, self.opts = vocab, hidden, opts
+
+    def learned_ids(self) -> torch.Tensor:
+        """Each token's row in a learned table: itself, or [UNK] when training saw it too rarely
+        (special and task tokens always keep their own row)."""
+        unk = self.vocab.index[UNK]
+        rows = []
+        for i, tok in enumerate(self.vocab.tokens):
+            is_code = not tok.startswith("[")
+            rows.append(unk if is_code and self.vocab.train_counts.get(tok, 0) < self.opts.min_train_count else i)
+        return torch.tensor(rows, dtype=torch.long)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def load_medtok(opts: EmbeddingOptions, variant: str):
+    if not opts.medtok:
+        raise ConfigError(f"code embedding {variant} needs a MedTok artifact; pass --model.embedding.medtok PATH")
+    from medtok_core.tokenizer import MedTokTokenizer
+
+    return MedTokTokenizer.from_pretrained(opts.medtok)
+
+
+def medtok_rows(tok, vocab: Vocab) -> tuple[list[int], list[int], dict[str, int]]:
+    """(vocab rows, artifact rows) of the tokens MedTok covers, through the code itself or its nearest
+    known ancestor; and how many tokens took each route (``exact``, ``ancestor``, ``none``)."""
+    import warnings
+
+    from medtok_core.tokenizer import UnknownCodeWarning
+
+    rows, code_ids, routes = [], [], {"exact": 0, "ancestor": 0, "none": 0}
+    for token, code in vocab.medtok.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UnknownCodeWarning)
+                hit = tok.resolve(code, warn=False)
+        except UserError:
+            routes["none"] += 1
+            continue
+        routes["ancestor" if hit.fallback_from else "exact"] += 1
+        rows.append(vocab.index[token])
+        code_ids.append(hit.code_id)
+    return rows, code_ids, routes
+
+
+def build_code_embedding(name: str, vocab: Vocab, hidden: int, opts: EmbeddingOptions) -> CodeEmbedding:
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown code embedding {name!r}; choose one of {', '.join(variant_names())}")
+    return REGISTRY[name](vocab, hidden, opts)
+
+
+def variant_names() -> list[str]:
+    return sorted(REGISTRY)

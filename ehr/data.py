@@ -1,0 +1,129 @@
+"""``medtok-qa ehr data``: a MEDS folder (or clinosim's cohort) -> the prepared EHR dataset folder.
+
+    prepared/
+      config.yaml            the resolved options
+      mapping_report.json    codes and events mapped to MedTok, the unmapped ones by reason
+      vocab.json             tokens, their MedTok codes, descriptions and training counts
+      samples.parquet        one row per sequence: kind (pretrain | task), task, subject_id,
+                             prediction_time, label, split, and the encoded sequence's columns
+      positives.json         samples and positives per task and split; estimable or not
+
+Everything reads the MEDS folder one shard at a time. Pretraining sequences: each training
+subject's whole timeline. Task sequences: the subject's events up to each sample's prediction time
+(``ehr.tasks.input_events``), task token first and last (MPF).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from commons.config import require_range
+from commons.errors import ConfigError
+from commons.io import atomic_dir, write_json
+from ehr.code_maps import get_code_map, map_codes
+from ehr.meds import SPLITS, MedsDataset
+from ehr.sequences import build_vocab, cut, encode_timeline
+from ehr.splits import subject_splits
+from ehr.tasks import build_labels, input_events, load_tasks
+
+SEQUENCE_COLUMNS = ("input_ids", "token_type_ids", "ages", "times", "visit_segments", "visit_orders", "available",
+                    "codes")
+
+
+@dataclass
+class DataOptions:
+    """Prepare an EHR dataset folder from MEDS (or clinosim's synthetic cohort)."""
+
+    output_dir: str = "runs/ehr/data"  # the prepared folder (samples.parquet, vocab.json, reports)
+    meds_dir: str = ""  # a MEDS folder (data/*.parquet, metadata/); empty: fhir_dir or clinosim's cohort (below)
+    fhir_dir: str = ""  # a clinosim fhir_r4 folder, converted into <output_dir>_meds
+    source: str = "clinosim"  # code map plug-in for the MEDS code strings (ehr/code_maps/)
+    tasks_file: str | None = None  # task definitions YAML (none: ehr/tasks.yaml)
+    tasks: list[str] = field(default_factory=list)  # task names to build (empty: all in the file)
+    max_len: int = 512  # tokens per sequence (the most recent are kept)
+    seed: int = 0  # the hash split's seed when the MEDS folder has no subject_splits.parquet
+    min_test_positives: int = 10  # a task with fewer positives in held_out is reported not estimable
+    data_dir: str | None = None  # the project's data folder (RxNorm -> ATC tables)
+    # clinosim's cohort, generated once and cached by these parameters when meds_dir is empty
+    clinosim_population: int = 300
+    clinosim_seed: int = 1
+    clinosim_start: str | None = None
+    clinosim_end: str = "2026-12-01"
+
+    def __post_init__(self):
+        require_range(self, "max_len", 8)
+        require_range(self, "min_test_positives", 1)
+        require_range(self, "clinosim_population", 1)
+
+
+def code_counts(dataset: MedsDataset, splits: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Events per code in the whole cohort and in the training split."""
+    train_ids = set(splits.loc[splits["split"] == SPLITS[0], "subject_id"])
+    total, train = pd.Series(dtype="int64"), pd.Series(dtype="int64")
+    for df in dataset.iter_shards():
+        total = total.add(df["code"].value_counts(), fill_value=0)
+        train = train.add(df.loc[df["subject_id"].isin(train_ids), "code"].value_counts(), fill_value=0)
+    return total.astype("int64"), train.astype("int64")
+
+
+def positives_table(samples: pd.DataFrame, min_test_positives: int) -> dict:
+    """Samples and positives per task and split; a task is estimable when held_out has enough positives."""
+    out = {}
+    tasks = samples[samples["kind"] == "task"]
+    for task, df in tasks.groupby("task"):
+        by_split = {s: {"samples": int((df["split"] == s).sum()), "positives": int(df.loc[df["split"] == s, "label"].sum())}
+                    for s in SPLITS}
+        held = by_split[SPLITS[2]]
+        estimable = min_test_positives <= held["positives"] <= held["samples"] - min_test_positives
+        out[task] = {**by_split, "estimable": bool(estimable),
+                     "why_not": "" if estimable else (f"fewer than {min_test_positives} positives or negatives in "
+                                                       f"{SPLITS[2]}: no AUROC/AUPRC is reported")}
+    return out
+
+
+def prepare(opts: DataOptions, meds_dir: Path, out: Path) -> dict:
+    """Write the prepared dataset folder ``out`` from the MEDS folder ``meds_dir``; returns the summary."""
+    dataset = MedsDataset(meds_dir)
+    tasks = load_tasks(opts.tasks_file, opts.tasks)
+    code_map = get_code_map(opts.source, opts.data_dir)
+    splits = subject_splits(dataset, opts.seed)
+    split_of = dict(zip(splits["subject_id"], splits["split"], strict=True))
+    total, train = code_counts(dataset, splits)
+    table, report = map_codes(code_map, total)
+    meta = dataset.codes_metadata()
+    descriptions = dict(zip(meta["code"], meta["description"].fillna(""), strict=True)) if len(meta) else {}
+    vocab = build_vocab(table, descriptions, train, total.index, [t.name for t in tasks])
+    labels = build_labels(dataset, tasks)
+    lookback = {t.name: t.lookback_days for t in tasks}
+    rows = []
+    for sid, events in dataset.iter_subjects():
+        split = split_of.get(sid)
+        if split is None:
+            continue
+        full = encode_timeline(events, table, vocab)
+        if split == SPLITS[0]:
+            seq = cut(full, None, opts.max_len)
+            rows.append({"kind": "pretrain", "task": "", "subject_id": sid, "prediction_time": pd.NaT,
+                         "label": -1, "split": split, **seq})
+        for s in labels[labels["subject_id"] == sid].itertuples(index=False):
+            if lookback[s.task] is None:
+                seq = cut(full, s.prediction_time, opts.max_len, s.task, vocab)
+            else:  # a look-back window: encode the window's events alone (visit numbering restarts)
+                seen = encode_timeline(input_events(events, s.prediction_time, lookback[s.task]), table, vocab)
+                seq = cut(seen, s.prediction_time, opts.max_len, s.task, vocab)
+            rows.append({"kind": "task", "task": s.task, "subject_id": sid, "prediction_time": s.prediction_time,
+                         "label": int(s.label), "split": split, **seq})
+    if not rows:
+        raise ConfigError(f"{meds_dir}: no subject has a split or any events; check the MEDS folder")
+    samples = pd.DataFrame(rows)
+    samples["codes"] = samples["codes"].map(list)
+    positives = positives_table(samples, opts.min_test_positives)
+    with atomic_dir(out) as tmp:
+        samples.to_parquet(tmp / "samples.parquet", index=False)
+        write_json(tmp / "vocab.json", vocab.to_dict())
+        write_json(tmp / "mapping_report.json", {"source": opts.source, **report.as_dict()})
+        write_json(tmp / "positives.json", positives)
+    return {"samples": len(samples), "positives": positives, "mapping": report.as_dict()}
