@@ -90,6 +90,7 @@ class EvalConfig:
     workers: int = 1
     plots: bool = True  # write the PNG plots
     skip_invalid: bool = False  # leave out malformed questions (reported) instead of stopping
+    force: bool = False  # replace an evaluation in --output made with other settings (otherwise an error)
 
     def __post_init__(self):
         for tier in self.tiers:
@@ -490,18 +491,41 @@ def write_predictions(out_dir: Path, items: Sequence[MCQItem], runs: Sequence[Ru
 
 def write_outputs(results: dict, items: Sequence[MCQItem], runs: Sequence[Run], out_dir: str | Path,
                   plots: bool = True, config: Any = None) -> dict[str, str]:
-    """Write predictions, plots, report.md, eval_config.yaml (``config``) and results.json (last:
-    its presence means the set is complete)."""
+    """Write predictions, plots, report.md, eval_config.yaml (``config``) and results.json as one
+    set (medtok_core/fileset.py): a kill or a full disk leaves the previous evaluation whole or
+    this one whole. Data first, the files describing it last."""
+    from medtok_core.config import config_yaml
+    from medtok_core.fileset import replace_together
+    from medtok_core.runident import inputs_json, inputs_path
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"predictions": write_predictions(out, items, runs)}
-    if plots:
-        files["plots"] = report.write_plots(results, out)
-    results = {**results, "files": files}
-    files["report"] = str(report.write_report(results, out / "report.md"))
-    if config is not None:
-        save_config(config, out / "eval_config.yaml")
-    write_json(out / "results.json", results)
+    by_method: dict[str, list[Run]] = {}
+    for run in runs:
+        by_method.setdefault(run.method, []).append(run)
+    predictions = {method: out / "predictions" / f"{method}.jsonl" for method in by_method}
+    plot_files = {"accuracy_by_tier": out / "accuracy_by_tier.png", "letter_bias": out / "letter_bias.png"}
+    config_file = out / "eval_config.yaml"
+    described = [out / "report.md"] + ([inputs_path(config_file), config_file] if config is not None else [])
+    targets = [*predictions.values(), *(plot_files.values() if plots else ()), *described, out / "results.json"]
+    files: dict[str, Any] = {"predictions": {m: str(p) for m, p in predictions.items()}}
+    with replace_together(targets, out / ".eval.txn.json") as tmp:
+        for method, path in predictions.items():
+            with open(tmp[path], "w", encoding="utf-8") as f:
+                for run in by_method[method]:
+                    for rec in prediction_records(items, run):
+                        f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        if plots:
+            report.plot_accuracy(results, tmp[plot_files["accuracy_by_tier"]])
+            report.plot_letter_bias(results, tmp[plot_files["letter_bias"]])
+            files["plots"] = {name: str(path) for name, path in plot_files.items()}
+        results = {**results, "files": files}
+        tmp[out / "report.md"].write_text(report.render_report(results), encoding="utf-8")
+        files["report"] = str(out / "report.md")
+        if config is not None:
+            tmp[inputs_path(config_file)].write_text(inputs_json(config), encoding="utf-8")
+            tmp[config_file].write_text(config_yaml(config), encoding="utf-8")
+        tmp[out / "results.json"].write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     files["results"] = str(out / "results.json")
     return files
 

@@ -59,13 +59,15 @@ def _check_launch_options(launch: list[str]) -> None:
                                   "or create one with `accelerate config`")
 
 
-def preflight(train_args: list[str]) -> None:
-    """Everything that can be checked before processes start (parse, ranges, run-folder conflicts)."""
+def preflight(train_args: list[str]) -> str:
+    """Everything that can be checked before processes start (parse, ranges, run-folder conflicts);
+    returns the run folder."""
     from finetune.train import expand_shortcuts
     from qa.training import TrainConfig, preflight_checks
 
     cfg = parse_config(TrainConfig, expand_shortcuts(train_args), prog="python -m finetune.launch")
     preflight_checks(cfg)
+    return cfg.output_dir
 
 
 def launch(launch_args: list[str], train_args: list[str]) -> int:
@@ -93,8 +95,11 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__)
     launch_args, train_args = split_argv(argv)
     _check_launch_options(launch_args)
-    preflight(train_args)
-    code = launch(launch_args, train_args)
+    output_dir = preflight(train_args)
+    from medtok_core.runlock import run_lock
+
+    with run_lock(output_dir, "medtok-qa finetune"):  # the training processes write under it
+        code = launch(launch_args, train_args)
     if code:
         raise SystemExit(code)
 

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
 import urllib.request
 import zipfile
 from functools import lru_cache
@@ -44,8 +45,9 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
         candidates = [("default", REPO_ROOT.parent / "shared" / "data")]
     source, path = candidates[0]
     if not path.is_dir():
+        what = "is a file, not a folder" if path.exists() else "does not exist"
         raise DataFileError(
-            f"data directory {path} ({source}) does not exist; pass --data-dir DIR, set "
+            f"data directory {path} ({source}) {what}; pass --data-dir DIR, set "
             f"${ENV_VAR}, or place the data in ../shared/data beside the checkout"
         )
     return path
@@ -150,8 +152,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.download:
         root = Path(args.data_dir or os.environ.get(ENV_VAR) or REPO_ROOT.parent / "shared" / "data")
-        for rel in download_missing(root):
+        if root.exists() and not root.is_dir():
+            resolve_data_dir(args.data_dir)  # the one-line error for a file given as the folder
+        try:
+            fetched = download_missing(root)
+        except (urllib.error.URLError, ConnectionError, TimeoutError, subprocess.CalledProcessError) as err:
+            reason = getattr(err, "reason", None) or getattr(err, "strerror", None) or err
+            raise DataFileError(f"downloading the missing data files failed ({reason}); check the network "
+                                f"connection, or copy the files into {root} by hand") from None
+        for rel in fetched:
             print(f"downloaded {rel}")
+    resolve_data_dir(args.data_dir)  # a missing or non-folder data dir: one error line, not one per file
     problems = check_all(args.data_dir)
     for p in problems:
         print(p)

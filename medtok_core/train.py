@@ -583,6 +583,13 @@ def codebook_stats(ids: torch.Tensor, weights: torch.Tensor, model: MedTokModel)
 
 
 def run(cfg: TrainConfig) -> Path:
+    from medtok_core.runlock import run_lock
+
+    with run_lock(cfg.output_dir, "medtok-qa train-tokenizer"):  # one writer per run folder
+        return _run(cfg)
+
+
+def _run(cfg: TrainConfig) -> Path:
     out = Path(cfg.output_dir)
     t0 = time.perf_counter()
     data = prepare_data(cfg.data, progress=cfg.progress)
