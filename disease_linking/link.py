@@ -20,7 +20,7 @@ from disease_linking.questions import to_authors_layout, write_jsonl
 from disease_linking.summary import format_summary, summarize
 from medtok_core.config import config_yaml, parse_config, require_choice, to_dict
 from medtok_core.errors import ConfigError, cli_entry
-from medtok_core.fileset import replace_together
+from medtok_core.fileset import recover, replace_together
 from medtok_core.io import check_writable
 from medtok_core.runident import inputs_json, inputs_path, refuse_other_run
 from medtok_core.runlock import run_lock
@@ -96,6 +96,7 @@ def run(cfg: LinkCLIConfig) -> dict:
 
 
 def _link_and_write(cfg: LinkCLIConfig, input_path, output: Path, files: list[Path]) -> dict:
+    recover(journal_path(output))  # a killed write of the outputs: the previous set back first
     refuse_other_run(cfg, config_path(output), output, "--output", cfg.force)
     items, skipped = load_question_items(input_path, cfg.layout, cfg.skip_invalid, cfg.allow_network, cfg.hub_split)
     t0 = time.perf_counter()

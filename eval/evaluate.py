@@ -32,6 +32,8 @@ from eval.report import ALL, ZERO_SHOT, method_rank
 from medtok_core.config import FieldError, require_choice, require_range, save_config
 from medtok_core.errors import ConfigError, MedTokError
 from medtok_core.io import atomic_path, read_json, write_json
+from medtok_core.fileset import recover
+from medtok_core.runident import refuse_other_run
 from qa.checkpoint import find_checkpoint, read_checkpoint_config
 from qa.token_cache import questions_sha
 
@@ -103,6 +105,11 @@ class EvalConfig:
         require_range(self, "permutations", 1, 5)  # at most one order per letter
         require_range(self, "workers", 1)
         require_choice(self, "layout", layout_names())
+
+
+# Settings that change how an evaluation runs, not what it finds.
+NOT_RESULTS = ("workers", "batch_size", "force")
+EVAL_JOURNAL = ".eval.txn.json"  # the journal of the outputs' replacement (medtok_core/fileset.py)
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -509,7 +516,7 @@ def write_outputs(results: dict, items: Sequence[MCQItem], runs: Sequence[Run], 
     described = [out / "report.md"] + ([inputs_path(config_file), config_file] if config is not None else [])
     targets = [*predictions.values(), *(plot_files.values() if plots else ()), *described, out / "results.json"]
     files: dict[str, Any] = {"predictions": {m: str(p) for m, p in predictions.items()}}
-    with replace_together(targets, out / ".eval.txn.json") as tmp:
+    with replace_together(targets, out / EVAL_JOURNAL) as tmp:
         for method, path in predictions.items():
             with open(tmp[path], "w", encoding="utf-8") as f:
                 for run in by_method[method]:
@@ -687,6 +694,11 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
         raise MedTokError("no question left to evaluate after removing training questions; check "
                           "--tiers and the checkpoints' split.json")
     permutations.check_orders(selected, cfg.permutations)
+    # Inputs checked, nothing scored yet: an evaluation with other settings in --output is not replaced
+    # silently (its scored/ cache would be mixed in too).
+    recover(Path(cfg.output) / EVAL_JOURNAL)  # a killed write of the outputs: the previous set back first
+    refuse_other_run(cfg, Path(cfg.output) / "eval_config.yaml", cfg.output, "--output", cfg.force,
+                     ignore=NOT_RESULTS)
     runs = score_sources(sources, selected, cfg.batch_size, log, cfg.permutations,
                          scored_dir=Path(cfg.output) / SCORED, workers=cfg.workers) + saved_runs
     results = summarize(selected, runs, tiers=cfg.tiers, baseline=cfg.baseline, boot=cfg.bootstrap,

@@ -180,7 +180,7 @@ def _meddx(data_dir=None):
     from disease_linking.questions import load_mcq
     from medtok_core.datadir import data_file
 
-    items, _ = load_mcq(data_file("meddx/MedDDx.json", data_dir))
+    items, _ = load_mcq(data_file("meddx/MedDDx.json", data_dir), skip_invalid=True)  # 2 unscoreable left out
     return items
 
 

@@ -195,6 +195,9 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         dataset = cfg.dataset or _default_dataset(cfg.data_dir)
         stages.append(Stage("link", "link", "Disease linking",
                             _python("disease_linking.link") + ["--input", str(dataset), "--output", str(linked)]
+                            # MedDDx holds 2 questions with two identical options (medddx-00809, -01482):
+                            # unscoreable, so the validator rejects them; the pipeline leaves them out.
+                            + ["--skip_invalid", "true"]
                             + data_dir + _config_args(cfg.link) + _overrides(cfg.link),
                             [linked], depends=["build"], run_args=REPLACE))
     built = {s.name for s in stages}

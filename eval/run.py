@@ -8,27 +8,19 @@ Writes results.json, report.md, predictions/<method>.jsonl and PNG plots into --
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from eval.evaluate import EvalConfig, evaluate
 from eval.report import results_markdown_table
 from medtok_core.config import parse_config
 from medtok_core.errors import cli_entry
 from medtok_core.io import check_writable_dir
-from medtok_core.runident import refuse_other_run
 from medtok_core.runlock import run_lock
-
-# Settings that change how an evaluation runs, not what it finds.
-NOT_RESULTS = ("workers", "batch_size")
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(EvalConfig, argv, prog="python -m eval.run")
     check_writable_dir(cfg.output, "--output")
-    with run_lock(cfg.output, "medtok-qa eval"):
-        out = Path(cfg.output)
-        refuse_other_run(cfg, out / "eval_config.yaml", out, "--output", cfg.force, ignore=NOT_RESULTS)
+    with run_lock(cfg.output, "medtok-qa eval"):  # one writer; evaluate() refuses another run's folder
         results = evaluate(cfg)  # writes eval_config.yaml beside its results, never before
     print(results_markdown_table(results))
     print(f"report: {results['files']['report']}")

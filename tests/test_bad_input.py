@@ -175,7 +175,9 @@ CASES = [
      "duplicate question id"),
     ("eval-output-is-file", eval_cli.main, ["--data", "{linked}", "--output", "{a_file}", "--zero_shot", "{llama}"],
      "is a file"),
-    ("eval-truncated-adapter", eval_cli.main, EVAL + ["--checkpoints", "{truncated_adapter}"], "LoRA adapter in"),
+    # --force true: previous_eval holds another evaluation, which is refused before any model loads
+    ("eval-truncated-adapter", eval_cli.main, EVAL + ["--checkpoints", "{truncated_adapter}", "--force", "true"],
+     "LoRA adapter in"),
     # interactive QA
     ("ask-not-checkpoint", ask_cli.main, ["--checkpoint", "{a_dir}", "--question", "Q?\nA: a\nB: b"], "is not a QA checkpoint"),
     ("ask-bad-argument", ask_cli.main, ["--checkpoint", "{finished}", "--temperature", "2"], "unrecognized arguments"),
