@@ -261,7 +261,8 @@ def _ask_piped(w, text: str) -> subprocess.CompletedProcess:
 
 
 def test_ask_piped_all_malformed_exits_2_and_a_good_one_exits_0(w):
-    bad = "Fever?\nA: flu\nA: cold\nB: mumps\n\nFever \\ud800?\nA: a\nB: b\n\n" + '{"question": "x", ' + "[" * 5000 + "\n"
+    bad = ("Fever?\nA: flu\nA: cold\nB: mumps\n\n"  # a JSON escape is how a lone surrogate gets through a pipe
+           + '{"question": "Fever \\ud800?", "options": {"A": "a", "B": "b"}}\n' + '{"question": "x", ' + "[" * 5000 + "\n")
     result = _ask_piped(w, bad)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("error:") == 3 and "Traceback" not in result.stderr
@@ -286,10 +287,11 @@ def test_ask_says_what_an_over_long_prompt_lost(w):
 def test_a_moved_run_folder_resumes(w, tmp_path, capsys):
     moved = tmp_path / "moved"
     shutil.copytree(w["finished"], moved)
-    best = tree_digest(moved / "best")
+    weights = tree_digest(moved / "best")["adapter_model.safetensors"]
     TRAIN(["--config", str(moved / "train_config.yaml"), "--output_dir", str(moved)])  # no "other settings"
     assert "best QA checkpoint" in capsys.readouterr().out
-    assert tree_digest(moved / "best") == best
+    assert tree_digest(moved / "best")["adapter_model.safetensors"] == weights  # finished: not trained again
+    assert f"output_dir: {moved}" in (moved / "train_config.yaml").read_text()
 
 
 def test_eval_same_settings_reruns_and_force_replaces(w, tmp_path, capsys):
