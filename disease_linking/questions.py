@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -408,8 +409,6 @@ def validate_records(records: Iterable[Any], source: str, prefix: str = "q", ski
                 raise MCQFormatError(raw.reason)
             check_encodable(raw, item_id_of(raw, i, prefix) if isinstance(raw, dict) else f"item {i}")
             item = parse_item(raw, i, prefix) if parse is None else parse(raw, item_id_of(raw, i, prefix))
-            if item.answer is None:  # a question without its answer cannot be scored or trained on
-                raise MCQFormatError(f"{item.id}: answer is missing (null); give the letter of the right option")
             if item.id in seen:
                 raise MCQFormatError(f"{item.id}: duplicate question id (item {i}); ids must be unique")
         except MCQFormatError as err:
@@ -428,6 +427,20 @@ def validate_records(records: Iterable[Any], source: str, prefix: str = "q", ski
         skipped += [f"{it.id}: no tier while others have one" for it in untiered]
         items = [it for it in items if it.tier is not None]
     return items, skipped
+
+
+def require_answers(items: list[MCQItem], source: Any, skip_invalid: bool) -> list[MCQItem]:
+    """What is scored needs its answer: a question without one (null, missing, a hub split that
+    hides them) is an error, or left out under ``skip_invalid`` (with a note). Linking, ``ask`` and
+    training (where such a question has no label and adds nothing to the loss) take them."""
+    missing = [it for it in items if it.answer is None]
+    if not missing:
+        return items
+    reason = f"{missing[0].id}: answer is missing (null); give the letter of the right option"
+    if not skip_invalid:
+        raise MCQFormatError(f"{source}: {reason}" + (f" ({len(missing)} questions lack one)" if len(missing) > 1 else ""))
+    print(f"note: {source}: skipped {len(missing)} question(s) without an answer", file=sys.stderr)
+    return [it for it in items if it.answer is not None]
 
 
 def skip_summary(skipped: list[str]) -> str:

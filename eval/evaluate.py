@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from disease_linking.layouts import AUTO, layout_names, load_question_items, question_file
-from disease_linking.questions import LETTERS, TIERS, MCQItem
+from disease_linking.questions import LETTERS, TIERS, MCQItem, require_answers
 from eval import collapse, permutations, report, stats
 from eval.report import ALL, ZERO_SHOT, method_rank
 from medtok_core.config import FieldError, require_choice, require_range, save_config
@@ -553,7 +553,7 @@ def load_dataset(cfg: EvalConfig) -> list[MCQItem]:
     unknown = sorted({it.tier for it in items if it.tier} - set(TIERS))
     if unknown:
         raise MedTokError(f"{path}: unknown tier {unknown[0]!r}; tiers are {', '.join(TIERS)}")
-    return items
+    return require_answers(items, path or cfg.layout, cfg.skip_invalid)
 
 
 def _print_progress(label: str) -> Callable[[int, int], None]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from disease_linking import link as link_cli
-from disease_linking.questions import load_mcq, write_jsonl
+from disease_linking.questions import load_mcq, require_answers, write_jsonl
 from eval import linking_quality, pipeline, publish
 from eval import reference as reference_cli
 from eval import run as eval_cli
@@ -184,8 +184,7 @@ CASES = [
     # the validator: what cannot be encoded, parsed safely or scored
     ("ft-lone-surrogate", TRAIN, FT + ["--data.train_file", "{surrogate}"], {}, "cannot be encoded"),
     ("ft-nested-100k", TRAIN, FT + ["--data.train_file", "{nested}"], {}, "nested deeper than 16 levels"),
-    ("ft-null-answer", TRAIN, FT + ["--data.train_file", "{null_answer}"], {}, "answer is missing"),
-    ("ft-no-answer", TRAIN, FT + ["--data.train_file", "{no_answer}"], {}, "answer is missing"),
+    ("eval-no-answer", eval_cli.main, ["--data", "{no_answer}"] + EVAL, {}, "answer is missing"),
     ("ft-same-options", TRAIN, FT + ["--data.train_file", "{same_options}"], {},
      "options A and B have the same text ('flu'"),
     ("eval-same-options-case", eval_cli.main, ["--data", "{same_options_case}"] + EVAL, {},
@@ -243,15 +242,18 @@ def test_at_least_thirty_cases():
 # ---- the validator under skip_invalid -----------------------------------------------------------------------
 def test_skip_invalid_skips_every_kind_with_its_reason(w, tmp_path):
     lines = [json.dumps(q.to_json()) for q in tiny_questions(2)]
-    for name in ("surrogate", "nested", "null_answer", "no_answer", "same_options", "same_options_case"):
+    for name in ("surrogate", "nested", "same_options", "same_options_case"):
         lines += Path(w[name]).read_text().splitlines()
     lines.append('{"id": "broken", "question": ')  # not JSON at all
     path = Path(_jsonl(tmp_path / "mixed.jsonl", lines))
     items, skipped = load_mcq(path, skip_invalid=True)
-    assert len(items) == 2 and len(skipped) == 7
+    assert len(items) == 2 and len(skipped) == 5
     reasons = " | ".join(skipped)
-    for why in ("cannot be encoded", "nested deeper", "answer is missing", "have the same text", "not valid JSON"):
+    for why in ("cannot be encoded", "nested deeper", "have the same text", "not valid JSON"):
         assert why in reasons, reasons
+    # What is scored needs its answer (linking, ask and training take questions without one).
+    unanswered, _ = load_mcq(Path(w["null_answer"]))
+    assert require_answers(items + unanswered, "f", skip_invalid=True) == items
 
 
 # ---- ask: a malformed question never ends the loop; nothing answered is a failure --------------------------
