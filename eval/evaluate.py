@@ -682,8 +682,8 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
     """Score every source of ``cfg`` on the selected questions and write all outputs."""
     if not (cfg.checkpoints or cfg.references or cfg.zero_shot or cfg.predictions):
         raise ConfigError("nothing to evaluate: pass --checkpoints, --references, --zero_shot or --predictions")
+    sources = sources_from_config(cfg)  # reads only the checkpoints' configs: a wrong folder says so first
     items = load_dataset(cfg)
-    sources = sources_from_config(cfg)
     saved_runs = [run for p in cfg.predictions for run in load_prediction_runs(p)]
     train_ids = frozenset().union(*(s.train_ids for s in sources)) if sources else frozenset()
     held_out = held_out_ids(sources)

@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medtok_core.config import FieldError, parse_config, save_config
+from medtok_core.config import FieldError, parse_config
+from medtok_core.runident import save_run_config as save_config  # the config with its inputs' digests
 from medtok_core.errors import cli_entry
 from medtok_core.io import check_writable_dir
 from medtok_core.runident import refuse_other_run

@@ -418,11 +418,14 @@ def starts_fresh(cfg: Any, saved: Path, out: Path) -> bool:
     the one about to run. Same settings: resume. Other settings: an error that says how to
     proceed, unless ``force`` (or ``resume: false``) says to start over.
     """
-    from medtok_core.runident import run_difference  # settings + inputs' content, not the folder's path
-
     if not saved.is_file():
         return not cfg.resume
-    diff = run_difference(cfg, saved)
+    try:
+        old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        old = None
+    diff = (first_difference(with_defaults(type(cfg), old), to_dict(cfg)) if isinstance(old, dict)
+            else f"its {saved.name} is unreadable")
     if diff is None:
         return not cfg.resume
     if cfg.force or not cfg.resume:
@@ -437,8 +440,4 @@ def config_yaml(cfg: Any) -> str:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    """The config and, beside it, its inputs' digests (a run's identity: medtok_core/runident.py)."""
-    from medtok_core.runident import inputs_json, inputs_path
-
-    write_text(inputs_path(path), inputs_json(cfg))
     write_text(path, config_yaml(cfg))

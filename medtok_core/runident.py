@@ -19,9 +19,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from medtok_core.config import first_difference, safe_yaml, to_dict, with_defaults
+from medtok_core.config import config_yaml, first_difference, safe_yaml, to_dict, with_defaults
 from medtok_core.errors import ConfigError
-from medtok_core.io import read_json, sha256_file
+from medtok_core.io import read_json, sha256_file, write_text
 
 # Where a run is, how to treat its folder, where it reports: none of it is what the run is.
 NOT_IDENTITY = ("output_dir", "output", "resume", "force", "report_to", "progress")
@@ -141,3 +141,23 @@ def refuse_other_run(cfg: Any, saved_config: Path, where: str | Path, option: st
         return True
     raise ConfigError(f"{option} {where} holds a run with other settings ({diff}); use another {option}, or "
                       "--force true to replace it")
+
+
+def save_run_config(cfg: Any, path: str | Path) -> None:
+    """A run's config and, beside it, its inputs' digests (written first: the config describes them)."""
+    write_text(inputs_path(path), inputs_json(cfg))
+    write_text(path, config_yaml(cfg))
+
+
+def starts_fresh(cfg: Any, saved: Path, out: Path) -> bool:
+    """:func:`medtok_core.config.starts_fresh` with the run known by its inputs' content and not by
+    where its folder is: whether folder ``out`` must start over; raises if it holds another run."""
+    if not saved.is_file():
+        return not cfg.resume
+    diff = run_difference(cfg, saved)
+    if diff is None:
+        return not cfg.resume
+    if cfg.force or not cfg.resume:
+        return True
+    raise ConfigError(f"output_dir {out} holds a run with other settings ({diff}); use another --output_dir, "
+                      "or --force true to discard that run")

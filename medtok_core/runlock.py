@@ -159,6 +159,9 @@ def release(lock: Path) -> None:
     if (_read_owner(lock) or {}).get("pid") == os.getpid():
         lock.unlink(missing_ok=True)
     _remove_empty_folders(lock)
+    if not _held:  # no lock of ours left for later child processes to write under
+        pids = _holder_pids() - {os.getpid()}
+        os.environ[HOLDERS_ENV] = ",".join(map(str, sorted(pids)))
 
 
 def _release_all() -> None:

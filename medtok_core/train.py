@@ -27,7 +27,9 @@ import pandas as pd
 import torch
 
 from medtok_core.artifact import FORMAT, artifact_dir, load_artifact, write_artifact
-from medtok_core.config import ConfigError, parse_config, require_range, save_config, starts_fresh, to_dict
+from medtok_core.config import ConfigError, parse_config, require_range, to_dict
+from medtok_core.runident import save_run_config as save_config  # the config with its inputs' digests
+from medtok_core.runident import starts_fresh  # a run is its inputs' content, wherever its folder is
 from medtok_core.errors import cli_entry
 from medtok_core.io import atomic_path, write_json
 from medtok_core.losses import LossWeights, info_nce, medtok_losses, mix

@@ -29,8 +29,9 @@ import torch
 
 from disease_linking.layouts import AUTO, layout_names, load_question_items, question_file
 from disease_linking.questions import TIERS, MCQItem
-from medtok_core.config import require_choice, require_range, save_config, to_dict
-from medtok_core.config import starts_fresh as config_starts_fresh
+from medtok_core.config import require_choice, require_range, to_dict
+from medtok_core.runident import save_run_config as save_config  # the config with its inputs' digests
+from medtok_core.runident import starts_fresh as config_starts_fresh  # by content, not by path
 from medtok_core.errors import ConfigError, MedTokError
 from medtok_core.io import check_writable_dir, read_json, sha256_file, write_json, write_text
 from medtok_core.tracking import (
