@@ -164,6 +164,19 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeding accept 0..2^32-1 (set_seed passes it to both)
+
+
+def _check_seed(name: str, value: Any) -> None:
+    """Every option named ``seed``, ``*_seed`` or ``seeds`` holds seeds in 0..2^32-1."""
+    leaf = name.rsplit(".", 1)[-1]
+    if not (leaf in ("seed", "seeds") or leaf.endswith("_seed")):
+        return
+    for seed in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(seed, int) and not 0 <= seed <= SEED_MAX:
+            raise ConfigError(f"{name} must be a seed in 0..{SEED_MAX} (2^32-1), got {seed}")
+
+
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from a (possibly nested, possibly partial) mapping."""
     if not isinstance(data, dict):
@@ -183,6 +196,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             kwargs[key] = from_dict(tp, value, f"{prefix}{key}.")
         else:
             kwargs[key] = _convert(value, tp, f"{prefix}{key}")
+            _check_seed(f"{prefix}{key}", kwargs[key])
     try:
         return cls(**kwargs)
     except FieldError as err:
@@ -211,12 +225,30 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class PlainYamlLoader(yaml.SafeLoader):
+    """YAML's safe subset without anchors and aliases: an alias "bomb" (a few lines referring to each
+    other, billions of items once expanded) cannot exhaust memory. Tags outside the standard ones
+    are refused too (SafeLoader has no constructor for them)."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise yaml.composer.ComposerError(
+                None, None, "anchors and aliases (&name, *name) are not accepted in config files; write the "
+                "values out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def safe_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=PlainYamlLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = safe_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
 import urllib.request
 import zipfile
 from functools import lru_cache
@@ -43,8 +44,9 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
         candidates = [("default", REPO_ROOT.parent / "shared" / "data")]
     source, path = candidates[0]
     if not path.is_dir():
+        what = "is a file, not a folder" if path.exists() else "does not exist"
         raise DataFileError(
-            f"data directory {path} ({source}) does not exist; pass --data-dir DIR, set "
+            f"data directory {path} ({source}) {what}; pass --data-dir DIR, set "
             f"${ENV_VAR}, or place the data in ../shared/data beside the checkout"
         )
     return path

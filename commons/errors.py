@@ -8,6 +8,7 @@ instead of a traceback. Genuine bugs still raise normally and show a traceback.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 F = TypeVar("F", bound=Callable[..., object])
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class UserError(Exception):
@@ -45,6 +47,14 @@ def cli_entry(main: F) -> F:
             where = f" {err.filename}" if err.filename else ""
             print(f"error: cannot write or read{where}: {err.strerror or err}; check the path and its "
                   "permissions", file=sys.stderr)
+            raise SystemExit(2) from None
+        except OSError as err:
+            if err.errno not in _DISK_FULL:
+                raise
+            # A full disk or quota is the environment: the writers leave the previous files whole.
+            where = f" {err.filename}" if err.filename else ""
+            print(f"error: cannot write{where}: {err.strerror or err}; free some space or write elsewhere",
+                  file=sys.stderr)
             raise SystemExit(2) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +32,56 @@ _NA = {"n/a", "na", "none", ""}
 
 class MCQFormatError(UserError):
     """A question item is malformed."""
+
+
+# Deepest nesting of brackets a question record may have (a linked record needs 5: record, mentions,
+# mention, codes, code; a .json file adds one). Checked by counting before parsing, so a line of
+# 100k nested arrays is an error, not a RecursionError inside the JSON parser.
+MAX_NESTING = 16
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def check_nesting(text: str, where: str) -> None:
+    depth = deepest = 0
+    for m in _BRACKET.finditer(_JSON_STRING.sub("", text)):
+        depth += 1 if m.group() in "[{" else -1
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_NESTING:
+                raise MCQFormatError(f"{where}: nested deeper than {MAX_NESTING} levels of brackets; a question "
+                                     "record is an object of strings, options, mentions and codes")
+
+
+def check_encodable(value: Any, where: str) -> None:
+    """Every string of a record must be encodable as UTF-8 (a lone surrogate such as \\ud800 is not:
+    the tokenizer and every file written later would fail on it)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise MCQFormatError(f"{where}: text holds a character that cannot be encoded "
+                                     f"({v[err.start]!a} at position {err.start}, e.g. a lone surrogate); "
+                                     "fix the text") from None
+        elif isinstance(v, dict):
+            stack += [*v.keys(), *v.values()]
+        elif isinstance(v, list):
+            stack += v
+
+
+def _normalised(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+class _Unreadable:
+    """A line of a JSONL file that is not a record (invalid or too deeply nested JSON): an error,
+    or a skipped question under ``skip_invalid``."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
 
 
 def tier_of(sim_level_std: float | None) -> str | None:
@@ -111,6 +162,7 @@ class MCQItem:
 
 def split_question(text: str, item_id: str = "question") -> tuple[str, dict[str, str]]:
     """Split "stem\\nA: ...\\nB: ..." into the stem and the options (trailing option lines)."""
+    check_encodable(text, item_id)
     lines = text.strip().split("\n")
     options: dict[str, str] = {}
     first_option = len(lines)
@@ -120,6 +172,10 @@ def split_question(text: str, item_id: str = "question") -> tuple[str, dict[str,
             break
         options[m.group(1)] = (m.group(2) or "").strip()
         first_option = i
+    before = _OPTION_LINE.match(lines[first_option - 1]) if first_option > 0 else None
+    if before and before.group(1) in options:  # "A: flu / A: cold / B: mumps": not a stem line
+        raise MCQFormatError(f"{item_id}: option letter {before.group(1)} appears twice ({before.group(0).strip()!r} "
+                             f"and '{before.group(1)}: {options[before.group(1)]}'); give each option its own letter")
     options = {k: options[k] for k in sorted(options)}
     if "E" in options and options["E"].lower() in _NA:
         del options["E"]
@@ -280,6 +336,12 @@ def _check_options(options: dict[str, str], item_id: str) -> None:
     for k, v in options.items():
         if not v.strip():
             raise MCQFormatError(f"{item_id}: option {k} is empty")
+    seen: dict[str, str] = {}
+    for k, v in options.items():
+        if _normalised(v) in seen:  # "flu" and "Flu ": no answer could tell them apart
+            raise MCQFormatError(f"{item_id}: options {seen[_normalised(v)]} and {k} have the same text ({v.strip()!r}, "
+                                 "ignoring case and spaces); every option must differ")
+        seen[_normalised(v)] = k
 
 
 def _read_records(path: Path) -> list[Any]:
@@ -293,10 +355,14 @@ def _read_records(path: Path) -> list[Any]:
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
+                    check_nesting(line, f"line {n}")
                     records.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise MCQFormatError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+                    records.append(_Unreadable(f"line {n}: not valid JSON ({err.msg})"))
+                except MCQFormatError as err:
+                    records.append(_Unreadable(str(err)))
         return records
+    check_nesting(text, str(path))
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -339,6 +405,9 @@ def validate_records(records: Iterable[Any], source: str, prefix: str = "q", ski
     seen: set[str] = set()
     for i, raw in enumerate(records):
         try:
+            if isinstance(raw, _Unreadable):
+                raise MCQFormatError(raw.reason)
+            check_encodable(raw, item_id_of(raw, i, prefix) if isinstance(raw, dict) else f"item {i}")
             item = parse_item(raw, i, prefix) if parse is None else parse(raw, item_id_of(raw, i, prefix))
             if item.id in seen:
                 raise MCQFormatError(f"{item.id}: duplicate question id (item {i}); ids must be unique")
@@ -358,6 +427,20 @@ def validate_records(records: Iterable[Any], source: str, prefix: str = "q", ski
         skipped += [f"{it.id}: no tier while others have one" for it in untiered]
         items = [it for it in items if it.tier is not None]
     return items, skipped
+
+
+def require_answers(items: list[MCQItem], source: Any, skip_invalid: bool) -> list[MCQItem]:
+    """What is scored needs its answer: a question without one (null, missing, a hub split that
+    hides them) is an error, or left out under ``skip_invalid`` (with a note). Linking, ``ask`` and
+    training (where such a question has no label and adds nothing to the loss) take them."""
+    missing = [it for it in items if it.answer is None]
+    if not missing:
+        return items
+    reason = f"{missing[0].id}: answer is missing (null); give the letter of the right option"
+    if not skip_invalid:
+        raise MCQFormatError(f"{source}: {reason}" + (f" ({len(missing)} questions lack one)" if len(missing) > 1 else ""))
+    print(f"note: {source}: skipped {len(missing)} question(s) without an answer", file=sys.stderr)
+    return [it for it in items if it.answer is not None]
 
 
 def skip_summary(skipped: list[str]) -> str:

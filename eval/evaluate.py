@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from commons.config import FieldError, require_choice, require_range, save_config
+from commons.config import FieldError, require_choice, require_range
 from commons.errors import ConfigError, UserError
+from commons.fileset import recover
 from commons.io import atomic_path, read_json, write_json
+from commons.runident import refuse_other_run
 from disease_linking.layouts import AUTO, layout_names, load_question_items, question_file
-from disease_linking.questions import LETTERS, TIERS, MCQItem
+from disease_linking.questions import LETTERS, TIERS, MCQItem, require_answers
 from eval import collapse, permutations, report, stats
 from eval.report import ALL, ZERO_SHOT, method_rank
 from qa.checkpoint import find_checkpoint, read_checkpoint_config
@@ -93,6 +95,7 @@ class EvalConfig:
     skip_invalid: bool = False  # leave out malformed questions (reported) instead of stopping
     # Load checkpoints/references written before manifests were required (warns; only folders you trust).
     allow_unverified: bool = False
+    force: bool = False  # replace an evaluation in --output made with other settings (otherwise an error)
 
     def __post_init__(self):
         for tier in self.tiers:
@@ -105,6 +108,11 @@ class EvalConfig:
         require_range(self, "permutations", 1, 5)  # at most one order per letter
         require_range(self, "workers", 1)
         require_choice(self, "layout", layout_names())
+
+
+# Settings that change how an evaluation runs, not what it finds.
+NOT_RESULTS = ("workers", "batch_size", "force")
+EVAL_JOURNAL = ".eval.txn.json"  # the journal of the outputs' replacement (medtok_core/fileset.py)
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -494,18 +502,41 @@ def write_predictions(out_dir: Path, items: Sequence[MCQItem], runs: Sequence[Ru
 
 def write_outputs(results: dict, items: Sequence[MCQItem], runs: Sequence[Run], out_dir: str | Path,
                   plots: bool = True, config: Any = None) -> dict[str, str]:
-    """Write predictions, plots, report.md, eval_config.yaml (``config``) and results.json (last:
-    its presence means the set is complete)."""
+    """Write predictions, plots, report.md, eval_config.yaml (``config``) and results.json as one
+    set (medtok_core/fileset.py): a kill or a full disk leaves the previous evaluation whole or
+    this one whole. Data first, the files describing it last."""
+    from commons.config import config_yaml
+    from commons.fileset import replace_together
+    from commons.runident import inputs_json, inputs_path
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"predictions": write_predictions(out, items, runs)}
-    if plots:
-        files["plots"] = report.write_plots(results, out)
-    results = {**results, "files": files}
-    files["report"] = str(report.write_report(results, out / "report.md"))
-    if config is not None:
-        save_config(config, out / "eval_config.yaml")
-    write_json(out / "results.json", results)
+    by_method: dict[str, list[Run]] = {}
+    for run in runs:
+        by_method.setdefault(run.method, []).append(run)
+    predictions = {method: out / "predictions" / f"{method}.jsonl" for method in by_method}
+    plot_files = {"accuracy_by_tier": out / "accuracy_by_tier.png", "letter_bias": out / "letter_bias.png"}
+    config_file = out / "eval_config.yaml"
+    described = [out / "report.md"] + ([inputs_path(config_file), config_file] if config is not None else [])
+    targets = [*predictions.values(), *(plot_files.values() if plots else ()), *described, out / "results.json"]
+    files: dict[str, Any] = {"predictions": {m: str(p) for m, p in predictions.items()}}
+    with replace_together(targets, out / EVAL_JOURNAL) as tmp:
+        for method, path in predictions.items():
+            with open(tmp[path], "w", encoding="utf-8") as f:
+                for run in by_method[method]:
+                    for rec in prediction_records(items, run):
+                        f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        if plots:
+            report.plot_accuracy(results, tmp[plot_files["accuracy_by_tier"]])
+            report.plot_letter_bias(results, tmp[plot_files["letter_bias"]])
+            files["plots"] = {name: str(path) for name, path in plot_files.items()}
+        results = {**results, "files": files}
+        tmp[out / "report.md"].write_text(report.render_report(results), encoding="utf-8")
+        files["report"] = str(out / "report.md")
+        if config is not None:
+            tmp[inputs_path(config_file)].write_text(inputs_json(config), encoding="utf-8")
+            tmp[config_file].write_text(config_yaml(config), encoding="utf-8")
+        tmp[out / "results.json"].write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     files["results"] = str(out / "results.json")
     return files
 
@@ -528,7 +559,7 @@ def load_dataset(cfg: EvalConfig) -> list[MCQItem]:
     unknown = sorted({it.tier for it in items if it.tier} - set(TIERS))
     if unknown:
         raise UserError(f"{path}: unknown tier {unknown[0]!r}; tiers are {', '.join(TIERS)}")
-    return items
+    return require_answers(items, path or cfg.layout, cfg.skip_invalid)
 
 
 def _print_progress(label: str) -> Callable[[int, int], None]:
@@ -657,8 +688,8 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
     """Score every source of ``cfg`` on the selected questions and write all outputs."""
     if not (cfg.checkpoints or cfg.references or cfg.zero_shot or cfg.predictions):
         raise ConfigError("nothing to evaluate: pass --checkpoints, --references, --zero_shot or --predictions")
+    sources = sources_from_config(cfg)  # reads only the checkpoints' configs: a wrong folder says so first
     items = load_dataset(cfg)
-    sources = sources_from_config(cfg)
     saved_runs = [run for p in cfg.predictions for run in load_prediction_runs(p)]
     train_ids = frozenset().union(*(s.train_ids for s in sources)) if sources else frozenset()
     held_out = held_out_ids(sources)
@@ -669,6 +700,11 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
         raise UserError("no question left to evaluate after removing training questions; check "
                           "--tiers and the checkpoints' split.json")
     permutations.check_orders(selected, cfg.permutations)
+    # Inputs checked, nothing scored yet: an evaluation with other settings in --output is not replaced
+    # silently (its scored/ cache would be mixed in too).
+    recover(Path(cfg.output) / EVAL_JOURNAL)  # a killed write of the outputs: the previous set back first
+    refuse_other_run(cfg, Path(cfg.output) / "eval_config.yaml", cfg.output, "--output", cfg.force,
+                     ignore=NOT_RESULTS)
     runs = score_sources(sources, selected, cfg.batch_size, log, cfg.permutations,
                          scored_dir=Path(cfg.output) / SCORED, workers=cfg.workers) + saved_runs
     results = summarize(selected, runs, tiers=cfg.tiers, baseline=cfg.baseline, boot=cfg.bootstrap,

@@ -163,7 +163,13 @@ def build_records(questions: list[str], lines: list[AnnLine], by_id: dict, vocab
 
 def load_gold(path: str | Path) -> tuple[dict, list[dict]]:
     """(header, mention records) of a gold JSONL (first record: rules and ``questions``)."""
-    lines = [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
+    if not Path(path).is_file():
+        raise GoldFormatError(f"gold file {path} does not exist; pass the hand-annotated gold JSONL (default "
+                              f"{GOLD_V1.name} / {GOLD_V2.name} under eval/)")
+    try:
+        lines = [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
+    except (ValueError, UnicodeDecodeError) as err:
+        raise GoldFormatError(f"gold file {path} is not UTF-8 JSON lines ({err})") from None
     if not lines or "questions" not in lines[0]:
         raise GoldFormatError(f"{path}: first record must hold the annotation rules and 'questions'")
     return lines[0], lines[1:]
@@ -173,7 +179,7 @@ def _meddx(data_dir=None):
     from commons.datadir import data_file
     from disease_linking.questions import load_mcq
 
-    items, _ = load_mcq(data_file("meddx/MedDDx.json", data_dir))
+    items, _ = load_mcq(data_file("meddx/MedDDx.json", data_dir), skip_invalid=True)  # 2 unscoreable left out
     return items
 
 

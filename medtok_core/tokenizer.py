@@ -201,13 +201,13 @@ class MedTokTokenizer:
         """Global codebook ids: LongTensor [4*K] for one code, [n, 4*K] for a list."""
         if isinstance(code, str):
             return self.ids[self.code_id(code)].reshape(-1).long()
-        return self.ids[self.code_ids(code)].reshape(len(code), -1).long()
+        return self.ids[self.code_ids(code)].flatten(1).long()  # flatten, not reshape(n, -1): n may be 0
 
     def token_weights(self, code: str | Sequence[str]) -> torch.Tensor:
         """Weights of the ids from :meth:`encode` (each group of K sums to 1)."""
         if isinstance(code, str):
             return self.weights[self.code_id(code)].reshape(-1)
-        return self.weights[self.code_ids(code)].reshape(len(code), -1)
+        return self.weights[self.code_ids(code)].flatten(1)
 
     def embed(self, code: str | Sequence[str]) -> torch.Tensor:
         """FloatTensor [n, 4*d] (n = 1 for a single code): a lookup in the exported table."""

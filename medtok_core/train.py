@@ -26,8 +26,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from commons.config import ConfigError, require_range, save_config, starts_fresh, to_dict
+from commons.config import ConfigError, require_range, to_dict
 from commons.io import atomic_path, write_json
+from commons.runident import save_run_config as save_config  # the config with its inputs' digests
+from commons.runident import starts_fresh  # a run is its inputs' content, wherever its folder is
 from commons.tracking import (
     CURVES,
     accelerator_kwargs,
@@ -582,6 +584,13 @@ def codebook_stats(ids: torch.Tensor, weights: torch.Tensor, model: MedTokModel)
 
 
 def run(cfg: TrainConfig) -> Path:
+    from commons.runlock import run_lock
+
+    with run_lock(cfg.output_dir, "medtok-qa train-tokenizer"):  # one writer per run folder
+        return _run(cfg)
+
+
+def _run(cfg: TrainConfig) -> Path:
     out = Path(cfg.output_dir)
     t0 = time.perf_counter()
     data = prepare_data(cfg.data, progress=cfg.progress)

@@ -18,7 +18,14 @@ from collections.abc import Iterator
 from typing import TextIO
 
 from commons.errors import UserError
-from disease_linking.questions import MCQFormatError, MCQItem, parse_item, split_question
+from disease_linking.questions import (
+    MCQFormatError,
+    MCQItem,
+    check_encodable,
+    check_nesting,
+    parse_item,
+    split_question,
+)
 
 PROMPT_HELP = ("Type a question, then its options as lines 'A: ...', 'B: ...'; finish with an empty "
                "line (or paste JSON on one line). Ctrl-D quits.")
@@ -30,6 +37,7 @@ def parse_question(text: str, index: int = 0) -> MCQItem:
     if not text:
         raise MCQFormatError("empty question")
     if text.startswith("{"):
+        check_nesting(text, f"question {index + 1}")
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as err:
@@ -41,6 +49,7 @@ def parse_question(text: str, index: int = 0) -> MCQItem:
             if not isinstance(raw["options"], dict) or len(raw["options"]) < 2:
                 raise MCQFormatError("'options' must map at least two letters to option texts")
             raw = {"id": f"ask-{index + 1}", "answer": None, **raw}
+        check_encodable(raw, f"question {index + 1}")
         return parse_item(raw, index, "ask")
     stem, options = split_question(text, f"question {index + 1}")
     return MCQItem(f"ask-{index + 1}", stem, options, None)
@@ -81,15 +90,28 @@ class Asker:
             item = self.linker.link_item(item)
         (score,) = self.model.score([item], batch_size=1)
         prefix = self.model.method.item_prefix(item)
-        return {"id": item.id, "question": item.question, "options": item.options,
+        encoded = self.model.encoder.encode(item)
+        cut = truncated_parts(item, self.model.encoder.tokenizer.decode(encoded.input_ids)) if encoded.truncated else None
+        return {"id": item.id, "truncated": cut, "question": item.question, "options": item.options,
                 "prefix_mode": self.model.options.prefix_mode,
                 "mentions": [{"text": m.text, "field": m.field,
                               "codes": [f"{c.system}:{c.code}" for c in m.codes]} for m in item.mentions],
                 "prefix_codes": prefix.codes, "answer": score["pred"], "probs": score["probs"]}
 
 
+def truncated_parts(item: MCQItem, kept: str) -> list[str]:
+    """What an over-long prompt lost (it keeps its last tokens): the stem and the options not
+    wholly in the ``kept`` text. Compared with spaces collapsed (decoding may respace)."""
+    kept = " ".join(kept.split())
+    parts = [("the stem", item.question)] + [(f"option {k}", f"{k}: {v}") for k, v in item.options.items()]
+    return [name for name, text in parts if " ".join(text.split()) not in kept] or ["the start of the prompt"]
+
+
 def format_answer(result: dict) -> str:
     lines = []
+    if result.get("truncated"):
+        lines.append(f"note: the question is longer than the model's prompt; cut: {', '.join(result['truncated'])} "
+                     "(the answer saw only the rest)")
     if result["mentions"]:
         lines.append("linked mentions:")
         for m in result["mentions"]:
@@ -119,13 +141,15 @@ def load_linker(enabled: bool, data_dir: str | None):
         return None
 
 
-def run(asker: Asker, texts: Iterator[str], as_json: bool, out: TextIO = sys.stdout) -> int:
-    """Answer each question; a bad one prints one error line and the loop goes on. Returns #errors."""
-    errors = 0
+def run(asker: Asker, texts: Iterator[str], as_json: bool, out: TextIO = sys.stdout,
+        counts: dict | None = None) -> int:
+    """Answer each question; a bad one prints one error line and the loop goes on. Returns #errors
+    (``counts`` gets ``answered`` and ``errors``)."""
+    errors = answered = 0
     for i, text in enumerate(texts):
         try:
             result = asker.answer(parse_question(text, i))
-        except UserError as err:
+        except (UserError, UnicodeError) as err:  # UnicodeError: text the validator let through
             errors += 1
             msg = f"error: {err}"
             print(json.dumps({"error": str(err)}) if as_json else msg, file=out if as_json else sys.stderr,
@@ -133,4 +157,7 @@ def run(asker: Asker, texts: Iterator[str], as_json: bool, out: TextIO = sys.std
             continue
         print(json.dumps(result, ensure_ascii=False) if as_json else format_answer(result) + "\n", file=out,
               flush=True)
+        answered += 1
+    if counts is not None:
+        counts.update(answered=answered, errors=errors)
     return errors

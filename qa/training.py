@@ -27,10 +27,11 @@ from pathlib import Path
 
 import torch
 
-from commons.config import require_choice, require_range, save_config, to_dict
-from commons.config import starts_fresh as config_starts_fresh
+from commons.config import require_choice, require_range, to_dict
 from commons.errors import ConfigError, UserError
 from commons.io import check_writable_dir, read_json, sha256_file, write_json, write_text
+from commons.runident import save_run_config as save_config  # the config with its inputs' digests
+from commons.runident import starts_fresh as config_starts_fresh  # by content, not by path
 from commons.tracking import (
     CURVES,
     accelerator_kwargs,
@@ -49,7 +50,7 @@ from qa.model import ModelOptions, PromptEncoder, QAModel, build_qa_model, resol
 RESUME_DIR = "_resume"
 STATE_FILE = "trainer_state.json"
 MANIFEST = "manifest.json"
-RUN_FILES = ("train_config.yaml", "split.json", "metrics.jsonl")
+RUN_FILES = ("train_config.yaml", "train_config.inputs.json", "split.json", "metrics.jsonl")
 
 
 @dataclass
@@ -564,10 +565,21 @@ def preflight_checks(cfg: TrainConfig) -> None:
     cfg = dataclasses.replace(cfg, model=resolved_options(cfg.model, cfg.seed))
     check_writable_dir(cfg.output_dir, "--output_dir")
     starts_fresh(cfg, Path(cfg.output_dir))
-    make_split(load_questions(cfg.data), cfg.data)
+    train_items, _ = make_split(load_questions(cfg.data), cfg.data)
+    check_accumulation(cfg, len(train_items), 1)
     make_method(cfg.model)
     if cfg.deepspeed_config:
         deepspeed_config_path(cfg)
+
+
+def check_accumulation(cfg: TrainConfig, n_train: int, world: int) -> None:
+    """One accumulation group must fit in an epoch: a larger optim.grad_accum would repeat the few
+    batches there are until the group fills (a million times for grad_accum 1000000: a hang)."""
+    batches = math.ceil(math.ceil(n_train / world) / cfg.optim.batch_size)
+    if cfg.optim.grad_accum > batches:
+        raise ConfigError(f"optim.grad_accum {cfg.optim.grad_accum} exceeds the {batches} batch(es) of an epoch "
+                          f"({n_train} training questions, optim.batch_size {cfg.optim.batch_size}, {world} "
+                          f"process(es)); use optim.grad_accum <= {batches} or a smaller optim.batch_size")
 
 
 def clear_run(out: Path) -> None:
@@ -581,7 +593,18 @@ def clear_run(out: Path) -> None:
 # ---- the loop -----------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Path:
     """Run (or resume) training; returns the best QA checkpoint folder. ``on_step(global_step)``
-    is called after each optimizer step (tests use it to interrupt a run)."""
+    is called after each optimizer step (tests use it to interrupt a run). One writer per run
+    folder: the first process of a launch holds its lock (a launcher's lock is inherited)."""
+    from commons.runlock import run_lock
+
+    check_writable_dir(cfg.output_dir, "--output_dir")
+    if os.environ.get("RANK", "0") != "0":
+        return _train(cfg, on_step)
+    with run_lock(cfg.output_dir, "medtok-qa finetune"):
+        return _train(cfg, on_step)
+
+
+def _train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Path:
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
@@ -598,6 +621,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Pat
     set_seed(cfg.seed)
     items = load_questions(cfg.data)
     train_items, val_items = make_split(items, cfg.data)
+    check_accumulation(cfg, len(train_items), accelerator.num_processes)
     model = build_qa_model(cfg.model, lora=True, seed=cfg.seed)  # checks artifact and base model
     if accelerator.is_main_process:
         if fresh:

@@ -44,9 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         if interactive:
             print(PROMPT_HELP, file=sys.stderr)
         texts = read_blocks(sys.stdin, interactive)
-    errors = run(asker, texts, args.json)
-    # A single question that failed is a failed command; an interactive session is not.
-    return 2 if args.question is not None and errors else 0
+    counts: dict = {}
+    errors = run(asker, texts, args.json, counts=counts)
+    # Questions were asked and none could be answered (a bad --question, piped input that is all
+    # malformed): a failed command. Some answered: the errors were reported line by line.
+    return 2 if errors and not counts["answered"] else 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 from commons.config import parse_config
 from commons.errors import cli_entry
 from commons.io import check_writable_dir
+from commons.runlock import run_lock
 from eval.evaluate import EvalConfig, evaluate
 from eval.report import results_markdown_table
 
@@ -19,7 +20,8 @@ from eval.report import results_markdown_table
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(EvalConfig, argv, prog="python -m recipes.evaluate")
     check_writable_dir(cfg.output, "--output")
-    results = evaluate(cfg)  # writes eval_config.yaml beside its results, never before
+    with run_lock(cfg.output, "medtok-qa eval"):  # one writer; evaluate() refuses another run's folder
+        results = evaluate(cfg)  # writes eval_config.yaml beside its results, never before
     print(results_markdown_table(results))
     print(f"report: {results['files']['report']}")
     return results

@@ -75,12 +75,14 @@ def _check_launch_options(launch: list[str]) -> None:
                                   "or create one with `accelerate config`")
 
 
-def preflight(train_args: list[str]) -> None:
-    """Everything that can be checked before processes start (parse, ranges, run-folder conflicts)."""
+def preflight(train_args: list[str]) -> str:
+    """Everything that can be checked before processes start (parse, ranges, run-folder conflicts);
+    returns the run folder."""
     from qa.training import TrainConfig, preflight_checks
 
     cfg = parse_config(TrainConfig, expand_shortcuts(train_args), prog="python -m recipes.finetune")
     preflight_checks(cfg)
+    return cfg.output_dir
 
 
 def launch(launch_args: list[str], train_args: list[str]) -> int:
@@ -108,8 +110,11 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__)
     launch_args, train_args = split_argv(argv)
     _check_launch_options(launch_args)
-    preflight(train_args)
-    code = launch(launch_args, train_args)
+    output_dir = preflight(train_args)
+    from commons.runlock import run_lock
+
+    with run_lock(output_dir, "medtok-qa finetune"):  # the training processes write under it
+        code = launch(launch_args, train_args)
     if code:
         raise SystemExit(code)
 

@@ -388,7 +388,7 @@ def tune_thresholds(linker: Linker, items: list[MCQItem], gold: list[dict], base
 def run(cfg: QualityConfig) -> dict:
     splits = load_splits(cfg)
     input_path = Path(cfg.input) if cfg.input else data_file("meddx/MedDDx.json", cfg.data_dir)
-    all_items, _ = load_mcq(input_path)
+    all_items, _ = load_mcq(input_path, skip_invalid=True)  # unscoreable questions (e.g. repeated options) are no gold
     by_id = {it.id: it for it in all_items}
     for name, (qids, _) in splits.items():
         missing = [q for q in qids if q not in by_id]

@@ -195,8 +195,11 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         dataset = cfg.dataset or _default_dataset(cfg.data_dir)
         stages.append(Stage("link", "link", "Disease linking",
                             _python("recipes.link") + ["--input", str(dataset), "--output", str(linked)]
+                            # MedDDx holds 2 questions with two identical options (medddx-00809, -01482):
+                            # unscoreable, so the validator rejects them; the pipeline leaves them out.
+                            + ["--skip_invalid", "true"]
                             + data_dir + _config_args(cfg.link) + _overrides(cfg.link),
-                            [linked], depends=["build"]))
+                            [linked], depends=["build"], run_args=REPLACE))
     built = {s.name for s in stages}
     checkpoints = []
     for method in cfg.methods:
@@ -225,7 +228,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
             + (["--data.data_dir", cfg.data_dir] if cfg.data_dir else []) + _finetune_shared_args(cfg)
             + _config_args(cfg.reference) + _overrides(cfg.reference),
             [folder / REFERENCE_CONFIG for folder in references],
-            depends=[d for d in ["link", "medtok"] if d in built], workdir=out / "reference"))
+            depends=[d for d in ["link", "medtok"] if d in built], workdir=out / "reference", run_args=REPLACE))
     eval_dir = out / "eval"
     stages.append(Stage(
         "eval", "eval", "Evaluation by tier",
@@ -237,7 +240,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         [eval_dir / "results.json", eval_dir / "report.md"],
         depends=[d for d in ["link", "medtok"] if d in built]
         + [s.name for s in stages if s.group in ("finetune", "reference")],
-        run_args=["--workers", str(cfg.workers)] if cfg.workers > 1 else []))
+        run_args=REPLACE + (["--workers", str(cfg.workers)] if cfg.workers > 1 else [])))
     return stages
 
 
@@ -299,6 +302,10 @@ def _file_digest(path: Path) -> str:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+
+
+# The pipeline decides from its stamps when a stage's earlier results are stale: it may replace them.
+REPLACE = ["--force", "true"]
 
 
 def stage_key(stage: Stage, upstream: dict[str, str], out: Path) -> str:
@@ -662,6 +669,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             state = "run" if stage.name in ran else "up to date"
             print(f"{stage.name:32s} {state:11s} $ {_printable(stage.command)}")
         return {}
+    from commons.runlock import run_lock
+
+    with run_lock(out, "medtok-qa pipeline"):  # its stages (child processes) write under it
+        return _run_stages(cfg, out, stages, ran, must_run)
+
+
+def _run_stages(cfg: PipelineConfig, out: Path, stages: list[Stage], ran: set[str], must_run) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "pipeline_config.yaml")
     timings: dict[str, Any] = {"stages": [], "started": time.strftime("%Y-%m-%d %H:%M:%S"), "workers": cfg.workers}

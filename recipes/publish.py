@@ -12,7 +12,9 @@ of them is generated too: ``python -m recipes.readme``).
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Any
 
 from commons.config import parse_config
 from commons.errors import ConfigError, cli_entry
-from commons.io import read_json, replace_marked_block, write_json, write_text
+from commons.io import read_json, replace_marked_block
 from commons.machine import machine_facts
 from eval.report import findings, results_markdown_table
 
@@ -51,26 +53,67 @@ def relative_paths(value: Any, root: Path = REPO_ROOT) -> Any:
     return value
 
 
-def publish(cfg: PublishConfig) -> Path:
-    src = Path(cfg.eval_dir)
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def checked_name(name: str) -> str:
+    """``--name`` becomes a folder under ``--target``: one plain folder name, nothing that climbs out."""
+    if not NAME_PATTERN.fullmatch(name or "") or ".." in name:
+        raise ConfigError(f"--name {name!r} must be one folder name (letters, digits, '.', '_', '-'; no '/', no "
+                          "'..'), e.g. --name demo")
+    return name
+
+
+def _read_eval_folder(src: Path) -> tuple[dict, str, dict | None, list[Path]]:
+    """results.json, report.md, the pipeline's timings.json and the plots of ``src``, all read and
+    checked before anything is written (a bad folder leaves the published one as it was)."""
     if not (src / "results.json").is_file():
         raise ConfigError(f"{src} holds no results.json; pass the output folder of recipes.evaluate as --eval_dir")
-    dest = Path(cfg.target) / cfg.name
-    results = relative_paths(read_json(src / "results.json"))
-    dest.mkdir(parents=True, exist_ok=True)
-    for png in sorted(src.glob("*.png")):
-        shutil.copyfile(png, dest / png.name)
-    write_text(dest / "report.md", relative_paths((src / "report.md").read_text(encoding="utf-8")))
+
+    def read(path: Path, what: str) -> Any:
+        try:
+            return read_json(path) if path.suffix == ".json" else path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{src} holds no {path.name} ({what}); rerun recipes.evaluate into it") from None
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path} is not readable {what} ({err}); rerun recipes.evaluate into {src}") from None
+
+    results = read(src / "results.json", "results")
+    if not isinstance(results, dict) or "tiers" not in results:
+        raise ConfigError(f"{src / 'results.json'} is not an evaluation's results (no 'tiers'); pass the output "
+                          "folder of recipes.evaluate as --eval_dir")
+    report_md = read(src / "report.md", "report")
     timings_file = src.parent / "timings.json"
-    timings = relative_paths(read_json(timings_file)) if timings_file.is_file() else None
-    if timings is not None:
-        write_json(dest / "timings.json", timings)
+    timings = read(timings_file, "timings") if timings_file.is_file() else None
+    return results, report_md, timings, sorted(src.glob("*.png"))
+
+
+def publish(cfg: PublishConfig) -> Path:
+    from commons.fileset import replace_together
+    from commons.runlock import run_lock
+
+    src = Path(cfg.eval_dir)
+    dest = Path(cfg.target) / checked_name(cfg.name)
+    results, report_md, timings, plots = _read_eval_folder(src)
+    results, timings = relative_paths(results), relative_paths(timings)
     machine = {**machine_facts(), "command": cfg.command, "dtype": _dtype_used(src)}
-    write_json(dest / "machine.json", machine)
-    write_json(dest / "results.json", results)  # last: its presence marks a complete copy
     page = results_page(cfg)
-    if page is not None:
-        replace_marked_block(page, f"results:{cfg.name}", page_block(results, machine, timings, dest, page))
+    # the page's block, made first: odd results fail before anything is written
+    block = page_block(results, machine, timings, dest, page) if page is not None else None
+    texts = {dest / "report.md": relative_paths(report_md)}
+    if timings is not None:
+        texts[dest / "timings.json"] = json.dumps(timings, indent=2, default=str) + "\n"
+    texts[dest / "machine.json"] = json.dumps(machine, indent=2, default=str) + "\n"
+    texts[dest / "results.json"] = json.dumps(results, indent=2, default=str) + "\n"  # last: marks the copy whole
+    copies = {dest / png.name: png for png in plots}
+    with run_lock(dest, "medtok-qa publish"):
+        with replace_together([*copies, *texts], dest / ".publish.txn.json") as tmp:
+            for target, png in copies.items():
+                shutil.copyfile(png, tmp[target])
+            for target, text in texts.items():
+                tmp[target].write_text(text, encoding="utf-8")
+        if page is not None:
+            replace_marked_block(page, f"results:{cfg.name}", block)
     return dest
 
 

@@ -17,9 +17,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from commons.config import FieldError, parse_config, save_config
+from commons.config import FieldError, parse_config
 from commons.errors import cli_entry
 from commons.io import check_writable_dir
+from commons.runident import refuse_other_run
+from commons.runident import save_run_config as save_config  # the config with its inputs' digests
+from commons.runlock import run_lock
 from medtok_core.tokenizer import MedTokTokenizer
 from qa.prefix import CodeSource
 from qa.reference import (
@@ -50,6 +53,7 @@ class ReferenceConfig:
     # The fine-tunes' data options (the same values give the same training questions and held-out slice).
     data: DataOptions = field(default_factory=DataOptions)
     model: ReferenceOptions = field(default_factory=ReferenceOptions)
+    force: bool = False  # replace references in --output trained with other settings (otherwise an error)
 
     def __post_init__(self):
         if not self.medtok:
@@ -88,7 +92,9 @@ def train_references(cfg: ReferenceConfig) -> list[Path]:
 def main(argv: list[str] | None = None) -> list[Path]:
     cfg = parse_config(ReferenceConfig, argv, prog="python -m recipes.reference")
     check_writable_dir(cfg.output, "--output")
-    return train_references(cfg)
+    with run_lock(cfg.output, "medtok-qa reference"):
+        refuse_other_run(cfg, Path(cfg.output) / "reference_config.yaml", cfg.output, "--output", cfg.force)
+        return train_references(cfg)
 
 
 if __name__ == "__main__":

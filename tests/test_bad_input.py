@@ -177,7 +177,8 @@ CASES = [
      "duplicate question id"),
     ("eval-output-is-file", eval_cli.main, ["--data", "{linked}", "--output", "{a_file}", "--zero_shot", "{llama}"],
      "is a file"),
-    ("eval-truncated-adapter", eval_cli.main, EVAL + ["--checkpoints", "{truncated_adapter}"],
+    # --force true: previous_eval holds another evaluation, which is refused before any model loads
+    ("eval-truncated-adapter", eval_cli.main, EVAL + ["--checkpoints", "{truncated_adapter}", "--force", "true"],
      "adapter_model.safetensors differs from the sha256"),
     # interactive QA
     ("ask-not-checkpoint", ask_cli.main, ["--checkpoint", "{a_dir}", "--question", "Q?\nA: a\nB: b"], "is not a QA checkpoint"),

@@ -139,7 +139,7 @@ def test_a_rerun_after_a_kill_scores_only_the_models_not_yet_scored(tmp_path, mo
     assert len(loaded) == 3  # nothing left to score
     other = tmp_path / "other.jsonl"  # other questions: nothing is reused
     other.write_text(data.read_text().replace("Question 0?", "Question zero?"))
-    evaluate(EvalConfig(**{**cfg.__dict__, "data": str(other)}), log=lambda _: None)
+    evaluate(EvalConfig(**{**cfg.__dict__, "data": str(other), "force": True}), log=lambda _: None)  # another run
     assert len(loaded) == 5
 
 

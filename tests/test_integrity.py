@@ -468,7 +468,7 @@ def test_pipeline_reruns_a_stage_whose_linked_output_was_damaged_after_it_finish
 
     linked = tmp_path / "linked" / "linked.jsonl"
     write_jsonl(linked, tiny_questions(4))
-    stage = Stage(group="link", name="link", title="linking", argv=["python", "-m", "disease_linking.link"],
+    stage = Stage(group="link", name="link", title="linking", argv=["python", "-m", "recipes.link"],
                   outputs=[linked], key="k1")
     stamp_finished(tmp_path, stage, 1.0, 1.0)
     assert is_up_to_date(tmp_path, stage)
