@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("medtok_core.datadir:main", "check (or --download) the data files against the manifest"),
     "build": ("medtok_core.build:main", "build and cache the code vocabulary, knowledge graph and subgraphs"),
     "train-tokenizer": ("medtok_core.train:main", "train MedTok and export its artifact (token table)"),
+    "kgqa": ("eval.kgqa:main", "generate knowledge-grounded QA (linked JSONL) and its held-out KG edges from the graph"),
     "link": ("disease_linking.link:main", "link the diseases/drugs of a question file to codes (linked JSONL)"),
     "finetune": ("finetune.launch:main", "fine-tune a QA model (accelerate launch options accepted)"),
     "reference": ("eval.reference:main", "train the embeddings-only references (no LLM) on the fine-tunes' split"),
