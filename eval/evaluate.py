@@ -497,13 +497,24 @@ def write_outputs(results: dict, items: Sequence[MCQItem], runs: Sequence[Run], 
     files = {"predictions": write_predictions(out, items, runs)}
     if plots:
         files["plots"] = report.write_plots(results, out)
-    results = {**results, "files": files}
+    from eval.provenance import provenance
+
+    results = {**results, "files": files, "provenance": provenance([r.seed for r in runs]),
+               "detectable_difference": detectable_differences(results)}
     files["report"] = str(report.write_report(results, out / "report.md"))
     if config is not None:
         save_config(config, out / "eval_config.yaml")
     write_json(out / "results.json", results)
     files["results"] = str(out / "results.json")
     return files
+
+
+def detectable_differences(results: dict, baseline: float = 0.25) -> dict:
+    """Per evaluated tier: the smallest gain over ``baseline`` (chance) its test size detects with
+    80 % power at alpha 0.05 (:func:`eval.stats.minimum_detectable_difference`)."""
+    per_tier = {t: stats.minimum_detectable_difference(int(row.get("n") or 0), baseline)
+                for t, row in results.get("dataset", {}).items() if isinstance(row, dict)}
+    return {"baseline": baseline, "alpha": 0.05, "power": 0.8, "tiers": per_tier}
 
 
 # ---------------------------------------------------------------------------------- orchestration
