@@ -135,7 +135,7 @@ def test_no_test_stem_and_no_test_fact_in_training(dataset):
     train_stems = {(it.subject, option_entities(it)[0]) for it in train}
     assert not train_stems & {(it.subject, option_entities(it)[0]) for it in test}
     assert not {fact(it) for it in train} & {fact(it) for it in test}
-    for family, splits in dataset.splits.items():
+    for splits in dataset.splits.values():
         assert not set(splits["train"]) & (set(splits["test_ingraph"]) | set(splits["test_heldout"]))
         assert not set(splits["test_ingraph"]) & set(splits["test_heldout"])
 
