@@ -34,7 +34,6 @@ Everything is a function of the graph, the vocabulary and ``seed``.
 
 from __future__ import annotations
 
-import math
 import random
 import re
 from collections import Counter, defaultdict
@@ -260,13 +259,19 @@ def generate(kg, vocab, cfg: KGQAConfig) -> KGQADataset:
             else:  # its edges went with a held-out fact: it is not "in the graph" any more
                 dropped[family.name] += 1
         splits[family.name]["test_ingraph"] = keep
-    # 4. training answers: never a test fact.
+    # 4. training answers: never a test fact, and spread over the entities: each stem takes its
+    #    true answer least often the answer so far (ties at random). A uniform choice would make
+    #    entities with many facts (hypertension, prednisolone) the answer again and again, and
+    #    "pick the most familiar option" a strong shortcut on the test questions.
+    so_far: Counter = Counter()
     for family in families:
         keep = []
         for stem in splits[family.name]["train"]:
             allowed = sorted(a for a in truth[family.stem_side][stem] if _fact(family, stem, a) not in test_facts)
             if allowed:
-                answers[family.name, stem] = rng.choice(allowed)
+                fewest = min(so_far[a] for a in allowed)
+                answers[family.name, stem] = rng.choice([a for a in allowed if so_far[a] == fewest])
+                so_far[answers[family.name, stem]] += 1
                 keep.append(stem)
         splits[family.name]["train"] = keep
     # 5. answer frequency in training, then distractors and balanced letters.
@@ -291,14 +296,13 @@ def generate(kg, vocab, cfg: KGQAConfig) -> KGQADataset:
 
 def pick_distractors(candidates: list[str], answer: str, group: dict[str, str], freq: Counter,
                      pool: int, rng: random.Random) -> list[str]:
-    """N_OPTIONS - 1 wrong options: from the answer's group when it has enough, closest to the
-    answer's training frequency (log scale), drawn at random among the ``pool`` closest."""
+    """N_OPTIONS - 1 wrong options, drawn at random among the ``pool`` candidates that match the
+    answer best: first on how often they are the answer in training (so "pick the option seen most
+    as an answer" gains nothing), then on the answer's group (ATC anatomical group / ICD-10-CM
+    chapter), ties at random."""
     others = [c for c in candidates if c != answer]
-    same = [c for c in others if group[c] == group[answer]]
-    chosen = same if len(same) >= N_OPTIONS - 1 else others
-    target = math.log1p(freq[answer])
-    jitter = {c: rng.random() for c in chosen}  # ties in frequency broken at random, not by name
-    ranked = sorted(chosen, key=lambda c: (abs(math.log1p(freq[c]) - target), jitter[c]))
+    jitter = {c: rng.random() for c in others}  # ties broken at random, not by name
+    ranked = sorted(others, key=lambda c: (abs(freq[c] - freq[answer]), group[c] != group[answer], jitter[c]))
     return rng.sample(ranked[:max(pool, N_OPTIONS - 1)], N_OPTIONS - 1)
 
 
@@ -373,8 +377,23 @@ def summarize(items: list[MCQItem], splits: dict, train_freq: Counter, ent: Enti
             "facts": int(len(ent.pairs[["disease", "drug"]].drop_duplicates())),
             "heldout_edges": n_removed, "ingraph_dropped_by_removal": dict(dropped),
             "distinct_training_answers": len(train_freq),
+            "distractors_in_answer_group": round(_group_match(items, ent), 4),
             "note": ("validation: the fine-tune's held-out slice of the training pool (tier Intermediate, "
                      "data.val_fraction); one question per stem, so it is a split by stem entity too")}
+
+
+def _group_match(items: list[MCQItem], ent: Entities) -> float:
+    """Share of distractors in the answer's ATC anatomical group / ICD-10-CM chapter."""
+    same = total = 0
+    group_of = {f"{ent.code[e][0]}:{ent.code[e][1]}": ent.group[e] for e in ent.group}
+    for it in items:
+        codes = {m.field[7:]: f"{m.codes[0].system}:{m.codes[0].code}" for m in it.mentions if m.field != "stem"}
+        answer = group_of[codes[it.answer]]
+        for letter, code in codes.items():
+            if letter != it.answer:
+                same += group_of[code] == answer
+                total += 1
+    return same / total if total else 0.0
 
 
 def split_of(item: MCQItem) -> str:
