@@ -64,7 +64,7 @@ def test_quick_preset_runs_at_tiny_sizes(tmp_path):
     preset["kgqa"]["overrides"].update({"test_per_condition": 6, "max_train": 16})
     preset["medtok"]["overrides"].update({
         "data.max_codes": 300, "data.max_nodes": 8, "model.dim": 16, "model.codebook_size": 96,
-        "init_samples": 96, "optim.batch_size": 64, "optim.link_batch": 16, "restart_every": 0})
+        "init_samples": 96, "optim.batch_size": 64, "optim.link_batch": 16, "restart_every": 1000})
     preset["finetune"]["overrides"].update({
         "model.base_model": str(build_tiny_lm(tmp_path / "llama")), "model.dtype": "float32",
         "optim.batch_size": 4, "data.val_fraction": 0.25, "early_stop_patience": 0, "log_every": 1})
