@@ -75,6 +75,9 @@ class EvalConfig:
     codes_per_mention: int = 1  # codes per linked mention when resolving options (the fine-tunes' value)
     output: str = "runs/eval"  # folder of results.json, report.md, plots
     tiers: list[str] = field(default_factory=lambda: list(TIERS))  # tiers to report
+    # What tiers are called in the report, as TIER=title, e.g. "Basic=in-graph test" for questions
+    # whose tiers carry other splits (medtok-qa kgqa); empty: the tier names.
+    tier_titles: list[str] = field(default_factory=list)
     max_per_tier: int = 0  # 0 = all; else a fixed pseudo-random subset of each tier (quick runs)
     baseline: str = "none"  # the method every other method is compared against (McNemar)
     exact_below: int = 25  # McNemar: exact binomial test when fewer discordant questions
@@ -92,6 +95,10 @@ class EvalConfig:
     skip_invalid: bool = False  # leave out malformed questions (reported) instead of stopping
 
     def __post_init__(self):
+        for pair in self.tier_titles:
+            tier, _, title = pair.partition("=")
+            if tier not in TIERS or not title.strip():
+                raise FieldError("tier_titles", f"holds {pair!r}; write TIER=title with TIER one of {', '.join(TIERS)}")
         for tier in self.tiers:
             if tier not in TIERS:
                 raise FieldError("tiers", f"holds unknown tier {tier!r}; choose from {', '.join(TIERS)}")
@@ -680,6 +687,8 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
                         exact_below=cfg.exact_below, held_out=held_out is not None)
     results["dataset_path"] = cfg.data or ("MedDDx (data dir)" if cfg.layout in (AUTO, "meddx") else cfg.layout)
     results["n_questions_in_file"] = len(items)
+    if cfg.tier_titles:
+        results["tier_titles"] = dict(pair.partition("=")[::2] for pair in cfg.tier_titles)
     results["n_excluded_trained_on"] = sum(it.id in train_ids for it in items)
     if cfg.medtok:
         results["collapse"] = collapse.artifact_collapse(_tier_groups(selected, cfg.tiers), cfg.medtok,

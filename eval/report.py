@@ -66,6 +66,8 @@ def pct(x: float | None, digits: int = 1) -> str:
 
 
 def _tier_title(results: dict, tier: str) -> str:
+    if tier in results.get("tier_titles", {}):
+        return results["tier_titles"][tier]
     if tier == "Intermediate" and results.get("held_out_intermediate"):
         return "Intermediate held-out"
     return tier

@@ -34,6 +34,7 @@ def test_full_preset_plan(tmp_path):
             assert stage.argv[stage.argv.index("--data.train_file") + 1] == questions and "kgqa" in stage.depends
     ev = stages["eval"].argv
     assert ev[ev.index("--permutations") + 1] == "4"
+    assert ev[ev.index("--tier_titles") + 1] == "Basic=in-graph test,Intermediate=validation,Expert=held-out test"
     assert ev[ev.index("--zero_shot") + 1] == "smollm2-135m-instruct"  # the fine-tunes' base model
 
 
@@ -78,6 +79,8 @@ def test_quick_preset_runs_at_tiny_sizes(tmp_path):
     results = json.loads((run / "eval" / "results.json").read_text())
     assert set(results["methods"]) >= {*method_names(), "zero-shot"}
     assert results["dataset"]["Basic"]["n"] == 12 and results["dataset"]["Expert"]["n"] == 12
+    assert results["tier_titles"]["Expert"] == "held-out test"
+    assert "held-out test (n=12)" in (run / "eval" / "report.md").read_text()
     prov = results["provenance"]
     assert prov["seeds"] == [0] and "eval.pipeline" in prov["command"] and "commit" in prov
     assert results["detectable_difference"]["tiers"]["Expert"] is None or \
