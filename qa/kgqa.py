@@ -233,16 +233,21 @@ def generate(kg, vocab, cfg: KGQAConfig) -> KGQADataset:
         splits[family.name] = split_stems(stems, cfg, random.Random(f"{cfg.seed}:{family.name}:split"))
     # 2. one answer per test stem; the test facts of every family.
     answers: dict[tuple[str, str], str] = {}
-    test_facts: dict[tuple[str, str], str] = {}
+    test_facts: set[tuple[str, str]] = set()
+    heldout_facts: set[tuple[str, str]] = set()
     for family in families:
         for split in TEST_SPLITS:
             for stem in splits[family.name][split]:
                 answer = rng.choice(sorted(truth[family.stem_side][stem]))
                 answers[family.name, stem] = answer
-                test_facts.setdefault(_fact(family, stem, answer), split)
-    # 3. the held-out edges: every support of a held-out fact (both families).
+                test_facts.add(_fact(family, stem, answer))
+                if split == "test_heldout":
+                    heldout_facts.add(_fact(family, stem, answer))
+    # 3. the held-out edges: every support of a held-out fact (both families). A fact that is
+    #    held out for one family and in-graph for the other is held out; the in-graph question
+    #    then loses its support and is dropped below.
     facts = ent.pairs.set_index(["disease", "drug"])
-    heldout = [f for f, s in test_facts.items() if s == "test_heldout"]
+    heldout = sorted(heldout_facts)
     removed_xy = facts.loc[heldout, ["x", "y"]].to_numpy(np.int64) if heldout else np.zeros((0, 2), np.int64)
     edge_key = lambda xy: np.sort(xy, axis=1)[:, 0] * (1 << 31) + np.sort(xy, axis=1)[:, 1]  # noqa: E731
     removed_keys = set(edge_key(removed_xy).tolist())

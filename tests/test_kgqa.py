@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 N_DISEASES, N_DRUGS = 60, 40
 
 
-def synthetic_graph(seed: int = 0) -> tuple[KnowledgeGraph, CodeVocab]:
+def synthetic_graph(seed: int = 0, one_to_one: bool = False) -> tuple[KnowledgeGraph, CodeVocab]:
     """Two ICD-10-CM chapters of categories (each with a finer child code), ATC substances in two
     anatomical groups (two codes share one name, as prednisolone's do), disease and drug nodes,
     and random indication edges, some through a child code only."""
@@ -60,7 +60,8 @@ def synthetic_graph(seed: int = 0) -> tuple[KnowledgeGraph, CodeVocab]:
         # half the categories attach directly, the others through their child code only
         code = cat if i % 2 else f"{cat}.9"
         edges.append((code_node[vocab.id_of("ICD10CM", code)], i, "code_disease"))
-        for j in rng.sample(range(N_DRUGS), rng.randint(1, 4)):
+        drugs = ([i] if i < N_DRUGS else []) if one_to_one else rng.sample(range(N_DRUGS), rng.randint(1, 4))
+        for j in drugs:
             edges.append((i, N_DISEASES + j, "indication"))
     for j in range(N_DRUGS):
         edges.append((code_node[vocab.id_of("ATC", f"{'CN'[j % 2]}01AA{j:02d}")], N_DISEASES + j, "code_drug"))
@@ -175,6 +176,21 @@ def test_heldout_file_removes_every_heldout_fact_and_keeps_in_graph_ones(dataset
     # and no code pair of a held-out fact keeps an indication edge (child codes included)
     assert len(relation_pairs(trained_on, "indication", np.arange(len(vocab)), np.arange(len(vocab)))) < \
         len(relation_pairs(kg, "indication", np.arange(len(vocab)), np.arange(len(vocab))))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_fact_held_out_in_one_family_is_held_out_for_both(seed, tmp_path):
+    """One drug per disease: the same fact is often a test fact of both families, once in-graph
+    and once held out; it must leave the graph, and its in-graph question must go."""
+    kg, vocab = synthetic_graph(seed, one_to_one=True)
+    ds = generate(kg, vocab, KGQAConfig(test_per_condition=8, max_train=0, seed=seed))
+    out = write_dataset(ds, kg, tmp_path / "kgqa")
+    after = supported_facts(remove_heldout(kg, read_heldout(out / HELDOUT))[0], vocab)
+    for it in ds.items:
+        stem = next(m for m in it.mentions if m.field == "stem").text
+        ans = it.options[it.answer]
+        fact = (stem, ans) if it.subject == "drug_for_condition" else (ans, stem)
+        assert (fact in after) == (split_of(it) != "test_heldout"), it.id
 
 
 def test_too_few_stems_is_a_clear_error(graph):
