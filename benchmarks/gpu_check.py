@@ -212,20 +212,37 @@ def main(argv: list[str] | None = None) -> dict:
         result["methods"][method] = run_method(method, base, tokenizer, medtok, items, args, device, n_params,
                                                peak, {})
         print(f"{method}: {json.dumps(result['methods'][method])}", file=sys.stderr, flush=True)
+        save(result, args.out, t_start)  # after each method: a run cut short keeps what it measured
     if args.deepspeed == "on":
-        kwargs = deepspeed_kwargs(device)
-        if isinstance(kwargs, str):
-            result["deepspeed_zero2"] = {"skipped": kwargs}
-        else:
-            result["deepspeed_zero2"] = run_method("medtok", base, tokenizer, medtok, items, args, device,
-                                                   n_params, peak, kwargs)
+        result["deepspeed_zero2"] = zero2_run(base, tokenizer, medtok, items, args, device, n_params, peak)
     result["peak_matmul_after_tflops"] = matmul_peak(device, 8192 if device.type == "cuda" else 256) / 1e12
-    result["wall_s"] = time.perf_counter() - t_start
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = save(result, args.out, t_start)
     print(f"wrote {out} ({result['wall_s']:.0f} s)")
     return result
+
+
+def save(result: dict, path: str, t_start: float) -> Path:
+    result["wall_s"] = time.perf_counter() - t_start
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return out
+
+
+def zero2_run(base, tokenizer, medtok: str, items: list, args, device: torch.device, n_params: int,
+              peak: float) -> dict:
+    """The medtok method once more under DeepSpeed ZeRO-2 (one process). Never run on a GPU before
+    the first check: a failure is recorded in the JSON instead of losing the methods' figures."""
+    kwargs = deepspeed_kwargs(device)
+    if isinstance(kwargs, str):
+        return {"skipped": kwargs}
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # the plain runs initialised it without DeepSpeed
+    try:
+        return run_method("medtok", base, tokenizer, medtok, items, args, device, n_params, peak, kwargs)
+    except Exception as err:  # noqa: BLE001  (recorded, see docstring)
+        return {"failed": f"{type(err).__name__}: {err}"[:2000]}
 
 
 if __name__ == "__main__":
