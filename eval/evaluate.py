@@ -34,6 +34,7 @@ from commons.runident import refuse_other_run
 from disease_linking.layouts import AUTO, layout_names, load_question_items, question_file
 from disease_linking.questions import LETTERS, TIERS, MCQItem, require_answers
 from eval import collapse, permutations, report, stats
+from eval.provenance import provenance
 from eval.report import ALL, ZERO_SHOT, method_rank
 from qa.checkpoint import find_checkpoint, read_checkpoint_config
 from qa.token_cache import questions_sha
@@ -78,6 +79,9 @@ class EvalConfig:
     codes_per_mention: int = 1  # codes per linked mention when resolving options (the fine-tunes' value)
     output: str = "runs/eval"  # folder of results.json, report.md, plots
     tiers: list[str] = field(default_factory=lambda: list(TIERS))  # tiers to report
+    # What tiers are called in the report, as TIER=title, e.g. "Basic=in-graph test" for questions
+    # whose tiers carry other splits (medtok-qa kgqa); empty: the tier names.
+    tier_titles: list[str] = field(default_factory=list)
     max_per_tier: int = 0  # 0 = all; else a fixed pseudo-random subset of each tier (quick runs)
     baseline: str = "none"  # the method every other method is compared against (McNemar)
     exact_below: int = 25  # McNemar: exact binomial test when fewer discordant questions
@@ -98,6 +102,10 @@ class EvalConfig:
     force: bool = False  # replace an evaluation in --output made with other settings (otherwise an error)
 
     def __post_init__(self):
+        for pair in self.tier_titles:
+            tier, _, title = pair.partition("=")
+            if tier not in TIERS or not title.strip():
+                raise FieldError("tier_titles", f"holds {pair!r}; write TIER=title with TIER one of {', '.join(TIERS)}")
         for tier in self.tiers:
             if tier not in TIERS:
                 raise FieldError("tiers", f"holds unknown tier {tier!r}; choose from {', '.join(TIERS)}")
@@ -530,7 +538,8 @@ def write_outputs(results: dict, items: Sequence[MCQItem], runs: Sequence[Run], 
             report.plot_accuracy(results, tmp[plot_files["accuracy_by_tier"]])
             report.plot_letter_bias(results, tmp[plot_files["letter_bias"]])
             files["plots"] = {name: str(path) for name, path in plot_files.items()}
-        results = {**results, "files": files}
+        results = {**results, "files": files, "provenance": provenance([r.seed for r in runs]),
+                   "detectable_difference": detectable_differences(results)}
         tmp[out / "report.md"].write_text(report.render_report(results), encoding="utf-8")
         files["report"] = str(out / "report.md")
         if config is not None:
@@ -539,6 +548,14 @@ def write_outputs(results: dict, items: Sequence[MCQItem], runs: Sequence[Run], 
         tmp[out / "results.json"].write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     files["results"] = str(out / "results.json")
     return files
+
+
+def detectable_differences(results: dict, baseline: float = 0.25) -> dict:
+    """Per evaluated tier: the smallest gain over ``baseline`` (chance) its test size detects with
+    80 % power at alpha 0.05 (:func:`eval.stats.minimum_detectable_difference`)."""
+    per_tier = {t: stats.minimum_detectable_difference(int(row.get("n") or 0), baseline)
+                for t, row in results.get("dataset", {}).items() if isinstance(row, dict)}
+    return {"baseline": baseline, "alpha": 0.05, "power": 0.8, "tiers": per_tier}
 
 
 # ---------------------------------------------------------------------------------- orchestration
@@ -711,6 +728,8 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
                         exact_below=cfg.exact_below, held_out=held_out is not None)
     results["dataset_path"] = cfg.data or ("MedDDx (data dir)" if cfg.layout in (AUTO, "meddx") else cfg.layout)
     results["n_questions_in_file"] = len(items)
+    if cfg.tier_titles:
+        results["tier_titles"] = dict(pair.partition("=")[::2] for pair in cfg.tier_titles)
     results["n_excluded_trained_on"] = sum(it.id in train_ids for it in items)
     if cfg.medtok:
         results["collapse"] = collapse.artifact_collapse(_tier_groups(selected, cfg.tiers), cfg.medtok,

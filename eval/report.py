@@ -66,6 +66,8 @@ def pct(x: float | None, digits: int = 1) -> str:
 
 
 def _tier_title(results: dict, tier: str) -> str:
+    if tier in results.get("tier_titles", {}):
+        return results["tier_titles"][tier]
     if tier == "Intermediate" and results.get("held_out_intermediate"):
         return "Intermediate held-out"
     return tier
@@ -391,6 +393,7 @@ def render_report(results: dict) -> str:
     if results.get("held_out_intermediate"):
         notes.append("- Intermediate = the held-out validation slice of the checkpoints' split.json "
                      "(split by option set), never trained on.")
+    notes += _power_note(results) + _provenance_note(results)
     lines = ["# MedDDx evaluation by difficulty tier", "", *notes, ""]
     plots = (results.get("files") or {}).get("plots") or {}
     for name, path in plots.items():
@@ -401,6 +404,25 @@ def render_report(results: dict) -> str:
     lines += _orders_section(results) + _linked_section(results)
     lines += _letter_section(results) + _seeds_section(results)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _power_note(results: dict) -> list[str]:
+    mdd = results.get("detectable_difference")
+    if not mdd:
+        return []
+    parts = [f"{_tier_title(results, t)} (n={results['dataset'][t]['n']}) "
+             + ("—" if d is None else f"{100 * d:.1f} points") for t, d in mdd["tiers"].items()]
+    return [f"- Minimum detectable difference ({100 * mdd['power']:.0f} % power, α = {mdd['alpha']}, two-sided, "
+            f"from {100 * mdd['baseline']:.0f} % accuracy; seeds add no questions): " + "; ".join(parts) + "."]
+
+
+def _provenance_note(results: dict) -> list[str]:
+    prov = results.get("provenance")
+    if not prov:
+        return []  # results.json written before provenance was recorded
+    commit = (prov.get("commit") or "unknown")[:10] + (" (dirty tree)" if prov.get("dirty") else "")
+    return [f"- Produced at commit {commit} by `{prov.get('command')}` on {prov['machine'].get('cpu', '?')}; "
+            f"seeds {prov.get('seeds')}."]
 
 
 def write_report(results: dict, path: str | Path) -> Path:

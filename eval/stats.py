@@ -124,3 +124,31 @@ def seed_bootstrap_difference(correct_a: Sequence[Sequence[bool]], correct_b: Se
     p = min(1.0, 2 * min(float((diffs <= 0).mean()), float((diffs >= 0).mean())))
     return {**out, "difference": point, "ci_low": float(np.quantile(diffs, alpha)),
             "ci_high": float(np.quantile(diffs, 1 - alpha)), "p_value": p}
+
+
+def minimum_detectable_difference(n: int, baseline: float = 0.25, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """Smallest accuracy gain over ``baseline`` that a two-sided two-proportion z-test on ``n``
+    questions per method detects with probability ``power`` at level ``alpha`` (None when n = 0).
+
+    Two independent proportions is conservative for two methods scored on the same questions
+    (their answers correlate, which a paired test exploits); seeds add no questions, so ``n`` is
+    the number of test questions, not questions x seeds."""
+    from scipy.stats import norm
+
+    if n <= 0:
+        return None
+    z_alpha, z_beta = norm.ppf(1 - alpha / 2), norm.ppf(power)
+
+    def reached(d: float) -> float:
+        p1 = baseline + d
+        pooled = (baseline + p1) / 2
+        spread = math.sqrt(baseline * (1 - baseline) + p1 * (1 - p1))
+        return (d * math.sqrt(n) - z_alpha * math.sqrt(2 * pooled * (1 - pooled))) / spread - z_beta
+
+    low, high = 0.0, 1.0 - baseline
+    if reached(high) < 0:
+        return None  # not even a jump to 100 % is detectable at this size
+    for _ in range(60):  # bisection: reached() increases with d on (0, 1 - baseline)
+        mid = (low + high) / 2
+        low, high = (mid, high) if reached(mid) < 0 else (low, mid)
+    return high

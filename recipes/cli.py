@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("recipes.data:main", "check (or --download) the data files against the manifest"),
     "build": ("recipes.build:main", "build and cache the code vocabulary, knowledge graph and subgraphs"),
     "train-tokenizer": ("recipes.train_tokenizer:main", "train MedTok and export its artifact (token table)"),
+    "kgqa": ("recipes.kgqa:main", "generate knowledge-grounded QA (linked JSONL) and its held-out KG edges from the graph"),
     "link": ("recipes.link:main", "link the diseases/drugs of a question file to codes (linked JSONL)"),
     "finetune": ("recipes.finetune:main", "fine-tune a QA model (accelerate launch options accepted)"),
     "reference": ("recipes.reference:main", "train the embeddings-only references (no LLM) on the fine-tunes' split"),

@@ -623,6 +623,9 @@ def run(cfg: QualityConfig) -> dict:
             **({"part_norms": part_norms(emb["medtok"], data.vocab["system"])} if "medtok" in emb else {})}
     results = results_json(tasks, meta)
     results["targets"] = targets(validate_results(results))
+    from eval.provenance import provenance
+
+    results["provenance"] = provenance([cfg.seed])  # commit, dirty flag, machine, seeds, command
     write_json(out / "results.json", results)
     plot(results, out / "results.png")
     write_text(out / "report.md", report_md(results, tasks, skipped))

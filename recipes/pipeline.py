@@ -40,6 +40,7 @@ from typing import Any
 from commons.config import FieldError, load_yaml, parse_config, require_choice, require_range, save_config
 from commons.errors import ConfigError, UserError, cli_entry
 from commons.io import read_json, write_json
+from eval.provenance import COMMAND_ENV, this_command
 from medtok_core.artifact import MANIFEST, TABLE, artifact_dir, find_artifact
 from qa.checkpoint import QA_CONFIG, best_checkpoint
 from qa.prefix_methods import get_method, method_names
@@ -48,7 +49,10 @@ from qa.reference import reference_names
 from recipes.reference import run_folder as reference_run_folder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-STAGE_GROUPS = ("build", "medtok", "link", "finetune", "reference", "eval")
+STAGE_GROUPS = ("build", "kgqa", "medtok", "link", "finetune", "reference", "eval")
+# Code whose output a stage is a pure function of: part of its stamp, so a changed generator
+# regenerates its questions and reruns everything that reads them.
+KGQA_SOURCES = ("qa/kgqa.py", "recipes/kgqa.py")
 # Fine-tune settings the references copy, so they read the same split and the same codes.
 REFERENCE_SHARED = {"data": ("layout", "allow_network", "hub_split", "tier", "val_fraction", "split_seed",
                              "limit_train", "limit_val", "skip_invalid"),
@@ -75,6 +79,10 @@ class PipelineConfig:
     # existing linked JSONL (skips linking).
     medtok_artifact: str = ""
     linked: str = ""  # an existing linked JSONL (skips linking)
+    # Generate knowledge-grounded questions from the graph (medtok-qa kgqa, options in `kgqa`)
+    # instead of linking a question file; MedTok then trains without their held-out edges.
+    generate_kgqa: bool = False
+    kgqa: StageOptions = field(default_factory=StageOptions)  # the generator's config and overrides
     # Prefix methods to fine-tune (default: every registered one, qa/prefix_methods/).
     methods: list[str] = field(default_factory=method_names, metadata={"choices": method_names})
     seeds: list[int] = field(default_factory=lambda: [0])  # fine-tune seeds per method
@@ -118,6 +126,9 @@ class PipelineConfig:
             raise FieldError("seeds", "is empty; give at least one seed")
         require_choice(self, "launcher", ("accelerate", "python"))
         require_range(self, "workers", 1)
+        if self.generate_kgqa and (self.linked or self.dataset or self.medtok_artifact):
+            raise ConfigError("generate_kgqa generates the questions and trains MedTok without their held-out "
+                              "edges: leave linked, dataset and medtok_artifact empty")
 
 
 # ---------------------------------------------------------------------------------------- stages
@@ -132,6 +143,7 @@ class Stage:
     workdir: Path | None = None  # the stage's own folder, with its resumable state
     key: str = ""  # stamp: filled in by plan()
     run_args: list[str] = field(default_factory=list)  # how to run it (e.g. --workers): not in the stamp
+    sources: tuple[str, ...] = ()  # code files (relative to the repository) whose content joins the stamp
 
     @property
     def command(self) -> list[str]:
@@ -180,18 +192,29 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     linked = Path(cfg.linked).resolve() if cfg.linked else out / "linked" / "linked.jsonl"
     if cfg.linked and not linked.is_file():
         raise ConfigError(f"linked {cfg.linked} does not exist; pass a linked JSONL written by disease_linking.link")
+    heldout: list[str] = []
     stages = []
+    if cfg.generate_kgqa:
+        from qa.kgqa import HELDOUT, QUESTIONS
+
+        linked, edges = out / "kgqa" / QUESTIONS, out / "kgqa" / HELDOUT
+        heldout = ["--data.heldout_edges", str(edges)]
+        stages.append(Stage("kgqa", "kgqa", "Knowledge-grounded questions + held-out edges",
+                            _python("recipes.kgqa") + ["--output", str(out / "kgqa")] + data_dir
+                            + _config_args(cfg.kgqa) + _overrides(cfg.kgqa),
+                            [linked, edges], depends=["build"], sources=KGQA_SOURCES))
     if not (cfg.medtok_artifact and cfg.linked):
-        stages.append(Stage("build", "build", "Vocabulary + knowledge graph",
+        stages.insert(0, Stage("build", "build", "Vocabulary + knowledge graph",
                             _python("recipes.build") + data_dir + _config_args(cfg.build) + _overrides(cfg.build),
                             []))  # results live in the shared cache; the stamp alone records the build
     if not cfg.medtok_artifact:
         stages.append(Stage("medtok", "medtok", "MedTok training",
                             _python("recipes.train_tokenizer") + _config_args(cfg.medtok)
                             + (["--data.data_dir", cfg.data_dir] if cfg.data_dir else [])
-                            + ["--output_dir", str(medtok_run)] + _overrides(cfg.medtok),
-                            [artifact / TABLE], depends=["build"], workdir=medtok_run))
-    if not cfg.linked:
+                            + ["--output_dir", str(medtok_run)] + heldout + _overrides(cfg.medtok),
+                            [artifact / TABLE], depends=["build"] + (["kgqa"] if heldout else []),
+                            workdir=medtok_run))
+    if not cfg.linked and not cfg.generate_kgqa:
         dataset = cfg.dataset or _default_dataset(cfg.data_dir)
         stages.append(Stage("link", "link", "Disease linking",
                             _python("recipes.link") + ["--input", str(dataset), "--output", str(linked)]
@@ -201,6 +224,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
                             + data_dir + _config_args(cfg.link) + _overrides(cfg.link),
                             [linked], depends=["build"], run_args=REPLACE))
     built = {s.name for s in stages}
+    questions = ["kgqa", "link"]  # the stage that writes the question file, whichever runs
     checkpoints = []
     for method in cfg.methods:
         for seed in cfg.seeds:
@@ -215,7 +239,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
                 + (["--data.data_dir", cfg.data_dir] if cfg.data_dir else [])
                 + ["--medtok", str(artifact) if needs_medtok else "null"] + _overrides(cfg.finetune),
                 [best_checkpoint(run_dir) / QA_CONFIG],
-                depends=[d for d in ["link"] + (["medtok"] if needs_medtok else []) if d in built],
+                depends=[d for d in questions + (["medtok"] if needs_medtok else []) if d in built],
                 workdir=run_dir))
     references = _reference_folders(cfg, out)
     if references:
@@ -228,7 +252,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
             + (["--data.data_dir", cfg.data_dir] if cfg.data_dir else []) + _finetune_shared_args(cfg)
             + _config_args(cfg.reference) + _overrides(cfg.reference),
             [folder / REFERENCE_CONFIG for folder in references],
-            depends=[d for d in ["link", "medtok"] if d in built], workdir=out / "reference", run_args=REPLACE))
+            depends=[d for d in [*questions, "medtok"] if d in built], workdir=out / "reference", run_args=REPLACE))
     eval_dir = out / "eval"
     stages.append(Stage(
         "eval", "eval", "Evaluation by tier",
@@ -236,9 +260,10 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         + (["--checkpoints", ",".join(map(str, checkpoints))] if checkpoints else [])
         + (["--references", ",".join(map(str, references))] if references else [])
         + ["--medtok", str(artifact), "--codes_per_mention", _finetune_value(cfg, "model", "codes_per_mention", 1)]
-        + (["--zero_shot", "default", "--zero_shot_dtype", _finetune_dtype(cfg)] if cfg.zero_shot else []) + _config_args(cfg.eval) + _overrides(cfg.eval),
+        + (["--zero_shot", _finetune_value(cfg, "model", "base_model", "default"), "--zero_shot_dtype",
+            _finetune_dtype(cfg)] if cfg.zero_shot else []) + _config_args(cfg.eval) + _overrides(cfg.eval),
         [eval_dir / "results.json", eval_dir / "report.md"],
-        depends=[d for d in ["link", "medtok"] if d in built]
+        depends=[d for d in [*questions, "medtok"] if d in built]
         + [s.name for s in stages if s.group in ("finetune", "reference")],
         run_args=REPLACE + (["--workers", str(cfg.workers)] if cfg.workers > 1 else [])))
     return stages
@@ -322,6 +347,8 @@ def stage_key(stage: Stage, upstream: dict[str, str], out: Path) -> str:
         if out in path.parents or not path.is_file() or path.stat().st_size > (256 << 20):
             continue
         h.update(_file_digest(path).encode())
+    for source in stage.sources:
+        h.update(_file_digest(REPO_ROOT / source).encode())
     for dep in stage.depends:
         h.update(upstream[dep].encode())
     return h.hexdigest()[:16]
@@ -457,6 +484,8 @@ def _env() -> dict[str, str]:
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("PYTHONUNBUFFERED", "1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    # What the user typed, recorded in each results.json (eval.provenance) beside the stage's own command.
+    env.setdefault(COMMAND_ENV, this_command())
     return env
 
 

@@ -265,6 +265,11 @@ def sweep(cfg: RecipeConfig) -> dict:
         for name in cfg.recipes:
             run_recipe(cfg, name)
     results = collect(cfg)
+    from eval.provenance import provenance
+
+    # commit, dirty flag, machine, command, and the fine-tune seed of each recipe (0 unless set)
+    results["provenance"] = provenance([int({**(cfg.common or {}), **(o or {})}.get("seed", 0))
+                                        for o in cfg.recipes.values()])
     write_json(out / "results.json", results)
     write_report(out, results)
     plot(out, results)

@@ -130,7 +130,8 @@ CONFIG_FILES = {"medtok_quick.yaml": "recipes.train_tokenizer", "medtok_full.yam
                 "medtok_quick_before.yaml": "recipes.train_tokenizer", "medtok_quality_full.yaml": "recipes.medtok_quality",
                 "qa_quick.yaml": "qa.training", "qa_paper.yaml": "qa.training",
                 "pipeline_quick.yaml": "recipes.pipeline", "pipeline_full.yaml": "recipes.pipeline",
-                "pipeline_cpu.yaml": "recipes.pipeline", "recipe_sweep.yaml": "recipes.recipe"}
+                "pipeline_cpu.yaml": "recipes.pipeline", "recipe_sweep.yaml": "recipes.recipe",
+                "pipeline_kgqa.yaml": "recipes.pipeline", "pipeline_kgqa_quick.yaml": "recipes.pipeline"}
 
 
 def _config_class(module: str):
@@ -200,6 +201,7 @@ BAD = {  # a bad option for each command, and what its one error line says
     "build": (["--colour", "red"], "unknown option colour"),
     "train-tokenizer": (["--colour", "red"], "unknown option colour"),
     "link": (["--colour", "red"], "unknown option colour"),
+    "kgqa": (["--test_per_condition", "0"], "test_per_condition"),
     "finetune": (["--optim.colour", "red"], "unknown option optim.colour"),
     "reference": (["--model.colour", "red"], "unknown option model.colour"),
     "eval": (["--colour", "red"], "unknown option colour"),
