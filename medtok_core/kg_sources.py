@@ -79,6 +79,7 @@ class Part:
     edges: pd.DataFrame = dataclasses.field(default_factory=lambda: _frame("src", "dst", "relation"))
     synonyms: pd.DataFrame = dataclasses.field(default_factory=lambda: _frame("key", "synonym"))
     xrefs: pd.DataFrame = dataclasses.field(default_factory=lambda: _frame("key", "namespace", "id"))
+    counts: dict = dataclasses.field(default_factory=dict)  # what a loader read and left out, for the build log
 
 
 def _frame(*cols: str) -> pd.DataFrame:
