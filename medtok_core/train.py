@@ -143,8 +143,8 @@ class TrainConfig:
     progress: bool = True  # show a progress bar
     # Stop after this many optimizer steps (0 = run all epochs); used to test resume.
     max_steps: int = 0
-    # CPU threads for training (0 = torch default). The per-op work is small, and on a shared
-    # 2-core machine one thread measured ~10x faster than two (no OpenMP spin-waiting).
+    # CPU threads for training (0 = torch default). The per-op work is small, so on a shared
+    # machine one thread can beat several (no OpenMP spin-waiting); measure before raising it.
     num_threads: int = 0
     # Experiment trackers through accelerate (tensorboard: event files in output_dir/logs, offline;
     # wandb, mlflow); none by default. curves.png is written either way.

@@ -379,8 +379,8 @@ def release_free_memory() -> None:
 
     Activations are freed after every backward, but their sizes change with every batch (prompt
     lengths differ), and glibc keeps such freed chunks in its heap: RSS then grew step after
-    step. Measured on a 4-layer SmolLM2-shaped model (bf16, batches of 8 real questions):
-    0.96 -> 1.21 GiB RSS over 20 steps without, 0.63 -> 0.74 GiB with this after every step.
+    step; trimming after every step keeps it flat (peak RSS per run: benchmarks/bench_memory.py,
+    benchmarks/results/memory.json).
     """
     trim = _malloc_trim()
     if trim is not None:

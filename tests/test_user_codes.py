@@ -124,8 +124,9 @@ def test_build_print_config_shows_the_user_codes(tmp_path, capsys):
 
 
 def test_build_says_how_many_kg_csv_edges_it_merged(tmp_path, capsys):
-    from recipes.build import main
     from test_graph import write_data_dir, write_kg_csv
+
+    from recipes.build import main
 
     data = write_data_dir(tmp_path / "data")
     csv = write_kg_csv(tmp_path / "kg.csv")
