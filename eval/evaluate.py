@@ -288,6 +288,28 @@ def select_items(items: Sequence[MCQItem], tiers: Sequence[str], train_ids: Iter
     return out
 
 
+def left_out_counts(items: Sequence[MCQItem], selected: Sequence[MCQItem], tiers: Sequence[str],
+                    train_ids: Iterable[str], val_ids: frozenset[str] | None) -> dict[str, int]:
+    """Why each question of the file that is not in ``selected`` was left out: reason -> count,
+    the reasons in the order :func:`select_items` applies them (the first that applies counts)."""
+    chosen, excluded = {it.id for it in selected}, set(train_ids)
+    tiered = any(it.tier for it in items)
+    counts: dict[str, int] = {}
+    for it in items:
+        if it.id in chosen:
+            continue
+        if it.id in excluded:
+            reason = "a checkpoint trained on them"
+        elif tiered and it.tier not in tiers:
+            reason = f"their tier is not in --tiers {','.join(tiers)}"
+        elif it.tier == "Intermediate" and val_ids is not None and it.id not in val_ids:
+            reason = "they are Intermediate questions outside the checkpoints' held-out split (split.json)"
+        else:
+            reason = "they are over --max_per_tier or no run of --predictions scored them"
+        counts[reason] = counts.get(reason, 0) + 1
+    return counts
+
+
 def held_out_ids(sources: Sequence[Source]) -> frozenset[str] | None:
     """Intermediate questions held out by every checkpoint (intersection of their val slices)."""
     slices = [s.val_ids for s in sources if s.val_ids is not None]
@@ -662,6 +684,8 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
     if not selected:
         raise UserError("no question left to evaluate after removing training questions; check "
                           "--tiers and the checkpoints' split.json")
+    left_out = left_out_counts(items, selected, cfg.tiers, train_ids, held_out)
+    log(report.scored_line(len(selected), len(items), left_out))
     permutations.check_orders(selected, cfg.permutations)
     runs = score_sources(sources, selected, cfg.batch_size, log, cfg.permutations,
                          scored_dir=Path(cfg.output) / SCORED, workers=cfg.workers) + saved_runs
@@ -670,6 +694,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
     results["dataset_path"] = cfg.data or ("MedDDx (data dir)" if cfg.layout in (AUTO, "meddx") else cfg.layout)
     results["n_questions_in_file"] = len(items)
     results["n_excluded_trained_on"] = sum(it.id in train_ids for it in items)
+    results["left_out"] = left_out
     if cfg.medtok:
         results["collapse"] = collapse.artifact_collapse(_tier_groups(selected, cfg.tiers), cfg.medtok,
                                                          cfg.codes_per_mention)

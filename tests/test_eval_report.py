@@ -190,6 +190,25 @@ def test_cli_rereports_saved_predictions(tmp_path, capsys):
     assert (out / "eval_config.yaml").is_file()
 
 
+def test_cli_prints_what_it_scored_what_it_left_out_and_flags_small_samples(tmp_path, capsys, fake_models):
+    """A file of mixed tiers: the Intermediate question is in the checkpoint's training split."""
+    data = _write_meddx(tmp_path / "MedDDx.json", n_per_tier=(1, 2, 1))
+    items, _ = load_mcq(data)
+    inter = [it.id for it in items if it.tier == "Intermediate"]
+    ckpt = _checkpoint(tmp_path, "none-s0", "none", 0, train=inter[:1], val=inter[1:])
+    run_main(["--data", str(data), "--checkpoints", str(ckpt), "--tiers", "Basic,Intermediate",
+              "--output", str(tmp_path / "eval"), "--bootstrap.n_resamples", "50", "--plots", "false"])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == ("scored 2 of 4 questions; left out 2: 1 because a checkpoint trained on them; "
+                          "1 because their tier is not in --tiers Basic,Intermediate")
+    table_end = max(i for i, line in enumerate(printed) if line.startswith("|"))
+    assert printed[table_end + 1].startswith("warning: small samples (Basic n=1, Intermediate held-out n=1, "
+                                             "All n=2): with fewer than 30 questions")
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "- Scored 2 of 4 questions; left out 2: 1 because a checkpoint trained on them" in report
+    assert "**Warning: small samples" in report
+
+
 def test_cli_user_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         run_main(["--data", str(tmp_path / "missing.json"), "--zero_shot", "default",
