@@ -423,6 +423,40 @@ class MetricsLog:
                 self.tracker.log(values, step=record["step"])
 
 
+class TrainWindow:
+    """Loss and tokens since the last ``train`` record of metrics.jsonl."""
+
+    def __init__(self, step: int):
+        self.logged_step = step
+        self._reset()
+
+    def _reset(self) -> None:
+        self.t0, self.tokens, self.loss_sum, self.n = time.perf_counter(), 0, 0.0, 0
+
+    def add(self, loss: float, tokens: int) -> None:
+        self.loss_sum, self.tokens, self.n = self.loss_sum + loss, self.tokens + tokens, self.n + 1
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.n, 1)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(time.perf_counter() - self.t0, 1e-9)
+
+    def unlogged(self, step: int) -> bool:
+        """True when optimizer steps up to ``step`` have no record yet."""
+        return self.n > 0 and step > self.logged_step
+
+    def record(self, state, lr: float) -> dict:
+        """The ``train`` record of this window (then a new window starts)."""
+        rec = {"event": "train", "step": state.global_step, "epoch": state.epoch + 1, "loss": self.loss, "lr": lr,
+               "tokens_per_s": self.tokens_per_s, "peak_rss_gib": peak_rss_gib()}
+        self.logged_step = state.global_step
+        self._reset()
+        return rec
+
+
 def evaluate(model: QAModel, items: list[MCQItem], batch_size: int) -> dict:
     """Accuracy and mean negative log-probability of the right letter (option-letter softmax)."""
     if not items:
@@ -639,7 +673,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Pat
         bar = tqdm(total=steps_per_epoch, initial=state.batches_done // grad_accum,
                    desc=f"epoch {state.epoch + 1}/{cfg.optim.epochs}", disable=not accelerator.is_main_process,
                    dynamic_ncols=True)
-        t0, tokens, loss_sum, loss_n, epoch_start = time.perf_counter(), 0, 0.0, 0, time.perf_counter()
+        window, epoch_start = TrainWindow(state.global_step), time.perf_counter()
         for batch in batches.epoch(state.epoch, skip=state.batches_done):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             # Dropout draws from a stream fixed by (seed, rank, position in training), so a resumed run
@@ -655,22 +689,16 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Pat
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             state.batches_done += 1
-            tokens += int(batch["attention_mask"].sum() + batch["prefix_mask"].sum()) * world
-            loss_sum += float(loss.detach())
-            loss_n += 1
+            window.add(float(loss.detach()), int(batch["attention_mask"].sum() + batch["prefix_mask"].sum()) * world)
             if not accelerator.sync_gradients:
                 continue
             state.global_step += 1
             if cfg.release_memory:
                 release_free_memory()
             bar.update(1)
-            elapsed = time.perf_counter() - t0
-            bar.set_postfix(loss=f"{loss_sum / loss_n:.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):.0f}")
+            bar.set_postfix(loss=f"{window.loss:.3f}", tok_s=f"{window.tokens_per_s:.0f}")
             if state.global_step % cfg.log_every == 0:
-                log.write({"event": "train", "step": state.global_step, "epoch": state.epoch + 1,
-                           "loss": loss_sum / loss_n, "lr": scheduler.get_last_lr()[0],
-                           "tokens_per_s": tokens / max(elapsed, 1e-9), "peak_rss_gib": peak_rss_gib()})
-                t0, tokens, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
+                log.write(window.record(state, scheduler.get_last_lr()[0]))
             if cfg.optim.max_steps and state.global_step >= cfg.optim.max_steps:
                 stop = True
             if cfg.save_every_steps and state.global_step % cfg.save_every_steps == 0 and not stop:
@@ -679,6 +707,10 @@ def train(cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> Pat
                 on_step(state.global_step)
             if stop:
                 break
+        if window.unlogged(state.global_step):
+            # An epoch's (and so the run's) last step is logged even off the log_every grid: a short
+            # fine-tune still draws a loss curve.
+            log.write(window.record(state, scheduler.get_last_lr()[0]))
         bar.close()
         epoch_time = time.perf_counter() - epoch_start
         epoch_done = not stop or state.batches_done >= len(batches)
