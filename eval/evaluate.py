@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from commons.config import FieldError, require_choice, require_range, save_config
 from commons.errors import ConfigError, UserError
 from commons.io import atomic_path, read_json, write_json
-from disease_linking.layouts import AUTO, layout_names, load_question_items, question_file
+from disease_linking.layouts import AUTO, layout_names, load_question_items, policy, question_file
 from disease_linking.questions import LETTERS, TIERS, MCQItem
 from eval import collapse, permutations, report, stats
 from eval.report import ALL, ZERO_SHOT, method_rank
@@ -691,7 +691,8 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
                          scored_dir=Path(cfg.output) / SCORED, workers=cfg.workers) + saved_runs
     results = summarize(selected, runs, tiers=cfg.tiers, baseline=cfg.baseline, boot=cfg.bootstrap,
                         exact_below=cfg.exact_below, held_out=held_out is not None)
-    results["dataset_path"] = cfg.data or ("MedDDx (data dir)" if cfg.layout in (AUTO, "meddx") else cfg.layout)
+    default_file = policy(cfg.layout).data_file
+    results["dataset_path"] = cfg.data or (f"{default_file} (data dir)" if default_file else cfg.layout)
     results["n_questions_in_file"] = len(items)
     results["n_excluded_trained_on"] = sum(it.id in train_ids for it in items)
     results["left_out"] = left_out

@@ -54,6 +54,7 @@ from commons.datadir import data_file, manifest
 from commons.errors import ConfigError, DataFileError
 from commons.io import atomic_dir, cache_dir, read_json, sha256_file, write_json
 from medtok_core import kg_sources as S
+from medtok_core.code_systems import CODE_SYSTEMS
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,20 @@ PRIMEKG_COLUMNS = ("relation", "display_relation", "x_index", "x_id", "x_type", 
                    "y_index", "y_id", "y_type", "y_name", "y_source")
 PRIMEKG_TYPES = {"disease": "disease", "drug": "drug", "gene/protein": "gene", "effect/phenotype": "phenotype"}
 
-# User/code system -> (cross-reference namespace or node-key prefix, how to match).
-CODE_XREF_NAMESPACES = {
-    "ICD10CM": "ICD10", "ICD9CM": "ICD9", "SNOMEDCT": "SNOMEDCT", "SNOMED": "SNOMEDCT", "UMLS": "UMLS",
+# User code system -> cross-reference namespace naming its codes (built-in systems carry theirs:
+# CodeSystem.xref_namespace in medtok_core.code_systems).
+USER_XREF_NAMESPACES = {
+    "SNOMEDCT": "SNOMEDCT", "SNOMED": "SNOMEDCT", "UMLS": "UMLS",
     "MESH": "MESH", "OMIM": "OMIM", "ORPHANET": "Orphanet", "DOID": "DOID", "EFO": "EFO", "NCIT": "NCIT",
-    "MEDDRA": "MEDDRA", "ATC": "ATC",
+    "MEDDRA": "MEDDRA",
 }
+
+
+def xref_namespace(system: str) -> str | None:
+    """The cross-reference namespace under which the KG sources name codes of ``system``."""
+    if system in CODE_SYSTEMS:
+        return CODE_SYSTEMS[system].xref_namespace
+    return USER_XREF_NAMESPACES.get(system)
 # Systems whose codes are node keys directly: code -> key.
 CODE_NODE_KEYS = {"HPO": lambda c: c if c.startswith("HP:") else "HP:" + c.zfill(7),
                   "DRUGBANK": lambda c: c, "MONDO": lambda c: S.mondo_key(pd.Series([c])).iloc[0]}
@@ -420,8 +429,8 @@ def _code_targets(vocab, base: BaseGraph, ctx: S.SourceContext) -> pd.DataFrame:
     bare = table.code.astype(str).str.upper().str.replace(".", "", regex=False)
     for system in pd.unique(systems):
         mask = systems == system
-        if system in CODE_XREF_NAMESPACES:
-            codes = pd.DataFrame({"k": CODE_XREF_NAMESPACES[system] + ":" + bare[mask],
+        if (namespace := xref_namespace(system)) is not None:
+            codes = pd.DataFrame({"k": namespace + ":" + bare[mask],
                                   "code_id": table.code_id[mask].to_numpy()})
             out.append(codes.merge(xr_lookup, on="k")[["code_id", "node"]])
         elif system in CODE_NODE_KEYS:

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from typing import TextIO
 
 from commons.errors import UserError
-from disease_linking.questions import MCQFormatError, MCQItem, parse_item, split_question
+from disease_linking.layouts import parse_auto
+from disease_linking.questions import MCQFormatError, MCQItem, item_id_of, split_question
 
 PROMPT_HELP = ("Type a question, then its options as lines 'A: ...', 'B: ...'; finish with an empty "
                "line (or paste JSON on one line). Ctrl-D quits.")
@@ -49,7 +50,7 @@ def parse_question(text: str, index: int = 0) -> MCQItem:
             raw = {"answer": None, **raw}
         if isinstance(raw, dict):
             raw = {"id": ask_id(index), **raw}
-        return parse_item(raw, index, "ask")
+        return parse_auto(raw, item_id_of(raw, index, "ask"))
     stem, options = split_question(text, f"question {index + 1}")
     return MCQItem(ask_id(index), stem, options, None)
 

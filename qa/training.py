@@ -39,11 +39,18 @@ from commons.tracking import (
     scalars,
     start_trackers,
 )
-from disease_linking.layouts import AUTO, layout_names, load_question_items, question_file
+from disease_linking.layouts import (
+    AUTO,
+    default_tier,
+    layout_names,
+    load_question_items,
+    policy,
+    question_file,
+)
 from disease_linking.questions import TIERS, MCQItem
 from qa.base_model import resolve_dtype
 from qa.checkpoint import best_checkpoint
-from qa.data import split_by_option_set, stable_seed
+from qa.data import split_by_option_set, stable_seed  # noqa: F401  (split_by_option_set: benchmarks import it here)
 from qa.model import ModelOptions, PromptEncoder, QAModel, build_qa_model, resolved_options
 
 RESUME_DIR = "_resume"
@@ -61,7 +68,8 @@ class DataOptions:
     allow_network: bool = False  # let a hub layout download its dataset from the Hugging Face hub
     hub_split: str = "train"  # the split a hub layout reads
     data_dir: str | None = None  # data directory (default: $MEDTOK_DATA_DIR or ../shared/data)
-    tier: str = "Intermediate"  # tier trained on ("" = every tier)
+    # Tier trained on ("" = every tier); unset: the layout's default (MedDDx, and auto: Intermediate).
+    tier: str | None = None
     val_fraction: float = 0.2  # held-out share (whole option-set groups)
     split_seed: int = 0  # seed of the train/held-out split
     limit_train: int = 0  # keep only the first N training questions (0: all), for smoke runs
@@ -77,9 +85,11 @@ class DataOptions:
         require_range(self, "val_fraction", 0.0, 1.0, high_open=True)
         require_range(self, "limit_train", 0)
         require_range(self, "limit_val", 0)
-        require_choice(self, "tier", ("", *TIERS))
         require_range(self, "length_buckets", 0)
         require_choice(self, "layout", layout_names())
+        if self.tier is None:
+            self.tier = default_tier(self.layout)
+        require_choice(self, "tier", ("", *TIERS))
 
 
 @dataclass
@@ -163,7 +173,7 @@ def load_questions(opts: DataOptions) -> list[MCQItem]:
 
 
 def make_split(items: list[MCQItem], opts: DataOptions) -> tuple[list[MCQItem], list[MCQItem]]:
-    train, val = split_by_option_set(items, opts.val_fraction, opts.split_seed)
+    train, val = policy(opts.layout, "--data.").split(items, opts.val_fraction, opts.split_seed)
     if opts.limit_train:
         train = train[: opts.limit_train]
     if opts.limit_val:
