@@ -27,6 +27,7 @@ TOY_LAYOUT = textwrap.dedent('''
         keys = ("prompt", "choices", "correct")  # what auto recognises a record by
         tiers = ("Basic", "Expert")
         default_tier = "Expert"  # what fine-tuning trains on unless --data.tier says otherwise
+        split_by = "topic"
 
         def parse(self, raw, item_id):
             options = dict(zip(LETTERS, raw["choices"]))
@@ -63,7 +64,7 @@ def write_toy_questions(path, n=24):
 
 def test_a_toy_layout_in_one_file_is_detected_loaded_and_split_by_its_own_policy(toy_layout, tmp_path):
     from disease_linking.layouts import detect_layout, layout_names, load_question_items, policy
-    from qa.training import DataOptions, load_questions, make_split
+    from qa.training import DataOptions, load_questions, make_split, split_record
 
     data = write_toy_questions(tmp_path / "toy.jsonl")
     assert "toy" in layout_names()
@@ -79,6 +80,7 @@ def test_a_toy_layout_in_one_file_is_detected_loaded_and_split_by_its_own_policy
     assert {it.tier for it in train_items} == {"Expert"} and len(train_items) == 12
     train, val = make_split(train_items, opts)  # the layout's split: whole topics held out
     assert val and train and not {it.subject for it in train} & {it.subject for it in val}
+    assert split_record(opts, train, val)["split_by"] == "topic"
 
 
 def test_builtin_policies_are_unchanged():

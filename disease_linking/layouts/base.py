@@ -48,6 +48,7 @@ class Layout:
     default_tier: ClassVar[str] = ""  # tier fine-tuning trains on unless --data.tier says ("" = every question)
     data_file: ClassVar[str | None] = None  # file of the data directory read when no question file is given
     auto_default: ClassVar[bool] = False  # the layout whose policy `auto` follows (one layout at most)
+    split_by: ClassVar[str] = "option_set"  # what :meth:`split` keeps whole (recorded in split.json)
 
     def __init__(self, flag_prefix: str = "--"):
         self.flag_prefix = flag_prefix  # how errors name the options: --layout (eval), --data.layout (training)
