@@ -31,7 +31,7 @@ from commons.errors import ConfigError, UserError
 from commons.fileset import recover
 from commons.io import atomic_path, read_json, write_json
 from commons.runident import refuse_other_run
-from disease_linking.layouts import AUTO, layout_names, load_question_items, question_file
+from disease_linking.layouts import AUTO, layout_names, load_question_items, policy, question_file
 from disease_linking.questions import LETTERS, TIERS, MCQItem, require_answers
 from eval import collapse, permutations, report, stats
 from eval.provenance import provenance
@@ -306,6 +306,28 @@ def select_items(items: Sequence[MCQItem], tiers: Sequence[str], train_ids: Iter
             group = [it for it in group if it.id in keep]
         out.extend(group)
     return out
+
+
+def left_out_counts(items: Sequence[MCQItem], selected: Sequence[MCQItem], tiers: Sequence[str],
+                    train_ids: Iterable[str], val_ids: frozenset[str] | None) -> dict[str, int]:
+    """Why each question of the file that is not in ``selected`` was left out: reason -> count,
+    the reasons in the order :func:`select_items` applies them (the first that applies counts)."""
+    chosen, excluded = {it.id for it in selected}, set(train_ids)
+    tiered = any(it.tier for it in items)
+    counts: dict[str, int] = {}
+    for it in items:
+        if it.id in chosen:
+            continue
+        if it.id in excluded:
+            reason = "a checkpoint trained on them"
+        elif tiered and it.tier not in tiers:
+            reason = f"their tier is not in --tiers {','.join(tiers)}"
+        elif it.tier == "Intermediate" and val_ids is not None and it.id not in val_ids:
+            reason = "they are Intermediate questions outside the checkpoints' held-out split (split.json)"
+        else:
+            reason = "they are over --max_per_tier or no run of --predictions scored them"
+        counts[reason] = counts.get(reason, 0) + 1
+    return counts
 
 
 def held_out_ids(sources: Sequence[Source]) -> frozenset[str] | None:
@@ -716,6 +738,8 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
     if not selected:
         raise UserError("no question left to evaluate after removing training questions; check "
                           "--tiers and the checkpoints' split.json")
+    left_out = left_out_counts(items, selected, cfg.tiers, train_ids, held_out)
+    log(report.scored_line(len(selected), len(items), left_out))
     permutations.check_orders(selected, cfg.permutations)
     # Inputs checked, nothing scored yet: an evaluation with other settings in --output is not replaced
     # silently (its scored/ cache would be mixed in too).
@@ -726,11 +750,13 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
                          scored_dir=Path(cfg.output) / SCORED, workers=cfg.workers) + saved_runs
     results = summarize(selected, runs, tiers=cfg.tiers, baseline=cfg.baseline, boot=cfg.bootstrap,
                         exact_below=cfg.exact_below, held_out=held_out is not None)
-    results["dataset_path"] = cfg.data or ("MedDDx (data dir)" if cfg.layout in (AUTO, "meddx") else cfg.layout)
+    default_file = policy(cfg.layout).data_file
+    results["dataset_path"] = cfg.data or (f"{default_file} (data dir)" if default_file else cfg.layout)
     results["n_questions_in_file"] = len(items)
     if cfg.tier_titles:
         results["tier_titles"] = dict(pair.partition("=")[::2] for pair in cfg.tier_titles)
     results["n_excluded_trained_on"] = sum(it.id in train_ids for it in items)
+    results["left_out"] = left_out
     if cfg.medtok:
         results["collapse"] = collapse.artifact_collapse(_tier_groups(selected, cfg.tiers), cfg.medtok,
                                                          cfg.codes_per_mention)

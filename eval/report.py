@@ -65,6 +65,38 @@ def pct(x: float | None, digits: int = 1) -> str:
     return "—" if x is None else f"{100 * x:.{digits}f}"
 
 
+SMALL_N = 30  # below this many questions a tier's interval is flagged as a small sample
+
+
+def small_tiers(results: dict) -> dict[str, int]:
+    """Tiers evaluated on fewer than SMALL_N questions (title -> n)."""
+    return {_tier_title(results, t): results["dataset"][t]["n"] for t in results["tiers"]
+            if 0 < results["dataset"][t]["n"] < SMALL_N}
+
+
+def small_sample_warning(results: dict) -> str | None:
+    """One line warning that some intervals rest on fewer than SMALL_N questions (None when none do)."""
+    small = small_tiers(results)
+    if not small:
+        return None
+    tiers = ", ".join(f"{t} n={n}" for t, n in small.items())
+    return (f"warning: small samples ({tiers}): with fewer than {SMALL_N} questions an accuracy and its "
+            "interval say little (at n = 1 the interval is [0, 0] or [100, 100]); score more questions "
+            "before reading a difference")
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
+
+
+def scored_line(n: int, total: int, left: dict[str, int]) -> str:
+    """What was scored of the question file and, counted by reason, what was left out."""
+    line = f"scored {n} of {total} questions"
+    if left:
+        line += f"; left out {sum(left.values())}: " + "; ".join(f"{c} because {r}" for r, c in left.items())
+    return line
+
+
 def _tier_title(results: dict, tier: str) -> str:
     if tier in results.get("tier_titles", {}):
         return results["tier_titles"][tier]
@@ -390,6 +422,10 @@ def render_report(results: dict) -> str:
     notes = [f"- Dataset: `{results.get('dataset_path', '?')}`; {ds[ALL]['n']} questions evaluated"
              + (f" ({results['n_excluded_trained_on']} excluded because a checkpoint trained on them)"
                 if results.get("n_excluded_trained_on") else "") + "."]
+    if results.get("left_out"):
+        notes.append(f"- {_sentence(scored_line(ds[ALL]['n'], results['n_questions_in_file'], results['left_out']))}")
+    if (warning := small_sample_warning(results)) is not None:
+        notes.append(f"- **{_sentence(warning)}**")
     if results.get("held_out_intermediate"):
         notes.append("- Intermediate = the held-out validation slice of the checkpoints' split.json "
                      "(split by option set), never trained on.")
@@ -564,5 +600,7 @@ def write_plots(results: dict, out_dir: str | Path) -> dict[str, str]:
 
 
 def results_markdown_table(results: dict[str, Any]) -> str:
-    """The accuracy table alone (for printing at the end of a run)."""
-    return "\n".join(_accuracy_section(results)[4:]).strip()
+    """The accuracy table alone (for printing at the end of a run), with the small-sample warning."""
+    warning = small_sample_warning(results)
+    table = "\n".join(_accuracy_section(results)[4:]).strip()
+    return table + (f"\n{warning}" if warning else "")

@@ -19,7 +19,15 @@ import numpy as np
 
 from commons.config import save_config
 from commons.errors import ConfigError
-from medtok_core.graph import NODE_TYPES, KGConfig, KnowledgeGraph, build_knowledge_graph, knowledge_graph_dir
+from medtok_core.graph import (
+    NODE_TYPES,
+    KGConfig,
+    KnowledgeGraph,
+    build_knowledge_graph,
+    kg_csv_counts,
+    kg_csv_summary,
+    knowledge_graph_dir,
+)
 from medtok_core.subgraph import SubgraphConfig, SubgraphIndex
 from medtok_core.vocab import VocabConfig, load_or_build_vocab
 
@@ -40,20 +48,30 @@ class BuildConfig:
     kg: KGConfig = field(default_factory=KGConfig)
     subgraph: SubgraphConfig = field(default_factory=SubgraphConfig)
 
+    def __post_init__(self):
+        fold_shortcuts(self)
+
+
+def _pick(short, nested, name):
+    if short is not None and nested is not None and str(short) != str(nested):
+        raise ConfigError(f"--{name} and its nested form disagree ({short} vs {nested}); give only one")
+    return short if short is not None else nested
+
+
+def fold_shortcuts(cfg: BuildConfig) -> None:
+    """Copy the top-level shortcuts into the nested configs (a conflict is an error), in place, so
+    ``--print_config`` and the saved config show what runs (``vocab.user_codes`` set by ``--user_codes``)."""
+    cfg.kg = dataclasses.replace(cfg.kg, data_dir=_pick(cfg.data_dir, cfg.kg.data_dir, "data_dir"),
+                                 kg_csv=_pick(cfg.kg_csv, cfg.kg.kg_csv, "kg_csv"))
+    cfg.vocab = dataclasses.replace(cfg.vocab, user_codes=_pick(cfg.user_codes, cfg.vocab.user_codes, "user_codes"))
+
 
 def resolve(cfg: BuildConfig) -> BuildConfig:
-    """Fold the top-level shortcuts into the nested configs (a conflict is an error)."""
-    def pick(short, nested, name):
-        if short is not None and nested is not None and str(short) != str(nested):
-            raise ConfigError(f"--{name} and its nested form disagree ({short} vs {nested}); give only one")
-        return short if short is not None else nested
-
-    kg = dataclasses.replace(cfg.kg, data_dir=pick(cfg.data_dir, cfg.kg.data_dir, "data_dir"),
-                             kg_csv=pick(cfg.kg_csv, cfg.kg.kg_csv, "kg_csv"))
-    vocab = dataclasses.replace(cfg.vocab, user_codes=pick(cfg.user_codes, cfg.vocab.user_codes, "user_codes"))
+    """The config that runs: shortcuts folded in, caches off under ``rebuild``."""
+    cfg = dataclasses.replace(cfg)  # runs __post_init__ (fold_shortcuts) on a copy
     if cfg.rebuild:
-        kg, vocab = dataclasses.replace(kg, use_cache=False), dataclasses.replace(vocab, use_cache=False)
-    return dataclasses.replace(cfg, vocab=vocab, kg=kg)
+        cfg.kg, cfg.vocab = dataclasses.replace(cfg.kg, use_cache=False), dataclasses.replace(cfg.vocab, use_cache=False)
+    return cfg
 
 
 def run(cfg: BuildConfig):
@@ -74,6 +92,17 @@ def run(cfg: BuildConfig):
     times["subgraph index"] = time.perf_counter() - t
     save_config(cfg, folder / "build_config.yaml")
     return vocab, kg, index, times, folder
+
+
+def kg_csv_line(cfg: BuildConfig) -> str | None:
+    """What the user's kg.csv added to the graph, for the build summary (None without one)."""
+    if not cfg.kg.kg_csv:
+        return None
+    counts = kg_csv_counts(cfg.kg)
+    if counts is None:
+        return (f"kg.csv: {cfg.kg.kg_csv} merged; this graph was cached before the edges were counted "
+                "(--rebuild true counts them)")
+    return kg_csv_summary(counts, cfg.kg.kg_csv_mode)
 
 
 def subgraph_coverage(vocab, kg: KnowledgeGraph, index: SubgraphIndex) -> dict[str, dict[str, float]]:

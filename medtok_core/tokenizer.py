@@ -4,6 +4,7 @@
     tok.tokenize("ICD10CM:E11.9")      # ['<t:12>', ..., '<s:801>', ..., '<g:1733>', ...]  (4*K tokens)
     tok.encode(["E11.9", "ATC:A10BA02"])  # LongTensor [2, 4*K] global codebook ids
     tok.embed("E11.9")                 # FloatTensor [1, 4*d], a table lookup
+    tok.nearest_codes("E11.9", k=5)    # [("ICD10CM:E11.8", 0.93), ...] by cosine of the embeddings
 
 Artifact folder: ``config.json``, ``model.safetensors``, ``vocab.parquet``,
 ``token_table.safetensors`` (``ids`` [n, 4, K] int32, ``weights`` [n, 4, K], ``embeddings``
@@ -19,6 +20,7 @@ where ``i`` is the global codebook id (regions never overlap).
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -54,6 +56,21 @@ class Resolved:
 
 
 class MedTokTokenizer:
+    """Medical codes to MedTok tokens and embeddings, read from an exported artifact's token table.
+
+    Load one with :meth:`from_pretrained` (an artifact folder, or a run folder holding
+    ``artifact/``). Every code of the vocabulary has 4*K tokens (K per part: text-specific,
+    text-cross, graph-cross, graph-specific), their weights and a 4*d embedding in the table, so
+    :meth:`tokenize`, :meth:`encode`, :meth:`token_weights`, :meth:`embed` and
+    :meth:`nearest_codes` are lookups; codes outside the table fall back to their nearest known
+    ancestor (with an :class:`UnknownCodeWarning`) or are encoded from a description by the
+    trained model with :meth:`encode_new`.
+
+    Attributes: ``config`` (the artifact's config.json), ``vocab`` (system, code, description,
+    parent; row = code id), ``ids`` [n, 4, K], ``weights`` [n, 4, K], ``embeddings`` [n, 4*d],
+    ``path`` (the artifact folder, None when built in memory).
+    """
+
     def __init__(self, config: dict, vocab: pd.DataFrame, table: dict[str, torch.Tensor],
                  path: Path | None = None):
         self.config = config
@@ -187,6 +204,12 @@ class MedTokTokenizer:
     def __len__(self) -> int:
         return len(self.vocab)
 
+    def __repr__(self) -> str:
+        counts = self.vocab["system"].value_counts().sort_index()
+        systems = ", ".join(f"{s}={n}" for s, n in counts.items())
+        return (f"MedTokTokenizer({len(self)} codes ({systems}), K={self.top_k}, dim={self.embedding_dim}, "
+                f"codebook={self.codebook_size}, path={str(self.path) if self.path else None!r})")
+
     def token_string(self, token_id: int) -> str:
         region = int(np.searchsorted(self._region_bounds, token_id, side="right"))
         return f"<{REGION_TAGS[region]}:{int(token_id)}>"
@@ -204,7 +227,14 @@ class MedTokTokenizer:
         return self.ids[self.code_ids(code)].flatten(1).long()  # flatten, not reshape(n, -1): n may be 0
 
     def token_weights(self, code: str | Sequence[str]) -> torch.Tensor:
-        """Weights of the ids from :meth:`encode` (each group of K sums to 1)."""
+        """Each id's weight in the code's embedding, aligned with :meth:`encode` ([4*K] or [n, 4*K]).
+
+        A part's quantised vector is the weighted sum of its K codebook vectors, and these are the
+        weights (see :mod:`medtok_core.quantizer`). They do not sum to 1 per group in general:
+        with ``quantizer: pursuit`` (the shipped configs) they are signed matching-pursuit
+        projection coefficients; with ``softmax`` a group sums to 1 before the part gate; with
+        ``part_gates`` each group is scaled by its part's learned gate (0 to 2).
+        """
         if isinstance(code, str):
             return self.weights[self.code_id(code)].reshape(-1)
         return self.weights[self.code_ids(code)].flatten(1)
@@ -215,6 +245,34 @@ class MedTokTokenizer:
             i = self.code_id(code)
             return self.embeddings[i:i + 1].clone()
         return self.embeddings[self.code_ids(code)]
+
+    def nearest_codes(self, vector_or_code: str | torch.Tensor | np.ndarray, k: int = 10,
+                      ) -> list[tuple[str, float]]:
+        """The ``k`` codes whose table embeddings are closest in cosine to a code or a vector.
+
+        ``vector_or_code``: a code string (resolved like :meth:`embed`; the code itself is left out
+        of the answer) or a vector of :attr:`embedding_dim` values (e.g. from :meth:`encode_new`).
+        Returns ``[("SYSTEM:CODE", cosine), ...]``, best first.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise UserError(f"nearest_codes: k must be a positive integer, got {k!r}")
+        own = None
+        if isinstance(vector_or_code, str):
+            own = self.code_id(vector_or_code)
+            query = self.embeddings[own]
+        else:
+            query = torch.as_tensor(np.asarray(vector_or_code, dtype=np.float32)).reshape(-1)
+            if query.numel() != self.embedding_dim:
+                raise UserError(f"nearest_codes: the vector has {query.numel()} values; this tokenizer's "
+                                f"embeddings have {self.embedding_dim}")
+            if not bool(torch.isfinite(query).all()) or float(query.norm()) == 0.0:
+                raise UserError("nearest_codes: the vector must be finite and non-zero")
+        scores = torch.nn.functional.cosine_similarity(self.embeddings, query.float().unsqueeze(0), dim=1)
+        if own is not None:
+            scores[own] = -math.inf
+        top = torch.topk(scores, min(k, len(self) - (own is not None)))
+        return [(f"{self._systems[i]}:{self._codes[i]}", float(v))
+                for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
 
     # ---- new codes through the trained model -------------------------------------------------
     def _load_model_state(self) -> dict[str, torch.Tensor]:
@@ -277,6 +335,3 @@ class MedTokTokenizer:
             out["weights"].append(res.token_weights())
             out["embeddings"].append(res.embedding())
         return {k: torch.cat(v) for k, v in out.items()}
-
-    def tokens_of_ids(self, ids: torch.Tensor) -> list[str]:
-        return [self.token_string(i) for i in ids.reshape(-1).tolist()]

@@ -38,6 +38,7 @@ from commons.tracking import (
     scalars,
     start_trackers,
 )
+from medtok_core import code_selection
 from medtok_core.artifact import FORMAT, artifact_dir, load_artifact, write_artifact
 from medtok_core.losses import LossWeights, info_nce, medtok_losses, mix
 from medtok_core.model import (
@@ -57,12 +58,15 @@ class DataConfig:
     """Which codes to train on and how their inputs are built."""
 
     data_dir: str | None = None  # data directory (default: $MEDTOK_DATA_DIR or ../shared/data)
-    # Code systems to train on (subset of the vocabulary's systems); empty = all.
+    # Code systems to train on (subset of the vocabulary's systems); empty = all. The codes of
+    # user_codes are trained whatever this, undotted_only and max_codes say (medtok_core.code_selection).
     systems: list[str] = field(default_factory=list)
+    # Code systems never trained, user_codes' systems included.
+    exclude_systems: list[str] = field(default_factory=list)
     # Keep only codes whose canonical form has no dot: ICD chapters, blocks and categories, all
     # ATC levels, ICD-9 procedure categories. Finer codes fall back to these in the tokenizer.
     undotted_only: bool = False
-    # Debug cap on the number of codes (deterministic sample); 0 = no cap.
+    # Cap on the number of codes (deterministic sample; user codes count and are always kept); 0 = no cap.
     max_codes: int = 0
     user_codes: str | None = None  # CSV of your own codes (system, code, description[, parent])
     kg_csv: str | None = None  # PrimeKG-style kg.csv merged into the graph
@@ -141,8 +145,8 @@ class TrainConfig:
     progress: bool = True  # show a progress bar
     # Stop after this many optimizer steps (0 = run all epochs); used to test resume.
     max_steps: int = 0
-    # CPU threads for training (0 = torch default). The per-op work is small, and on a shared
-    # 2-core machine one thread measured ~10x faster than two (no OpenMP spin-waiting).
+    # CPU threads for training (0 = torch default). The per-op work is small, so on a shared
+    # machine one thread can beat several (no OpenMP spin-waiting); measure before raising it.
     num_threads: int = 0
     # Experiment trackers through accelerate (tensorboard: event files in output_dir/logs, offline;
     # wandb, mlflow); none by default. curves.png is written either way.
@@ -180,6 +184,8 @@ class TrainData:
     text_encoder: dict = field(default_factory=dict)
     # Per link relation: [P, 2] rows of code pairs joined in the training graph.
     link_pairs: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Lines for the console about the selection (what became of the user's codes).
+    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.vocab)
@@ -209,20 +215,8 @@ class TrainData:
 
 
 def select_codes(table: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
-    sel = table
-    if cfg.systems:
-        unknown = sorted(set(cfg.systems) - set(table["system"].unique()))
-        if unknown:
-            raise ConfigError(f"data.systems: {', '.join(unknown)} not in the vocabulary "
-                              f"({', '.join(sorted(table['system'].unique()))})")
-        sel = sel[sel["system"].isin(cfg.systems)]
-    if cfg.undotted_only:
-        sel = sel[~sel["code"].astype(str).str.contains(".", regex=False)]
-    if cfg.max_codes and len(sel) > cfg.max_codes:
-        sel = sel.sample(cfg.max_codes, random_state=0).sort_index()
-    if len(sel) == 0:
-        raise ConfigError("the data selection leaves no codes to train on; check data.systems")
-    return sel
+    """The training codes of ``table`` (see :mod:`medtok_core.code_selection`)."""
+    return code_selection.select(table, cfg)[0]
 
 
 def _text_rows(texts_per_code: list[list[str]], slots: int, index: dict[str, int]) -> torch.Tensor:
@@ -266,7 +260,7 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> TrainData:
     kg = build_knowledge_graph(vocab, kg_cfg, progress=progress)
     index = SubgraphIndex.load_or_build(kg, knowledge_graph_dir(vocab, kg_cfg), cfg.k_hops, cfg.max_nodes,
                                         cfg.fanout, progress=progress)
-    sel = select_codes(vocab.table, cfg)
+    sel, user_report = code_selection.select(vocab.table, cfg)
     vocab_ids = torch.tensor(sel["code_id"].to_numpy(dtype=np.int64))
 
     def subgraphs(rows: torch.Tensor):
@@ -290,7 +284,8 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> TrainData:
                      torch.as_tensor(np.asarray(kg.node_type), dtype=torch.long), subgraphs,
                      max(1, len(kg.relations)),
                      {"path": cfg.text_encoder, "id": enc.encoder_id, "dtype": cfg.text_dtype,
-                      "max_synonyms": cfg.max_synonyms}, link_pairs)
+                      "max_synonyms": cfg.max_synonyms}, link_pairs,
+                     [user_report.message()] if user_report else [])
 
 
 def training_link_pairs(kg, sel: pd.DataFrame, specs: list[str]) -> dict[str, torch.Tensor]:
@@ -601,6 +596,8 @@ def _run(cfg: TrainConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")  # what runs, sizes resolved
     print(f"data: {len(data)} codes, {data.text_table.shape[0]} unique texts, prepared in {prep_s:.1f}s", flush=True)
+    for note in data.notes:
+        print(note, flush=True)
     result = train(cfg, data)
     t1 = time.perf_counter()
     summary = {"n_codes": len(data), "prepare_s": round(prep_s, 2), "train_s": round(result.seconds, 2),

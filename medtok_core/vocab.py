@@ -32,14 +32,7 @@ import pandas as pd
 from commons.config import to_dict
 from commons.errors import ConfigError, DataFileError, UserError
 from commons.io import atomic_path, cache_dir, sha256_file, write_json
-from medtok_core.code_systems import (
-    BUILTIN_SYSTEMS,
-    LOADERS,
-    SYSTEM_PACKAGES,
-    dot_icd9cm,
-    dot_icd9pcs,
-    package_version,
-)
+from medtok_core.code_systems import BUILTIN_SYSTEMS, CODE_SYSTEMS, builtin_systems, package_version
 
 __all__ = [
     "BUILTIN_SYSTEMS", "CodeVocab", "VocabConfig", "build_vocab", "load_or_build_vocab",
@@ -58,7 +51,7 @@ class VocabConfig:
     """Which codes make up the vocabulary."""
 
     # Built-in systems to load from installed packages (any of ICD10CM, ICD10PCS, ICD9CM, ICD9PCS, ATC).
-    systems: list[str] = field(default_factory=lambda: list(BUILTIN_SYSTEMS))
+    systems: list[str] = field(default_factory=lambda: list(builtin_systems()))
     # Optional CSV with columns system, code, description[, parent] (SNOMEDCT, RXNORM, NDC, CPT, ...).
     user_codes: str | None = None
     # Reuse a vocabulary cached under cache_dir()/vocab when the inputs are unchanged.
@@ -79,18 +72,7 @@ def _key(codes: pd.Series) -> pd.Series:
 def _canonical_form(system: str, code: str) -> str:
     """The canonical spelling of a code that may not be in the vocabulary."""
     code = str(code).strip().upper()
-    if system in ("ICD10CM",):
-        bare = code.replace(".", "")
-        if "-" in bare or len(bare) <= 3:
-            return bare
-        return f"{bare[:3]}.{bare[3:]}"
-    if system == "ICD9CM":
-        return str(dot_icd9cm(pd.Series([code])).iloc[0]) if "-" not in code else code
-    if system == "ICD9PCS":
-        return str(dot_icd9pcs(pd.Series([code])).iloc[0])
-    if system in ("ICD10PCS", "ATC"):
-        return code.replace(".", "")
-    return code
+    return CODE_SYSTEMS[system].canonical(code) if system in CODE_SYSTEMS else code
 
 
 # --------------------------------------------------------------------------------------- user CSV
@@ -152,7 +134,7 @@ def _check_parents(path: Path, line: pd.Series, df: pd.DataFrame, base: pd.DataF
     if base is not None:
         known |= set(base["system"] + ":" + _key(base["code"]))
     has_parent = df["parent"] != ""
-    checkable = has_parent if base is not None else has_parent & ~df["system"].isin(BUILTIN_SYSTEMS)
+    checkable = has_parent if base is not None else has_parent & ~df["system"].isin(builtin_systems())
     parent_key = df["system"] + ":" + _key(df["parent"])
     bad = checkable & ~parent_key.isin(known)
     if bad.any():
@@ -200,9 +182,9 @@ def _unique(items: Iterable[str], exclude: str) -> list[str]:
 # --------------------------------------------------------------------------------------- building
 def _check_systems(systems: Sequence[str]) -> list[str]:
     wanted = [normalize_system(s) for s in systems]
-    unknown = [s for s in wanted if s not in LOADERS]
+    unknown = [s for s in wanted if s not in CODE_SYSTEMS]
     if unknown:
-        raise ConfigError(f"unknown built-in code system {unknown[0]}; choose from {', '.join(BUILTIN_SYSTEMS)} "
+        raise ConfigError(f"unknown built-in code system {unknown[0]}; choose from {', '.join(builtin_systems())} "
                           "(other systems come from a user CSV via user_codes)")
     return sorted(set(wanted))
 
@@ -210,7 +192,7 @@ def _check_systems(systems: Sequence[str]) -> list[str]:
 def build_vocab(cfg: VocabConfig) -> CodeVocab:
     """Load the configured systems, merge the user CSV, and number the codes."""
     systems = _check_systems(cfg.systems)
-    parts = [LOADERS[s]() for s in systems]
+    parts = [CODE_SYSTEMS[s].load() for s in systems]
     base = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=TABLE_COLUMNS[1:])
     if cfg.user_codes:
         base = _merge_user_codes(base, load_user_codes(cfg.user_codes, base=base))
@@ -224,7 +206,7 @@ def build_vocab(cfg: VocabConfig) -> CodeVocab:
 def vocab_cache_key(cfg: VocabConfig) -> str:
     """Hash of everything that determines the table: systems, package versions, user CSV content."""
     systems = _check_systems(cfg.systems)
-    dists = sorted({d for s in systems for d in SYSTEM_PACKAGES[s]})
+    dists = sorted({d for s in systems for d in CODE_SYSTEMS[s].packages})
     user_sha = None
     if cfg.user_codes:
         if not Path(cfg.user_codes).is_file():
@@ -318,8 +300,8 @@ class CodeVocab:
         system = normalize_system(system)
         key = str(code).strip().upper().replace(".", "")
         i = self._id.get(f"{system}:{key}")
-        if i is None and system in ("ICD9CM", "ICD9PCS"):
-            i = self._id.get(f"{system}:{_unpadded_icd9(system, str(code))}")
+        if i is None and (unpadded := _unpadded_key(system)) is not None:
+            i = self._id.get(f"{system}:{unpadded(str(code))}")
         return i
 
     def ids_of(self, system: str | Sequence[str], codes: Sequence[str]) -> np.ndarray:
@@ -336,9 +318,10 @@ class CodeVocab:
         keys = systems + ":" + _key(codes).to_numpy(dtype=object)
         get = self._id.get
         ids = np.fromiter((get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
-        retry = np.flatnonzero((ids < 0) & np.isin(systems, ["ICD9CM", "ICD9PCS"]))
+        padded = [s for s in CODE_SYSTEMS if _unpadded_key(s) is not None]
+        retry = np.flatnonzero((ids < 0) & np.isin(systems, padded))
         for i in retry:
-            ids[i] = get(f"{systems[i]}:{_unpadded_icd9(systems[i], str(codes.iat[i]))}", -1)
+            ids[i] = get(f"{systems[i]}:{_unpadded_key(systems[i])(str(codes.iat[i]))}", -1)
         return ids
 
     def candidates(self, code: str) -> list[int]:
@@ -419,11 +402,6 @@ class CodeVocab:
         return cls(table)
 
 
-def _unpadded_icd9(system: str, code: str) -> str:
-    """Key of an ICD-9 code typed without leading zeros: ``1.0`` -> ``0010``, ``1.1`` (PCS) -> ``011``."""
-    code = code.strip().upper()
-    head, _, tail = code.partition(".")
-    width = 3 if system == "ICD9CM" else 2
-    if head.isdigit() and len(head) < width:
-        head = head.zfill(width)
-    return head + tail
+def _unpadded_key(system: str):
+    """The system's key function for codes typed without leading zeros (ICD-9), or None."""
+    return CODE_SYSTEMS[system].unpadded if system in CODE_SYSTEMS else None

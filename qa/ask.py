@@ -13,22 +13,29 @@ lines", or JSON in any layout ``disease_linking.questions`` reads (MedDDx ``quer
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterator
 from typing import TextIO
 
 from commons.errors import UserError
+from disease_linking.layouts import parse_auto
 from disease_linking.questions import (
     MCQFormatError,
     MCQItem,
     check_encodable,
     check_nesting,
-    parse_item,
+    item_id_of,
     split_question,
 )
 
 PROMPT_HELP = ("Type a question, then its options as lines 'A: ...', 'B: ...'; finish with an empty "
                "line (or paste JSON on one line). Ctrl-D quits.")
+
+
+def ask_id(index: int) -> str:
+    """Id of the ``index``-th (0-based) asked question without its own id: ``ask-00001``, ... ."""
+    return f"ask-{index + 1:05d}"
 
 
 def parse_question(text: str, index: int = 0) -> MCQItem:
@@ -44,15 +51,17 @@ def parse_question(text: str, index: int = 0) -> MCQItem:
             raise MCQFormatError(f"not valid JSON ({err.msg})") from None
         if isinstance(raw, dict) and "answer" not in raw and ("query" in raw):
             stem, options = split_question(str(raw["query"]), f"question {index + 1}")
-            return MCQItem(str(raw.get("id", f"ask-{index + 1}")), stem, options, None)
+            return MCQItem(str(raw.get("id", ask_id(index))), stem, options, None)
         if isinstance(raw, dict) and "question" in raw and "options" in raw:
             if not isinstance(raw["options"], dict) or len(raw["options"]) < 2:
                 raise MCQFormatError("'options' must map at least two letters to option texts")
-            raw = {"id": f"ask-{index + 1}", "answer": None, **raw}
+            raw = {"answer": None, **raw}
+        if isinstance(raw, dict):
+            raw = {"id": ask_id(index), **raw}
         check_encodable(raw, f"question {index + 1}")
-        return parse_item(raw, index, "ask")
+        return parse_auto(raw, item_id_of(raw, index, "ask"))
     stem, options = split_question(text, f"question {index + 1}")
-    return MCQItem(f"ask-{index + 1}", stem, options, None)
+    return MCQItem(ask_id(index), stem, options, None)
 
 
 def read_blocks(stream: TextIO, interactive: bool) -> Iterator[str]:
@@ -96,7 +105,16 @@ class Asker:
                 "prefix_mode": self.model.options.prefix_mode,
                 "mentions": [{"text": m.text, "field": m.field,
                               "codes": [f"{c.system}:{c.code}" for c in m.codes]} for m in item.mentions],
-                "prefix_codes": prefix.codes, "answer": score["pred"], "probs": score["probs"]}
+                "prefix_codes": prefix.codes, "answer": score["pred"], "probs": score["probs"],
+                "tied": tied_letters(score["probs"])}
+
+
+def tied_letters(probs: dict[str, float]) -> list[str]:
+    """The options sharing the top probability when more than one does (else []): the model cannot
+    tell them apart, and ``answer`` is merely the first of them in letter order."""
+    top = max(probs.values())
+    tied = [letter for letter, p in sorted(probs.items()) if math.isclose(p, top, rel_tol=1e-6, abs_tol=1e-9)]
+    return tied if len(tied) > 1 else []
 
 
 def truncated_parts(item: MCQItem, kept: str) -> list[str]:
@@ -123,7 +141,12 @@ def format_answer(result: dict) -> str:
     for letter, text in result["options"].items():
         mark = "*" if letter == result["answer"] else " "
         lines.append(f" {mark} {letter}: {result['probs'][letter]:6.1%}  {text}")
-    lines.append(f"answer: {result['answer']}: {result['options'][result['answer']]}")
+    if result.get("tied"):
+        share = result["probs"][result["answer"]]
+        lines.append(f"answer: a tie between {', '.join(result['tied'])} ({share:.1%} each): the model does not "
+                     f"choose between them ({result['answer']} is only the first by letter)")
+    else:
+        lines.append(f"answer: {result['answer']}: {result['options'][result['answer']]}")
     return "\n".join(lines)
 
 

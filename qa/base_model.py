@@ -29,8 +29,8 @@ DTYPES = ("auto", *_DTYPES)
 def resolve_dtype(name: str) -> str:
     """``auto``: bf16 where the hardware computes it natively (CUDA, CPUs with AVX512-BF16/AMX), else fp32.
 
-    On an AVX2-only CPU (like the 2-core machines this project is tested on) a bf16 matmul was
-    measured ~50x slower than fp32, so "bf16 is faster on CPU" only holds with native support.
+    Without native support (AVX2-only CPUs) bf16 matmuls are emulated and far slower than fp32,
+    so "bf16 is faster on CPU" only holds with native support.
     """
     if name != "auto":
         if name not in _DTYPES:

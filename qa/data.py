@@ -1,50 +1,21 @@
-"""Training data: Intermediate-tier split by option set, option shuffling, code selection.
-
-MedDDx has groups of questions sharing the same option set; putting one group member in training
-and another in validation would leak the answer candidates, so the held-out slice is drawn as
-whole groups.
-"""
+"""Training data: option shuffling, code selection. The train / held-out split is the question
+layout's (``disease_linking.splits``; MedDDx: by option set), re-exported here."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
 import random
-from collections import defaultdict
 from dataclasses import replace
 
 from commons.errors import UserError
 from disease_linking.questions import LETTERS, MCQItem
+from disease_linking.splits import option_set_key, split_by_option_set
+
+__all__ = ["CODE_FIELDS", "cyclic_shift", "linked_codes", "option_set_key", "permute_options", "shuffle_options",
+           "split_by_option_set", "stable_seed"]
 
 CODE_FIELDS = ("stem", "stem+options")
-
-
-def option_set_key(item: MCQItem) -> tuple[str, ...]:
-    """Order-free identity of the option set (case and spacing ignored)."""
-    return tuple(sorted(" ".join(v.lower().split()) for v in item.options.values()))
-
-
-def split_by_option_set(items: list[MCQItem], val_fraction: float, seed: int
-                        ) -> tuple[list[MCQItem], list[MCQItem]]:
-    """(train, val): whole option-set groups go to validation until it holds ``val_fraction`` of the items."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    groups: dict[tuple[str, ...], list[MCQItem]] = defaultdict(list)
-    for item in items:
-        groups[option_set_key(item)].append(item)
-    keys = sorted(groups)  # sorted first: the split must not depend on file order
-    random.Random(seed).shuffle(keys)
-    target = round(val_fraction * len(items))
-    val_keys: set[tuple[str, ...]] = set()
-    n_val = 0
-    for key in keys:
-        if n_val >= target:
-            break
-        val_keys.add(key)
-        n_val += len(groups[key])
-    train = [i for i in items if option_set_key(i) not in val_keys]
-    val = [i for i in items if option_set_key(i) in val_keys]
-    return train, val
 
 
 def stable_seed(*parts: object) -> int:

@@ -339,9 +339,6 @@ class QAModel(nn.Module):
         return results
 
     # ---- saving --------------------------------------------------------------------------------
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
-
     def qa_config(self) -> dict:
         opts = asdict(self.options)
         return {"format": checkpoint.FORMAT, "version": 1, **opts,

@@ -288,8 +288,8 @@ def _is_better(metrics: dict, best: dict | None) -> bool:
 
 @contextlib.contextmanager
 def _one_thread():
-    """Matrices this small train far faster on one thread: 9x measured on a busy 2-core machine,
-    where several threads mostly wait for each other."""
+    """Matrices this small train faster on one thread: on a busy machine several threads mostly
+    wait for each other."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -553,7 +553,7 @@ def publish(out: Path, page: Path, name: str) -> Path:
     dest = docs_root(page) / "docs" / "results" / f"medtok_quality_{name}"
     dest.mkdir(parents=True, exist_ok=True)
     for f in ("report.md", "results.png"):
-        if (out / f).is_file():
+        if (out / f).is_file() and (out / f).resolve() != (dest / f).resolve():  # republishing: in place
             shutil.copyfile(out / f, dest / f)
     write_json(dest / "results.json", results)
     replace_marked_block(page, f"medtok_quality:{name}", page_block(results, name, page_link(page, dest)))

@@ -101,11 +101,10 @@ class PipelineConfig:
     build: StageOptions = field(default_factory=StageOptions)
     medtok: StageOptions = field(default_factory=lambda: StageOptions("configs/medtok_quick.yaml"))
     link: StageOptions = field(default_factory=StageOptions)
-    # Quick preset, sized from costs measured on this 2-core AMD EPYC (SmolLM2-135M, fp32, ~124
-    # prompt tokens: ~1 CPU-s per scored question, ~4 CPU-s per trained question, measured on a
-    # busy machine): one epoch on a capped training set and a capped held-out slice (also each
-    # epoch's validation set). A demo of the pipeline, not a result: use pipeline_full.yaml for
-    # numbers. dtype auto = float32 here (no native bf16: a bf16 matmul measured 60x slower).
+    # Quick preset, sized to finish in minutes on a small CPU machine (SmolLM2-135M): one epoch on
+    # a capped training set and a capped held-out slice (also each epoch's validation set). A demo
+    # of the pipeline, not a result: use pipeline_full.yaml for numbers. dtype auto = float32 on
+    # CPUs without native bf16 (qa.base_model.resolve_dtype).
     finetune: StageOptions = field(default_factory=lambda: StageOptions("configs/qa_quick.yaml", {
         "optim.epochs": 1, "data.limit_train": 32, "data.limit_val": 24}))
     # Embeddings-only references trained beside the fine-tunes (no LLM, seconds on CPU; qa/reference.py),

@@ -25,7 +25,7 @@ from commons.errors import ConfigError, cli_entry
 from commons.io import read_json, replace_marked_block
 from commons.machine import machine_facts
 from eval.provenance import git_state
-from eval.report import findings, results_markdown_table
+from eval.report import findings, render_report, results_markdown_table
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,7 +97,13 @@ def publish(cfg: PublishConfig) -> Path:
     dest = Path(cfg.target) / checked_name(cfg.name)
     results, report_md, timings, plots = _read_eval_folder(src)
     results, timings = relative_paths(results), relative_paths(timings)
-    machine = {**machine_facts(), "command": cfg.command, "dtype": _dtype_used(src)}
+    if src.resolve() == dest.resolve():
+        # Republishing a published folder (after a change to the report or the page): the machine
+        # that ran it is the one its machine.json names, and the report is rendered anew from results.json.
+        machine = read_json(src / "machine.json")
+        report_md = render_report(results)
+    else:
+        machine = {**machine_facts(), "command": cfg.command, "dtype": _dtype_used(src)}
     page = results_page(cfg)
     # the page's block, made first: odd results fail before anything is written
     block = page_block(results, machine, timings, dest, page) if page is not None else None

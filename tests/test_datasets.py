@@ -239,11 +239,11 @@ def test_a_second_training_run_tokenizes_nothing(tiny_lm, cache, tmp_path, monke
     assert run("second") == losses and prompts["n"] == 0
 
 
-def test_untiered_questions_ask_for_an_empty_tier(tmp_path):
+def test_untiered_questions_train_on_every_question_unless_a_tier_is_asked_for(tmp_path):
     from commons.errors import UserError
     from qa.training import DataOptions, load_questions
 
     path = str(_files(tmp_path)["medmcqa"])
+    assert len(load_questions(DataOptions(train_file=path, layout="medmcqa"))) == 3  # the layout's default tier: ""
     with pytest.raises(UserError, match='have no tiers; pass --data.tier ""'):
-        load_questions(DataOptions(train_file=path, layout="medmcqa"))
-    assert len(load_questions(DataOptions(train_file=path, layout="medmcqa", tier=""))) == 3
+        load_questions(DataOptions(train_file=path, layout="medmcqa", tier="Intermediate"))

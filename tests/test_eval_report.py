@@ -190,6 +190,25 @@ def test_cli_rereports_saved_predictions(tmp_path, capsys):
     assert (out / "eval_config.yaml").is_file()
 
 
+def test_cli_prints_what_it_scored_what_it_left_out_and_flags_small_samples(tmp_path, capsys, fake_models):
+    """A file of mixed tiers: the Intermediate question is in the checkpoint's training split."""
+    data = _write_meddx(tmp_path / "MedDDx.json", n_per_tier=(1, 2, 1))
+    items, _ = load_mcq(data)
+    inter = [it.id for it in items if it.tier == "Intermediate"]
+    ckpt = _checkpoint(tmp_path, "none-s0", "none", 0, train=inter[:1], val=inter[1:])
+    run_main(["--data", str(data), "--checkpoints", str(ckpt), "--tiers", "Basic,Intermediate",
+              "--output", str(tmp_path / "eval"), "--bootstrap.n_resamples", "50", "--plots", "false"])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == ("scored 2 of 4 questions; left out 2: 1 because a checkpoint trained on them; "
+                          "1 because their tier is not in --tiers Basic,Intermediate")
+    table_end = max(i for i, line in enumerate(printed) if line.startswith("|"))
+    assert printed[table_end + 1].startswith("warning: small samples (Basic n=1, Intermediate held-out n=1, "
+                                             "All n=2): with fewer than 30 questions")
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "- Scored 2 of 4 questions; left out 2: 1 because a checkpoint trained on them" in report
+    assert "**Warning: small samples" in report
+
+
 def test_cli_user_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         run_main(["--data", str(tmp_path / "missing.json"), "--zero_shot", "default",
@@ -248,3 +267,24 @@ def test_floor_finding_says_what_the_intervals_show(cis, says):
     from eval.report import _floor_finding
 
     assert says in _floor_finding(_floor_results(cis))
+
+
+def test_republishing_a_published_folder_keeps_its_machine_and_renders_the_report_anew(tmp_path):
+    from recipes import publish as pub
+
+    items, _ = load_mcq(_write_meddx(tmp_path / "MedDDx.json"))
+    results = summarize(items, _runs_for(items))
+    eval_dir = tmp_path / "pipe" / "eval"
+    write_outputs(results, items, _runs_for(items), eval_dir)
+    page = tmp_path / "page.md"
+    dest = pub.publish(pub.PublishConfig(eval_dir=str(eval_dir), name="demo", command="make demo",
+                                         target=str(tmp_path / "docs"), page=str(page)))
+    machine = json.loads((dest / "machine.json").read_text())
+    machine["cpu"] = "the machine that ran it"
+    (dest / "machine.json").write_text(json.dumps(machine))
+    (dest / "report.md").write_text("an old report\n")
+    pub.publish(pub.PublishConfig(eval_dir=str(dest), name="demo", command="ignored", target=str(tmp_path / "docs"),
+                                  page=str(page)))
+    assert json.loads((dest / "machine.json").read_text())["cpu"] == "the machine that ran it"
+    assert (dest / "report.md").read_text() == ev.report.render_report(json.loads((dest / "results.json").read_text()))
+    assert "the machine that ran it" in page.read_text()

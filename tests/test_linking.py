@@ -199,9 +199,9 @@ def test_deterministic_and_summary(linker):
 
 
 def test_cli_writes_linked_authors_and_summary(tmp_path, linker, monkeypatch):
-    from recipes import link as link_cli
+    from disease_linking.linker import Linker
 
-    monkeypatch.setattr(link_cli.Linker, "from_cache", classmethod(lambda cls, *a, **k: linker))
+    monkeypatch.setattr(Linker, "from_cache", classmethod(lambda cls, *a, **k: linker))
     src = _write(tmp_path / "m.json", MEDDDX)
     out = tmp_path / "out" / "linked.jsonl"
     link_main(["--input", str(src), "--output", str(out), "--authors_output", str(tmp_path / "qa.json"),

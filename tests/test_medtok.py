@@ -520,3 +520,50 @@ def test_loss_history_of_a_tiny_seeded_model_is_pinned(tmp_path):
     c.loss.fused_distill_exclude_systems, c.optim.link_batch = ["ATC"], 4
     totals = [r["total"] for r in train(c, data).history]
     assert totals == pytest.approx([37.897308, 37.337234, 32.035439, 28.791538, 26.393885, 27.223133], rel=1e-4)
+
+
+# ----------------------------------------------------------------------------- tokenizer reading aids
+@pytest.fixture(scope="module")
+def tok(trained):
+    return MedTokTokenizer.from_pretrained(trained.artifact)
+
+
+def test_class_has_a_docstring_and_repr_says_what_it_holds(tok):
+    assert "from_pretrained" in MedTokTokenizer.__doc__ and "nearest_codes" in MedTokTokenizer.__doc__
+    text = repr(tok)
+    assert text.startswith(f"MedTokTokenizer({len(tok)} codes (ATC=7, ICD10CM=36), K={tok.top_k}, dim=32, ")
+    assert str(tok.path) in text
+
+
+def test_nearest_codes_by_code_and_by_vector_agree_with_a_brute_force_cosine(tok):
+    emb = torch.nn.functional.normalize(tok.embeddings, dim=1)
+    i = tok.code_id("ICD10CM:A01")
+    cos = emb @ emb[i]
+    cos[i] = -2
+    expected = [tok.vocab.at[j, "system"] + ":" + tok.vocab.at[j, "code"] for j in torch.argsort(cos, descending=True)[:5].tolist()]
+    hits = tok.nearest_codes("ICD10CM:A01", k=5)
+    assert [c for c, _ in hits] == expected  # the code itself left out
+    assert [s for _, s in hits] == pytest.approx(sorted([s for _, s in hits], reverse=True))
+    by_vector = tok.nearest_codes(tok.embed("A01")[0].numpy(), k=1)
+    assert by_vector[0][0] == "ICD10CM:A01" and by_vector[0][1] == pytest.approx(1.0, abs=1e-5)
+    assert len(tok.nearest_codes("A01", k=10_000)) == len(tok) - 1
+
+
+@pytest.mark.parametrize("bad, match", [(np.zeros(3), "has 3 values"), (np.zeros(32), "non-zero"),
+                                        (np.full(32, np.nan), "finite")])
+def test_nearest_codes_rejects_bad_vectors(tok, bad, match):
+    with pytest.raises(UserError, match=match):
+        tok.nearest_codes(bad, k=3)
+    with pytest.raises(UserError, match="positive integer"):
+        tok.nearest_codes("A01", k=0)
+
+
+def test_token_weights_are_each_tokens_share_of_the_embedding(tok):
+    """What the docstring says they are: the embedding's part p is sum_k w[p, k] * unit codebook vector."""
+    book = torch.nn.functional.normalize(tok.model().codebook.embedding.detach(), dim=-1)
+    codes = list(tok.vocab["code"][:5])
+    ids, w = tok.encode(codes).reshape(5, 4, -1), tok.token_weights(codes).reshape(5, 4, -1)
+    mixed = (w.unsqueeze(-1) * book[ids]).sum(2).reshape(5, -1)
+    assert torch.allclose(mixed, tok.embed(codes), atol=1e-5)
+    assert "do not sum to 1" in MedTokTokenizer.token_weights.__doc__
+    assert not hasattr(MedTokTokenizer, "tokens_of_ids")

@@ -342,3 +342,14 @@ def test_a_batch_run_in_slices_gives_the_whole_batch_loss_and_gradients(assets):
     assert got.keys() == expected.keys() and len(got) > 0
     for name, grad in expected.items():
         assert torch.allclose(got[name], grad, atol=1e-6, rtol=1e-4), name
+
+
+def test_the_last_step_is_logged_off_the_log_every_grid(assets, tmp_path):
+    """A fine-tune shorter than log_every still writes its loss (the curve is not empty)."""
+    from qa.training import train
+
+    cfg = dataclasses.replace(train_config(assets, tmp_path / "short", max_steps=3), log_every=5)
+    train(cfg)
+    records = [json.loads(x) for x in (tmp_path / "short" / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["event"] == "train"]
+    assert [r["step"] for r in train_records] == [3] and math.isfinite(train_records[0]["loss"])

@@ -22,7 +22,7 @@ README = REPO / "README.md"
 MAX_LINES = 200
 # options whose value a command reads (an input path), by command; everything else under runs/ is written
 INPUT_OPTIONS = {"--checkpoint", "--checkpoints", "--medtok", "--data.train_file", "--data", "--input",
-                 "--data.user_codes", "--config"}
+                 "--data.user_codes", "--config", "--meds_dir", "--runs", "--init"}
 
 
 def readme_commands() -> list[list[str]]:

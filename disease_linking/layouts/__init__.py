@@ -14,16 +14,20 @@ from disease_linking.layouts.base import (
     AUTO,
     HubLayout,
     Layout,
+    default_tier,
+    detect_layout,
     get_layout,
     layout_names,
     load_question_dataset,
     load_question_items,
+    parse_auto,
+    policy,
     question_file,
     register,
 )
 
-__all__ = ["AUTO", "HubLayout", "Layout", "get_layout", "layout_names", "load_question_dataset",
-           "load_question_items", "question_file", "register"]
+__all__ = ["AUTO", "HubLayout", "Layout", "default_tier", "detect_layout", "get_layout", "layout_names",
+           "load_question_dataset", "load_question_items", "parse_auto", "policy", "question_file", "register"]
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":

@@ -5,6 +5,13 @@ a .json/.jsonl file, a hub layout maps the rows of a Hugging Face hub dataset (o
 of it) to linked records. One class per file in ``disease_linking/layouts/``, registered by name
 with :func:`register`. Every record still goes through the one validator of
 ``disease_linking.questions`` (schema, checks, skipped reasons), so a layout only maps fields.
+
+A layout also owns its dataset policy, so a new dataset is one file: the keys by which ``auto``
+recognises its records (:func:`detect_layout`), the difficulty tiers it carries and the tier
+fine-tuning trains on by default (:func:`default_tier`), the question file of the data directory
+read when none is given (:func:`question_file`), and how its questions split into training and
+held-out (:meth:`Layout.split`, by option set unless it says otherwise). ``auto`` takes the
+policy of the layout marked ``auto_default`` (MedDDx).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from disease_linking.questions import (
     skip_summary,
     validate_records,
 )
+from disease_linking.splits import split_by_option_set
 
 AUTO = "auto"
 
@@ -36,6 +44,11 @@ class Layout:
     summary: ClassVar[str] = ""  # one line, shown by --help
     keys: ClassVar[tuple[str, ...]] = ()  # keys every record of the layout has (checked before parsing)
     hub_id: ClassVar[str | None] = None  # a hub dataset read when no file is given (network, opt-in)
+    tiers: ClassVar[tuple[str, ...]] = ()  # difficulty tiers its questions carry (of questions.TIERS); () = none
+    default_tier: ClassVar[str] = ""  # tier fine-tuning trains on unless --data.tier says ("" = every question)
+    data_file: ClassVar[str | None] = None  # file of the data directory read when no question file is given
+    auto_default: ClassVar[bool] = False  # the layout whose policy `auto` follows (one layout at most)
+    split_by: ClassVar[str] = "option_set"  # what :meth:`split` keeps whole (recorded in split.json)
 
     def __init__(self, flag_prefix: str = "--"):
         self.flag_prefix = flag_prefix  # how errors name the options: --layout (eval), --data.layout (training)
@@ -57,6 +70,11 @@ class Layout:
         if path is None:
             raise ConfigError(f"layout {self.name} reads a question file; pass one")
         return load_mcq(path, skip_invalid, parse=self.checked_parse)
+
+    def split(self, items: list[MCQItem], val_fraction: float, seed: int) -> tuple[list[MCQItem], list[MCQItem]]:
+        """(train, held-out) of the layout's questions; by default whole option-set groups are held
+        out (questions sharing an option set would leak each other's answer candidates)."""
+        return split_by_option_set(items, val_fraction, seed)
 
 
 class HubLayout(Layout):
@@ -112,16 +130,54 @@ def get_layout(name: str, flag_prefix: str = "--") -> Layout | None:
         raise ConfigError(f"unknown question layout {name!r}; registered: {', '.join(layout_names())}") from None
 
 
+def policy(name: str, flag_prefix: str = "--") -> Layout:
+    """The layout whose dataset policy applies to ``--layout name``: the layout itself, or for
+    ``auto`` the one marked ``auto_default``."""
+    chosen = get_layout(name, flag_prefix)
+    if chosen is not None:
+        return chosen
+    defaults = [cls for cls in _REGISTRY.values() if cls.auto_default]
+    if len(defaults) != 1:
+        raise TypeError(f"exactly one layout must set auto_default, found {len(defaults)}")
+    return defaults[0](flag_prefix)
+
+
+def default_tier(layout: str) -> str:
+    """The tier fine-tuning trains on when ``--data.tier`` is not given."""
+    return policy(layout).default_tier
+
+
 def question_file(file: str | None, layout: str, data_dir: str | None = None) -> Path | None:
-    """The question file to read: the user's, else the data directory's MedDDx for the MedDDx (and
-    auto) layout; None otherwise (a hub layout reads its hub dataset, a file layout says it needs a file)."""
+    """The question file to read: the user's, else the layout's file in the data directory (MedDDx
+    for ``meddx`` and ``auto``); None otherwise (a hub layout reads its hub dataset, a file layout
+    says it needs a file)."""
     if file:
         return Path(file)
-    if layout in (AUTO, "meddx"):
+    rel = policy(layout).data_file
+    if rel:
         from commons.datadir import data_file
 
-        return data_file("meddx/MedDDx.json", data_dir)
+        return data_file(rel, data_dir)
     return None
+
+
+def detect_layout(raw: Any, item_id: str) -> Layout:
+    """The layout of one record under ``auto``: the registered layout whose ``keys`` the record has
+    (the most specific, i.e. the one with most keys, when several match)."""
+    if not isinstance(raw, dict):
+        raise MCQFormatError(f"{item_id}: expected a JSON object, got {type(raw).__name__}")
+    matches = sorted((cls for cls in _REGISTRY.values() if cls.keys and all(k in raw for k in cls.keys)),
+                     key=lambda cls: (-len(cls.keys), cls.name))
+    if not matches:
+        known = "; ".join(f"{' + '.join(map(repr, cls.keys))} ({cls.name})" for cls in
+                          sorted(_REGISTRY.values(), key=lambda c: c.name) if cls.keys)
+        raise MCQFormatError(f"{item_id}: unknown layout (keys {', '.join(sorted(raw)) or 'none'}); expected {known}")
+    return matches[0]()
+
+
+def parse_auto(raw: Any, item_id: str) -> MCQItem:
+    """One record of any registered layout, recognised by its keys (``--layout auto``)."""
+    return detect_layout(raw, item_id).parse(raw, item_id)
 
 
 def _load(path: str | Path | None, layout: str, skip_invalid: bool, allow_network: bool, split: str,
@@ -132,7 +188,7 @@ def _load(path: str | Path | None, layout: str, skip_invalid: bool, allow_networ
         if path is None:
             raise ConfigError("layout auto reads a question file; pass one, or a hub layout "
                               f"({', '.join(n for n in layout_names() if n != AUTO and _REGISTRY[n].hub_id)})")
-        return load_mcq(path, skip_invalid)
+        return load_mcq(path, skip_invalid, parse=parse_auto)
     return chosen.load(path, skip_invalid, allow_network, split)
 
 

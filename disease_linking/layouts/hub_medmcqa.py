@@ -18,6 +18,7 @@ class MedMCQA(HubLayout):
     summary = "MedMCQA rows (question, opa..opd, cop 0-3, subject_name); the hub dataset needs --allow_network"
     keys = ("question", *_OPTION_FIELDS, "cop")
     hub_id = "openlifescienceai/medmcqa"
+    # No difficulty tiers (tiers = ()): fine-tuning trains on every question.
 
     def to_record(self, row, item_id):
         options = {letter: "" if row[f] is None else str(row[f]) for letter, f in zip("ABCD", _OPTION_FIELDS, strict=True)}
