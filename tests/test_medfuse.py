@@ -178,3 +178,19 @@ def test_whole_path_on_mimic_shaped_meds(mimic_cohort, tmp_path):
     assert not (tmp_path / "none").exists()
     with pytest.raises(ConfigError, match="meds_dir is required"):
         build_cohort(CohortOptions())
+
+
+def test_feature_embeddings_transfer_by_token(mimic_cohort):
+    from ehr.medfuse.transfer import copy_feature_embeddings
+
+    cohort, _, _ = mimic_cohort
+    opts = MedFuseOptions(feature_dim=8, value_dim=4, hidden=8, heads=2, layers=1)
+    source = build_model("medfuse", cohort.vocab, opts, seed=0)
+    target = build_model("medfuse", cohort.vocab, opts, seed=1)
+    copied = copy_feature_embeddings(source, cohort.vocab, target, cohort.vocab)
+    own_row = [t for t in cohort.vocab.tokens if not t.startswith("[") and cohort.vocab.train_counts.get(t, 0) >= 1]
+    assert copied == len(own_row) > 0
+    lab = cohort.vocab.index["LAB:50912"]
+    src_table, dst_table = source.embeddings.identity.table.weight, target.embeddings.identity.table.weight
+    assert torch.equal(dst_table[lab], src_table[lab])
+    assert not torch.equal(target.embeddings.value.weight, source.embeddings.value.weight)  # only identities move
