@@ -194,3 +194,23 @@ def test_feature_embeddings_transfer_by_token(mimic_cohort):
     src_table, dst_table = source.embeddings.identity.table.weight, target.embeddings.identity.table.weight
     assert torch.equal(dst_table[lab], src_table[lab])
     assert not torch.equal(target.embeddings.value.weight, source.embeddings.value.weight)  # only identities move
+
+
+@pytest.mark.parametrize("variant", ["medtok_frozen", "medtok_tokens"])
+def test_medtok_enters_medfuse_through_the_shared_code_embedding(mimic_cohort, variant):
+    from ehr_fixtures import tiny_medtok
+
+    from ehr.code_embeddings import EmbeddingOptions
+
+    cohort, _, root = mimic_cohort
+    medtok = root / "medtok"
+    if not medtok.exists():
+        tiny_medtok(medtok)
+    opts = MedFuseOptions(code_embedding=variant, feature_dim=8, value_dim=4, hidden=8, heads=2, layers=1,
+                          embedding=EmbeddingOptions(medtok=str(medtok), projector_hidden=8))
+    model = build_model("medfuse", cohort.vocab, opts, seed=0)
+    assert model.embeddings.identity.routes["exact"] > 0  # the fixture's ICD-10 codes have MedTok rows
+    records = cohort.records("los_gt_7d", "train")
+    losses = fit(model, records, cohort.normalised(records), cohort.vocab.index[PAD],
+                 FitOptions(steps=2, batch_size=2), seed=0)
+    assert len(losses) == 2 and all(np.isfinite(losses))

@@ -15,6 +15,7 @@ Numbers on the synthetic cohort measure the software, not medicine.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -300,7 +301,7 @@ def _method_probs(method: str, cohort: Cohort, task: str, cfg: MedFuseEvalConfig
             probs.append(fit_predict_hgb(train, train_norm, test, test_norm, seed))
             continue
         kind, opts = ("gru", cfg.model) if method == "gru" else (
-            "medfuse", from_dict(MedFuseOptions, {**_as_dict(cfg.model), "fusion": method.split(":", 1)[1]}))
+            "medfuse", dataclasses.replace(cfg.model, fusion=method.split(":", 1)[1]))
         model = build_model(kind, cohort.vocab, opts, seed)
         fit(model, train, train_norm, pad, cfg.train, seed)
         probs.append(predict(model, test, test_norm, pad))
@@ -340,11 +341,10 @@ def evaluate_medfuse(cfg: MedFuseEvalConfig, cohort: Cohort | None = None) -> di
                                   "seconds": round(seconds, 1)}
         results["tasks"][task] = {"estimable": True, "test_samples": len(test), "test_positives": int(labels.sum()),
                                   "methods": per_method}
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "results.json", results)
-    write_text(out / "results.md", results_markdown(results))
-    save_config(cfg, out / "config.yaml")
+    with atomic_dir(cfg.output_dir) as tmp:  # written once everything is computed: never half a result
+        write_json(tmp / "results.json", results)
+        write_text(tmp / "results.md", results_markdown(results))
+        save_config(cfg, tmp / "config.yaml")
     return results
 
 
