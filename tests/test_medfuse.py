@@ -214,3 +214,14 @@ def test_medtok_enters_medfuse_through_the_shared_code_embedding(mimic_cohort, v
     losses = fit(model, records, cohort.normalised(records), cohort.vocab.index[PAD],
                  FitOptions(steps=2, batch_size=2), seed=0)
     assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def test_per_subject_sample_choice_does_not_depend_on_other_tasks():
+    from ehr.medfuse.run import _keep_per_subject
+
+    t = pd.Timestamp("2150-01-01")
+    labels = pd.DataFrame({"task": ["a"] * 5 + ["b"] * 5, "subject_id": [1] * 10,
+                           "prediction_time": [t + pd.Timedelta(days=i) for i in range(10)], "label": 0})
+    both = _keep_per_subject(labels, 2, seed=0)
+    alone = _keep_per_subject(labels[labels["task"] == "a"], 2, seed=0)
+    assert len(both) == 4 and alone.equals(both[both["task"] == "a"].reset_index(drop=True))

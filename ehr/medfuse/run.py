@@ -57,7 +57,7 @@ class CohortOptions:
     shared_tasks: list[str] = field(default_factory=lambda: ["los_gt_7d"])  # names from ehr/tasks.yaml
     window_hours: dict = field(default_factory=lambda: {"los_gt_7d": 24})  # task -> look-back override
     bin_hours: dict = field(default_factory=lambda: {"in_hospital_mortality_48h": 2, "los_gt_7d": 2,
-                                                     "onset_hypertension_180d": 2160})  # task -> summarisation bin
+                                                     "onset_hyperlipidemia_180d": 2160})  # task -> summarisation bin
     summary: Literal["mean", "last"] = "mean"  # a bin's value
     max_tokens: int = 256  # most recent tokens kept per sample
     max_samples_per_subject: int = 0  # per task, a seeded choice of this many (0: all), for tasks sampled per visit
@@ -161,8 +161,13 @@ def _keep_per_subject(labels: pd.DataFrame, limit: int, seed: int) -> pd.DataFra
     """At most ``limit`` samples per (task, subject), a seeded choice (tasks sampled at every visit)."""
     if not limit or labels.empty:
         return labels
-    return (labels.sample(frac=1.0, random_state=seed).groupby(["task", "subject_id"], sort=False).head(limit)
-            .sort_values(["task", "subject_id", "prediction_time"]).reset_index(drop=True))
+    # a hash of (seed, task, subject, time) orders each subject's samples: the choice for one task does
+    # not depend on which other tasks are built beside it
+    key = pd.util.hash_pandas_object(labels[["task", "subject_id", "prediction_time"]], index=False,
+                                     hash_key=f"medfuse{seed:09d}"[:16].ljust(16, "0"))
+    return (labels.assign(_key=key.to_numpy()).sort_values("_key").groupby(["task", "subject_id"], sort=False)
+            .head(limit).drop(columns="_key").sort_values(["task", "subject_id", "prediction_time"])
+            .reset_index(drop=True))
 
 
 def build_cohort(opts: CohortOptions) -> Cohort:

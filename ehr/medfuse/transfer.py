@@ -52,7 +52,7 @@ class TransferConfig:
 
     source: CohortOptions = field(default_factory=CohortOptions)
     target: CohortOptions = field(default_factory=CohortOptions)
-    task: str = "onset_hypertension_180d"
+    task: str = "onset_hyperlipidemia_180d"
     model: MedFuseOptions = field(default_factory=MedFuseOptions)
     source_train: FitOptions = field(default_factory=FitOptions)
     target_train: FitOptions = field(default_factory=lambda: FitOptions(steps=100))
