@@ -225,3 +225,50 @@ def test_per_subject_sample_choice_does_not_depend_on_other_tasks():
     both = _keep_per_subject(labels, 2, seed=0)
     alone = _keep_per_subject(labels[labels["task"] == "a"], 2, seed=0)
     assert len(both) == 4 and alone.equals(both[both["task"] == "a"].reset_index(drop=True))
+
+
+def test_metrics_intervals_and_paired_difference():
+    from ehr.medfuse.metrics import bootstrap_intervals, paired_difference
+
+    labels = np.array([0, 1, 0, 1, 0, 1, 0, 0])
+    subjects = np.array([1, 1, 2, 2, 3, 3, 4, 5])
+    perfect = [labels * 0.8 + 0.1]
+    out = bootstrap_intervals(labels, perfect, subjects, n_resamples=50)
+    assert out["auroc"] == {"mean": 1.0, "seed_sd": 0.0, "low": 1.0, "high": 1.0}
+    assert out["auprc"]["mean"] == 1.0 and out["accuracy"]["mean"] == 1.0
+    same = paired_difference(labels, perfect, perfect, subjects, n_resamples=50)
+    assert same == {"difference": 0.0, "low": 0.0, "high": 0.0}
+    worse = paired_difference(labels, perfect, [np.full(8, 0.5)], subjects, "auroc", n_resamples=50)
+    assert worse["difference"] == pytest.approx(0.5) and worse["low"] > 0
+
+
+def test_evaluation_of_an_estimable_task(tmp_path):
+    """Sixteen MIMIC-shaped stays, half longer than 7 days: the ablation table with paired differences;
+    in-hospital mortality (no death) reported as not estimable beside it."""
+    rows, splits = [], []
+    for sid in range(1, 17):
+        start = pd.Timestamp("2150-01-01") + pd.Timedelta(days=30 * sid)
+        long_stay = sid % 2 == 0
+        rows += [_ev(sid, start, "HOSPITAL_ADMISSION//EW EMER.//EMERGENCY ROOM"),
+                 _ev(sid, start + pd.Timedelta(hours=3), "LAB//50912//mg/dL", 2.5 if long_stay else 1.0),
+                 _ev(sid, start + pd.Timedelta(hours=5), DX),
+                 _ev(sid, start + pd.Timedelta(days=9 if long_stay else 3), "HOSPITAL_DISCHARGE//HOME")]
+        splits.append({"subject_id": sid, "split": "train" if sid <= 8 else "held_out"})
+    root = write_meds(tmp_path / "meds", pd.DataFrame(rows), None, pd.DataFrame(splits))
+    cfg = MedFuseEvalConfig(
+        cohort=CohortOptions(meds_dir=str(root), source="mimic_iv", tasks=["in_hospital_mortality_48h"],
+                             min_test_positives=2),
+        model=MedFuseOptions(feature_dim=8, value_dim=4, hidden=8, heads=2, layers=1),
+        train=FitOptions(steps=2, batch_size=4), fusions=["mufuse", "additive"], seeds=[0, 1], n_resamples=20,
+        output_dir=str(tmp_path / "eval"))
+    results = evaluate_medfuse(cfg)
+    assert results["tasks"]["in_hospital_mortality_48h"]["estimable"] is False
+    los = results["tasks"]["los_gt_7d"]
+    assert (los["test_samples"], los["test_positives"]) == (8, 4)
+    assert set(los["methods"]) == {"medfuse:mufuse", "medfuse:additive", "gru", "hgb"}
+    for m in los["methods"].values():
+        assert all(0 <= m[k]["low"] <= m[k]["high"] <= 1 for k in ("auprc", "auroc"))
+        assert len(m["held_out_probs_by_seed"]) == 2
+    assert set(los["auprc_differences"]) == {"medfuse:mufuse - medfuse:additive", "medfuse:mufuse - gru",
+                                             "medfuse:mufuse - hgb"}
+    assert "| medfuse:mufuse |" in (tmp_path / "eval" / "results.md").read_text()

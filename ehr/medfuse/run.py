@@ -31,7 +31,7 @@ from ehr.code_maps import get_code_map, map_codes
 from ehr.data import code_counts, positives_table
 from ehr.medfuse.baselines import fit_predict_hgb
 from ehr.medfuse.fusion import fusion_names
-from ehr.medfuse.metrics import bootstrap_intervals
+from ehr.medfuse.metrics import bootstrap_intervals, paired_difference
 from ehr.medfuse.model import GruBaseline, MedFuse, MedFuseOptions, collate
 from ehr.medfuse.triplets import NormStats, Windowing, event_rows, fit_normalisation, sample_triplets
 from ehr.meds import SPLITS, MedsDataset
@@ -339,13 +339,19 @@ def evaluate_medfuse(cfg: MedFuseEvalConfig, cohort: Cohort | None = None) -> di
         test_norm = cohort.normalised(test)
         labels = np.array([r["label"] for r in test])
         subjects = np.array([r["subject_id"] for r in test])
-        per_method = {}
+        per_method, probs_of = {}, {}
         for method in methods:
-            probs, seconds = _method_probs(method, cohort, task, cfg, test, test_norm)
-            per_method[method] = {**bootstrap_intervals(labels, probs, subjects, cfg.n_resamples),
-                                  "seconds": round(seconds, 1)}
+            probs_of[method], seconds = _method_probs(method, cohort, task, cfg, test, test_norm)
+            per_method[method] = {**bootstrap_intervals(labels, probs_of[method], subjects, cfg.n_resamples),
+                                  "seconds": round(seconds, 1),
+                                  "held_out_probs_by_seed": [np.round(p, 5).tolist() for p in probs_of[method]]}
+        reference = methods[0]  # the first fusion (MuFuse by default) against every other method, paired
+        differences = {f"{reference} - {m}": paired_difference(labels, probs_of[reference], probs_of[m], subjects,
+                                                               "auprc", cfg.n_resamples)
+                       for m in methods[1:]}
         results["tasks"][task] = {"estimable": True, "test_samples": len(test), "test_positives": int(labels.sum()),
-                                  "methods": per_method}
+                                  "held_out_labels": labels.tolist(), "held_out_subjects": subjects.tolist(),
+                                  "methods": per_method, "auprc_differences": differences}
     with atomic_dir(cfg.output_dir) as tmp:  # written once everything is computed: never half a result
         write_json(tmp / "results.json", results)
         write_text(tmp / "results.md", results_markdown(results))
@@ -369,5 +375,8 @@ def results_markdown(results: dict) -> str:
             cells = [f"{m[k]['mean']:.3f} [{m[k]['low']:.3f}, {m[k]['high']:.3f}] ({m[k]['seed_sd']:.3f})"
                      for k in ("auprc", "auroc", "accuracy")]
             lines.append(f"| {method} | " + " | ".join(cells) + f" | {m['seconds']} |")
+        lines += ["", "AUPRC differences, paired over the same patient resamples (95% CI):", ""]
+        lines += [f"- {pair}: {d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+                  for pair, d in r["auprc_differences"].items()]
         lines.append("")
     return "\n".join(lines)
