@@ -14,6 +14,9 @@ Kinds:
                      stays that ended (or a death) at or before t are excluded   (length of stay)
   next_visit_has     t = the end of a visit (trigger); label = an ``outcome`` event during the
                      subject's next visit (``visit_start`` .. its ``visit_end``)   (next-visit condition)
+  event_during_stay  trigger = the stay's start, t = start + prediction_offset_hours; label = an
+                     ``outcome`` event in (t, the stay's end]; stays over at or before t are excluded
+                     (in-hospital mortality after a 48 h observation window, MedFuse)
 
 es-aces (the ACES reference implementation) installs within the project's pins (`pip install
 --dry-run`: it adds polars and hydra), but its configs need its own predicate language and polars
@@ -41,7 +44,7 @@ class TaskDefinition:
     """One binary prediction task."""
 
     name: str = ""
-    kind: Literal["event_within", "stay_longer_than", "next_visit_has"] = "event_within"
+    kind: Literal["event_within", "stay_longer_than", "next_visit_has", "event_during_stay"] = "event_within"
     trigger: str = ""  # regex on the MEDS code of the events that open a sample
     prediction_offset_hours: float = 0.0  # prediction time = trigger time + this
     lookback_days: float | None = None  # input window before the prediction time; none = whole history
@@ -65,7 +68,7 @@ class TaskDefinition:
                 raise ConfigError(f"task {self.name}: {name} {getattr(self, name)!r} is not a regex ({err})") from None
         if not self.trigger:
             raise ConfigError(f"task {self.name or '?'} needs a trigger regex")
-        if self.kind in ("event_within", "next_visit_has") and not self.outcome:
+        if self.kind in ("event_within", "next_visit_has", "event_during_stay") and not self.outcome:
             raise ConfigError(f"task {self.name} of kind {self.kind} needs an outcome regex")
 
 
@@ -134,6 +137,12 @@ def subject_samples(task: TaskDefinition, subject_id: int, events: pd.DataFrame)
             if end is None or end <= t:
                 continue  # stay still open at the snapshot, or over before the prediction time
             label = (end - trigger) > np.timedelta64(int(task.threshold_days * 86400 * 1e6), "us")
+        elif task.kind == "event_during_stay":
+            end = _first_after(stay_ends, trigger)
+            first = _first_after(outcome, t)
+            if end is None and first is None or end is not None and end <= t:
+                continue  # stay still open with nothing known, or over before the prediction time
+            label = first is not None and (end is None or first <= end)
         else:  # next_visit_has
             start = _first_after(visit_starts, t)
             end = _first_after(visit_ends, start) if start is not None else None
