@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from commons.machine import machine_facts  # noqa: E402
 from ehr.medfuse.fusion import build_fusion  # noqa: E402
 from ehr.medfuse.model import MedFuseOptions  # noqa: E402
 from ehr.medfuse.run import build_model  # noqa: E402
 from ehr.sequences import Vocab  # noqa: E402
-from medtok_core.machine import machine_facts  # noqa: E402
 
 VARIANTS = ("mufuse", "additive")
 

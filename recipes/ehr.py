@@ -86,11 +86,30 @@ def _train(stage: str):
     return run
 
 
+def _medfuse(step: str):
+    """MedFuse (irregular lab series, MuFuse fusion): train one run, evaluate every fusion and baseline
+    over seeds, or the cross-cohort transfer of feature embeddings."""
+    def run(argv: list[str]):
+        from ehr.medfuse.run import MedFuseConfig, MedFuseEvalConfig, evaluate_medfuse, train_medfuse
+        from ehr.medfuse.transfer import TransferConfig, transfer_experiment
+
+        config, function = {"medfuse-train": (MedFuseConfig, train_medfuse),
+                            "medfuse-eval": (MedFuseEvalConfig, evaluate_medfuse),
+                            "medfuse-transfer": (TransferConfig, transfer_experiment)}[step]
+        result = function(parse_config(config, argv, prog=f"medtok-qa ehr {step}"))
+        print(f"ehr {step}: {result if isinstance(result, Path) else 'done'}")
+        return result
+    return run
+
+
 STEPS = {"convert": (convert_main, "clinosim FHIR R4 output -> a MEDS folder"),
          "data": (data_main, "MEDS (or the cached synthetic cohort) -> prepared sequences, labels, reports"),
          "pretrain": (_train("pretrain"), "next-token pretraining of EhrMamba"),
          "finetune": (_train("finetune"), "multitask prompted finetuning (one head, task tokens)"),
-         "eval": (lambda argv: eval_main(argv), "AUROC/AUPRC/F1 per task with patient-bootstrap CIs, rare-code slice, baseline")}
+         "eval": (lambda argv: eval_main(argv), "AUROC/AUPRC/F1 per task with patient-bootstrap CIs, rare-code slice, baseline"),
+         "medfuse-train": (_medfuse("medfuse-train"), "MedFuse on lab triplets (MuFuse / additive / concat fusion)"),
+         "medfuse-eval": (_medfuse("medfuse-eval"), "MedFuse fusions, GRU and gradient boosting over seeds, with CIs"),
+         "medfuse-transfer": (_medfuse("medfuse-transfer"), "cross-cohort transfer of MedFuse feature embeddings")}
 
 
 def usage() -> str:

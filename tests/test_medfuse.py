@@ -10,6 +10,8 @@ import pytest
 import torch
 from ehr_fixtures import mimic_like_events, write_mimic_like
 
+from commons.config import FieldError
+from commons.errors import ConfigError, DataFileError
 from ehr.code_maps import get_code_map, map_codes
 from ehr.medfuse.fusion import build_fusion
 from ehr.medfuse.model import MedFuseEmbeddings, MedFuseOptions, collate
@@ -29,8 +31,6 @@ from ehr.medfuse.triplets import NormStats, Windowing, sample_triplets
 from ehr.meds import write_meds
 from ehr.sequences import PAD, build_vocab
 from ehr.tasks import TaskDefinition, subject_samples
-from medtok_core.config import FieldError
-from medtok_core.errors import ConfigError, DataFileError
 
 HR, TEMP, DX = "LAB//220045//bpm", "LAB//223762//Cel", "DIAGNOSIS//ICD//10//E11.9"
 
@@ -51,7 +51,7 @@ def irregular_series() -> pd.DataFrame:
 def table_and_vocab(events):
     counts = events["code"].value_counts()
     table, _ = map_codes(get_code_map("mimic_iv"), counts)
-    vocab = build_vocab(table, {}, events[["code"]], counts.index, [])
+    vocab = build_vocab(table, {}, counts, counts.index, [])
     return table, vocab
 
 
@@ -272,3 +272,15 @@ def test_evaluation_of_an_estimable_task(tmp_path):
     assert set(los["auprc_differences"]) == {"medfuse:mufuse - medfuse:additive", "medfuse:mufuse - gru",
                                              "medfuse:mufuse - hgb"}
     assert "| medfuse:mufuse |" in (tmp_path / "eval" / "results.md").read_text()
+
+
+@pytest.mark.parametrize("step", ["medfuse-train", "medfuse-eval", "medfuse-transfer"])
+def test_medfuse_steps_are_ehr_commands_with_the_one_line_error_contract(step, capsys):
+    from recipes import ehr as ehr_cli
+
+    with pytest.raises(SystemExit) as done:
+        ehr_cli.main([step, "--print_config", "true"])
+    assert done.value.code == 0 and "seed" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as bad:
+        ehr_cli.main([step, "--no_such_option", "1"])
+    assert bad.value.code == 2 and capsys.readouterr().err.startswith("error: unknown option no_such_option")

@@ -18,8 +18,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from medtok_core.errors import ConfigError
-from medtok_core.registry import Registry
+from commons.errors import ConfigError
+from commons.registry import Registry
 
 REGISTRY = Registry("fusion")
 register = REGISTRY.register

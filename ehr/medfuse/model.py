@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from commons.config import FieldError, require_choice, require_range
 from ehr.code_embeddings import EmbeddingOptions, build_code_embedding, variant_names
 from ehr.medfuse.fusion import build_fusion, fusion_names
 from ehr.model import TimeEmbedding
 from ehr.sequences import Vocab
-from medtok_core.config import FieldError, require_choice, require_range
 
 
 @dataclass

@@ -27,6 +27,9 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
+from commons.config import from_dict, load_yaml, require_range, save_config
+from commons.errors import ConfigError, DataFileError
+from commons.io import atomic_dir, check_writable_dir, write_json, write_text
 from ehr.code_maps import get_code_map, map_codes
 from ehr.data import code_counts, positives_table
 from ehr.medfuse.baselines import fit_predict_hgb
@@ -38,9 +41,6 @@ from ehr.meds import SPLITS, MedsDataset
 from ehr.sequences import PAD, Vocab, build_vocab
 from ehr.splits import subject_splits
 from ehr.tasks import DEFAULT_TASKS, build_labels, load_tasks
-from medtok_core.config import from_dict, load_yaml, require_range, save_config
-from medtok_core.errors import ConfigError, DataFileError
-from medtok_core.io import atomic_dir, check_writable_dir, write_json, write_text
 
 MEDFUSE_TASKS = Path(__file__).with_name("tasks.yaml")
 TRAIN, TUNING, HELD_OUT = SPLITS
@@ -182,8 +182,7 @@ def build_cohort(opts: CohortOptions) -> Cohort:
     table, report = map_codes(get_code_map(opts.source, opts.data_dir), total)
     meta = dataset.codes_metadata()
     descriptions = dict(zip(meta["code"], meta["description"].fillna(""), strict=True)) if len(meta) else {}
-    vocab = build_vocab(table, descriptions, pd.DataFrame({"code": train.index.repeat(train.to_numpy())}),
-                        total.index, [])
+    vocab = build_vocab(table, descriptions, train, total.index, [])
     labels = _keep_per_subject(build_labels(dataset, tasks), opts.max_samples_per_subject, opts.seed)
     by_subject = dict(iter(labels.groupby("subject_id")))
     windows = {t.name: (t.lookback_days, Windowing(opts.window_hours.get(t.name), opts.bin_hours.get(t.name),
@@ -314,7 +313,7 @@ def _method_probs(method: str, cohort: Cohort, task: str, cfg: MedFuseEvalConfig
 
 
 def _as_dict(opts) -> dict:
-    from medtok_core.config import to_dict
+    from commons.config import to_dict
 
     return to_dict(opts)
 

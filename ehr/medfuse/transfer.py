@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from commons.errors import ConfigError
 from ehr.medfuse.metrics import bootstrap_intervals
 from ehr.medfuse.model import MedFuse, MedFuseOptions
 from ehr.medfuse.run import (
@@ -23,7 +24,6 @@ from ehr.medfuse.run import (
     predict,
 )
 from ehr.sequences import PAD, Vocab
-from medtok_core.errors import ConfigError
 
 
 def copy_feature_embeddings(source: MedFuse, source_vocab: Vocab, target: MedFuse, target_vocab: Vocab) -> int:

@@ -27,10 +27,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from commons.errors import DataFileError
+from commons.io import write_json
 from ehr.sequences import Vocab
 from ehr.tasks import input_events
-from medtok_core.errors import DataFileError
-from medtok_core.io import write_json
 
 CATEGORICAL_KINDS = ("DIAGNOSIS", "MEDICATION", "PROCEDURE")
 TRIPLET_KEYS = ("tokens", "values", "hours", "numeric")
