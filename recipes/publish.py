@@ -84,7 +84,8 @@ def _read_eval_folder(src: Path) -> tuple[dict, str, dict | None, list[Path]]:
         raise ConfigError(f"{src / 'results.json'} is not an evaluation's results (no 'tiers'); pass the output "
                           "folder of recipes.evaluate as --eval_dir")
     report_md = read(src / "report.md", "report")
-    timings_file = src.parent / "timings.json"
+    # the pipeline's, beside the eval folder; a published folder holds its own copy
+    timings_file = next((f for f in (src.parent / "timings.json", src / "timings.json") if f.is_file()), src / "-")
     timings = read(timings_file, "timings") if timings_file.is_file() else None
     return results, report_md, timings, sorted(src.glob("*.png"))
 
