@@ -5,7 +5,8 @@
 
 Stages, in order:
 
-1. data       ``ehr data`` on ``data.meds_dir`` (or clinosim's cohort, cached by its parameters)
+1. data       ``ehr data`` on ``data.meds_dir``; without one, clinosim's cohort (``data.clinosim_*``,
+              generated once per parameters under the cache dir) converted to ``<output>/meds`` first
 2. medtok     a MedTok artifact for the ``medtok_*`` variants: ``medtok_artifact`` when given, else the
               QA pipeline's ``runs/pipeline/medtok/artifact`` when present, else trained here with
               ``medtok-qa train-tokenizer --config <medtok_config>`` (``medtok_train: false``: the
@@ -154,15 +155,33 @@ def data_stage(cfg: EhrPipelineConfig, out: Path, stages: Stages) -> tuple[Path,
     from ehr.data import prepare
 
     opts = replace(cfg.data, output_dir=str(out / "data"))
-    meds = Path(opts.meds_dir)
+    meds, meds_key = (Path(opts.meds_dir), None) if opts.meds_dir else synthetic_meds(opts, out, stages)
     folder = out / "data"
-    key = settings_key({"data": to_dict(opts), "meds": folder_digest(meds)})
+    key = settings_key({"data": to_dict(opts), "meds": meds_key or folder_digest(meds)})
 
     def work():
         prepare(opts, meds, folder)  # written atomically
         save_config(opts, folder / "config.yaml")
 
     stages.run("data", "data", folder, key, work)
+    return folder, key
+
+
+def synthetic_meds(opts: DataOptions, out: Path, stages: Stages) -> tuple[Path, str]:
+    """No MEDS folder given: clinosim's cohort (generated once per parameters under the cache dir, or
+    ``data.fhir_dir``) converted to ``<output>/meds``."""
+    from ehr.clinosim import cached_cohort, convert_fhir
+
+    folder = out / "meds"
+    params = [opts.clinosim_population, opts.clinosim_seed, opts.clinosim_start, opts.clinosim_end]
+    key = settings_key({"clinosim": params, "fhir_dir": opts.fhir_dir, "split_seed": opts.seed})
+
+    def work():
+        fhir = Path(opts.fhir_dir) if opts.fhir_dir else cached_cohort(*params)
+        convert_fhir(fhir, folder, f"clinosim p={params[0]} s={params[1]} start={params[2]} end={params[3]} (synthetic)",
+                     seed=opts.seed)
+
+    stages.run("data", "meds", folder, key, work)
     return folder, key
 
 
@@ -254,10 +273,11 @@ def eval_stage(cfg: EhrPipelineConfig, data: Path, finetuned: dict[Run, tuple[Pa
 
 def check_inputs(cfg: EhrPipelineConfig) -> None:
     """What the user named must exist before anything is written."""
-    if not cfg.data.meds_dir:
-        raise ConfigError("data.meds_dir is required by the pipeline: a MEDS folder (the committed fixture "
-                          "tests/fixtures/ehr_clinosim_meds, or `medtok-qa ehr convert` output)")
-    if not Path(cfg.data.meds_dir).is_dir():
+    if cfg.data.meds_dir and cfg.data.fhir_dir:
+        raise ConfigError("pass data.meds_dir or data.fhir_dir, not both")
+    if cfg.data.fhir_dir and not Path(cfg.data.fhir_dir).is_dir():
+        raise DataFileError(f"data.fhir_dir {cfg.data.fhir_dir} is not a folder; pass clinosim's fhir_r4 folder")
+    if cfg.data.meds_dir and not Path(cfg.data.meds_dir).is_dir():
         raise DataFileError(f"data.meds_dir {cfg.data.meds_dir} is not a folder; pass a MEDS folder "
                             "(data/*.parquet, metadata/)")
     if cfg.medtok_artifact:

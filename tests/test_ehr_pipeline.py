@@ -77,6 +77,8 @@ def test_a_second_call_reuses_every_stage_and_a_change_reruns_only_what_it_touch
     ("runs:\n  mamba: [nope]\n", [], "unknown code embedding 'nope'"),
     ("", ["--data.meds_dir", "/nonexistent"], "is not a folder"),
     ("", ["--force", "everything"], "unknown stage"),
+    ("", ["--data.fhir_dir", "/nonexistent"], "not both"),
+    ("", ["--page", "x.md"], "page needs publish"),
 ])
 def test_bad_input_is_one_error_line(yaml, argv, message, tmp_path, capsys):
     (tmp_path / "p.yaml").write_text(yaml or RUNS)
