@@ -142,6 +142,12 @@ class EhrModel(nn.Module):
         return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                                            ignore_index=-100)
 
+    def forward(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        """The training loss of ``stage`` (through ``__call__``, so DistributedDataParallel syncs gradients)."""
+        if stage == "pretrain":
+            return self.pretrain_loss(batch)
+        return nn.functional.binary_cross_entropy_with_logits(self.task_logits(batch), batch["labels"])
+
     def task_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One logit per sequence from its last real position (the task token under MPF)."""
         hidden = self.hidden_states(batch)
