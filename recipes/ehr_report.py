@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from commons.io import page_link, read_json, write_json, write_text
+from commons.io import docs_root, page_link, read_json, write_json, write_text
 from ehr.evaluate import SYNTHETIC_NOTE
 
 METRICS = ("auprc", "auroc", "f1")
@@ -64,6 +64,15 @@ def summarize(metrics: dict, finetuned: dict, seeds: list[int]) -> dict:
                        "seeds": [s for s in g["seeds"] if s is not None],
                        "tasks": {t: {sl: aggregate([p[t][sl] for p in g["per_seed"]]) for sl in slices} for t in tasks}}
     return out
+
+
+def stage_breakdown(timings: dict) -> str:
+    """Seconds per stage group, e.g. 'data 4 s, medtok 792 s, pretrain 120 s, finetune 290 s, eval 67 s'."""
+    groups: dict[str, float] = {}
+    for name, t in timings["stages"].items():
+        group = name.split(" ", 1)[0]
+        groups[group] = groups.get(group, 0.0) + t["seconds"]
+    return ", ".join(f"{g} {s:.0f} s" for g, s in groups.items())
 
 
 def _cell(m: dict, key: str) -> str:
@@ -120,8 +129,8 @@ def report_markdown(summary: dict) -> str:
         lines += [f"MedTok artifact: {summary['medtok']['artifact']}.", ""]
     lines += tables(summary)
     lines += ["![AUPRC per task and method](auprc.png)", "",
-              f"Stage time: {t['total_stage_seconds']:.0f} s in all ({t['ran_seconds']:.0f} s run in this call, "
-              f"the rest reused from earlier calls); machine: {summary['machine']['cpu']}, "
+              f"Stage time: {t['total_stage_seconds']:.0f} s in all ({stage_breakdown(t)}; {t['ran_seconds']:.0f} s "
+              f"run in this call, the rest reused from earlier calls); machine: {summary['machine']['cpu']}, "
               f"{summary['machine']['cpus']} CPUs, load average {summary['machine']['load_average_1_5_15']}.", ""]
     return "\n".join(lines)
 
@@ -199,8 +208,16 @@ def page_markdown(summary: dict, page: Path, published: Path) -> str:
              f"[summary.json]({link('summary.json')}); full report [report.md]({link('report.md')}), "
              f"model card [README.md]({link('README.md')}), machine [machine.json]({link('machine.json')}), "
              f"stage times [timings.json]({link('timings.json')}).", "",
-             f"Stage time in all: {summary['timings']['total_stage_seconds']:.0f} s on {summary['machine']['cpu']} "
-             f"({summary['machine']['cpus']} CPUs, load average {summary['machine']['load_average_1_5_15']}).", ""]
+             f"Stage time in all: {summary['timings']['total_stage_seconds']:.0f} s ({stage_breakdown(summary['timings'])}) "
+             f"on {summary['machine']['cpu']} ({summary['machine']['cpus']} CPUs shared with other jobs; "
+             f"{summary['machine']['training_threads']} torch thread(s) per training).", ""]
+    speed = docs_root(page) / "docs" / "ehr.md"
+    if speed.is_file():  # the speed/memory benchmark's figures are described beside the EHR docs
+        lines += [f"Pretraining throughput and memory vs sequence length (Mamba vs transformer): "
+                  f"[ehr.md, Speed and memory]({page_link(page, speed)}#speed-and-memory-python-benchmarksbench_ehrpy-benchmarksresultsehrjson).", ""]
+    if summary["medtok"]["artifact"]:
+        lines += [f"MedTok artifact: `{summary['medtok']['artifact']}` (trained by the preset's MedTok stage when "
+                  "no artifact was given or found).", ""]
     lines += tables(summary)
     lines += [f"![AUPRC per task and method]({link('auprc.png')})", ""]
     return "\n".join(lines)
@@ -214,7 +231,8 @@ def write_outputs(cfg, out: Path, data: Path, evaluation: Path, finetuned: dict,
     from commons.machine import machine_facts
 
     metrics = read_json(evaluation / "metrics.json")
-    machine = machine_facts()
+    machine = {**machine_facts(), "training_threads": cfg.finetune.threads,
+               "note": "load average and torch_threads at report time; trainings ran on training_threads"}
     total = sum(t["seconds"] for t in timings.values())
     summary = {
         "note": SYNTHETIC_NOTE, "config_file": config_file,
