@@ -65,6 +65,12 @@ class EvalOptions:
         require_range(self, "rare_k", 1)
 
 
+def _names(value) -> list[str]:
+    """A YAML list, a comma-separated string, or the command line's occurrences -> a list of names."""
+    items = [value] if isinstance(value, str) else [x for v in (value or []) for x in ([v] if isinstance(v, str) else v)]
+    return [name.strip() for item in items for name in str(item).split(",") if name.strip()]
+
+
 @dataclass
 class EhrPipelineConfig:
     """Run data -> (MedTok) -> pretrain -> finetune per backbone x code embedding x seed -> eval -> report."""
@@ -88,10 +94,11 @@ class EhrPipelineConfig:
     def __post_init__(self):
         if not isinstance(self.runs, dict) or not self.runs:
             raise FieldError("runs", "must map a backbone (mamba, transformer) to a list of code embeddings")
+        self.runs = {b: _names(v) for b, v in self.runs.items()}  # `--runs.mamba a,b` gives a CLI value
         for backbone, variants in self.runs.items():
             if backbone not in BACKBONES:
                 raise FieldError("runs", f"names unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
-            if not isinstance(variants, list) or not variants:
+            if not variants:
                 raise FieldError("runs", f"{backbone}: give a list of code embeddings")
             for v in variants:
                 if v not in CODE_EMBEDDINGS:

@@ -72,6 +72,14 @@ def test_a_second_call_reuses_every_stage_and_a_change_reruns_only_what_it_touch
     assert ran == {n for n in changed["timings"]["stages"] if n.startswith("finetune ")} | {"eval"}
 
 
+def test_runs_take_command_line_overrides(tmp_path):
+    from commons.config import parse_config
+    from recipes.ehr_pipeline import EhrPipelineConfig
+
+    cfg = parse_config(EhrPipelineConfig, ["--config", "configs/ehr_demo.yaml", "--runs.mamba", "learned,text"])
+    assert cfg.runs["mamba"] == ["learned", "text"] and "medtok_tokens" in cfg.runs["transformer"]
+
+
 @pytest.mark.parametrize("yaml, argv, message", [
     ("runs:\n  rnn: [learned]\n", [], "unknown backbone 'rnn'"),
     ("runs:\n  mamba: [nope]\n", [], "unknown code embedding 'nope'"),
