@@ -52,10 +52,14 @@ class EhrEvalConfig:
 
 @torch.inference_mode()
 def predict(model, records: list[dict], batch_size: int) -> np.ndarray:
-    scores = []
+    """Scores in the records' order; batches of similar length (a sequence's score does not depend on
+    its batch, ``ehr.model.collate``), so little time goes into padding."""
+    order = np.argsort([len(r["input_ids"]) for r in records], kind="stable")
+    scores = np.zeros(len(records), dtype=np.float32)
     for i in range(0, len(records), batch_size):
-        scores.append(torch.sigmoid(model.task_logits(collate(records[i:i + batch_size]))).numpy())
-    return np.concatenate(scores) if scores else np.zeros(0)
+        idx = order[i:i + batch_size]
+        scores[idx] = torch.sigmoid(model.task_logits(collate([records[j] for j in idx]))).numpy()
+    return scores
 
 
 def count_features(frame: pd.DataFrame, vocab) -> np.ndarray:

@@ -8,7 +8,12 @@ visit order, summed and layer-normed. Backbones:
   transformer  a LLaMA-shaped causal transformer (``LlamaModel``), the baseline and the fast path
 Every result says which backbone produced it. Pretraining: next-token prediction over the
 vocabulary. Multitask prompted finetuning (MPF): the task token sits first and last in the
-sequence (``ehr.sequences``) and one binary head reads the last position for every task.
+sequence (``ehr.sequences``) and one binary head reads the last real position for every task.
+
+Padding: batches are right-padded (:func:`collate`). Both backbones are causal, so a real token
+never sees the padding after it, and a sequence's outputs do not depend on how long the batch's
+other sequences are. (Mamba takes no attention mask: with left padding the pad positions would run
+through its state before the real tokens, which is why the padding goes on the right.)
 """
 
 from __future__ import annotations
@@ -126,7 +131,7 @@ class EhrModel(nn.Module):
     def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         embeds = self.embeddings(batch)
         if self.opts.backbone == "mamba":
-            # Mamba has no attention mask; sequences are left-padded, so padding only precedes them.
+            # Mamba has no attention mask: right padding (collate) keeps the pads after every real token
             return self.backbone(inputs_embeds=embeds).last_hidden_state
         return self.backbone(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state
 
@@ -137,13 +142,22 @@ class EhrModel(nn.Module):
         return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                                            ignore_index=-100)
 
+    def forward(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        """The training loss of ``stage`` (through ``__call__``, so DistributedDataParallel syncs gradients)."""
+        if stage == "pretrain":
+            return self.pretrain_loss(batch)
+        return nn.functional.binary_cross_entropy_with_logits(self.task_logits(batch), batch["labels"])
+
     def task_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One logit per sequence from the last position (the task token under MPF; left padding)."""
-        return self.task_head(self.hidden_states(batch)[:, -1]).squeeze(-1)
+        """One logit per sequence from its last real position (the task token under MPF)."""
+        hidden = self.hidden_states(batch)
+        last = batch["attention_mask"].sum(1) - 1  # right padding: the last real token's index
+        return self.task_head(hidden[torch.arange(len(hidden)), last]).squeeze(-1)
 
 
 def collate(samples: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Left-pad a list of :func:`ehr.sequences.encode_timeline` outputs into a batch."""
+    """Right-pad a list of :func:`ehr.sequences.encode_timeline` outputs into a batch (see the module
+    docstring: the pads come after the real tokens, where a causal backbone's real outputs cannot see them)."""
     length = max(len(s["input_ids"]) for s in samples)
     out: dict[str, list] = {}
     keys = ("input_ids", "token_type_ids", "ages", "times", "visit_segments", "visit_orders")
@@ -153,10 +167,10 @@ def collate(samples: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
         for s in samples:
             v = torch.tensor(s[key], dtype=dtype)
             fill = pad_id if key == "input_ids" else 0
-            rows.append(torch.cat([torch.full((length - len(v),), fill, dtype=dtype), v]))
+            rows.append(torch.cat([v, torch.full((length - len(v),), fill, dtype=dtype)]))
         out[key] = torch.stack(rows)
-    out["attention_mask"] = torch.stack([torch.cat([torch.zeros(length - len(s["input_ids"]), dtype=torch.long),
-                                                    torch.ones(len(s["input_ids"]), dtype=torch.long)])
+    out["attention_mask"] = torch.stack([torch.cat([torch.ones(len(s["input_ids"]), dtype=torch.long),
+                                                    torch.zeros(length - len(s["input_ids"]), dtype=torch.long)])
                                          for s in samples])
     if "label" in samples[0]:
         out["labels"] = torch.tensor([float(s["label"]) for s in samples])

@@ -10,6 +10,11 @@ run (the batch order is drawn per epoch from the seed, dropout is reseeded per s
 (seed, step), so nothing depends on the process's history). Optimizer state is read with
 ``torch.load(weights_only=True)``: tensors and plain containers only, no code.
 Output: ``model.safetensors``, ``config.yaml``, ``losses.jsonl`` (one line per step).
+
+Several processes: ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m recipes.ehr
+pretrain ...`` (or ``--config_file configs/accelerate/cpu_multi.yaml``): every process draws the same
+step's batch, takes its share (``idx[rank::world]``), and DistributedDataParallel averages the
+gradients; the main process writes the log, the resume state and the model.
 """
 
 from __future__ import annotations
@@ -107,10 +112,13 @@ def build_model(vocab: Vocab, opts: ModelOptions, seed: int) -> EhrModel:
     return EhrModel(vocab, opts)
 
 
-def _loss(model: EhrModel, batch: dict, stage: str) -> torch.Tensor:
-    if stage == "pretrain":
-        return model.pretrain_loss(batch)
-    return torch.nn.functional.binary_cross_entropy_with_logits(model.task_logits(batch), batch["labels"])
+def _accelerator():
+    """accelerate's Accelerator (one process: a no-op wrapper). Each stage leaves one of the two heads
+    unused, so DDP must be told to expect unused parameters."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    return Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
 def _save_resume(out: Path, model, optimizer, step: int) -> None:
@@ -162,28 +170,55 @@ def train(cfg: EhrTrainConfig, stop_after: int | None = None) -> Path:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
                                   weight_decay=cfg.train.weight_decay)
     step = _load_resume(out, model, optimizer)
+    acc = _accelerator()
+    ddp_model, optimizer = acc.prepare(model, optimizer)  # model itself stays the unwrapped module
+    rank, world = acc.process_index, acc.num_processes
+    if cfg.train.batch_size < world:
+        raise ConfigError(f"--train.batch_size {cfg.train.batch_size} is smaller than the {world} processes; "
+                          "give every process at least one sequence")
     log = out / "losses.jsonl"
-    _trim_log(log, step)
+    if acc.is_main_process:
+        _trim_log(log, step)
     model.train()
-    with open(log, "a", encoding="utf-8") as f:
+    with open(log, "a", encoding="utf-8") if acc.is_main_process else _NoLog() as f:
         while step < cfg.train.steps:
             if stop_after is not None and step >= stop_after:
                 return out
-            idx = batch_indices(len(records), step, cfg.train.batch_size, cfg.train.seed)
+            idx = batch_indices(len(records), step, cfg.train.batch_size, cfg.train.seed)[rank::world]
             torch.manual_seed(cfg.train.seed * 1_000_003 + step)  # dropout: a function of (seed, step)
-            loss = _loss(model, collate([records[i] for i in idx]), cfg.stage)
+            batch = {k: v.to(acc.device) for k, v in collate([records[i] for i in idx]).items()}
+            loss = ddp_model(batch, cfg.stage)
             optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            acc.backward(loss)
+            acc.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             step += 1
-            f.write(json.dumps({"step": step - 1, "loss": round(loss.item(), 6)}) + "\n")
+            mean_loss = acc.reduce(loss.detach(), "mean").item()  # the whole batch's loss in the log
+            f.write(json.dumps({"step": step - 1, "loss": round(mean_loss, 6)}) + "\n")
             f.flush()
-            if step % cfg.train.save_every == 0 and step < cfg.train.steps:
+            if step % cfg.train.save_every == 0 and step < cfg.train.steps and acc.is_main_process:
                 _save_resume(out, model, optimizer, step)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
-    shutil.rmtree(out / RESUME_DIR, ignore_errors=True)
+    if acc.is_main_process:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
+        shutil.rmtree(out / RESUME_DIR, ignore_errors=True)
+    acc.wait_for_everyone()
     return out
+
+
+class _NoLog:
+    """The log of a process other than the main one: nothing is written."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def write(self, _text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
 
 
 def load_trained(run: str | Path, vocab: Vocab) -> tuple[EhrModel, EhrTrainConfig]:

@@ -6,6 +6,7 @@
     medtok-qa ehr pretrain  --data runs/ehr/data --output_dir runs/ehr/pre --model.backbone mamba
     medtok-qa ehr finetune  --data runs/ehr/data --init runs/ehr/pre --output_dir runs/ehr/mpf
     medtok-qa ehr eval      --data runs/ehr/data --runs runs/ehr/mpf --output_dir runs/ehr/eval
+    medtok-qa ehr pipeline  --config configs/ehr_demo.yaml                   # all of the above, resumable
 
 Without --meds_dir (and --fhir_dir), ``data`` uses clinosim's cohort, generated once per parameters
 under the cache dir. A MEDS folder in MIMIC-IV's shape runs through the same commands with
@@ -109,7 +110,15 @@ STEPS = {"convert": (convert_main, "clinosim FHIR R4 output -> a MEDS folder"),
          "eval": (lambda argv: eval_main(argv), "AUROC/AUPRC/F1 per task with patient-bootstrap CIs, rare-code slice, baseline"),
          "medfuse-train": (_medfuse("medfuse-train"), "MedFuse on lab triplets (MuFuse / additive / concat fusion)"),
          "medfuse-eval": (_medfuse("medfuse-eval"), "MedFuse fusions, GRU and gradient boosting over seeds, with CIs"),
-         "medfuse-transfer": (_medfuse("medfuse-transfer"), "cross-cohort transfer of MedFuse feature embeddings")}
+         "medfuse-transfer": (_medfuse("medfuse-transfer"), "cross-cohort transfer of MedFuse feature embeddings"),
+         "pipeline": (lambda argv: pipeline_main(argv), "the whole path as a resumable preset: data -> pretrain -> "
+                      "finetune per variant x backbone x seed -> eval -> report (recipes/ehr_pipeline.py)")}
+
+
+def pipeline_main(argv: list[str]) -> dict:
+    from recipes.ehr_pipeline import main
+
+    return main(argv)
 
 
 def usage() -> str:

@@ -131,14 +131,16 @@ CONFIG_FILES = {"medtok_quick.yaml": "recipes.train_tokenizer", "medtok_full.yam
                 "qa_quick.yaml": "qa.training", "qa_paper.yaml": "qa.training",
                 "pipeline_quick.yaml": "recipes.pipeline", "pipeline_full.yaml": "recipes.pipeline",
                 "pipeline_cpu.yaml": "recipes.pipeline", "recipe_sweep.yaml": "recipes.recipe",
-                "pipeline_kgqa.yaml": "recipes.pipeline", "pipeline_kgqa_quick.yaml": "recipes.pipeline"}
+                "pipeline_kgqa.yaml": "recipes.pipeline", "pipeline_kgqa_quick.yaml": "recipes.pipeline",
+                "ehr_demo.yaml": "recipes.ehr_pipeline", "ehr_full.yaml": "recipes.ehr_pipeline"}
 
 
 def _config_class(module: str):
     import importlib
 
     mod = importlib.import_module(module)
-    names = {"recipes.pipeline": "PipelineConfig", "recipes.medtok_quality": "QualityConfig", "recipes.recipe": "RecipeConfig"}
+    names = {"recipes.pipeline": "PipelineConfig", "recipes.medtok_quality": "QualityConfig", "recipes.recipe": "RecipeConfig",
+             "recipes.ehr_pipeline": "EhrPipelineConfig"}
     return getattr(mod, names.get(module, "TrainConfig"))
 
 
@@ -150,6 +152,7 @@ def test_print_config_round_trips_every_shipped_config(name, tmp_path, capsys):
     cfg = parse_config(cls, ["--config", str(path)])
     assert cfg == from_dict(cls, load_yaml(path))  # the YAML file means what it meant
     key, override, expected = {"PipelineConfig": ("seeds", ["3", "4"], [3, 4]),
+                               "EhrPipelineConfig": ("seeds", ["3", "4"], [3, 4]),
                                "RecipeConfig": ("alpha", ["0.01"], 0.01)}.get(cls.__name__, ("seed", ["5"], 5))
     with pytest.raises(SystemExit) as stop:
         parse_config(cls, ["--config", str(path), f"--{key}", *override, "--print_config"])
