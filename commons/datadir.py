@@ -37,7 +37,7 @@ def manifest() -> dict[str, dict]:
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """The data directory: explicit argument, then ``$MEDTOK_DATA_DIR``, then ``../shared/data``."""
     if data_dir:
-        candidates = [("--data-dir", Path(data_dir))]
+        candidates = [("--data_dir", Path(data_dir))]
     elif os.environ.get(ENV_VAR):
         candidates = [(f"${ENV_VAR}", Path(os.environ[ENV_VAR]))]
     else:
@@ -46,7 +46,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     if not path.is_dir():
         what = "is a file, not a folder" if path.exists() else "does not exist"
         raise DataFileError(
-            f"data directory {path} ({source}) {what}; pass --data-dir DIR, set "
+            f"data directory {path} ({source}) {what}; pass --data_dir DIR, set "
             f"${ENV_VAR}, or place the data in ../shared/data beside the checkout"
         )
     return path
