@@ -424,29 +424,6 @@ def with_defaults(cls: type, saved: dict[str, Any]) -> dict[str, Any]:
     return fill(defaults, saved)
 
 
-def starts_fresh(cfg: Any, saved: Path, out: Path) -> bool:
-    """Whether a run in folder ``out`` must start over; raises if it holds a run with other settings.
-
-    ``saved`` is the config the folder's run saved, ``cfg`` (with ``resume`` and ``force`` fields)
-    the one about to run. Same settings: resume. Other settings: an error that says how to
-    proceed, unless ``force`` (or ``resume: false``) says to start over.
-    """
-    if not saved.is_file():
-        return not cfg.resume
-    try:
-        old = yaml.safe_load(saved.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        old = None
-    diff = (first_difference(with_defaults(type(cfg), old), to_dict(cfg)) if isinstance(old, dict)
-            else f"its {saved.name} is unreadable")
-    if diff is None:
-        return not cfg.resume
-    if cfg.force or not cfg.resume:
-        return True
-    raise ConfigError(f"output_dir {out} holds a run with other settings ({diff}); use another --output_dir, "
-                      "or --force true to discard that run")
-
-
 def config_yaml(cfg: Any) -> str:
     """The resolved config as YAML (what ``--print_config`` prints and runs save)."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)

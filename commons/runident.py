@@ -152,8 +152,12 @@ def save_run_config(cfg: Any, path: str | Path) -> None:
 
 
 def starts_fresh(cfg: Any, saved: Path, out: Path) -> bool:
-    """:func:`commons.config.starts_fresh` with the run known by its inputs' content and not by
-    where its folder is: whether folder ``out`` must start over; raises if it holds another run."""
+    """Whether a run in folder ``out`` must start over; raises if it holds a run with other settings.
+
+    ``saved`` is the config the folder's run saved, ``cfg`` (with ``resume`` and ``force`` fields)
+    the one about to run; the run is known by its settings and its inputs' content, not by where its
+    folder is. Same run: resume. Another: an error that says how to proceed, unless ``force`` (or
+    ``resume: false``) says to start over."""
     if not saved.is_file():
         return not cfg.resume
     diff = run_difference(cfg, saved)

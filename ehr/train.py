@@ -30,9 +30,11 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from commons.config import require_range, save_config, starts_fresh
+from commons.config import require_range
 from commons.errors import ConfigError, DataFileError
 from commons.io import atomic_dir, read_json
+from commons.runident import save_run_config as save_config  # the config with its inputs' digests
+from commons.runident import starts_fresh  # a run is its inputs' content, wherever its folder is
 from ehr.model import EhrModel, ModelOptions, collate
 from ehr.sequences import Vocab
 

@@ -245,7 +245,7 @@ def _run_files(out: Path) -> dict[str, Path]:
 
 
 def starts_fresh(cfg: TrainConfig, out: Path) -> bool:
-    """Whether ``out`` must be cleared before training (see :func:`commons.config.starts_fresh`)."""
+    """Whether ``out`` must be cleared before training (see :func:`commons.runident.starts_fresh`)."""
     return config_starts_fresh(cfg, out / "train_config.yaml", out)
 
 

@@ -251,7 +251,9 @@ def test_a_run_folder_with_other_settings_resumes_only_when_they_match(tmp_path)
 
     import yaml
 
-    from commons.config import ConfigError, save_config, starts_fresh
+    from commons.config import ConfigError
+    from commons.runident import save_run_config as save_config
+    from commons.runident import starts_fresh
     from medtok_core.train import TrainConfig as MedTokConfig
 
     saved = tmp_path / "config.yaml"

@@ -83,7 +83,8 @@ def test_report_to_is_checked_when_parsed():
 
 def test_report_to_does_not_make_a_run_folder_other(tmp_path):
     """Where a run reports is not what it is: resuming with another --report_to is allowed."""
-    from commons.config import save_config, starts_fresh
+    from commons.runident import save_run_config as save_config
+    from commons.runident import starts_fresh
 
     cfg = TrainConfig(output_dir=str(tmp_path))
     save_config(cfg, tmp_path / "train_config.yaml")

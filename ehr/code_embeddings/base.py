@@ -52,6 +52,19 @@ class CodeEmbedding(nn.Module):
             rows.append(unk if is_code and self.vocab.train_counts.get(tok, 0) < self.opts.min_train_count else i)
         return torch.tensor(rows, dtype=torch.long)
 
+    def add_projector_with_fallback(self, width: int) -> None:
+        """A projector from ``width``-wide vectors into the model, and the learned table a token
+        without such a vector falls back to (created in this order: the seeded init rests on it)."""
+        self.projector = nn.Sequential(nn.Linear(width, self.opts.projector_hidden), nn.GELU(),
+                                       nn.Linear(self.opts.projector_hidden, self.hidden))
+        self.table = nn.Embedding(len(self.vocab), self.hidden)
+        self.register_buffer("rows", self.learned_ids(), persistent=False)
+
+    def projected_or_learned(self, ids: torch.Tensor, vectors: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+        """The projected vector where a token has one (``has``), else its learned row."""
+        learned = self.table(self.rows[ids])
+        return torch.where(has[ids].unsqueeze(-1), self.projector(vectors[ids]), learned)
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

@@ -44,15 +44,10 @@ class MedTokProjected(CodeEmbedding):
         else:
             self.register_buffer("medtok", table)
         self.register_buffer("has_medtok", mask)
-        self.projector = nn.Sequential(nn.Linear(table.shape[1], opts.projector_hidden), nn.GELU(),
-                                       nn.Linear(opts.projector_hidden, hidden))
-        self.table = nn.Embedding(len(vocab), hidden)
-        self.register_buffer("rows", self.learned_ids(), persistent=False)
+        self.add_projector_with_fallback(table.shape[1])
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        learned = self.table(self.rows[ids])
-        projected = self.projector(self.medtok[ids])
-        return torch.where(self.has_medtok[ids].unsqueeze(-1), projected, learned)
+        return self.projected_or_learned(ids, self.medtok, self.has_medtok)
 
 
 @register

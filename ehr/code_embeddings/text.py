@@ -6,7 +6,6 @@ MiniLM by default), run once when the model is built."""
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ehr.code_embeddings.base import CodeEmbedding, register
 
@@ -29,11 +28,7 @@ class TextDescriptions(CodeEmbedding):
             table[vocab.index[t]], mask[vocab.index[t]] = e.float(), True
         self.register_buffer("text", table)
         self.register_buffer("has_text", mask)
-        self.projector = nn.Sequential(nn.Linear(table.shape[1], opts.projector_hidden), nn.GELU(),
-                                       nn.Linear(opts.projector_hidden, hidden))
-        self.table = nn.Embedding(len(vocab), hidden)
-        self.register_buffer("rows", self.learned_ids(), persistent=False)
+        self.add_projector_with_fallback(table.shape[1])
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        learned = self.table(self.rows[ids])
-        return torch.where(self.has_text[ids].unsqueeze(-1), self.projector(self.text[ids]), learned)
+        return self.projected_or_learned(ids, self.text, self.has_text)
