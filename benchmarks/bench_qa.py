@@ -57,7 +57,7 @@ def questions(args) -> list:
     from commons.datadir import data_file
 
     path = Path(args.linked) if args.linked else data_file("meddx/MedDDx.json")
-    items, _ = load_mcq(path)
+    items, _ = load_mcq(path, skip_invalid=True)  # MedDDx holds two unscoreable questions
     return [i for i in items if i.tier == "Intermediate"]
 
 
