@@ -113,6 +113,9 @@ class OptimOptions:
     # runs as row slices of at most this many positions, their gradients summed: the same update
     # (up to rounding and the dropout draws), with only one slice's activations alive. Long batches set a fine-tune's peak RSS.
     max_batch_tokens: int = 0
+    # False: only the prefix module trains; the LLM and its LoRA adapter (zero-initialised, so the
+    # identity) stay as loaded. The frozen-LLM variant of the channel check (docs/kgqa.md).
+    train_lm: bool = True
 
     def __post_init__(self):
         require_range(self, "lr", 0.0, low_open=True)
@@ -194,10 +197,20 @@ def make_split(items: list[MCQItem], opts: DataOptions) -> tuple[list[MCQItem], 
 def make_optimizer(model: QAModel, o: OptimOptions) -> torch.optim.Optimizer:
     lora = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("projector.")]
     proj = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("projector.")]
-    groups = [{"params": lora, "lr": o.lr}]
+    groups = [{"params": lora, "lr": o.lr}] if lora else []
     if proj:
         groups.append({"params": proj, "lr": o.projector_lr or o.lr})
     return torch.optim.AdamW(groups, weight_decay=o.weight_decay)
+
+
+def freeze_lm(model: QAModel) -> None:
+    """Train the prefix module only: the LoRA adapter keeps its identity initialisation."""
+    if model.projector is None:
+        raise UserError(f"optim.train_lm false trains the prefix module only, and prefix_mode "
+                        f"{model.options.prefix_mode} has none; choose a method with a prefix module")
+    for name, p in model.named_parameters():
+        if not name.startswith("projector."):
+            p.requires_grad_(False)
 
 
 def linear_schedule(optimizer, warmup: int, total: int):
@@ -343,6 +356,8 @@ def _start(cfg: TrainConfig) -> _Run:
     train_items, val_items = make_split(load_questions(cfg.data), cfg.data)
     check_accumulation(cfg, len(train_items), accelerator.num_processes)
     model = build_qa_model(cfg.model, lora=True, seed=cfg.seed)  # checks artifact and base model
+    if not cfg.optim.train_lm:
+        freeze_lm(model)
     if accelerator.is_main_process:
         if fresh:
             clear_run(out)

@@ -83,8 +83,10 @@ class PipelineConfig:
     # instead of linking a question file; MedTok then trains without their held-out edges.
     generate_kgqa: bool = False
     kgqa: StageOptions = field(default_factory=StageOptions)  # the generator's config and overrides
-    # Prefix methods to fine-tune (default: every registered one, qa/prefix_methods/).
-    methods: list[str] = field(default_factory=method_names, metadata={"choices": method_names})
+    # Prefix methods to fine-tune (default: every registered one, qa/prefix_methods/, except the
+    # diagnostic `oracle`, which configs/pipeline_kgqa_oracle.yaml names).
+    methods: list[str] = field(default_factory=method_names,
+                               metadata={"choices": lambda: method_names(diagnostics=True)})
     seeds: list[int] = field(default_factory=lambda: [0])  # fine-tune seeds per method
     zero_shot: bool = True  # also evaluate the base model without fine-tuning
     launcher: str = "accelerate"  # accelerate | python (fine-tuning entry point)
@@ -206,7 +208,10 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         stages.insert(0, Stage("build", "build", "Vocabulary + knowledge graph",
                             _python("recipes.build") + data_dir + _config_args(cfg.build) + _overrides(cfg.build),
                             []))  # results live in the shared cache; the stamp alone records the build
-    if not cfg.medtok_artifact:
+    # MedTok trains when something reads it (a method's prefix, a reference): the oracle check
+    # (methods none and oracle, no references) needs no artifact.
+    needs_medtok = bool(cfg.references) or any(get_method(m).needs_artifact for m in cfg.methods)
+    if not cfg.medtok_artifact and needs_medtok:
         stages.append(Stage("medtok", "medtok", "MedTok training",
                             _python("recipes.train_tokenizer") + _config_args(cfg.medtok)
                             + (["--data.data_dir", cfg.data_dir] if cfg.data_dir else [])
@@ -258,7 +263,8 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         _python("recipes.evaluate") + ["--data", str(linked), "--output", str(eval_dir)]
         + (["--checkpoints", ",".join(map(str, checkpoints))] if checkpoints else [])
         + (["--references", ",".join(map(str, references))] if references else [])
-        + ["--medtok", str(artifact), "--codes_per_mention", _finetune_value(cfg, "model", "codes_per_mention", 1)]
+        + (["--medtok", str(artifact)] if needs_medtok or cfg.medtok_artifact else [])
+        + ["--codes_per_mention", _finetune_value(cfg, "model", "codes_per_mention", 1)]
         + (["--zero_shot", _finetune_value(cfg, "model", "base_model", "default"), "--zero_shot_dtype",
             _finetune_dtype(cfg)] if cfg.zero_shot else []) + _config_args(cfg.eval) + _overrides(cfg.eval),
         [eval_dir / "results.json", eval_dir / "report.md"],

@@ -36,6 +36,7 @@ class PrefixMethod:
     needs_artifact: ClassVar[bool] = True  # reads the MedTok artifact (embeddings or descriptions)
     trainable: ClassVar[bool] = True  # has a prefix module trained beside the LoRA adapter
     code_fields: ClassVar[str | None] = None  # which linked fields it reads; None: the configured ones
+    diagnostic: ClassVar[bool] = False  # a check of the pipeline itself (reads the answer): never a result
 
     def __init__(self, options, codes: CodeSource | None):
         if self.needs_artifact and codes is None:
@@ -78,13 +79,15 @@ def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def method_names() -> list[str]:
-    """Registered names in report order."""
-    return sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].order, n))
+def method_names(diagnostics: bool = False) -> list[str]:
+    """Registered names in report order; diagnostic methods (e.g. ``oracle``) only when asked for,
+    so "every registered method" never includes one."""
+    names = [n for n in _REGISTRY if diagnostics or not _REGISTRY[n].diagnostic]
+    return sorted(names, key=lambda n: (_REGISTRY[n].order, n))
 
 
 def get_method(name: str) -> type[PrefixMethod]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ConfigError(f"unknown prefix method {name!r}; registered: {', '.join(method_names())}") from None
+        raise ConfigError(f"unknown prefix method {name!r}; registered: {', '.join(method_names(diagnostics=True))}") from None

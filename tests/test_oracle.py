@@ -1,0 +1,63 @@
+"""The channel check: the diagnostic ``oracle`` prefix (one learned token naming the answer) and
+the frozen-LLM variant (``optim.train_lm false``: only the prefix module trains)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from commons.config import parse_config
+from commons.errors import UserError
+from qa.data import cyclic_shift
+from qa.model import build_qa_model, load_qa_checkpoint
+from qa.prefix_methods import get_method, method_names
+from qa.tiny import tiny_questions
+from qa.training import train
+from recipes.pipeline import PipelineConfig
+from tests.test_prefix_methods import assets, run_config  # noqa: F401  (the shared tiny model fixture)
+
+
+def test_oracle_is_registered_but_never_among_every_method():
+    assert get_method("oracle").diagnostic
+    assert "oracle" not in method_names() and "oracle" in method_names(diagnostics=True)
+    assert "oracle" not in PipelineConfig().methods  # "every registered method" is results only
+    assert parse_config(PipelineConfig, ["--methods", "none,oracle"]).methods == ["none", "oracle"]
+
+
+def test_oracle_token_follows_the_answer_in_every_option_order(assets):  # noqa: F811
+    model = build_qa_model(run_config(assets, None, "oracle").model, lora=False)
+    item = tiny_questions(1)[0]
+    for shift in range(len(item.options)):
+        rotated = cyclic_shift(item, shift)
+        prefix = model.encoder.method.item_prefix(rotated)
+        assert prefix.tags == ["ABCDE".index(rotated.answer)]
+    with pytest.raises(UserError, match="oracle needs the answer"):
+        model.encoder.method.item_prefix(dataclasses.replace(item, answer=None))
+
+
+def test_the_tiny_model_reads_the_oracle_through_the_prefix(assets, tmp_path):  # noqa: F811
+    """What the KG-QA check asks of the real pipeline, at tiny size: the answer reaches the
+    letter through the prefix (the tiny LM alone is at chance on these random questions)."""
+    cfg = run_config(assets, tmp_path / "oracle", "oracle", steps=150)  # 80 steps reach ~75 %
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, limit_train=0),
+                              optim=dataclasses.replace(cfg.optim, epochs=100))
+    items = tiny_questions(40, seed=9)
+    scored = load_qa_checkpoint(train(cfg)).score(items)
+    accuracy = sum(s["pred"] == it.answer for s, it in zip(scored, items, strict=True)) / len(items)
+    assert accuracy >= 0.95
+
+
+def test_frozen_llm_trains_the_prefix_module_only(assets, tmp_path):  # noqa: F811
+    cfg = run_config(assets, tmp_path / "frozen", "medtok", steps=3)
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, train_lm=False))
+    model = load_qa_checkpoint(train(cfg))
+    fresh = build_qa_model(cfg.model, lora=False, seed=cfg.seed)  # the initialisation training started from
+    lora_b = [p for n, p in model.lm.named_parameters() if "lora_B" in n]
+    assert lora_b and all(torch.count_nonzero(p) == 0 for p in lora_b)  # the adapter is still the identity
+    assert not torch.equal(model.projector.net.weight, fresh.projector.net.weight)
+    none = dataclasses.replace(run_config(assets, tmp_path / "none", "none"),
+                               optim=dataclasses.replace(cfg.optim, train_lm=False))
+    with pytest.raises(UserError, match="has none; choose a method with a prefix module"):
+        train(none)
