@@ -626,13 +626,18 @@ def _folder_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+# Part of every saved score's key: bumped when the arithmetic of scoring changes, so scores saved
+# before it are computed anew (2: letter logits in float32, qa.model.QAModel._letter_logits).
+SCORING_VERSION = 2
+
+
 def scoring_key(src: Source, questions_sha: str, batch_size: int, orders: int) -> str:
     """What a model's scores depend on: the model (its files' contents), the questions as scored
     (``qa.token_cache.questions_sha``: codes included) and how they are scored (batching moves
     bf16 logits by padding)."""
     model = (_folder_digest(Path(src.path)) if src.kind in ("checkpoint", "reference")
              else f"{src.path}:{src.dtype}")
-    payload = json.dumps([src.kind, src.method, src.seed, model, questions_sha, batch_size, orders],
+    payload = json.dumps([SCORING_VERSION, src.kind, src.method, src.seed, model, questions_sha, batch_size, orders],
                          sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

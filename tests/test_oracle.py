@@ -61,3 +61,25 @@ def test_frozen_llm_trains_the_prefix_module_only(assets, tmp_path):  # noqa: F8
                                optim=dataclasses.replace(cfg.optim, train_lm=False))
     with pytest.raises(UserError, match="has none; choose a method with a prefix module"):
         train(none)
+
+
+def test_letter_logits_keep_float32_resolution_on_a_bf16_model(assets):  # noqa: F811
+    """bf16 logits step by 0.06-0.125 at typical sizes, so two letters often tied and the tie went
+    to the earliest letter (26 % of an untrained SmolLM2's KG-QA scorings). The letters' logits
+    are computed in float32 from the head's rows instead."""
+    options = dataclasses.replace(run_config(assets, None, "none").model, dtype="bfloat16")
+    model = build_qa_model(options, lora=False)
+    head = model._causal_lm().get_output_embeddings()
+    with torch.no_grad():
+        head.weight.mul_(400.0)  # logits of realistic size (tens), where bf16 rounding bites
+    batch = model.encoder.collate([model.encoder.encode(it) for it in tiny_questions(8)])
+    batch.pop("labels")
+    with torch.no_grad():
+        got = model(**batch)["letter_logits"]
+        h = model.last_hidden(batch["input_ids"], batch["attention_mask"], batch["prefix_emb"],
+                              batch["prefix_mask"], batch["prefix_tags"])
+        exact = h.double() @ head.weight.index_select(0, model.letter_ids).double().T
+        rounded = head(h).index_select(1, model.letter_ids).double()
+    shown = torch.isfinite(got)  # letters beyond a question's options are masked to -inf
+    assert got.dtype == torch.float32 and exact[shown].abs().max() > 8
+    assert (got.double() - exact)[shown].abs().max() < 1e-3 < (rounded - exact)[shown].abs().max()
