@@ -430,7 +430,7 @@ def render_report(results: dict) -> str:
         notes.append("- Intermediate = the held-out validation slice of the checkpoints' split.json "
                      "(split by option set), never trained on.")
     notes += _power_note(results) + _provenance_note(results)
-    lines = ["# MedDDx evaluation by difficulty tier", "", *notes, ""]
+    lines = ["# QA evaluation by tier", "", *notes, ""]
     plots = (results.get("files") or {}).get("plots") or {}
     for name, path in plots.items():
         lines += [f"![{name}]({Path(path).name})", ""]

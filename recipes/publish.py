@@ -12,7 +12,9 @@ of them is generated too: ``python -m recipes.readme``).
 
 from __future__ import annotations
 
+import gzip
 import json
+import math
 import os
 import re
 import shutil
@@ -24,6 +26,7 @@ from commons.config import parse_config
 from commons.errors import ConfigError, cli_entry
 from commons.io import read_json, replace_marked_block
 from commons.machine import machine_facts
+from commons.tracking import read_jsonl
 from eval.provenance import git_state
 from eval.report import findings, render_report, results_markdown_table
 
@@ -90,6 +93,80 @@ def _read_eval_folder(src: Path) -> tuple[dict, str, dict | None, list[Path]]:
     return results, report_md, timings, sorted(src.glob("*.png"))
 
 
+PREDICTIONS = "predictions.jsonl.gz"  # every scored question of every run, every option order
+TRAINING_LOG = "training_log.jsonl.gz"  # every run's metrics.jsonl records, tagged with method and seed
+TRAINING_CURVES = "training_curves.png"
+
+
+def _gzip_jsonl(records: list[dict]) -> bytes:
+    """Deterministic gzip (no file name or time in the header): republishing the same records
+    gives the same bytes."""
+    text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
+    return gzip.compress(text.encode("utf-8"), mtime=0)
+
+
+def prediction_records(src: Path) -> list[dict]:
+    """The evaluation's predictions/<method>.jsonl files, one record per (run, question), paths
+    made relative to the repository."""
+    rows: list[dict] = []
+    for path in sorted((src / "predictions").glob("*.jsonl")):
+        rows += [relative_paths(r) for r in read_jsonl(path)]
+    return rows
+
+
+def training_records(results: dict) -> list[dict]:
+    """The metrics.jsonl of every fine-tuned run the results name (the folder above its ``best``
+    checkpoint), each record tagged with the run's method and seed; runs whose folder is gone
+    (or references, which log no steps) are left out."""
+    rows: list[dict] = []
+    for run in results.get("runs", []):
+        source = Path(str(run.get("source", "")))
+        log = next((f for f in (source.parent / "metrics.jsonl", source / "metrics.jsonl") if f.is_file()), None)
+        if log is not None:
+            rows += [{"method": run["method"], "seed": run.get("seed"), **r} for r in read_jsonl(log)]
+    return rows
+
+
+def plot_training(rows: list[dict], path: Path) -> None:
+    """Training loss per logged step and validation NLL per epoch, one line per method (mean over
+    its seeds): did anything learn?"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from eval.report import method_color
+
+    methods = sorted({r["method"] for r in rows}, key=method_rank_key)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, (event, key, title) in zip(axes, [("train", "loss", "training loss (next-token CE, mean of each logged window)"),
+                                              ("eval", "val_nll", "validation NLL over the option letters")], strict=True):
+        for method in methods:
+            by_step: dict[int, list[float]] = {}
+            for r in rows:
+                if r["method"] == method and r.get("event") == event and r.get(key) is not None:
+                    by_step.setdefault(int(r["step"]), []).append(float(r[key]))
+            if by_step:
+                steps = sorted(by_step)
+                ax.plot(steps, [sum(by_step[x]) / len(by_step[x]) for x in steps], label=method,
+                        color=method_color(method, methods), marker="o" if len(steps) < 5 else None)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    axes[1].axhline(math.log(4), color="grey", ls=":", label="ln 4 (uniform over 4 options)")
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=90)
+    plt.close(fig)
+
+
+def method_rank_key(method: str):
+    from eval.report import method_rank
+
+    return (method_rank(method), method)
+
+
 def publish(cfg: PublishConfig) -> Path:
     from commons.fileset import replace_together
     from commons.runlock import run_lock
@@ -106,18 +183,33 @@ def publish(cfg: PublishConfig) -> Path:
     else:
         machine = {**machine_facts(), "command": cfg.command, "dtype": _dtype_used(src)}
     page = results_page(cfg)
+    blobs: dict[Path, bytes] = {}
+    if src.resolve() != dest.resolve():  # republishing in place keeps the files already there
+        predictions, training = prediction_records(src), training_records(results)
+        if predictions:
+            blobs[dest / PREDICTIONS] = _gzip_jsonl(predictions)
+        if training:
+            blobs[dest / TRAINING_LOG] = _gzip_jsonl(training)
+    extras = [n for n in (PREDICTIONS, TRAINING_LOG, TRAINING_CURVES)
+              if dest / n in blobs or (n == TRAINING_CURVES and dest / TRAINING_LOG in blobs)
+              or (src.resolve() == dest.resolve() and (dest / n).is_file())]
     # the page's block, made first: odd results fail before anything is written
-    block = page_block(results, machine, timings, dest, page) if page is not None else None
+    block = page_block(results, machine, timings, dest, page, extras) if page is not None else None
     texts = {dest / "report.md": relative_paths(report_md)}
     if timings is not None:
         texts[dest / "timings.json"] = json.dumps(timings, indent=2, default=str) + "\n"
     texts[dest / "machine.json"] = json.dumps(machine, indent=2, default=str) + "\n"
     texts[dest / "results.json"] = json.dumps(results, indent=2, default=str) + "\n"  # last: marks the copy whole
-    copies = {dest / png.name: png for png in plots}
+    copies = {dest / png.name: png for png in plots if png.name != TRAINING_CURVES}
     with run_lock(dest, "medtok-qa publish"):
-        with replace_together([*copies, *texts], dest / ".publish.txn.json") as tmp:
+        curves = [dest / TRAINING_CURVES] if dest / TRAINING_LOG in blobs else []
+        with replace_together([*copies, *blobs, *curves, *texts], dest / ".publish.txn.json") as tmp:
             for target, png in copies.items():
                 shutil.copyfile(png, tmp[target])
+            for target, blob in blobs.items():
+                tmp[target].write_bytes(blob)
+            if curves:
+                plot_training(training, tmp[curves[0]])
             for target, text in texts.items():
                 tmp[target].write_text(text, encoding="utf-8")
         if page is not None:
@@ -151,8 +243,14 @@ def commit_note(results: dict) -> str:
     return f" Produced at commit {made[:7]}{dirty}."
 
 
-def page_block(results: dict, machine: dict, timings: dict | None, dest: Path, page: Path) -> str:
+EXTRA_LABELS = {PREDICTIONS: "per-question predictions", TRAINING_LOG: "training log",
+                TRAINING_CURVES: "training curves"}
+
+
+def page_block(results: dict, machine: dict, timings: dict | None, dest: Path, page: Path,
+               extras: list[str] = ()) -> str:
     link = Path(os.path.relpath(dest, page.parent)).as_posix()  # links work from the page's folder
+    more = "".join(f", [{EXTRA_LABELS[n]}]({link}/{n})" for n in extras)
     flags = ", ".join(machine["cpu_flags"]) or "no AVX flags read"
     when = ""
     if timings and timings.get("all_runs"):  # every stage of the experiment, over resumed runs too
@@ -165,7 +263,7 @@ def page_block(results: dict, machine: dict, timings: dict | None, dest: Path, p
     if timings and timings.get("load_average"):
         when += f" (load average at the end {', '.join(f'{x:.1f}' for x in timings['load_average'])})"
     return (f"Generated by `python -m recipes.publish` from [`{link}/results.json`]({link}/results.json) "
-            f"([report]({link}/report.md)); command `{machine['command']}` on {machine['cpus']} x "
+            f"([report]({link}/report.md){more}); command `{machine['command']}` on {machine['cpus']} x "
             f"{machine['cpu']} ({flags}; dtype {machine.get('dtype') or 'auto'}){when}.{commit_note(results)}\n\n"
             + "\n".join(findings(results)[2:]).strip() + "\n\n"  # a table right after a list joins its last item
             + results_markdown_table(results)

@@ -251,6 +251,36 @@ def test_publish_copies_with_relative_paths_and_regenerates_the_readme_block(tmp
     assert readme.read_text().count("<!-- results:demo -->") == 1  # replaced, not appended again
 
 
+def test_publish_ships_every_prediction_and_the_training_log_and_keeps_them_on_republish(tmp_path):
+    import gzip
+
+    from recipes import publish as pub
+
+    items, _ = load_mcq(_write_meddx(tmp_path / "MedDDx.json"))
+    runs = _runs_for(items)
+    results = summarize(items, runs)
+    run_dir = tmp_path / "qa" / "none-seed0"
+    (run_dir / "best").mkdir(parents=True)
+    steps = [{"event": "train", "step": s, "loss": 1.5 - s / 100} for s in (5, 10)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in steps))
+    results["runs"][0]["source"] = str(run_dir / "best")
+    eval_dir = tmp_path / "pipe" / "eval"
+    write_outputs(results, items, runs, eval_dir)
+    page = tmp_path / "page.md"
+    dest = pub.publish(pub.PublishConfig(eval_dir=str(eval_dir), name="demo", target=str(tmp_path / "docs"),
+                                         page=str(page)))
+    predictions = [json.loads(x) for x in gzip.decompress((dest / pub.PREDICTIONS).read_bytes()).splitlines()]
+    assert len(predictions) == len(runs) * len(items)
+    assert {(r["method"], r["id"]) for r in predictions} == {(run.method, it.id) for run in runs for it in items}
+    log = [json.loads(x) for x in gzip.decompress((dest / pub.TRAINING_LOG).read_bytes()).splitlines()]
+    assert [(r["method"], r["seed"], r["step"]) for r in log] == [(runs[0].method, runs[0].seed, 5),
+                                                                  (runs[0].method, runs[0].seed, 10)]
+    assert (dest / pub.TRAINING_CURVES).is_file() and "[per-question predictions](" in page.read_text()
+    before = (dest / pub.PREDICTIONS).read_bytes()
+    pub.publish(pub.PublishConfig(eval_dir=str(dest), name="demo", target=str(tmp_path / "docs"), page=str(page)))
+    assert (dest / pub.PREDICTIONS).read_bytes() == before and "[training log](" in page.read_text()
+
+
 def _floor_results(cis: list[tuple[float, float]], majority: float = 0.31) -> dict:
     runs = [{"label": f"none-s{i}", "method": "none", "seed": i,
              "tiers": {"All": {"accuracy": (lo + hi) / 2, "ci_low": lo, "ci_high": hi}}} for i, (lo, hi) in enumerate(cis)]
