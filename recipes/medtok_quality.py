@@ -22,7 +22,8 @@ parts. ``--split`` picks the part scored: ``validation`` (the default) for every
 choice, ``test`` once per released configuration (what the docs publish). Each MedTok variant
 trains once per ``--train_seeds`` seed on the same split; scores are the mean over seeds and
 the intervals resample the pairs and the seeds together.
-Every task and its protocol is written out in ``report.md``; scores go to ``results.json``
+The held-out pairs of both parts are listed in ``heldout_pairs.csv``. Every task and its protocol is
+written out in ``report.md``; scores go to ``results.json``
 (``{"tasks": {TASK: {"metric", "higher_is_better", "scores": {METHOD: mean}, "per_seed": {METHOD:
 [value per training seed]}}}, "split", "train_seeds", ...}``) and a plot to ``results.png``.
 Artifacts (one folder per variant and seed) are reused when their training config and held-out
@@ -45,7 +46,7 @@ import torch
 
 from commons.config import parse_config, save_config, to_dict
 from commons.errors import ConfigError, UserError, cli_entry
-from commons.io import read_json, write_json, write_text
+from commons.io import atomic_path, read_json, write_json, write_text
 from medtok_core import quality as Q
 
 REPO = Path(__file__).resolve().parent.parent
@@ -199,6 +200,22 @@ def make_splits(cfg: QualityConfig, kg, selected: pd.DataFrame) -> tuple[list[Re
             continue
         out.append(Relation(name, spec, split, sys_a == sys_b, cfg.split))
     return out, skipped
+
+
+def heldout_pairs_table(relations: list[Relation], table: pd.DataFrame) -> pd.DataFrame:
+    """Every held-out code pair with its part (validation / test), by system and code: what
+    ``heldout_pairs.csv`` lists, so anyone can check which pairs each split scored."""
+    by_id = table.set_index("code_id")
+    rows = []
+    for r in relations:
+        for part in HELDOUT_PARTS:
+            pairs = r.split.part(part).test
+            a, b = by_id.loc[pairs[:, 0]], by_id.loc[pairs[:, 1]]
+            rows.append(pd.DataFrame({"task": r.task, "part": part, "system_a": a.system.to_numpy(),
+                                      "code_a": a.code.to_numpy(), "system_b": b.system.to_numpy(),
+                                      "code_b": b.code.to_numpy()}))
+    cols = ["task", "part", "system_a", "code_a", "system_b", "code_b"]
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=cols)
 
 
 # ============================================================================== embeddings
@@ -721,6 +738,8 @@ def run(cfg: QualityConfig) -> dict:
     removed = pd.concat([r.split.removed for r in relations], ignore_index=True) if relations else \
         pd.DataFrame({"src": [], "dst": [], "relation": []})
     heldout = write_heldout(out / "heldout_edges.csv", kg, removed)
+    with atomic_path(out / "heldout_pairs.csv") as tmp:
+        heldout_pairs_table(relations, vocab.table).to_csv(tmp, index=False)
     del kg
     tcfg.data.heldout_edges = str(heldout.resolve())
     data = prepare_data(tcfg.data, progress=cfg.progress)
