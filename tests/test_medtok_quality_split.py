@@ -120,15 +120,15 @@ def test_each_seed_trains_once_and_a_killed_training_resumes(tmp_path, monkeypat
     import medtok_core.train as T
 
     data = tiny_data()
-    tcfg = tiny_config(tmp_path / "unused", max_steps=8)
+    tcfg = tiny_config(tmp_path / "unused", max_steps=4, num_threads=1)
     got = {s: MQ.variant_embeddings(tcfg, "both", data, tmp_path / "a", "sha", False, train_seed=s) for s in (0, 1)}
     assert not torch.equal(got[0]["quantized"], got[1]["quantized"])  # the seed reaches training
     assert {p.name for p in (tmp_path / "a").iterdir()} == {"both-seed0", "both-seed1"}
 
     real_train = T.train
 
-    def killed(cfg, data):  # trains 4 of the 8 steps (checkpoint written), then the process dies
-        real_train(dataclasses.replace(cfg, max_steps=4), data)
+    def killed(cfg, data):  # trains 2 of the 4 steps (checkpoint written), then the process dies
+        real_train(dataclasses.replace(cfg, max_steps=2), data)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(T, "train", killed)
