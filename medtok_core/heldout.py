@@ -8,19 +8,21 @@ The KG edges that make a pair are its *support*.
 Honest evaluation of such pairs (``python -m recipes.medtok_quality``):
 
 1. :func:`relation_pairs` lists every code pair with its support on the full graph;
-2. :func:`split_pairs` picks test pairs (seeded, by pair) and the KG edges to remove: the whole
-   support of every test pair, so no path of length one through ``r`` still joins them;
+2. :func:`split_pairs` picks two disjoint held-out parts (seeded, by pair): a *validation* part,
+   on which every configuration choice is made, and a *test* part, scored once per released
+   configuration; the KG edges to remove are the whole support of every pair of either part, so
+   no path of length one through ``r`` still joins them and one trained model serves both parts;
 3. :func:`write_heldout` saves those edges as the *held-out file* (CSV ``src,dst,relation`` of
    node keys); ``KGConfig.heldout_edges`` / ``DataConfig.heldout_edges`` take it, its hash joins
    the graph cache key, and :func:`medtok_core.graph.remove_heldout` drops both directions of each edge from the
    graph before subgraphs are cut, so no MedTok training ever sees them;
 4. training pairs are the pairs still supported by a remaining edge; pairs that lost their whole
-   support as a side effect of the removal are neither training nor test pairs.
+   support as a side effect of the removal are neither training nor held-out pairs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,8 @@ HELDOUT_COLUMNS = ("src", "dst", "relation")
 # out: they copy an ancestor's node onto every descendant, so one KG edge would stand for
 # hundreds of near-duplicate pairs.
 ATTACH_RELATIONS = ("code_disease", "code_drug", "code_gene", "code_phenotype", "code_side_effect")
+# The held-out parts: choices are made on the first, the second is scored once per released configuration.
+HELDOUT_PARTS = ("validation", "test")
 
 
 @dataclass
@@ -42,10 +46,19 @@ class PairSplit:
 
     relation: str
     train: np.ndarray       # [n, 2] pairs still supported after the removal
-    test: np.ndarray        # [m, 2] held-out pairs (whole support removed)
+    test: np.ndarray        # [m, 2] held-out test pairs (whole support removed)
     all_pairs: np.ndarray   # [p, 2] every pair on the full graph (for filtering negatives)
-    removed: pd.DataFrame   # src, dst (node ids), relation: the KG edges to remove
-    collateral: int         # pairs that lost their support without being test pairs
+    removed: pd.DataFrame   # src, dst (node ids), relation: the KG edges to remove (both parts)
+    collateral: int         # pairs that lost their support without being held out
+    # [v, 2] held-out validation pairs, disjoint from ``test`` (whole support removed too)
+    validation: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
+
+    def part(self, name: str) -> PairSplit:
+        """This split as one held-out part is scored: its ``test`` is that part (``validation`` or
+        ``test``); training pairs, every pair and the removed edges are unchanged."""
+        if name not in HELDOUT_PARTS:
+            raise ValueError(f"held-out part must be one of {', '.join(HELDOUT_PARTS)}, not {name!r}")
+        return replace(self, test=self.validation if name == "validation" else self.test)
 
 
 def code_attachments(kg, relations: tuple[str, ...] = ATTACH_RELATIONS) -> pd.DataFrame:
@@ -80,27 +93,40 @@ def relation_pairs(kg, relation: str, codes_a: np.ndarray, codes_b: np.ndarray,
     return pairs.drop_duplicates(ignore_index=True)
 
 
-def split_pairs(pairs: pd.DataFrame, relation: str, fraction: float, max_test: int, seed: int) -> PairSplit:
+def split_pairs(pairs: pd.DataFrame, relation: str, fraction: float, max_test: int, seed: int,
+                validation: bool = False) -> PairSplit:
     """Hold out ``fraction`` of the code pairs (at most ``max_test``), seeded, and the KG edges that
-    support them; training pairs are those still supported by an edge that stays."""
+    support them; training pairs are those still supported by an edge that stays.
+
+    With ``validation``, two disjoint parts of that size are held out from one seeded permutation:
+    the validation part is its first pairs (exactly the single part this function holds out
+    without ``validation``, so runs made before the two parts existed were scored on what is now
+    validation), the test part the next ones; the support of both is removed."""
     unique = pairs[["a", "b"]].drop_duplicates().to_numpy(dtype=np.int64)
     rng = np.random.default_rng(seed)
-    n_test = min(int(round(fraction * len(unique))), max_test) if len(unique) else 0
-    test = unique[np.sort(rng.permutation(len(unique))[:n_test])]
+    n_part = min(int(round(fraction * len(unique))), max_test) if len(unique) else 0
+    n_parts = 2 if validation else 1
+    if n_parts * n_part > len(unique):
+        raise ValueError(f"{relation}: {n_parts} held-out parts of {n_part} pairs exceed its {len(unique)} pairs; "
+                         "lower the held-out fraction")
+    order = rng.permutation(len(unique))
+    first = unique[np.sort(order[:n_part])]
+    second = unique[np.sort(order[n_part:2 * n_part])] if validation else np.zeros((0, 2), dtype=np.int64)
+    val, test = (first, second) if validation else (np.zeros((0, 2), dtype=np.int64), first)
     key = lambda ab: ab[:, 0] * (1 << 31) + ab[:, 1]  # noqa: E731  pair -> one int64
-    is_test = np.isin(key(pairs[["a", "b"]].to_numpy()), key(test))
+    is_held = np.isin(key(pairs[["a", "b"]].to_numpy()), key(np.concatenate([val, test])))
     # One row per KG edge, in the orientation the pair saw it (a's node first); the removal drops
     # both directions anyway.
-    removed = pairs.loc[is_test, ["x", "y"]].to_numpy().reshape(-1, 2)
+    removed = pairs.loc[is_held, ["x", "y"]].to_numpy().reshape(-1, 2)
     undirected = lambda xy: key(np.sort(xy, axis=1))  # noqa: E731
-    _, first = np.unique(undirected(removed), return_index=True)
-    removed = removed[np.sort(first)]
+    _, first_row = np.unique(undirected(removed), return_index=True)
+    removed = removed[np.sort(first_row)]
     edge_gone = np.isin(undirected(pairs[["x", "y"]].to_numpy()), undirected(removed))
     kept = pairs.loc[~edge_gone, ["a", "b"]].drop_duplicates().to_numpy(dtype=np.int64)
-    collateral = len(unique) - len(test) - len(kept)
+    collateral = len(unique) - len(test) - len(val) - len(kept)
     return PairSplit(relation, kept, test, unique,
                      pd.DataFrame({"src": removed[:, 0], "dst": removed[:, 1], "relation": relation}),
-                     int(collateral))
+                     int(collateral), val)
 
 
 def write_heldout(path: str | Path, kg, removed: pd.DataFrame) -> Path:

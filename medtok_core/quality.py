@@ -12,7 +12,8 @@
 
 Each task's metric is computed from an :class:`Observed` (per-query reciprocal ranks, or the
 scores of positive and negative pairs), which :func:`paired_difference` resamples for a paired
-bootstrap interval of the difference between two methods.
+bootstrap interval of the difference between two methods (:func:`seeded_paired_difference`: the
+same over several trained models per method, one per training seed).
 
 Ranks count ties half (mean rank among equal scores): quantised embeddings can be identical for
 two codes, and counting a tie as a win would flatter them.
@@ -122,21 +123,42 @@ def paired_difference(a: Observed, b: Observed, scale_b: float = 1.0, n_resample
                       confidence_level: float = 0.95, seed: int = 0) -> dict:
     """``a - scale_b * b`` with a percentile bootstrap interval, queries (or positive and negative
     pairs, each stratum on its own) drawn with replacement, the same draws for both methods."""
-    if a.metric != b.metric or a.sizes() != b.sizes():
+    return seeded_paired_difference([a], [b], scale_b, n_resamples, confidence_level, seed)
+
+
+def seeded_paired_difference(a: list[Observed], b: list[Observed], scale_b: float = 1.0, n_resamples: int = 1000,
+                             confidence_level: float = 0.95, seed: int = 0) -> dict:
+    """Mean over training seeds of ``a`` minus ``scale_b`` x mean over seeds of ``b`` (one Observed per
+    trained model, a method that does not train has one), with a two-level percentile bootstrap:
+    each resample draws the queries / pairs (shared by every model of both methods: paired) and,
+    for each method on its own, as many of its seeds with replacement, so the interval holds both
+    the sampling of the test pairs and the spread of training. One seed each: the paired bootstrap
+    of :func:`paired_difference`, draw for draw."""
+    runs = [*a, *b]
+    if len({(o.metric, o.sizes()) for o in runs}) != 1:
         raise ValueError("paired_difference needs the same metric over the same queries / pairs")
-    diff = a.value - scale_b * b.value
-    if min(a.sizes()) == 0:
+    diff = float(np.mean([o.value for o in a]) - scale_b * np.mean([o.value for o in b]))
+    if min(a[0].sizes()) == 0:
         return {"difference": float("nan"), "low": float("nan"), "high": float("nan")}
     rng = np.random.default_rng(seed)
-    chunk = max(1, 2_000_000 // max(sum(a.sizes()), 1))  # bounded memory: chunk x n index arrays
+    seed_rng = np.random.default_rng([seed, 1])  # its own stream: one seed each leaves the pair draws unchanged
+    chunk = max(1, 2_000_000 // max(sum(a[0].sizes()), 1))  # bounded memory: chunk x n index arrays
     diffs = []
     for start in range(0, n_resamples, chunk):
         r = min(chunk, n_resamples - start)
-        draws = tuple(rng.integers(0, n, size=(r, n)) for n in a.sizes())
-        diffs.append(a.resampled(draws) - scale_b * b.resampled(draws))
+        draws = tuple(rng.integers(0, n, size=(r, n)) for n in a[0].sizes())
+        means = []
+        for method in (a, b):
+            values = np.stack([o.resampled(draws) for o in method])  # [seeds, r]
+            if len(method) == 1:
+                means.append(values[0])
+                continue
+            picked = seed_rng.integers(0, len(method), size=(r, len(method)))  # [r, seeds drawn]
+            means.append(values[picked, np.arange(r)[:, None]].mean(1))
+        diffs.append(means[0] - scale_b * means[1])
     tail = 100 * (1 - confidence_level) / 2
     low, high = np.percentile(np.concatenate(diffs), [tail, 100 - tail])
-    return {"difference": float(diff), "low": float(low), "high": float(high)}
+    return {"difference": diff, "low": float(low), "high": float(high)}
 
 
 # ------------------------------------------------------------------------------------- hierarchy

@@ -3,6 +3,7 @@
     python -m recipes.medtok_quality                                  # quick configuration (minutes)
     python -m recipes.medtok_quality --config configs/medtok_quality_full.yaml
     python -m recipes.medtok_quality --medtok_overrides model.dim=128,optim.epochs=4 --output runs/q2
+    python -m recipes.medtok_quality --split test --train_seeds 0,1,2 --output runs/medtok_quality_test  # release
 
 One run, same codes, same split, side by side (method keys of ``results.json``):
 
@@ -13,13 +14,21 @@ One run, same codes, same split, side by side (method keys of ``results.json``):
 - ``raw_text``: the frozen text encoder's description vector (the model's own input);
 - ``random``: seeded Gaussian vectors (the floor).
 
-Protocol: relation pairs between codes (:mod:`medtok_core.heldout`) are split by pair (seeded);
-the KG edges that support the test pairs are written to ``heldout_edges.csv`` and removed from the
-graph (``data.heldout_edges``) *before* any MedTok model is trained, so no method saw them.
-Every task and its protocol is written out in ``report.md``; scores go to ``results.json``
-(``{"tasks": {TASK: {"metric", "higher_is_better", "scores": {METHOD: value}}}, ...}``) and a
-plot to ``results.png``. Artifacts are reused when their training config and held-out file are
-unchanged (``--retrain true`` forces training).
+Protocol: relation pairs between codes (:mod:`medtok_core.heldout`) are split by pair (seeded by
+``--seed``) into two disjoint held-out parts, *validation* and *test*; the KG edges that support
+either part are written to ``heldout_edges.csv`` and removed from the graph (``data.heldout_edges``)
+*before* any MedTok model is trained, so no method saw them and the same trained models serve both
+parts. ``--split`` picks the part scored: ``validation`` (the default) for every configuration
+choice, ``test`` once per released configuration (what the docs publish). Each MedTok variant
+trains once per ``--train_seeds`` seed on the same split; scores are the mean over seeds and
+the intervals resample the pairs and the seeds together.
+The held-out pairs of both parts are listed in ``heldout_pairs.csv``. Every task and its protocol is
+written out in ``report.md``; scores go to ``results.json``
+(``{"tasks": {TASK: {"metric", "higher_is_better", "scores": {METHOD: mean}, "per_seed": {METHOD:
+[value per training seed]}}}, "split", "train_seeds", ...}``) and a plot to ``results.png``.
+Artifacts (one folder per variant and seed) are reused when their training config and held-out
+file are unchanged, and a training killed midway resumes from its checkpoint (``--retrain true``
+forces training).
 """
 
 from __future__ import annotations
@@ -37,13 +46,15 @@ import torch
 
 from commons.config import parse_config, save_config, to_dict
 from commons.errors import ConfigError, UserError, cli_entry
-from commons.io import read_json, write_json, write_text
+from commons.io import atomic_path, read_json, write_json, write_text
 from medtok_core import quality as Q
 
 REPO = Path(__file__).resolve().parent.parent
+HELDOUT_PARTS = ("validation", "test")  # medtok_core.heldout's (not imported at module level: keeps --help light)
 TASK_PREFIXES = ("hierarchy", "gem", "heldout_")
 CORE_METHODS = ("medtok", "medtok_continuous", "text_only", "graph_only", "raw_text", "random")
 SINGLE_MODALITIES = ("text_only", "graph_only")
+RELATION_KINDS = ("auc_cosine", "mrr_cosine", "auc_probe", "mrr_probe")
 GEM_SHARE = 0.9  # GEM retrieval: MedTok must keep this share of the raw text vector's MRR
 # Ablation, opt-in: each of the four exported parts of the fused tokens alone (which part carries
 # which relation; what reading all four with one cosine or one probe loses).
@@ -75,10 +86,18 @@ class QualityConfig:
     # codes attach to). Queries of the MRR come from SYSTEM_A.
     relations: list[str] = field(default_factory=lambda: [
         "indication:ATC:ICD10CM", "indication:ATC:ICD9CM", "drug_drug:ATC:ATC", "disease_disease:ICD10CM:ICD10CM"])
+    # Share of a relation's code pairs in each of the two held-out parts (validation and test; the
+    # support of both is removed from the graph), at most max_test_pairs pairs per part.
     heldout_fraction: float = 0.15
     max_test_pairs: int = 1500
-    # A relation with fewer test pairs is reported as skipped (too few for a stable score).
+    # A relation whose scored part has fewer pairs is reported as skipped (too few for a stable score).
     min_test_pairs: int = 50
+    # The held-out part scored: validation (every configuration choice) or test (once per released
+    # configuration; what the docs publish).
+    split: str = "validation"
+    # MedTok training seeds: each variant trains once per seed on the same split (the split's own
+    # seed is --seed); scores are the mean over seeds, intervals span them. Releases use >= 3.
+    train_seeds: list[int] = field(default_factory=lambda: [0])
     max_train_pairs: int = 4000
     neg_per_pos: int = 5
     n_random_pairs: int = 20000
@@ -86,6 +105,7 @@ class QualityConfig:
     # Resamples of the paired bootstrap behind each target's 95% interval (queries, or positive and
     # negative pairs, drawn with replacement; the same draws for MedTok and the method it is held to).
     n_resamples: int = 1000
+    # Seed of the held-out split, the sampled pairs, the random vectors and the bootstrap (not of training).
     seed: int = 0
     retrain: bool = False
     progress: bool = True
@@ -122,8 +142,14 @@ def check(cfg: QualityConfig) -> None:
         raise ConfigError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     if not set(cfg.methods) & set(VARIANT_OF):
         raise ConfigError("methods need at least one MedTok method (GEM codes resolve through its tokenizer)")
-    if not 0 < cfg.heldout_fraction < 1:
-        raise ConfigError("heldout_fraction must be in (0, 1)")
+    if not 0 < cfg.heldout_fraction < 0.5:
+        raise ConfigError(f"heldout_fraction must be in (0, 0.5): it is the share of each of the two held-out "
+                          f"parts (got {cfg.heldout_fraction})")
+    if cfg.split not in HELDOUT_PARTS:
+        raise ConfigError(f"split must be one of {', '.join(HELDOUT_PARTS)} (got {cfg.split!r}): validation for "
+                          "every configuration choice, test once per released configuration")
+    if not cfg.train_seeds or len(set(cfg.train_seeds)) != len(cfg.train_seeds) or min(cfg.train_seeds) < 0:
+        raise ConfigError(f"train_seeds must be distinct non-negative integers, e.g. 0,1,2 (got {cfg.train_seeds})")
     if cfg.n_resamples < 100:
         raise ConfigError(f"n_resamples must be at least 100 for a 95% interval (got {cfg.n_resamples})")
     for spec in cfg.relations:
@@ -135,8 +161,14 @@ def check(cfg: QualityConfig) -> None:
 class Relation:
     task: str          # heldout_<name>
     spec: str
-    split: object      # medtok_core.heldout.PairSplit (code ids)
+    split: object      # medtok_core.heldout.PairSplit (code ids), both held-out parts
     symmetric: bool
+    part: str = "validation"  # the held-out part this run scores
+
+    @property
+    def scored(self):
+        """The split as this run scores it: its ``test`` is the scored part."""
+        return self.split.part(self.part)
 
 
 def relation_task_name(spec: str, specs: list[str]) -> str:
@@ -148,7 +180,8 @@ def relation_task_name(spec: str, specs: list[str]) -> str:
 
 
 def make_splits(cfg: QualityConfig, kg, selected: pd.DataFrame) -> tuple[list[Relation], dict[str, str]]:
-    """Code-level pairs of each relation on the full graph and their seeded held-out split."""
+    """Code-level pairs of each relation on the full graph and their seeded split into training
+    pairs and the validation and test parts (the support of both parts is removed)."""
     from medtok_core.heldout import code_attachments, relation_pairs, split_pairs
 
     att = code_attachments(kg)
@@ -157,14 +190,32 @@ def make_splits(cfg: QualityConfig, kg, selected: pd.DataFrame) -> tuple[list[Re
         rel, sys_a, sys_b = spec.split(":")
         ids = lambda s: selected.code_id[selected.system == s].to_numpy()  # noqa: E731
         pairs = relation_pairs(kg, rel, ids(sys_a), ids(sys_b), att)
-        split = split_pairs(pairs, rel, cfg.heldout_fraction, cfg.max_test_pairs, cfg.seed + i)
+        split = split_pairs(pairs, rel, cfg.heldout_fraction, cfg.max_test_pairs, cfg.seed + i, validation=True)
         name = relation_task_name(spec, cfg.relations)
+        # Both parts have the same size, so a relation is skipped (and its edges stay) for both splits
+        # alike: the held-out file, hence every trained model, does not depend on --split.
         if len(split.test) < cfg.min_test_pairs:
             skipped[name] = (f"{spec}: {len(split.all_pairs)} code pairs in the selection, {len(split.test)} "
-                             f"test pairs < min_test_pairs={cfg.min_test_pairs}")
+                             f"pairs per held-out part < min_test_pairs={cfg.min_test_pairs}")
             continue
-        out.append(Relation(name, spec, split, sys_a == sys_b))
+        out.append(Relation(name, spec, split, sys_a == sys_b, cfg.split))
     return out, skipped
+
+
+def heldout_pairs_table(relations: list[Relation], table: pd.DataFrame) -> pd.DataFrame:
+    """Every held-out code pair with its part (validation / test), by system and code: what
+    ``heldout_pairs.csv`` lists, so anyone can check which pairs each split scored."""
+    by_id = table.set_index("code_id")
+    rows = []
+    for r in relations:
+        for part in HELDOUT_PARTS:
+            pairs = r.split.part(part).test
+            a, b = by_id.loc[pairs[:, 0]], by_id.loc[pairs[:, 1]]
+            rows.append(pd.DataFrame({"task": r.task, "part": part, "system_a": a.system.to_numpy(),
+                                      "code_a": a.code.to_numpy(), "system_b": b.system.to_numpy(),
+                                      "code_b": b.code.to_numpy()}))
+    cols = ["task", "part", "system_a", "code_a", "system_b", "code_b"]
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=cols)
 
 
 # ============================================================================== embeddings
@@ -174,24 +225,41 @@ def _stamp(tcfg, heldout_sha: str) -> str:
                                      sort_keys=True).encode()).hexdigest()
 
 
-def variant_embeddings(tcfg, variant: str, data, out: Path, heldout_sha: str, retrain: bool) -> dict:
-    """Train (or reuse) one MedTok variant; its exported and pre-quantisation embeddings."""
+def artifact_folder(out: Path, variant: str, train_seed: int) -> Path:
+    """Where the MedTok ``variant`` trained with ``train_seed`` lives (one folder per variant and seed)."""
+    return out / f"{variant}-seed{train_seed}"
+
+
+def variant_embeddings(tcfg, variant: str, data, out: Path, heldout_sha: str, retrain: bool,
+                       train_seed: int = 0) -> dict:
+    """Train (or reuse) one MedTok variant with one training seed; its exported and pre-quantisation
+    embeddings. A finished training is known by its stamp (config, seed and held-out file); one that
+    was killed midway resumes from its checkpoint when its stamp is the same."""
+    import shutil
+
     from medtok_core.artifact import artifact_dir
     from medtok_core.tokenizer import MedTokTokenizer
     from medtok_core.train import encode_continuous, export_artifact, train
 
+    folder = artifact_folder(out, variant, train_seed)
     cfg = dataclasses.replace(tcfg, model=dataclasses.replace(tcfg.model, modalities=variant),
-                              output_dir=str(out / variant), resume=False)
+                              seed=train_seed, output_dir=str(folder), resume=False)
     stamp = _stamp(cfg, heldout_sha)
-    folder = out / variant
-    stamp_file = folder / "stamp.json"
+    stamp_file, started_file = folder / "stamp.json", folder / "started.json"
     info = {}
     if not retrain and stamp_file.is_file() and read_json(stamp_file).get("stamp") == stamp:
         tok = MedTokTokenizer.from_pretrained(artifact_dir(folder))
         model = tok.model()
         info = read_json(stamp_file).get("train", {})
     else:
+        # Resume only the same training (its stamp written when it started); anything else in the
+        # folder is another run's and goes.
+        same = not retrain and started_file.is_file() and read_json(started_file).get("stamp") == stamp
+        if not same:
+            shutil.rmtree(folder, ignore_errors=True)
+        cfg = dataclasses.replace(cfg, resume=same)
         save_config(cfg, folder / "config.yaml")
+        write_json(started_file, {"stamp": stamp})
         result = train(cfg, data)
         export_artifact(artifact_dir(folder), cfg, result.model, data)
         tok = MedTokTokenizer.from_pretrained(artifact_dir(folder))
@@ -204,35 +272,39 @@ def variant_embeddings(tcfg, variant: str, data, out: Path, heldout_sha: str, re
 
 
 def all_embeddings(cfg: QualityConfig, tcfg, data, out: Path, heldout_sha: str) -> tuple[dict, dict, object]:
-    """Method -> [n_codes, dim] table (rows = the training selection's order)."""
+    """Method -> list of [n_codes, dim] tables (rows = the training selection's order): one per
+    training seed for the trained MedTok methods, one for the others (they do not train)."""
     variants = sorted({VARIANT_OF[m] for m in cfg.methods if m in VARIANT_OF}, key=["both", "text", "graph"].index)
     got, train_info = {}, {}
     for v in variants:
-        t0 = time.perf_counter()
-        got[v] = variant_embeddings(tcfg, v, data, out / "artifacts", heldout_sha, cfg.retrain)
-        train_info[v] = {**got[v]["train"], "wall_s": round(time.perf_counter() - t0, 1)}
-        print(f"variant {v}: {train_info[v]}", flush=True)
+        for s in cfg.train_seeds:
+            t0 = time.perf_counter()
+            got[v, s] = variant_embeddings(tcfg, v, data, out / "artifacts", heldout_sha, cfg.retrain, s)
+            key = v if len(cfg.train_seeds) == 1 else f"{v}-seed{s}"  # one seed: today's keys
+            train_info[key] = {**got[v, s]["train"], "wall_s": round(time.perf_counter() - t0, 1)}
+            print(f"variant {v}, training seed {s}: {train_info[key]}", flush=True)
+    per_seed = lambda v, part: [got[v, s][part] for s in cfg.train_seeds]  # noqa: E731
     emb = {}
     for m in cfg.methods:
         if m == "medtok":
-            emb[m] = got["both"]["quantized"]
+            emb[m] = per_seed("both", "quantized")
         elif m == "medtok_continuous":
-            emb[m] = got["both"]["continuous"]
+            emb[m] = per_seed("both", "continuous")
         elif m == "text_only":
-            emb[m] = got["text"]["quantized"]
+            emb[m] = per_seed("text", "quantized")
         elif m == "graph_only":
-            emb[m] = got["graph"]["quantized"]
+            emb[m] = per_seed("graph", "quantized")
         elif m == "raw_text":
-            emb[m] = description_vectors(data)
+            emb[m] = [description_vectors(data)]
         elif m == "raw_text_pca":
-            emb[m] = principal_components(description_vectors(data), tcfg.model.dim)
+            emb[m] = [principal_components(description_vectors(data), tcfg.model.dim)]
         elif m in PART_METHODS:  # tcfg.model.dim columns each, in the export's order
             i, dim = PART_METHODS.index(m), tcfg.model.dim
-            emb[m] = got["both"]["quantized"][:, i * dim:(i + 1) * dim]
+            emb[m] = [e[:, i * dim:(i + 1) * dim] for e in per_seed("both", "quantized")]
         elif m == "random":
             g = torch.Generator().manual_seed(cfg.seed)
-            emb[m] = torch.randn(len(data), 4 * tcfg.model.dim, generator=g)
-    tok = got[variants[0]]["tokenizer"]
+            emb[m] = [torch.randn(len(data), 4 * tcfg.model.dim, generator=g)]
+    tok = got[variants[0], cfg.train_seeds[0]]["tokenizer"]
     return emb, train_info, tok
 
 
@@ -256,14 +328,19 @@ class Task:
     name: str
     metric: str
     protocol: str
-    scores: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)  # method -> mean over its training seeds
     n: dict[str, int] = field(default_factory=dict)
-    observed: dict[str, Q.Observed] = field(default_factory=dict, repr=False)
+    # method -> one Observed per training seed (one for a method that does not train)
+    observed: dict[str, list[Q.Observed]] = field(default_factory=dict, repr=False)
+    per_seed: dict[str, list[float]] = field(default_factory=dict)  # trained methods: value per seed
     ci: dict[str, dict] = field(default_factory=dict)  # comparison -> paired bootstrap difference
 
-    def add(self, method: str, obs: Q.Observed) -> None:
+    def add(self, method: str, obs: list[Q.Observed]) -> None:
         self.observed[method] = obs
-        self.scores[method] = obs.value
+        values = [o.value for o in obs]
+        self.scores[method] = float(np.mean(values))
+        if method in VARIANT_OF:
+            self.per_seed[method] = values
 
 
 def part_norms(emb: torch.Tensor, systems: pd.Series) -> dict[str, list[float]]:
@@ -286,7 +363,7 @@ def evaluate(cfg: QualityConfig, emb: dict, vocab: pd.DataFrame, tok, relations:
     gem = Q.gem_pairs(tok, data_dir)
     samples = []
     for r in relations:
-        s = r.split
+        s = r.scored  # its test pairs are the part this run scores
         split_rows = dataclasses.replace(s, train=to_rows(s.train, row_of), test=to_rows(s.test, row_of),
                                          all_pairs=to_rows(s.all_pairs, row_of))
         samples.append((r, Q.relation_sample(split_rows, r.task, r.symmetric, cfg.max_train_pairs,
@@ -297,26 +374,32 @@ def evaluate(cfg: QualityConfig, emb: dict, vocab: pd.DataFrame, tok, relations:
         "gem_icd9_icd10cm_mrr": Task("gem_icd9_icd10cm_mrr", "mrr", PROTOCOLS["gem_icd9_icd10cm_mrr"]),
     }
     for r, s in samples:
-        for kind in ("auc_cosine", "mrr_cosine", "auc_probe", "mrr_probe"):
+        for kind in RELATION_KINDS:
             metric = "roc_auc" if kind.startswith("auc") else "mrr"
             tasks[f"{r.task}_{kind}"] = Task(f"{r.task}_{kind}", metric, relation_protocol(r, s, kind))
     n_targets = int((vocab["system"] == "ICD10CM").sum())
     for m in tqdm(cfg.methods, desc="scoring", disable=not cfg.progress):
-        e = emb[m]
-        h = Q.hierarchy_observed(vocab, e, cfg.n_random_pairs, cfg.seed)
-        tasks["hierarchy_sibling_auc"].add(m, h)
+        got: dict[str, list[Q.Observed]] = {}
+        for e in emb[m]:  # one table per training seed
+            got.setdefault("hierarchy_sibling_auc", []).append(
+                Q.hierarchy_observed(vocab, e, cfg.n_random_pairs, cfg.seed))
+            got.setdefault("hierarchy_parent_mrr", []).append(Q.parent_observed(vocab, e, cfg.max_parent_queries, cfg.seed))
+            got.setdefault("gem_icd9_icd10cm_mrr", []).append(Q.equivalence_observed(vocab, e, gem))
+            for r, s in samples:
+                for kind, o in Q.relation_observed(e, s, seed=cfg.seed).items():
+                    got.setdefault(f"{r.task}_{kind}", []).append(o)
+        for name, obs in got.items():
+            tasks[name].add(m, obs)
+        h, p, g = got["hierarchy_sibling_auc"][0], got["hierarchy_parent_mrr"][0], got["gem_icd9_icd10cm_mrr"][0]
         tasks["hierarchy_sibling_auc"].n = {"sibling_pairs": len(h.pos), "random_pairs": len(h.neg)}
-        p = Q.parent_observed(vocab, e, cfg.max_parent_queries, cfg.seed)
-        tasks["hierarchy_parent_mrr"].add(m, p)
         tasks["hierarchy_parent_mrr"].n = {"queries": len(p.rr)}
-        g = Q.equivalence_observed(vocab, e, gem)
-        tasks["gem_icd9_icd10cm_mrr"].add(m, g)
         tasks["gem_icd9_icd10cm_mrr"].n = {"queries": len(g.rr), "targets": n_targets}
         for r, s in samples:
-            for kind, o in Q.relation_observed(e, s, seed=cfg.seed).items():
-                tasks[f"{r.task}_{kind}"].add(m, o)
-                tasks[f"{r.task}_{kind}"].n = {"test_pairs": len(s.test_pos), "test_negatives": len(s.test_neg),
-                                               "train_pairs": len(s.train_pos), "train_negatives": len(s.train_neg)}
+            for kind in RELATION_KINDS:
+                tasks[f"{r.task}_{kind}"].n = {
+                    "scored_pairs": len(s.test_pos), "scored_negatives": len(s.test_neg),
+                    "validation_pairs": len(r.split.validation), "test_pairs": len(r.split.test),
+                    "train_pairs": len(s.train_pos), "train_negatives": len(s.train_neg)}
     for t in tasks.values():
         t.ci = target_intervals(t, cfg.n_resamples, cfg.seed)
     return list(tasks.values())
@@ -341,9 +424,10 @@ def target_comparisons(task: str, methods) -> dict[str, tuple[str, float]]:
 
 
 def target_intervals(t: Task, n_resamples: int, seed: int) -> dict[str, dict]:
-    """MedTok minus each comparison of :func:`target_comparisons`, with a paired bootstrap 95% interval."""
-    return {label: Q.paired_difference(t.observed["medtok"], t.observed[other], scale_b=scale,
-                                       n_resamples=n_resamples, seed=seed)
+    """MedTok minus each comparison of :func:`target_comparisons` (means over training seeds), with a
+    paired bootstrap 95% interval over the pairs / queries and the training seeds together."""
+    return {label: Q.seeded_paired_difference(t.observed["medtok"], t.observed[other], scale_b=scale,
+                                              n_resamples=n_resamples, seed=seed)
             for label, (other, scale) in target_comparisons(t.name, t.observed).items()}
 
 
@@ -363,17 +447,18 @@ PROTOCOLS = {
 def relation_protocol(r: Relation, s, kind: str) -> str:
     rel, a, b = r.spec.split(":")
     base = (f"Code pairs {a} - {b} whose attached KG nodes are joined by a `{rel}` edge. "
-            f"{len(r.split.test)} pairs were held out (seeded, by pair) and every KG edge supporting them "
-            f"was removed before training ({len(r.split.removed)} edges; {r.split.collateral} other pairs lost "
-            f"their support as a side effect and are neither train nor test pairs).")
+            f"Two disjoint parts were held out (seeded, by pair), {len(r.split.validation)} validation and "
+            f"{len(r.split.test)} test pairs, and every KG edge supporting either part was removed before "
+            f"training ({len(r.split.removed)} edges; {r.split.collateral} other pairs lost their support as a "
+            f"side effect and are neither training nor held-out pairs); this run scores the {r.part} part.")
     scorer = ("zero-shot cosine of the two embeddings" if kind.endswith("cosine") else
               "a logistic-regression probe on [cos(a,b), a*b, a, b] (unit-normalised embeddings, "
               f"block-scaled features, C=1) trained on {len(s.train_pos)} training pairs and as many sampled negatives only")
     if kind.startswith("auc"):
-        what = (f"ROC-AUC of {scorer}, held-out pairs vs {len(s.test_neg)} sampled negatives drawn from the same "
+        what = (f"ROC-AUC of {scorer}, the {r.part} pairs vs {len(s.test_neg)} sampled negatives drawn from the same "
                 "two code sets (no true pair of the full graph, disjoint from the probe's negatives)")
     else:
-        what = (f"MRR by {scorer}: for each {a} query of a held-out pair, the rank of its best held-out partner "
+        what = (f"MRR by {scorer}: for each {a} query of a {r.part} pair, the rank of its best {r.part} partner "
                 f"among all {len(s.cand_b)} {b} codes of the relation, other known true pairs filtered out, ties "
                 "half")
     return f"{base} {what}."
@@ -382,7 +467,7 @@ def relation_protocol(r: Relation, s, kind: str) -> str:
 # ============================================================================== outputs
 def results_json(tasks: list[Task], meta: dict) -> dict:
     return {"tasks": {t.name: {"metric": t.metric, "higher_is_better": True, "scores": t.scores, "n": t.n,
-                               **({"ci": t.ci} if t.ci else {})}
+                               **({"per_seed": t.per_seed} if t.per_seed else {}), **({"ci": t.ci} if t.ci else {})}
                       for t in tasks}, **meta}
 
 
@@ -407,6 +492,13 @@ def validate_results(results: dict) -> dict:
         for label, d in t.get("ci", {}).items():
             if not isinstance(d, dict) or not all(isinstance(d.get(k), (int, float)) for k in ("difference", "low", "high")):
                 raise UserError(f"results: task {name!r} interval {label!r} needs numbers difference, low, high")
+        for m, values in t.get("per_seed", {}).items():  # absent in results written before training seeds
+            if m not in scores or not isinstance(values, list) or not values or \
+                    not all(isinstance(v, (int, float)) for v in values):
+                raise UserError(f"results: task {name!r} per_seed of {m!r} must be a non-empty list of numbers "
+                                "for a method in scores")
+    if results.get("split", "validation") not in HELDOUT_PARTS:
+        raise UserError(f"results: split must be one of {', '.join(HELDOUT_PARTS)}")
     return results
 
 
@@ -434,15 +526,42 @@ def _present(results: dict, candidates: tuple[str, ...]) -> list[str]:
 
 
 def markdown_table(results: dict, methods: list[str] | None = None) -> str:
-    """Tasks x methods, the best of each row in bold (default: the core methods of the run)."""
+    """Tasks x methods, the best of each row in bold (default: the core methods of the run); with
+    several training seeds, a trained method's cell is its mean ± the standard deviation over seeds."""
     methods = methods if methods is not None else _present(results, CORE_METHODS)
     lines = ["| task | metric | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
     for name, t in results["tasks"].items():
         vals = [t["scores"].get(m) for m in methods]
         best = max(v for v in vals if v is not None)
-        cells = [("-" if v is None else (f"**{v:.3f}**" if v == best else f"{v:.3f}")) for v in vals]
+        cells = []
+        for m, v in zip(methods, vals, strict=True):
+            seeds = t.get("per_seed", {}).get(m, [])
+            spread = f" ±{np.std(seeds, ddof=1):.3f}" if len(seeds) > 1 else ""
+            cells.append("-" if v is None else (f"**{v:.3f}**{spread}" if v == best else f"{v:.3f}{spread}"))
         lines.append(f"| {name} | {t['metric']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def split_description(results: dict) -> str:
+    """Which held-out pairs and how many training seeds a results.json scores (results written before
+    the two held-out parts existed scored one part, the pairs that are now the validation part)."""
+    seeds = results.get("train_seeds", [0])
+    trained = f"{len(seeds)} training seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})"
+    if "split" not in results:
+        return ("the single held-out part of the runs before the validation / test protocol (the pairs now in "
+                "the validation part, on which the configuration was chosen), one training seed")
+    if results["split"] == "test":
+        return f"the **test** part of the held-out pairs (scored once for this configuration), {trained}"
+    return f"the validation part of the held-out pairs (where configurations are chosen), {trained}"
+
+
+def interval_description(results: dict) -> str:
+    """How the intervals of the targets table were made."""
+    seeds = results.get("train_seeds", [0])
+    if len(seeds) > 1:
+        return (f"bootstrap 95% interval over the queries / pairs and the {len(seeds)} training seeds together "
+                "(each resample draws the pairs, shared by both methods, and each method's seeds with replacement)")
+    return "paired bootstrap 95% interval over queries / pairs (one training seed)"
 
 
 def targets_table(results: dict) -> str:
@@ -484,19 +603,28 @@ def parts_table(results: dict) -> str:
 def report_md(results: dict, tasks: list[Task], skipped: dict[str, str]) -> str:
     tg = results["targets"]
     met = sum(all(v.values()) for v in tg.values())
-    parts = ["# MedTok quality: held-out benchmark", "",
-             f"MedTok config: `{results['medtok_config']}` {results['medtok_overrides'] or ''}; "
+    split = results.get("split", "validation")
+    seeds = results.get("train_seeds", [0])
+    parts = [f"# MedTok quality: held-out benchmark, {split} split", "",
+             f"Scored on {split_description(results)}. " + (
+                 "Validation results are for choosing configurations; the published table is the test split's, "
+                 "produced once per released configuration. " if split == "validation" else
+                 "Every configuration choice was made on the validation part; this is the table to publish. ")
+             + f"MedTok config: `{results['medtok_config']}` {results['medtok_overrides'] or ''}; "
              f"{results['n_codes']} codes ({', '.join(f'{k} {v}' for k, v in results['systems'].items())}); "
-             f"seed {results['seed']}. Higher is better everywhere; best per task in bold.", "",
+             f"split seed {results['seed']}. Higher is better everywhere; best per task in bold"
+             + (f"; a trained method's cell is its mean ± the standard deviation over the {len(seeds)} training "
+                "seeds (each seed's value: `per_seed` in results.json)." if len(seeds) > 1 else "."), "",
              markdown_table(results), "", *([parts_table(results), ""] if parts_table(results) else []),
              f"Targets (issue 9) met on {met} of {len(tg)} tasks:", ""]
     for name, row in tg.items():
         parts.append(f"- {name}: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in row.items()))
     if targets_table(results):
         parts += ["", "MedTok minus the method each target holds it to (the better single modality, the raw "
-                  "text vector; GEM: 0.9 x raw text), with a paired bootstrap 95% interval (queries, or "
-                  f"positive and negative pairs, resampled {results.get('n_resamples', '')} times, the same "
-                  "draws for both methods). Seed-to-seed spread of training is not in it.", "",
+                  "text vector; GEM: 0.9 x raw text), means over training seeds, with a "
+                  f"{interval_description(results)}; {results.get('n_resamples', '')} resamples, queries or "
+                  "positive and negative pairs drawn with replacement, the same draws for both methods."
+                  + ("" if len(seeds) > 1 else " Seed-to-seed spread of training is not in it."), "",
                   targets_table(results)]
     parts += ["", "## Methods", "",
               "- `medtok`: MedTok (text + graph), the quantised token embeddings exactly as exported "
@@ -518,7 +646,7 @@ def report_md(results: dict, tasks: list[Task], skipped: dict[str, str]) -> str:
         parts.append(f"- {name}: skipped ({why}).")
     if results.get("part_norms"):
         parts += ["", "Mean norm of each exported part per code system (text-specific / text-cross / graph-cross / "
-                  "graph-specific; with part gates, the weight each part gets):", ""]
+                  "graph-specific; with part gates, the weight each part gets; the first training seed's model):", ""]
         parts += [f"- {s}: {' / '.join(f'{x:.2f}' for x in v)}" for s, v in results["part_norms"].items()]
     parts += ["", "## Training", "", "```", json.dumps(results["training"], indent=2), "```", "",
               "![scores](results.png)", ""]
@@ -531,13 +659,16 @@ def page_block(results: dict, name: str, folder: str) -> str:
     train = results["training"]
     secs = sum(v.get("train_s", 0) for v in train.values() if isinstance(v, dict))
     overrides = f" with `{', '.join(results['medtok_overrides'])}`" if results.get("medtok_overrides") else ""
+    n_seeds = len(results.get("train_seeds", [0]))
     return (f"Generated by `python -m recipes.medtok_quality` from [`{folder}/results.json`]({folder}/results.json) "
-            f"([report with every protocol]({folder}/report.md)); MedTok config `{results['medtok_config']}`"
-            f"{overrides}, {results['n_codes']} codes, training of the three MedTok variants {secs:.0f} s on the "
+            f"([report with every protocol]({folder}/report.md)); scored on {split_description(results)}; "
+            f"MedTok config `{results['medtok_config']}`"
+            f"{overrides}, {results['n_codes']} codes, training of the three MedTok variants"
+            f"{'' if n_seeds == 1 else f' x {n_seeds} seeds'} {secs:.0f} s on the "
             f"shared 2-core machine. Issue-9 targets met on {met} of {len(tg)} tasks.\n\n"
             f"{markdown_table(results)}\n\n"
-            + (f"MedTok minus the method each target holds it to, paired bootstrap 95% interval over "
-               f"queries / pairs (one training seed):\n\n{targets_table(results)}\n\n" if targets_table(results) else "")
+            + (f"MedTok minus the method each target holds it to, {interval_description(results)}:\n\n"
+               f"{targets_table(results)}\n\n" if targets_table(results) else "")
             + (f"{parts_table(results)}\n\n" if parts_table(results) else "")
             + f"![MedTok quality, {name}]({folder}/results.png)")
 
@@ -579,7 +710,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_ylabel("score (higher is better)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: bars reach 1.0
-    ax.set_title("MedTok vs single modalities, raw text and random vectors")
+    ax.set_title(f"MedTok vs single modalities, raw text and random vectors ({results.get('split', 'validation')} split)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -603,10 +734,12 @@ def run(cfg: QualityConfig) -> dict:
     kg_cfg = KGConfig(data_dir=tcfg.data.data_dir, kg_csv=tcfg.data.kg_csv, skip_sources=list(tcfg.data.skip_sources))
     kg = build_knowledge_graph(vocab, kg_cfg, progress=cfg.progress)
     selected = select_codes(vocab.table, tcfg.data)
-    relations, skipped = make_splits(cfg, kg, selected)
+    relations, skipped = make_splits(cfg, kg, selected)  # both held-out parts, whichever --split is scored
     removed = pd.concat([r.split.removed for r in relations], ignore_index=True) if relations else \
         pd.DataFrame({"src": [], "dst": [], "relation": []})
     heldout = write_heldout(out / "heldout_edges.csv", kg, removed)
+    with atomic_path(out / "heldout_pairs.csv") as tmp:
+        heldout_pairs_table(relations, vocab.table).to_csv(tmp, index=False)
     del kg
     tcfg.data.heldout_edges = str(heldout.resolve())
     data = prepare_data(tcfg.data, progress=cfg.progress)
@@ -616,16 +749,17 @@ def run(cfg: QualityConfig) -> dict:
     t1 = time.perf_counter()
     tasks = evaluate(cfg, emb, data.vocab, tok, relations, row_of, tcfg.data.data_dir)
     meta = {"medtok_config": cfg.medtok_config, "medtok_overrides": list(cfg.medtok_overrides), "seed": cfg.seed,
+            "split": cfg.split, "train_seeds": list(cfg.train_seeds),
             "n_codes": len(data), "systems": data.vocab["system"].value_counts().sort_index().to_dict(),
             "heldout_edges": len(removed), "skipped": skipped, "n_resamples": cfg.n_resamples,
             "training": {"prepare_s": round(prep_s, 1), **train_info},
             "eval_s": round(time.perf_counter() - t1, 1),
-            **({"part_norms": part_norms(emb["medtok"], data.vocab["system"])} if "medtok" in emb else {})}
+            **({"part_norms": part_norms(emb["medtok"][0], data.vocab["system"])} if "medtok" in emb else {})}
     results = results_json(tasks, meta)
     results["targets"] = targets(validate_results(results))
     from eval.provenance import provenance
 
-    results["provenance"] = provenance([cfg.seed])  # commit, dirty flag, machine, seeds, command
+    results["provenance"] = provenance(list(cfg.train_seeds))  # commit, dirty flag, machine, seeds, command
     write_json(out / "results.json", results)
     plot(results, out / "results.png")
     write_text(out / "report.md", report_md(results, tasks, skipped))

@@ -243,8 +243,8 @@ def test_part_ablations_are_the_exported_parts_in_export_order(monkeypatch, tmp_
     tcfg = MQ.training_config(cfg)
     tcfg.model.dim = dim
     emb, _, _ = MQ.all_embeddings(cfg, tcfg, None, tmp_path, "sha")
-    assert torch.equal(torch.cat([emb[m] for m in MQ.PART_METHODS], 1), emb["medtok"])
-    assert torch.equal(emb["medtok_graph_cross"], exported[:, 6:9])
+    assert torch.equal(torch.cat([emb[m][0] for m in MQ.PART_METHODS], 1), emb["medtok"][0])
+    assert torch.equal(emb["medtok_graph_cross"][0], exported[:, 6:9])
     assert MQ.QualityConfig().methods == list(MQ.CORE_METHODS)  # ablations only when asked for
 
 
