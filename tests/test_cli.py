@@ -132,6 +132,7 @@ CONFIG_FILES = {"medtok_quick.yaml": "recipes.train_tokenizer", "medtok_full.yam
                 "pipeline_quick.yaml": "recipes.pipeline", "pipeline_full.yaml": "recipes.pipeline",
                 "pipeline_cpu.yaml": "recipes.pipeline", "recipe_sweep.yaml": "recipes.recipe",
                 "pipeline_kgqa.yaml": "recipes.pipeline", "pipeline_kgqa_quick.yaml": "recipes.pipeline",
+                "pipeline_kgqa_oracle.yaml": "recipes.pipeline", "pipeline_kgqa_frozen.yaml": "recipes.pipeline",
                 "ehr_demo.yaml": "recipes.ehr_pipeline", "ehr_full.yaml": "recipes.ehr_pipeline"}
 
 
