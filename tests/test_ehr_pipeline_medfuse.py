@@ -64,7 +64,7 @@ def test_the_stage_runs_medfuse_on_the_pipelines_meds_folder(first_run):
     assert task["estimable"] and (task["test_samples"], task["test_positives"]) == (21, 1)
     for m in task["methods"].values():
         assert "held_out_probs_by_seed" not in m  # the summary carries metrics, results.json the predictions
-        assert all(0 <= m[k]["low"] <= m[k]["mean"] <= m[k]["high"] <= 1 for k in ("auroc", "accuracy"))
+        assert all(0 <= m[k]["low"] <= m[k]["high"] <= 1 and 0 <= m[k]["mean"] <= 1 for k in ("auroc", "accuracy"))
     assert set(task["auprc_differences"]) == {"medfuse:mufuse - medfuse:additive", "medfuse:mufuse - hgb"}
 
 
@@ -123,3 +123,22 @@ def test_bad_medfuse_options_are_one_error_line(argv, message, tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_the_standalone_medfuse_configs_read_what_a_committed_command_makes():
+    """configs/ehr/*.yaml parse, and each MEDS folder they read is the committed fixture or the folder the
+    `ehr data` command in the file's header writes (`--output_dir D` -> `D_meds`)."""
+    from pathlib import Path
+
+    from commons.config import parse_config
+    from ehr.medfuse.run import MedFuseEvalConfig
+    from ehr.medfuse.transfer import TransferConfig
+
+    for name, cls in [("medfuse_synthetic.yaml", MedFuseEvalConfig), ("medfuse_transfer.yaml", TransferConfig)]:
+        path = Path("configs/ehr") / name
+        cfg = parse_config(cls, ["--config", str(path)])
+        made = [f"{d}_meds" for d in re.findall(r"medtok-qa ehr data .*--output_dir (\S+)", path.read_text())]
+        cohorts = [cfg.cohort] if cls is MedFuseEvalConfig else [cfg.source, cfg.target]
+        for cohort in cohorts:
+            assert cohort.meds_dir in made or Path(cohort.meds_dir).resolve() == FIXTURE, (name, cohort.meds_dir)
+        assert f"--config configs/ehr/{name}" in path.read_text()  # the run command is written down
