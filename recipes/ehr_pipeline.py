@@ -15,9 +15,12 @@ Stages, in order:
 4. finetune   multitask prompted finetuning from each pretrained model
 5. eval       every finetuned model and the gradient-boosting baseline on held_out: AUROC/AUPRC/F1 with
               patient-bootstrap intervals, the rare/unseen-code slice
-6. report     summary.json (mean and spread across seeds), report.md, auprc.png, machine.json,
-              timings.json, README.md (model card); with ``publish`` the same files are copied to that
-              folder and ``page`` is generated from summary.json
+6. medfuse    with ``medfuse.enabled``: MedFuse's fusion ablation (MuFuse / additive / concat) and its GRU and
+              gradient-boosting baselines over ``seeds`` on the same MEDS folder (ehr/medfuse/run.py's
+              evaluate_medfuse) -> ``<output>/medfuse/results.json`` and ``results.md``
+7. report     summary.json (mean and spread across seeds; MedFuse's ablation), report.md, auprc.png,
+              machine.json, timings.json, README.md (model card); with ``publish`` the same files (and
+              medfuse/results.*) are copied to that folder and ``page`` is generated from summary.json
 
 Resumable: each stage writes ``<output>/stamps/<stage>.json`` (a hash of its settings and of the stages
 it reads) when it finishes and is skipped while that hash is unchanged; a training killed half-way resumes from its own
@@ -41,12 +44,17 @@ from commons.io import check_writable_dir, read_json, write_json
 from ehr.code_embeddings import variant_names
 from ehr.code_embeddings.base import REGISTRY as CODE_EMBEDDINGS
 from ehr.data import DataOptions
+from ehr.medfuse.model import MedFuseOptions
+from ehr.medfuse.run import CohortOptions, FitOptions, MedFuseEvalConfig
 from ehr.model import ModelOptions
 from ehr.train import TrainOptions
 
 STAMPS = "stamps"
 QA_PIPELINE_ARTIFACT = Path("runs/pipeline/medtok/artifact")  # what `make demo` / recipes.pipeline trains
 BACKBONES = ("mamba", "transformer")
+STAGE_GROUPS = ("data", "medtok", "pretrain", "finetune", "eval", "medfuse")
+# MedFuse's cohort options that the pipeline takes from `data` (one MEDS folder, one code map, one split)
+FROM_DATA = ("meds_dir", "source", "seed", "data_dir")
 
 
 @dataclass
@@ -63,6 +71,44 @@ class EvalOptions:
         require_range(self, "min_positives", 1)
         require_range(self, "n_boot", 10)
         require_range(self, "rare_k", 1)
+
+
+_EVAL_DEFAULTS = MedFuseEvalConfig()
+
+
+@dataclass
+class MedFuseStageOptions:
+    """MedFuse (issue 28) as the pipeline's ``medfuse`` stage: ``ehr medfuse-eval``'s options, on the
+    pipeline's MEDS folder and ``seeds``, written to ``<output>/medfuse``."""
+
+    enabled: bool = False  # off: the pipeline is EhrMamba's alone
+    # triplet options (tasks, windows, bins, max_tokens...); meds_dir, source, seed, data_dir come from `data`
+    cohort: CohortOptions = field(default_factory=CohortOptions)
+    model: MedFuseOptions = field(default_factory=MedFuseOptions)  # its fusion comes from `fusions`
+    train: FitOptions = field(default_factory=FitOptions)
+    tasks: list[str] = field(default_factory=list)  # empty: every task built
+    fusions: list[str] = field(default_factory=lambda: list(_EVAL_DEFAULTS.fusions))
+    baselines: list[str] = field(default_factory=lambda: list(_EVAL_DEFAULTS.baselines))
+    n_resamples: int = _EVAL_DEFAULTS.n_resamples  # bootstrap resamples over patients
+
+    def __post_init__(self):
+        try:
+            self.eval_config(DataOptions(), [0], "")  # the same checks as `ehr medfuse-eval`
+        except FieldError:
+            raise
+        except ConfigError as err:
+            raise ConfigError(f"medfuse.{err}") from None
+
+    def eval_config(self, data: DataOptions, seeds: list[int], output_dir: str, meds_dir: str = "",
+                    medtok: str | None = None) -> MedFuseEvalConfig:
+        """The ``evaluate_medfuse`` config of this stage (the MEDS folder and its code map from ``data``)."""
+        cohort = replace(self.cohort, meds_dir=meds_dir, source=data.source, seed=data.seed, data_dir=data.data_dir)
+        model = self.model
+        if medtok and CODE_EMBEDDINGS[model.code_embedding].needs_medtok and not model.embedding.medtok:
+            model = replace(model, embedding=replace(model.embedding, medtok=medtok))
+        return MedFuseEvalConfig(cohort=cohort, model=model, train=self.train, tasks=list(self.tasks),
+                                 fusions=list(self.fusions), baselines=list(self.baselines), seeds=list(seeds),
+                                 n_resamples=self.n_resamples, output_dir=output_dir)
 
 
 def _names(value) -> list[str]:
@@ -87,7 +133,9 @@ class EhrPipelineConfig:
     medtok_artifact: str = ""  # an existing MedTok artifact for the medtok_* variants
     medtok_train: bool = True  # none given or found: train one (else leave the MedTok variants out)
     medtok_config: str = "configs/medtok_quick.yaml"  # its `medtok-qa train-tokenizer` config
-    force: list[str] = field(default_factory=list)  # stages to redo: data, medtok, pretrain, finetune, eval
+    # MedFuse's fusion ablation and baselines on the same cohort (stage `medfuse`, off by default)
+    medfuse: MedFuseStageOptions = field(default_factory=MedFuseStageOptions)
+    force: list[str] = field(default_factory=list)  # stages to redo: data, medtok, pretrain, finetune, eval, medfuse
     publish: str = ""  # also copy the report files here (e.g. docs/results/ehr_synthetic)
     page: str = ""  # and generate this Markdown page from summary.json (e.g. docs/results/ehr_synthetic.md)
 
@@ -107,9 +155,14 @@ class EhrPipelineConfig:
         if not self.seeds:
             raise FieldError("seeds", "is empty; give at least one seed")
         for name in self.force:
-            if name not in ("data", "medtok", "pretrain", "finetune", "eval", "all"):
-                raise FieldError("force", f"holds unknown stage {name!r}; stages: data, medtok, pretrain, "
-                                 "finetune, eval, all")
+            if name not in (*STAGE_GROUPS, "all"):
+                raise FieldError("force", f"holds unknown stage {name!r}; stages: {', '.join(STAGE_GROUPS)}, all")
+        default = CohortOptions()
+        for name in FROM_DATA:  # set in medfuse.cohort, it would be silently replaced by data's value
+            value = getattr(self.medfuse.cohort, name)
+            if value != getattr(default, name) and value != getattr(self.data, name):
+                raise FieldError(f"medfuse.cohort.{name}", f"comes from data.{name} in the pipeline; set "
+                                 f"data.{name} instead (or leave medfuse.cohort.{name} out)")
 
 
 # ------------------------------------------------------------------------------------- stamps
@@ -158,7 +211,8 @@ class Stages:
 
 
 # ------------------------------------------------------------------------------------- stages
-def data_stage(cfg: EhrPipelineConfig, out: Path, stages: Stages) -> tuple[Path, str]:
+def data_stage(cfg: EhrPipelineConfig, out: Path, stages: Stages) -> tuple[Path, str, Path]:
+    """The prepared folder, its stamp, and the MEDS folder it was prepared from."""
     from ehr.data import prepare
 
     opts = replace(cfg.data, output_dir=str(out / "data"))
@@ -171,7 +225,7 @@ def data_stage(cfg: EhrPipelineConfig, out: Path, stages: Stages) -> tuple[Path,
         save_config(opts, folder / "config.yaml")
 
     stages.run("data", "data", folder, key, work)
-    return folder, key
+    return folder, key, meds
 
 
 def synthetic_meds(opts: DataOptions, out: Path, stages: Stages) -> tuple[Path, str]:
@@ -196,11 +250,16 @@ def needs_medtok(variant: str) -> bool:
     return bool(CODE_EMBEDDINGS[variant].needs_medtok)
 
 
+def medfuse_needs_medtok(cfg: EhrPipelineConfig) -> bool:
+    return cfg.medfuse.enabled and needs_medtok(cfg.medfuse.model.code_embedding) \
+        and not cfg.medfuse.model.embedding.medtok
+
+
 def medtok_stage(cfg: EhrPipelineConfig, out: Path, stages: Stages) -> tuple[str | None, str]:
     """The MedTok artifact the medtok_* variants use (and its stamp), or None when they are left out."""
     from medtok_core.artifact import find_artifact
 
-    if not any(needs_medtok(v) for vs in cfg.runs.values() for v in vs):
+    if not any(needs_medtok(v) for vs in cfg.runs.values() for v in vs) and not medfuse_needs_medtok(cfg):
         return None, ""
     if cfg.medtok_artifact:
         path = find_artifact(cfg.medtok_artifact)
@@ -278,6 +337,25 @@ def eval_stage(cfg: EhrPipelineConfig, data: Path, finetuned: dict[Run, tuple[Pa
     return folder
 
 
+def medfuse_stage(cfg: EhrPipelineConfig, meds: Path, data_key: str, medtok: str | None, medtok_key: str,
+                  out: Path, stages: Stages) -> Path | None:
+    """MedFuse's fusion ablation and baselines on the pipeline's MEDS folder; None when not enabled."""
+    if not cfg.medfuse.enabled:
+        return None
+    from ehr.medfuse.run import evaluate_medfuse
+
+    folder = out / "medfuse"
+    if medfuse_needs_medtok(cfg) and not medtok:
+        raise ConfigError(f"medfuse.model.code_embedding {cfg.medfuse.model.code_embedding} needs a MedTok artifact "
+                          "and none was given or trained; pass medtok_artifact PATH, set medtok_train true, or "
+                          "use medfuse.model.code_embedding learned")
+    ecfg = cfg.medfuse.eval_config(cfg.data, list(cfg.seeds), str(folder), str(meds), medtok)
+    key = settings_key({"medfuse": to_dict(replace(ecfg, output_dir="", cohort=replace(ecfg.cohort, meds_dir=""))),
+                        "data": data_key, "medtok": medtok_key if medfuse_needs_medtok(cfg) else ""})
+    stages.run("medfuse", "medfuse", folder, key, lambda: evaluate_medfuse(ecfg))
+    return folder
+
+
 def check_inputs(cfg: EhrPipelineConfig) -> None:
     """What the user named must exist before anything is written."""
     if cfg.data.meds_dir and cfg.data.fhir_dir:
@@ -293,6 +371,10 @@ def check_inputs(cfg: EhrPipelineConfig) -> None:
         find_artifact(cfg.medtok_artifact)
     if cfg.page and not cfg.publish:
         raise ConfigError("page needs publish: the page links to the published files")
+    if (medfuse_needs_medtok(cfg) and not cfg.medtok_artifact and not cfg.medtok_train
+            and not (QA_PIPELINE_ARTIFACT / "config.json").is_file()):
+        raise ConfigError(f"medfuse.model.code_embedding {cfg.medfuse.model.code_embedding} needs a MedTok artifact: "
+                          "pass medtok_artifact PATH or set medtok_train true")
 
 
 def run_pipeline(cfg: EhrPipelineConfig, config_file: str = "") -> dict:
@@ -305,7 +387,7 @@ def run_pipeline(cfg: EhrPipelineConfig, config_file: str = "") -> dict:
     save_config(cfg, out / "config.yaml")
     t0 = time.perf_counter()
     stages = Stages(cfg, out)
-    data, data_key = data_stage(cfg, out, stages)
+    data, data_key, meds = data_stage(cfg, out, stages)
     medtok, medtok_key = medtok_stage(cfg, out, stages)
     finetuned: dict[Run, tuple[Path, str]] = {}
     for run in planned_runs(cfg, medtok):
@@ -313,9 +395,10 @@ def run_pipeline(cfg: EhrPipelineConfig, config_file: str = "") -> dict:
         _, pre_key = train_stage(cfg, run, "pretrain", data, upstream, medtok, out, stages)
         finetuned[run] = train_stage(cfg, run, "finetune", data, pre_key, medtok, out, stages)
     evaluation = eval_stage(cfg, data, finetuned, data_key, out, stages)
+    medfuse = medfuse_stage(cfg, meds, data_key, medtok, medtok_key, out, stages)
     left_out = sorted({v for vs in cfg.runs.values() for v in vs if needs_medtok(v)}) if not medtok else []
     summary = write_outputs(cfg, out, data, evaluation, {r: p for r, (p, _) in finetuned.items()}, stages.timings,
-                            medtok, left_out, time.perf_counter() - t0, config_file)
+                            medtok, left_out, time.perf_counter() - t0, config_file, medfuse)
     print(f"ehr pipeline: {out}/report.md ({len(finetuned)} finetuned models, "
           f"{summary['timings']['total_stage_seconds']:.0f} s of stage time in all)")
     return summary

@@ -7,6 +7,9 @@ the AUPRC plot, the model card, the machine's facts, and (with ``publish``/``pag
     auprc.png      AUPRC per task per method: bar = mean over seeds, line = mean bootstrap interval,
                    dots = seeds, dashed = the positive rate (what a random ranking scores)
     README.md      model card: what was trained on what data (and its licence), what it is not for
+    medfuse        (stage ``medfuse`` enabled) summary.json's ``medfuse``: per task each fusion's and baseline's
+                   AUPRC/AUROC/accuracy with intervals, or why not estimable; a MedFuse section in report.md
+                   and the page; ``publish`` copies medfuse/results.json and results.md
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import numpy as np
 
 from commons.io import docs_root, page_link, read_json, write_json, write_text
 from ehr.evaluate import SYNTHETIC_NOTE
+from ehr.medfuse.run import ablation_tables
 
 METRICS = ("auprc", "auroc", "f1")
 BASELINE = "hist_gradient_boosting (code counts + age)"
 PUBLISHED = ("summary.json", "report.md", "auprc.png", "machine.json", "timings.json", "README.md",
              "eval/metrics.json", "data/positives.json", "data/mapping_report.json")
+MEDFUSE_PUBLISHED = ("results.json", "results.md")  # <output>/medfuse/ -> <publish>/medfuse/
 
 
 def aggregate(per_seed: list[dict]) -> dict:
@@ -115,6 +120,37 @@ def tables(summary: dict) -> list[str]:
     return lines
 
 
+def medfuse_summary(results: dict) -> dict:
+    """MedFuse's results.json without its per-sample arrays: per task, each method's AUPRC/AUROC/accuracy
+    (mean over seeds, seed sd, 95% patient-bootstrap interval) and seconds, and the paired AUPRC differences;
+    or why the task is not estimable."""
+    tasks = {}
+    for task, r in results["tasks"].items():
+        if not r["estimable"]:
+            tasks[task] = {"estimable": False, "why_not": r["why_not"]}
+            continue
+        tasks[task] = {"estimable": True, "test_samples": r["test_samples"], "test_positives": r["test_positives"],
+                       "methods": {m: {k: v for k, v in d.items() if k != "held_out_probs_by_seed"}
+                                   for m, d in r["methods"].items()},
+                       "auprc_differences": r["auprc_differences"]}
+    return {"results": "medfuse/results.json", "synthetic_note": results["synthetic_note"],
+            "meds_dir": results["meds_dir"], "seeds": results["seeds"], "model": results["model"],
+            "train": results["train"], "positives": results["positives"], "tasks": tasks}
+
+
+def medfuse_section(summary: dict, results_link: str) -> list[str]:
+    """The fusion-ablation tables (ehr.medfuse.run.ablation_tables), under a heading of their own."""
+    if not summary.get("medfuse"):
+        return []
+    m = summary["medfuse"]
+    return ["## MedFuse: fusion ablation and baselines", "",
+            f"MedFuse on (feature, value, time) triplets of the same MEDS folder (`{m['meds_dir']}`): "
+            "`medfuse:<fusion>` = MedFuse with that fusion (mufuse, additive, concat), `gru` = a GRU over the "
+            "triplets, `hgb` = gradient boosting on per-window aggregates. Cells: "
+            f"mean over seeds {m['seeds']} [95% bootstrap interval over patients] (seed sd); full results "
+            f"[medfuse/results.md]({results_link}).", "", *ablation_tables(m, "###")]
+
+
 def report_markdown(summary: dict) -> str:
     t = summary["timings"]
     lines = ["# EHR pipeline report", "", f"**{SYNTHETIC_NOTE}**", "",
@@ -128,8 +164,9 @@ def report_markdown(summary: dict) -> str:
     elif summary["medtok"]["artifact"]:
         lines += [f"MedTok artifact: {summary['medtok']['artifact']}.", ""]
     lines += tables(summary)
-    lines += ["![AUPRC per task and method](auprc.png)", "",
-              f"Stage time: {t['total_stage_seconds']:.0f} s in all ({stage_breakdown(t)}; {t['ran_seconds']:.0f} s "
+    lines += ["![AUPRC per task and method](auprc.png)", ""]
+    lines += medfuse_section(summary, "medfuse/results.md")
+    lines += [f"Stage time: {t['total_stage_seconds']:.0f} s in all ({stage_breakdown(t)}; {t['ran_seconds']:.0f} s "
               f"run in this call, the rest reused from earlier calls); machine: {summary['machine']['cpu']}, "
               f"{summary['machine']['cpus']} CPUs, load average {summary['machine']['load_average_1_5_15']}.", ""]
     return "\n".join(lines)
@@ -181,7 +218,8 @@ def model_card(summary: dict) -> str:
         "- Training: next-token pretraining on the training split's timelines, then multitask prompted "
         "finetuning (task token first and last, one binary head for every task); seeds "
         f"{summary['seeds']}.",
-        f"- MedTok artifact: {summary['medtok']['artifact'] or 'none (MedTok variants left out)'}.", "",
+        f"- MedTok artifact: {summary['medtok']['artifact'] or 'none (MedTok variants left out)'}.",
+        *medfuse_card_line(summary), "",
         "## Data", f"- MEDS folder: `{d['meds_dir']}` ({d['sequences']} sequences after preparation).",
         "- Source: clinosim (PyPI `clinosim` 0.6.5, **MIT licence**), a physiology-driven hospital simulator; "
         "**entirely synthetic**: no real patient is in it. The committed fixture "
@@ -198,6 +236,14 @@ def model_card(summary: dict) -> str:
         "- A small synthetic cohort with few positives: the intervals are wide and differences between variants "
         "are mostly not resolved; the demo sizes (steps, width) are far below the paper's.",
         "- Synthetic comorbidity structure is simpler than real care; nothing here transfers to patients.", ""])
+
+
+def medfuse_card_line(summary: dict) -> list[str]:
+    if not summary.get("medfuse"):
+        return []
+    trained = sorted({m for t in summary["medfuse"]["tasks"].values() if t["estimable"] for m in t["methods"]})
+    return [f"- MedFuse (stage `medfuse`): {', '.join(trained) or 'nothing trained (no estimable task)'}; "
+            "trained per estimable task and seed for the ablation, scored on held_out, not saved."]
 
 
 def page_markdown(summary: dict, page: Path, published: Path) -> str:
@@ -220,11 +266,13 @@ def page_markdown(summary: dict, page: Path, published: Path) -> str:
                   "no artifact was given or found).", ""]
     lines += tables(summary)
     lines += [f"![AUPRC per task and method]({link('auprc.png')})", ""]
+    lines += medfuse_section(summary, link("medfuse/results.md"))
     return "\n".join(lines)
 
 
 def write_outputs(cfg, out: Path, data: Path, evaluation: Path, finetuned: dict, timings: dict,
-                  medtok: str | None, left_out: list[str], wall: float, config_file: str = "") -> dict:
+                  medtok: str | None, left_out: list[str], wall: float, config_file: str = "",
+                  medfuse: Path | None = None) -> dict:
     import pandas as pd
 
     from commons.config import to_dict
@@ -247,6 +295,8 @@ def write_outputs(cfg, out: Path, data: Path, evaluation: Path, finetuned: dict,
                     "this_call_wall_seconds": round(wall, 1)},
         "machine": machine,
     }
+    if medfuse is not None:
+        summary["medfuse"] = medfuse_summary(read_json(medfuse / "results.json"))
     write_json(out / "summary.json", summary)
     write_json(out / "machine.json", machine)
     write_json(out / "timings.json", summary["timings"])
@@ -254,17 +304,20 @@ def write_outputs(cfg, out: Path, data: Path, evaluation: Path, finetuned: dict,
     write_text(out / "README.md", model_card(summary))
     plot(summary, out / "auprc.png")
     if cfg.publish:
-        publish(out, Path(cfg.publish))
+        publish(out, Path(cfg.publish), medfuse is not None)
     if cfg.page:
         write_text(cfg.page, page_markdown(summary, Path(cfg.page), Path(cfg.publish)))
     return summary
 
 
-def publish(out: Path, dest: Path) -> None:
-    """Copy the generated files (only those) to ``dest``."""
+def publish(out: Path, dest: Path, medfuse: bool = False) -> None:
+    """Copy the generated files (only those; MedFuse's when its stage ran) to ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in PUBLISHED:
         src = out / name
         if src.is_file():
             target = dest / Path(name).name if "/" not in name else dest / name.replace("/", "_")
             shutil.copyfile(src, target)
+    for name in MEDFUSE_PUBLISHED if medfuse else ():
+        (dest / "medfuse").mkdir(exist_ok=True)
+        shutil.copyfile(out / "medfuse" / name, dest / "medfuse" / name)

@@ -363,8 +363,15 @@ def results_markdown(results: dict) -> str:
     lines = ["# MedFuse: fusion ablation and baselines (synthetic cohort)", "",
              f"**Synthetic data**: {results['synthetic_note']}. Cohort: `{results['meds_dir']}`; "
              f"seeds {results['seeds']}; metric = mean over seeds [95% bootstrap CI over patients] (seed sd).", ""]
+    return "\n".join(lines + ablation_tables(results))
+
+
+def ablation_tables(results: dict, heading: str = "##") -> list[str]:
+    """Per task (a ``heading`` each): the methods' AUPRC / AUROC / accuracy table and the paired AUPRC
+    differences, or why the task is not estimable (results.json, or its summary without probabilities)."""
+    lines = []
     for task, r in results["tasks"].items():
-        lines.append(f"## {task}")
+        lines.append(f"{heading} {task}")
         if not r["estimable"]:
             lines += ["", f"Not estimable: {r['why_not']}.", ""]
             continue
@@ -378,4 +385,4 @@ def results_markdown(results: dict) -> str:
         lines += [f"- {pair}: {d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
                   for pair, d in r["auprc_differences"].items()]
         lines.append("")
-    return "\n".join(lines)
+    return lines

@@ -7,10 +7,12 @@ Only the identity table moves; the rest starts fresh in both arms, so the differ
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from commons.errors import ConfigError
+from commons.io import check_writable_dir, write_json
 from ehr.medfuse.metrics import bootstrap_intervals
 from ehr.medfuse.model import MedFuse, MedFuseOptions
 from ehr.medfuse.run import (
@@ -58,10 +60,20 @@ class TransferConfig:
     target_train: FitOptions = field(default_factory=lambda: FitOptions(steps=100))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     n_resamples: int = 500
+    output: str = ""  # also write the result here as JSON (empty: only returned)
 
 
 def transfer_experiment(cfg: TransferConfig) -> dict:
-    """Target held-out metrics from scratch and with transferred feature embeddings."""
+    """Target held-out metrics from scratch and with transferred feature embeddings (and ``cfg.output``)."""
+    if cfg.output:
+        check_writable_dir(Path(cfg.output).parent, "--output")
+    result = compare_arms(cfg)
+    if cfg.output:
+        write_json(cfg.output, result)
+    return result
+
+
+def compare_arms(cfg: TransferConfig) -> dict:
     source, target = build_cohort(cfg.source), build_cohort(cfg.target)
     if not target.positives.get(cfg.task, {}).get("estimable"):
         return {"task": cfg.task, "estimable": False, "why_not": target.positives.get(cfg.task, {}).get("why_not", "")}
