@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ehr.value_bins import ValueBins, bin_token
+
 PAD, UNK, CLS, VS, VE = "[PAD]", "[UNK]", "[CLS]", "[VS]", "[VE]"
 INTERVALS = [f"[W{i}]" for i in range(4)] + [f"[M{i}]" for i in range(1, 13)] + ["[LT]"]
 SPECIALS = [PAD, UNK, CLS, VS, VE, *INTERVALS]
@@ -55,6 +57,7 @@ class Vocab:
     medtok: dict[str, str] = field(default_factory=dict)  # token -> SYSTEM:code
     descriptions: dict[str, str] = field(default_factory=dict)  # token -> text
     train_counts: dict[str, int] = field(default_factory=dict)  # token -> events in the training split
+    value_bins: dict[str, str] = field(default_factory=dict)  # lab token <token>//Q<k> -> its code's token
 
     def __post_init__(self):
         self.index = {t: i for i, t in enumerate(self.tokens)}
@@ -72,18 +75,27 @@ class Vocab:
         return len(self.tokens)
 
     def to_dict(self) -> dict:
-        return {"tokens": self.tokens, "medtok": self.medtok, "descriptions": self.descriptions,
-                "train_counts": self.train_counts}
+        out = {"tokens": self.tokens, "medtok": self.medtok, "descriptions": self.descriptions,
+               "train_counts": self.train_counts}
+        if self.value_bins:  # only with --value_bins: vocab.json stays as it was without
+            out["value_bins"] = self.value_bins
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> Vocab:
-        return cls(list(d["tokens"]), dict(d["medtok"]), dict(d["descriptions"]), dict(d["train_counts"]))
+        return cls(list(d["tokens"]), dict(d["medtok"]), dict(d["descriptions"]), dict(d["train_counts"]),
+                   dict(d.get("value_bins", {})))
 
 
 def build_vocab(code_table: dict, descriptions: dict[str, str], train_code_counts: pd.Series,
-                all_codes, tasks: list[str]) -> Vocab:
+                all_codes, tasks: list[str], value_bins: ValueBins | None = None,
+                train_bin_counts: dict[str, dict[int, int]] | None = None) -> Vocab:
     """Every token of the cohort (all splits: a MedTok variant embeds codes unseen in training), with
-    the training split's counts (the learned table maps tokens never seen in training to [UNK])."""
+    the training split's counts (the learned table maps tokens never seen in training to [UNK]).
+
+    With ``value_bins``, each binned code's lab tokens (``<token>//Q<k>``) follow its plain token
+    (:func:`add_bin_tokens`); the plain token's count stays the code's count over all its events, so
+    the rare-code slice judges codes, not code-and-bin pairs."""
     vocab = Vocab()
     for name in tasks:
         vocab.add(task_token(name))
@@ -97,7 +109,33 @@ def build_vocab(code_table: dict, descriptions: dict[str, str], train_code_count
     # events per MEDS code in the training split -> per token (several MEDS codes may share one token)
     counts = train_code_counts.groupby(train_code_counts.index.map(lambda c: code_table[c].token)).sum()
     vocab.train_counts = {str(k): int(v) for k, v in counts.items()}
+    if value_bins is not None:
+        add_bin_tokens(vocab, code_table, descriptions, value_bins, train_bin_counts or {})
     return vocab
+
+
+def add_bin_tokens(vocab: Vocab, code_table: dict, descriptions: dict[str, str], value_bins: ValueBins,
+                   train_bin_counts: dict[str, dict[int, int]]) -> None:
+    """The lab tokens of every binned code. A lab token maps to its code's MedTok code (when that maps):
+    MedTok knows codes, not values, so the MedTok variants give ``X//Q3`` the vector of ``X`` and the
+    learned table carries the bin (``CodeEmbedding.bin_rows``); its description says the bin, so the
+    text variant sees it too."""
+    for code in sorted(value_bins.cuts):
+        m = code_table.get(code)
+        if m is None:  # fitted on another cohort (--value_bins_file) and absent from this one
+            continue
+        for k in value_bins.reachable(code):
+            token = bin_token(m.token, k)
+            vocab.add(token)
+            vocab.value_bins[token] = m.token
+            if m.medtok:
+                vocab.medtok[token] = m.medtok
+            if descriptions.get(code):
+                vocab.descriptions.setdefault(token, f"{descriptions[code]}, result in quantile {k} of "
+                                                     f"{value_bins.n}")
+            n = train_bin_counts.get(code, {}).get(k, 0)
+            if n:
+                vocab.train_counts[token] = vocab.train_counts.get(token, 0) + n
 
 
 def _visits(codes: list[str], times: list[pd.Timestamp]) -> list[list[int]]:
@@ -125,15 +163,19 @@ def _visits(codes: list[str], times: list[pd.Timestamp]) -> list[list[int]]:
     return visits
 
 
-def encode_timeline(events: pd.DataFrame, code_table: dict, vocab: Vocab) -> dict[str, np.ndarray]:
+def encode_timeline(events: pd.DataFrame, code_table: dict, vocab: Vocab,
+                    value_bins: ValueBins | None = None) -> dict[str, np.ndarray]:
     """Token ids and per-token features of one subject's whole timeline, with ``available``: the
     time each token becomes known (an event's time; [VS] at the visit's start, [VE] at its last
-    event, an interval token at the next visit's start). :func:`cut` keeps what is known at a time."""
+    event, an interval token at the next visit's start). :func:`cut` keeps what is known at a time.
+    With ``value_bins`` a numeric event of a binned code is its lab token ``<token>//Q<k>``; the
+    ``codes`` column keeps the code's own token (the rare-code slice is about codes)."""
     birth = events.loc[events["code"] == "MEDS_BIRTH", "time"]
     timed = events[events["time"].notna() & (events["code"] != "MEDS_BIRTH")]
     timed = timed.assign(_later=~timed["code"].str.match(VISIT_START.pattern)).sort_values(
         ["time", "_later"], kind="stable")  # a visit's start marker before the same-time events
     codes, times = timed["code"].tolist(), list(timed["time"])
+    values = timed["numeric_value"].to_numpy(dtype=np.float64) if value_bins is not None else None
     start = times[0] if times else None
     born = birth.iloc[0] if len(birth) else None
     cols = {k: [] for k in ("input_ids", "token_type_ids", "ages", "times", "visit_segments", "visit_orders",
@@ -158,7 +200,9 @@ def encode_timeline(events: pd.DataFrame, code_table: dict, vocab: Vocab) -> dic
         put(vocab.id(VS), TYPES["visit"], age, t0, segment, n)
         for i in visit:
             token = code_table[codes[i]].token
-            put(vocab.id(token), code_type(codes[i]), age, times[i], segment, n, token)
+            k = value_bins.bin_of(codes[i], values[i]) if value_bins is not None else None
+            put(vocab.id(token if k is None else bin_token(token, k)), code_type(codes[i]), age, times[i], segment,
+                n, token)
         put(vocab.id(VE), TYPES["visit"], age, t1, segment, n)
         previous_end = t1
     arrays = {k: np.asarray(v, dtype=np.float32 if k == "times" else object if k == "codes" else np.int64)

@@ -22,7 +22,7 @@ from pathlib import Path
 from commons.config import COMMAND_NAME, parse_config, save_config
 from commons.errors import ConfigError, cli_entry
 from commons.io import check_writable_dir
-from ehr.data import DataOptions, prepare
+from ehr.data import DataOptions, prepare, value_bins_line
 from ehr.evaluate import EhrEvalConfig, evaluate
 
 
@@ -67,6 +67,8 @@ def data_main(argv: list[str]) -> dict:
     mapping = summary["mapping"]
     print(f"ehr data: {out} ({summary['samples']} sequences; {mapping['mapped_codes']}/{mapping['codes']} codes "
           f"mapped to MedTok, unmapped by reason in mapping_report.json)")
+    if value_bins_line(summary):
+        print(f"  {value_bins_line(summary)}")
     for task, p in summary["positives"].items():
         print(f"  {task}: held_out {p['held_out']['positives']}/{p['held_out']['samples']} positive"
               + ("" if p["estimable"] else " (not estimable)"))

@@ -213,16 +213,21 @@ class Stages:
 # ------------------------------------------------------------------------------------- stages
 def data_stage(cfg: EhrPipelineConfig, out: Path, stages: Stages) -> tuple[Path, str, Path]:
     """The prepared folder, its stamp, and the MEDS folder it was prepared from."""
-    from ehr.data import prepare
+    from ehr.data import prepare, value_bins_line
 
     opts = replace(cfg.data, output_dir=str(out / "data"))
     meds, meds_key = (Path(opts.meds_dir), None) if opts.meds_dir else synthetic_meds(opts, out, stages)
     folder = out / "data"
-    key = settings_key({"data": to_dict(opts), "meds": meds_key or folder_digest(meds)})
+    settings = to_dict(opts)
+    if not opts.value_bins:  # lab value bins off: the same key as before the option existed (no rerun)
+        settings = {k: v for k, v in settings.items() if k not in ("value_bins", "value_bins_file")}
+    key = settings_key({"data": settings, "meds": meds_key or folder_digest(meds)})
 
     def work():
-        prepare(opts, meds, folder)  # written atomically
+        summary = prepare(opts, meds, folder)  # written atomically
         save_config(opts, folder / "config.yaml")
+        if value_bins_line(summary):
+            print(f"[data] {value_bins_line(summary)}", flush=True)
 
     stages.run("data", "data", folder, key, work)
     return folder, key, meds

@@ -59,11 +59,28 @@ class CodeEmbedding(nn.Module):
                                        nn.Linear(self.opts.projector_hidden, self.hidden))
         self.table = nn.Embedding(len(self.vocab), self.hidden)
         self.register_buffer("rows", self.learned_ids(), persistent=False)
+        self.register_buffer("bins", self.bin_rows(), persistent=False)
+
+    def bin_rows(self) -> torch.Tensor:
+        """Lab tokens (``<token>//Q<k>``, ehr/value_bins.py) with a learned row of their own. A variant's
+        vector for a lab token is its code's (MedTok and the description encoder know codes, not values),
+        so its learned row is added on top to carry the bin; a bin too rare in training adds nothing."""
+        rows = self.learned_ids()
+        return torch.tensor([tok in self.vocab.value_bins and int(rows[i]) == i for i, tok in enumerate(self.vocab.tokens)],
+                            dtype=torch.bool)
+
+    def with_bins(self, ids: torch.Tensor, out: torch.Tensor, has: torch.Tensor, learned: torch.Tensor) -> torch.Tensor:
+        """``out`` plus the learned row of the lab tokens that took the variant's vector (:meth:`bin_rows`);
+        without lab tokens ``out`` itself (the model is then exactly what it was before value bins)."""
+        if not self.vocab.value_bins:
+            return out
+        return out + (has[ids] & self.bins[ids]).unsqueeze(-1) * learned
 
     def projected_or_learned(self, ids: torch.Tensor, vectors: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
         """The projected vector where a token has one (``has``), else its learned row."""
         learned = self.table(self.rows[ids])
-        return torch.where(has[ids].unsqueeze(-1), self.projector(vectors[ids]), learned)
+        return self.with_bins(ids, torch.where(has[ids].unsqueeze(-1), self.projector(vectors[ids]), learned), has,
+                              learned)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -36,8 +36,10 @@ class MedTokTokens(CodeEmbedding):
         self.codebook = nn.Embedding(tok.codebook_size, hidden)
         self.table = nn.Embedding(len(vocab), hidden)
         self.register_buffer("rows", self.learned_ids(), persistent=False)
+        self.register_buffer("bins", self.bin_rows(), persistent=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         learned = self.table(self.rows[ids])
         summed = (self.codebook(self.token_ids[ids]) * self.token_weights[ids].unsqueeze(-1)).sum(-2)
-        return torch.where(self.has_medtok[ids].unsqueeze(-1), summed, learned)
+        out = torch.where(self.has_medtok[ids].unsqueeze(-1), summed, learned)
+        return self.with_bins(ids, out, self.has_medtok, learned)
