@@ -12,7 +12,7 @@ from ehr_fixtures import FIXTURE, tiny_medtok
 from recipes.cli import main as medtok_qa
 
 TINY = ["--data.meds_dir", str(FIXTURE), "--data.tasks", "next_hypertension,next_lipid,mortality_30d",
-        "--data.max_len", "32", "--seeds", "0,1", "--model.hidden", "16", "--model.layers", "1",
+        "--data.max_len", "32", "--data.value_bins", "3", "--seeds", "0,1", "--model.hidden", "16", "--model.layers", "1",
         "--model.state_size", "4", "--model.embedding.projector_hidden", "8",
         "--pretrain.steps", "2", "--pretrain.batch_size", "4", "--finetune.steps", "2", "--finetune.batch_size", "4",
         "--pretrain.threads", "1", "--finetune.threads", "1", "--eval.n_boot", "10", "--eval.min_positives", "5"]
@@ -50,6 +50,9 @@ def test_every_variant_and_seed_is_trained_evaluated_and_pooled(first_run):
     assert (tmp / "out/auprc.png").stat().st_size > 5000
     card = (tmp / "out/README.md").read_text()
     assert "MIT licence" in card and "synthetic" in card
+    lab = summary["data"]["value_bins"]  # the presets bin lab values: it reaches the report and the card
+    assert lab["bins"] == 3 and 0 < lab["binned_events"] <= lab["numeric_events"]
+    assert f"{lab['binned_events']}/{lab['numeric_events']} numeric events binned" in report and "//Q<k>" in card
 
 
 def test_the_published_page_links_to_the_published_files(first_run):
