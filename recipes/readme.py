@@ -39,6 +39,33 @@ def meddx_summary(root: Path) -> str:
             f"[page](docs/results/meddx_cpu.md)): {verdict}.\n\n" + "\n".join(rows))
 
 
+def kgqa_summary(root: Path) -> str:
+    """Accuracy per test condition (mean over seeds, file order), debiased accuracy over every option
+    order, and the difference from ``none``; the oracle channel check beside it."""
+    res = read_json(root / "docs/results/kgqa_cpu/results.json")
+    titles, diffs = res.get("tier_titles") or {}, {(d["method"], d["tier"]): d for d in res.get("seed_bootstrap", [])}
+    tiers = [t for t in ("Basic", "Expert") if t in res["tiers"]]
+    rows = ["| method | seeds | " + " | ".join(f"{titles.get(t, t)} (%)" for t in tiers)
+            + " | debiased, both (%) | vs `none`, both (points, 95 % CI) |", "|---" * (len(tiers) + 4) + "|"]
+    for method, stats in res["methods"].items():
+        d = diffs.get((method, "All"))
+        vs = f"{100 * d['difference']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]" if d else "–"
+        debiased = ((stats.get("option_orders") or {}).get("All") or {}).get("debiased")
+        rows.append(f"| `{method}` | {stats['n_runs']} | " + " | ".join(_pct(stats["tiers"][t]["mean"]) for t in tiers)
+                    + f" | {_pct(debiased)} | {vs} |")
+    mdd = res.get("detectable_difference", {}).get("tiers", {}).get(tiers[0])
+    oracle_file = root / "docs/results/kgqa_oracle/results.json"
+    oracle = ""
+    if oracle_file.is_file():
+        o = read_json(oracle_file)["methods"]["oracle"]
+        oracle = (" Channel check: a prefix token naming the answer scores "
+                  + " / ".join(f"{_pct(o['tiers'][t]['mean'])} %" for t in tiers)
+                  + " after the same one-epoch fine-tune ([oracle](docs/kgqa.md#is-the-channel-open)).")
+    return (f"**Knowledge-grounded QA** (drug indications asked both ways; {res['dataset']['All']['n']} test "
+            f"questions; smallest difference detectable per condition at 80 % power: {100 * mdd:.0f} points; "
+            f"[page](docs/kgqa.md)).{oracle}\n\n" + "\n".join(rows))
+
+
 def medtok_quality_summary(root: Path) -> str:
     """Targets met per published MedTok quality run."""
     rows = ["| run | codes | tasks meeting every target |", "|---|---|---|"]
