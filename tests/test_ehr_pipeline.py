@@ -64,6 +64,8 @@ def test_the_published_page_links_to_the_published_files(first_run):
     assert links and all((page.parent / link).is_file() for link in links)
     published = json.loads((tmp / "docs/results/ehr_synthetic/summary.json").read_text())
     assert published["methods"].keys() == first_run[1]["methods"].keys()
+    commit = published["provenance"]["commit"]  # the numbers name the code that made them
+    assert commit and f"Produced at commit {commit[:7]}" in text
 
 
 def test_a_second_call_reuses_every_stage_and_a_change_reruns_only_what_it_touches(first_run):
