@@ -21,22 +21,25 @@ def _pct(x: float | None) -> str:
 
 
 def meddx_summary(root: Path) -> str:
-    """Mean accuracy over seeds on all test questions, and the difference from ``none`` with its interval."""
+    """Mean accuracy over seeds on all test questions and the difference from ``none`` with its
+    interval, one line per method group (a null: the page has the tables)."""
     res = read_json(root / "docs/results/meddx_cpu/results.json")
     diffs = {(d["method"], d["tier"]): d for d in res.get("seed_bootstrap", [])}
     floor = res["dataset"]["All"]["majority_letter"]
-    rows = ["| method | seeds | accuracy, all tiers (%) | vs `none` (points, 95 % CI) |", "|---|---|---|---|"]
+    cells = []
     for method, stats in res["methods"].items():
         d = diffs.get((method, "All"))
-        vs = (f"{100 * d['difference']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]" if d else "–")
-        rows.append(f"| `{method}` | {stats['n_runs']} | {_pct(stats['tiers']['All']['mean'])} | {vs} |")
-    rows.append(f"| *majority letter ({floor['letter']})* | | {_pct(floor['accuracy'])} | |")
+        vs = f" ({100 * d['difference']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}])" if d else ""
+        cells.append(f"`{method}` {_pct(stats['tiers']['All']['mean'])}{vs}")
     clear = [m for (m, tier), d in diffs.items() if tier == "All" and (d["ci_low"] > 0 or d["ci_high"] < 0)]
     above = [m for m, s in res["methods"].items() if s["tiers"]["All"]["mean"] > floor["accuracy"]]
     verdict = (f"{len(clear)} method(s) differ from `none` with an interval excluding 0 ({', '.join(clear) or '-'}); "
                f"{len(above)} of {len(res['methods'])} score above the majority letter")
     return (f"**MedDDx, complete CPU experiment** (n = {res['dataset']['All']['n']} test questions; "
-            f"[page](docs/results/meddx_cpu.md)): {verdict}.\n\n" + "\n".join(rows))
+            f"[page](docs/results/meddx_cpu.md)): {verdict}. Accuracy on all tiers, % (vs `none`, points, 95 % CI): "
+            + "; ".join(cells) + f"; *majority letter ({floor['letter']})* {_pct(floor['accuracy'])}."
+            + ("" if (res.get("provenance") or {}).get("commit") else
+               " Scored with bf16 letter logits, before they were computed in float32 (the page says what that changes)."))
 
 
 def kgqa_summary(root: Path) -> str:
