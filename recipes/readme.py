@@ -64,7 +64,11 @@ def kgqa_summary(root: Path) -> str:
         oracle = (" Channel check: a prefix token naming the answer scores "
                   + " / ".join(f"{_pct(o['tiers'][t]['mean'])} %" for t in tiers)
                   + " after the same one-epoch fine-tune ([oracle](docs/kgqa.md#is-the-channel-open)).")
-    return (f"**Knowledge-grounded QA** (drug indications asked both ways; {res['dataset']['All']['n']} test "
+    from qa.prefix_methods import method_names
+
+    ran = [m for m in res["methods"] if m in method_names()]
+    scope = "" if len(ran) == len(method_names()) else f"{len(ran)} of the {len(method_names())} prefix methods so far; "
+    return (f"**Knowledge-grounded QA** (drug indications asked both ways; {scope}{res['dataset']['All']['n']} test "
             f"questions; smallest difference detectable per condition at 80 % power: {100 * mdd:.0f} points; "
             f"[page](docs/kgqa.md)).{oracle}\n\n" + "\n".join(rows))
 
@@ -106,6 +110,7 @@ def speed_summary(root: Path) -> str:
 
 
 SUMMARIES: dict[str, Callable[[Path], str]] = {
+    "summary:kgqa": kgqa_summary,
     "summary:meddx_cpu": meddx_summary,
     "summary:medtok_quality": medtok_quality_summary,
     "summary:linking": linking_summary,

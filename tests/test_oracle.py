@@ -10,13 +10,33 @@ import torch
 
 from commons.config import parse_config
 from commons.errors import UserError
+from disease_linking.questions import write_jsonl
 from qa.data import cyclic_shift
-from qa.model import build_qa_model, load_qa_checkpoint
+from qa.model import ModelOptions, build_qa_model, load_qa_checkpoint
 from qa.prefix_methods import get_method, method_names
-from qa.tiny import tiny_questions
-from qa.training import train
+from qa.tiny import TINY_CODES, build_tiny_lm, build_tiny_medtok, tiny_questions
+from qa.training import DataOptions, OptimOptions, TrainConfig, train
 from recipes.pipeline import PipelineConfig
-from tests.test_prefix_methods import assets, run_config  # noqa: F401  (the shared tiny model fixture)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("oracle")
+    data = root / "tiny.jsonl"
+    write_jsonl(data, tiny_questions(48))
+    return {"llama": str(build_tiny_lm(root / "llama")),
+            "medtok": str(build_tiny_medtok(root / "medtok", TINY_CODES)), "data": str(data)}
+
+
+def run_config(assets, out, mode: str, steps: int = 4) -> TrainConfig:
+    """The tiny fixed-seed fine-tune of tests/test_prefix_methods.py."""
+    options = ModelOptions(base_model=assets["llama"], dtype="float32", prefix_mode=mode,
+                           medtok=assets["medtok"] if get_method(mode).needs_artifact else None)
+    return TrainConfig(output_dir=str(out), seed=0, save_every_steps=100, log_every=1, early_stop_patience=0,
+                       model=options,
+                       data=DataOptions(train_file=assets["data"], val_fraction=0.25, limit_train=16, limit_val=6),
+                       optim=OptimOptions(lr=1e-2, projector_lr=1e-2, epochs=1, batch_size=4, warmup_ratio=0.0,
+                                          max_steps=steps))
 
 
 def test_oracle_is_registered_but_never_among_every_method():
@@ -26,7 +46,7 @@ def test_oracle_is_registered_but_never_among_every_method():
     assert parse_config(PipelineConfig, ["--methods", "none,oracle"]).methods == ["none", "oracle"]
 
 
-def test_oracle_token_follows_the_answer_in_every_option_order(assets):  # noqa: F811
+def test_oracle_token_follows_the_answer_in_every_option_order(assets):
     model = build_qa_model(run_config(assets, None, "oracle").model, lora=False)
     item = tiny_questions(1)[0]
     for shift in range(len(item.options)):
@@ -37,7 +57,7 @@ def test_oracle_token_follows_the_answer_in_every_option_order(assets):  # noqa:
         model.encoder.method.item_prefix(dataclasses.replace(item, answer=None))
 
 
-def test_the_tiny_model_reads_the_oracle_through_the_prefix(assets, tmp_path):  # noqa: F811
+def test_the_tiny_model_reads_the_oracle_through_the_prefix(assets, tmp_path):
     """What the KG-QA check asks of the real pipeline, at tiny size: the answer reaches the
     letter through the prefix (the tiny LM alone is at chance on these random questions)."""
     cfg = run_config(assets, tmp_path / "oracle", "oracle", steps=150)  # 80 steps reach ~75 %
@@ -49,7 +69,7 @@ def test_the_tiny_model_reads_the_oracle_through_the_prefix(assets, tmp_path):  
     assert accuracy >= 0.95
 
 
-def test_frozen_llm_trains_the_prefix_module_only(assets, tmp_path):  # noqa: F811
+def test_frozen_llm_trains_the_prefix_module_only(assets, tmp_path):
     cfg = run_config(assets, tmp_path / "frozen", "medtok", steps=3)
     cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, train_lm=False))
     model = load_qa_checkpoint(train(cfg))
@@ -63,7 +83,7 @@ def test_frozen_llm_trains_the_prefix_module_only(assets, tmp_path):  # noqa: F8
         train(none)
 
 
-def test_letter_logits_keep_float32_resolution_on_a_bf16_model(assets):  # noqa: F811
+def test_letter_logits_keep_float32_resolution_on_a_bf16_model(assets):
     """bf16 logits step by 0.06-0.125 at typical sizes, so two letters often tied and the tie went
     to the earliest letter (26 % of an untrained SmolLM2's KG-QA scorings). The letters' logits
     are computed in float32 from the head's rows instead."""
