@@ -175,7 +175,8 @@ def publish(cfg: PublishConfig) -> Path:
     dest = Path(cfg.target) / checked_name(cfg.name)
     results, report_md, timings, plots = _read_eval_folder(src)
     results, timings = relative_paths(results), relative_paths(timings)
-    if src.resolve() == dest.resolve():
+    in_place = src.resolve() == dest.resolve()
+    if in_place:
         # Republishing a published folder (after a change to the report or the page): the machine
         # that ran it is the one its machine.json names, and the report is rendered anew from results.json.
         machine = read_json(src / "machine.json")
@@ -183,16 +184,14 @@ def publish(cfg: PublishConfig) -> Path:
     else:
         machine = {**machine_facts(), "command": cfg.command, "dtype": _dtype_used(src)}
     page = results_page(cfg)
-    blobs: dict[Path, bytes] = {}
-    if src.resolve() != dest.resolve():  # republishing in place keeps the files already there
-        predictions, training = prediction_records(src), training_records(results)
-        if predictions:
-            blobs[dest / PREDICTIONS] = _gzip_jsonl(predictions)
-        if training:
-            blobs[dest / TRAINING_LOG] = _gzip_jsonl(training)
+    # republishing in place keeps the prediction and training files already there
+    predictions = [] if in_place else prediction_records(src)
+    training = [] if in_place else training_records(results)
+    blobs = {dest / name: _gzip_jsonl(rows) for name, rows in ((PREDICTIONS, predictions), (TRAINING_LOG, training))
+             if rows}
+    curves = [dest / TRAINING_CURVES] if training else []
     extras = [n for n in (PREDICTIONS, TRAINING_LOG, TRAINING_CURVES)
-              if dest / n in blobs or (n == TRAINING_CURVES and dest / TRAINING_LOG in blobs)
-              or (src.resolve() == dest.resolve() and (dest / n).is_file())]
+              if dest / n in blobs or dest / n in curves or (in_place and (dest / n).is_file())]
     # the page's block, made first: odd results fail before anything is written
     block = page_block(results, machine, timings, dest, page, extras) if page is not None else None
     texts = {dest / "report.md": relative_paths(report_md)}
@@ -202,7 +201,6 @@ def publish(cfg: PublishConfig) -> Path:
     texts[dest / "results.json"] = json.dumps(results, indent=2, default=str) + "\n"  # last: marks the copy whole
     copies = {dest / png.name: png for png in plots if png.name != TRAINING_CURVES}
     with run_lock(dest, "medtok-qa publish"):
-        curves = [dest / TRAINING_CURVES] if dest / TRAINING_LOG in blobs else []
         with replace_together([*copies, *blobs, *curves, *texts], dest / ".publish.txn.json") as tmp:
             for target, png in copies.items():
                 shutil.copyfile(png, tmp[target])
