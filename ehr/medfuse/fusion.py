@@ -53,30 +53,30 @@ def _parts(f: torch.Tensor, value_dim: int) -> torch.Tensor:
     return f.unflatten(-1, (f.shape[-1] // value_dim, value_dim))
 
 
+class _PartitionedFusion(Fusion):
+    """Each value-width slice of the feature embedding combined with the value embedding
+    (``combine``): MuFuse multiplies, its additive ablation adds, over the same partition."""
+
+    def __init__(self, feature_dim, value_dim):
+        super().__init__(feature_dim, value_dim)
+        self.partitions = partition_factor(feature_dim, value_dim)
+
+    def forward(self, f, v):
+        return self.combine(_parts(f, self.value_dim), v.unsqueeze(-2)).flatten(-2)
+
+
 @register
-class MuFuse(Fusion):
+class MuFuse(_PartitionedFusion):
     name = "mufuse"
     summary = "value-conditioned multiplicative fusion (generalised Hadamard product, partition factor)"
-
-    def __init__(self, feature_dim, value_dim):
-        super().__init__(feature_dim, value_dim)
-        self.partitions = partition_factor(feature_dim, value_dim)
-
-    def forward(self, f, v):
-        return (_parts(f, self.value_dim) * v.unsqueeze(-2)).flatten(-2)
+    combine = staticmethod(torch.mul)
 
 
 @register
-class Additive(Fusion):
+class Additive(_PartitionedFusion):
     name = "additive"
     summary = "additive fusion f + v over the same partition (ablation)"
-
-    def __init__(self, feature_dim, value_dim):
-        super().__init__(feature_dim, value_dim)
-        self.partitions = partition_factor(feature_dim, value_dim)
-
-    def forward(self, f, v):
-        return (_parts(f, self.value_dim) + v.unsqueeze(-2)).flatten(-2)
+    combine = staticmethod(torch.add)
 
 
 @register
