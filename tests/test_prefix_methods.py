@@ -17,9 +17,10 @@ from disease_linking.questions import CodeRef, MCQItem, Mention, write_jsonl
 from eval.evaluate import EvalConfig, evaluate
 from finetune.train import main as finetune_main
 from qa.checkpoint import find_checkpoint
-from qa.data import shuffle_options
+from qa.data import cyclic_shift, shuffle_options
 from qa.model import ModelOptions, build_qa_model, load_qa_checkpoint
 from qa.prefix_methods import ItemPrefix, PrefixMethod, get_method, method_names, register, unregister
+from qa.prefix_methods.medtok_cosine import option_features
 from qa.tiny import TINY_CODES, build_tiny_lm, build_tiny_medtok, tiny_questions
 from qa.training import DataOptions, OptimOptions, TrainConfig, train
 
@@ -35,6 +36,8 @@ PINNED = {
                [0.263508141040802, 0.19016273319721222, 0.34074750542640686, 0.20558162033557892]),
     "medtok-mean": ([5.6616363525390625, 5.769918918609619, 5.498431205749512, 5.342493057250977],
                     [0.263508141040802, 0.19016273319721222, 0.34074750542640686, 0.20558162033557892]),
+    "medtok-cosine": ([5.662394046783447, 5.740818977355957, 5.47790002822876, 5.309946537017822],
+                      [0.25685229897499084, 0.19143757224082947, 0.34386175870895386, 0.20784838497638702]),
     "shuffled": ([5.664560317993164, 5.768399238586426, 5.491508483886719, 5.3424153327941895],
                  [0.26362767815589905, 0.19109658896923065, 0.3412539064884186, 0.20402182638645172]),
 }
@@ -150,8 +153,34 @@ def test_medtok_attn_pools_a_fixed_number_of_question_aware_tokens(assets):
     assert torch.isfinite(emb).all()
 
 
+# ---- medtok-cosine ---------------------------------------------------------------------------------------
+def test_medtok_cosine_features_match_a_hand_computed_example():
+    stem = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    options = [torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 3.0]]), torch.zeros(0, 2)]
+    features = option_features(stem, options)
+    # cosines 1, 0 (third option has no codes): mean 0.5, sd 0.5 over the coded options
+    assert features[:, 0].tolist() == pytest.approx([1.0, -1.0, 0.0], abs=1e-5)
+    assert features[:, 1].tolist() == pytest.approx([1 / (1 + math.exp(-20)), math.exp(-20) / (1 + math.exp(-20)), 0.0])
+    assert features[:, 2].tolist() == [1.0, 1.0, 0.0]
+    assert option_features(torch.zeros(0, 2), options).eq(0).all()  # no stem codes: nothing to compare
+
+
+def test_medtok_cosine_tokens_follow_their_option_through_rotations(assets):
+    model = build_qa_model(run_config(assets, Path("unused"), "medtok-cosine").model, lora=False)
+    item = item_with_option_codes()
+    prefix = model.method.item_prefix(item)
+    assert prefix.codes == ["option:A", "option:B", "option:C"] and prefix.tags == [0, 1, 2]
+    metformin = prefix.embeddings[2]
+    for shift in (1, 2):
+        moved = cyclic_shift(item, shift)
+        letter = next(k for k, v in moved.options.items() if v == "metformin")
+        rotated = model.method.item_prefix(moved)
+        assert rotated.embeddings["ABC".index(letter)].tolist() == pytest.approx(metformin.tolist())
+        assert rotated.tags == [0, 1, 2]
+
+
 # ---- both new methods (and the test-only one) go through training, scoring, saving, reloading ----------
-@pytest.mark.parametrize("mode", ["medtok-options", "medtok-attn"])
+@pytest.mark.parametrize("mode", ["medtok-options", "medtok-attn", "medtok-cosine"])
 def test_new_methods_train_save_reload_and_score_identically(assets, tmp_path, mode):
     best = train(run_config(assets, tmp_path / mode, mode, steps=3))
     losses = train_losses(tmp_path / mode)
