@@ -36,8 +36,8 @@ PINNED = {
                [0.263508141040802, 0.19016273319721222, 0.34074750542640686, 0.20558162033557892]),
     "medtok-mean": ([5.6616363525390625, 5.769918918609619, 5.498431205749512, 5.342493057250977],
                     [0.263508141040802, 0.19016273319721222, 0.34074750542640686, 0.20558162033557892]),
-    "medtok-cosine": ([5.662394046783447, 5.740818977355957, 5.47790002822876, 5.309946537017822],
-                      [0.25685229897499084, 0.19143757224082947, 0.34386175870895386, 0.20784838497638702]),
+    "medtok-cosine": ([5.662394046783447, 5.740818977355957, 5.48380708694458, 5.310293197631836],
+                      [0.25543397665023804, 0.19189895689487457, 0.3439924418926239, 0.20867465436458588]),
     "shuffled": ([5.664560317993164, 5.768399238586426, 5.491508483886719, 5.3424153327941895],
                  [0.26362767815589905, 0.19109658896923065, 0.3412539064884186, 0.20402182638645172]),
 }
@@ -169,7 +169,8 @@ def test_medtok_cosine_tokens_follow_their_option_through_rotations(assets):
     model = build_qa_model(run_config(assets, Path("unused"), "medtok-cosine").model, lora=False)
     item = item_with_option_codes()
     prefix = model.method.item_prefix(item)
-    assert prefix.codes == ["option:A", "option:B", "option:C"] and prefix.tags == [0, 1, 2]
+    assert prefix.codes == ["ICD10CM:E11.9", "ICD10CM:R50.9", "ICD10CM:J18.9", "ATC:A10BA02"]
+    assert prefix.embeddings.shape == (3, 3) and prefix.tags == [0, 1, 2]  # one token per option
     metformin = prefix.embeddings[2]
     for shift in (1, 2):
         moved = cyclic_shift(item, shift)
@@ -177,6 +178,7 @@ def test_medtok_cosine_tokens_follow_their_option_through_rotations(assets):
         rotated = model.method.item_prefix(moved)
         assert rotated.embeddings["ABC".index(letter)].tolist() == pytest.approx(metformin.tolist())
         assert rotated.tags == [0, 1, 2]
+    assert model.method.item_prefix(dataclasses.replace(item, mentions=[])).embeddings is None  # nothing to compare
 
 
 # ---- both new methods (and the test-only one) go through training, scoring, saving, reloading ----------

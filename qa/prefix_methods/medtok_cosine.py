@@ -76,11 +76,15 @@ class MedTokCosine(PrefixMethod):
         return N_FEATURES
 
     def item_prefix(self, item) -> ItemPrefix:
-        stem = self.codes.embed(self.codes.known_codes(item, fields=["stem"]))
+        """One token per option; no prefix when no option can be compared with the stem (as the
+        other methods give none without codes). ``codes`` lists the codes read."""
+        stem_codes = self.codes.known_codes(item, fields=["stem"])
         option_codes = self.codes.option_codes(item)
         letters = list(item.options)
-        features = option_features(stem, [self.codes.embed(option_codes[x]) for x in letters])
-        codes = [f"option:{x}" for x in letters]  # one token per option, named by its letter
+        features = option_features(self.codes.embed(stem_codes), [self.codes.embed(option_codes[x]) for x in letters])
+        if not features[:, 2].any():
+            return ItemPrefix()
+        codes = list(dict.fromkeys(stem_codes + [c for x in letters for c in option_codes[x]]))
         return ItemPrefix(codes, features, tags=[LETTERS.index(x) for x in letters])
 
     def build_module(self, in_dim: int, hidden_size: int) -> nn.Module:
