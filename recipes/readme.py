@@ -75,16 +75,24 @@ def kgqa_summary(root: Path) -> str:
 
 def medtok_quality_summary(root: Path) -> str:
     """Targets met per published MedTok quality run."""
-    rows = ["| run | codes | tasks meeting every target |", "|---|---|---|"]
+    rows = ["| run | codes | scored on | tasks meeting every target |", "|---|---|---|---|"]
     for name in ("quick", "full"):
         file = root / f"docs/results/medtok_quality_{name}/results.json"
         if not file.is_file():
             continue
         res = read_json(file)
         met = [all(task.values()) for task in res["targets"].values()]
-        rows.append(f"| `{name}` | {res['n_codes']:,} | {sum(met)} of {len(met)} tasks |")
+        rows.append(f"| `{name}` | {res['n_codes']:,} | {_quality_protocol(res)} | {sum(met)} of {len(met)} tasks |")
     return ("**MedTok quality** (do the tokens beat their own text on held-out relations? "
             "[page](docs/medtok_quality.md)):\n\n" + "\n".join(rows))
+
+
+def _quality_protocol(res: dict) -> str:
+    """Which held-out part and how many training seeds (runs before the protocol had one part, one seed)."""
+    seeds = res.get("train_seeds") or [res.get("seed", 0)]
+    part = {"test": "test part (release)", "validation": "validation part"}.get(res.get("split"),
+                                                                           "held-out part, before the protocol")
+    return f"{part}, {len(seeds)} training seed{'s' if len(seeds) > 1 else ''}"
 
 
 def linking_summary(root: Path) -> str:
