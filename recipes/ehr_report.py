@@ -267,6 +267,12 @@ def commit_line(summary: dict) -> str:
     return f"Produced at commit {prov['commit'][:7]}{dirty} by `{prov.get('command', '')}`."
 
 
+def load_line(machine: dict) -> str:
+    """How busy the machine was: stage times on a shared machine are not free-core times."""
+    load = machine.get("load_average_1_5_15")
+    return "load average at the end " + ", ".join(f"{x:.1f}" for x in load) if load else "load not recorded"
+
+
 def page_markdown(summary: dict, page: Path, published: Path) -> str:
     link = lambda name: page_link(page, published / name)  # noqa: E731
     lines = ["# EHR models on the synthetic (clinosim) cohort", "",
@@ -276,7 +282,7 @@ def page_markdown(summary: dict, page: Path, published: Path) -> str:
              f"model card [README.md]({link('README.md')}), machine [machine.json]({link('machine.json')}), "
              f"stage times [timings.json]({link('timings.json')}). {commit_line(summary)}", "",
              f"Stage time in all: {summary['timings']['total_stage_seconds']:.0f} s ({stage_breakdown(summary['timings'])}) "
-             f"on {summary['machine']['cpu']} ({summary['machine']['cpus']} CPUs shared with other jobs; "
+             f"on {summary['machine']['cpu']} ({summary['machine']['cpus']} CPUs, {load_line(summary['machine'])}; "
              f"{summary['machine']['training_threads']} torch thread(s) per training).", ""]
     speed = docs_root(page) / "docs" / "ehr.md"
     if speed.is_file():  # the speed/memory benchmark's figures are described beside the EHR docs
