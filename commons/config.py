@@ -101,8 +101,13 @@ def _convert(value: Any, tp: Any, name: str) -> Any:
         items = [_convert(v, item_tp, name) for v in value]
         return tuple(items) if origin is tuple else items
     if origin is dict or tp is dict:
+        if isinstance(value, str):  # the command line: a YAML flow mapping, e.g. '{optim.epochs: 2}'
+            try:
+                value = yaml.safe_load(value) if value.strip() else {}
+            except yaml.YAMLError:
+                value = None
         if not isinstance(value, dict):
-            raise ConfigError(f"{name} expects a mapping")
+            raise ConfigError(f"{name} expects a mapping (on the command line: '{{key: value, ...}}')")
         return value
     if tp is bool:
         if isinstance(value, bool):

@@ -32,6 +32,7 @@ class RunArgs:
     out: Path = Path("runs/x")
     seed: int | None = None
     lora: LoraArgs = field(default_factory=LoraArgs)
+    overrides: dict = field(default_factory=dict)
 
 
 def test_config_defaults_yaml_and_cli_precedence(tmp_path):
@@ -53,6 +54,11 @@ def test_config_round_trip_through_saved_yaml(tmp_path):
     assert again == cfg
 
 
+def test_a_mapping_option_takes_a_yaml_mapping_on_the_command_line():
+    cfg = parse_config(RunArgs, ["--overrides", "{optim.epochs: 2, data.limit_train: 0, tiers: [Basic, Expert]}"])
+    assert cfg.overrides == {"optim.epochs": 2, "data.limit_train": 0, "tiers": ["Basic", "Expert"]}
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -61,6 +67,8 @@ def test_config_round_trip_through_saved_yaml(tmp_path):
         (["--lora.rank", "3"], "unknown option lora.rank"),
         (["--config", "/nonexistent.yaml"], "does not exist"),
         (["positional"], "unexpected argument"),
+        (["--overrides", "[1, 2]"], "overrides expects a mapping"),
+        (["--overrides", "{a: [}"], "overrides expects a mapping"),
     ],
 )
 def test_config_errors_are_one_line(argv, message):
