@@ -57,13 +57,14 @@ def kgqa_summary(root: Path) -> str:
         rows.append(f"| `{method}` | {stats['n_runs']} | " + " | ".join(_pct(stats["tiers"][t]["mean"]) for t in tiers)
                     + f" | {_pct(debiased)} | {vs} |")
     mdd = res.get("detectable_difference", {}).get("tiers", {}).get(tiers[0])
-    oracle_file = root / "docs/results/kgqa_oracle/results.json"
-    oracle = ""
-    if oracle_file.is_file():
-        o = read_json(oracle_file)["methods"]["oracle"]
-        oracle = (" Channel check: a prefix token naming the answer scores "
-                  + " / ".join(f"{_pct(o['tiers'][t]['mean'])} %" for t in tiers)
-                  + " after the same one-epoch fine-tune ([oracle](docs/kgqa.md#is-the-channel-open)).")
+    scores = []  # the channel check after each published fine-tune budget
+    for name, budget in (("kgqa_oracle", "one-epoch"), ("kgqa_oracle_2ep", "two-epoch")):
+        file = root / f"docs/results/{name}/results.json"
+        if file.is_file():
+            o = read_json(file)["methods"]["oracle"]
+            scores.append(" / ".join(f"{_pct(o['tiers'][t]['mean'])} %" for t in tiers) + f" after the {budget} fine-tune")
+    oracle = (" Channel check: a prefix token naming the answer scores " + ", ".join(scores)
+              + " ([oracle](docs/kgqa.md#is-the-channel-open)).") if scores else ""
     from qa.prefix_methods import method_names
 
     ran = [m for m in res["methods"] if m in method_names()]
