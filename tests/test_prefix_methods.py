@@ -195,9 +195,9 @@ def test_new_methods_train_save_reload_and_score_identically(assets, tmp_path, m
     assert trained.projector.state_dict().keys() == reloaded.projector.state_dict().keys()
 
 
-@register
 class FirstCodeOnly(PrefixMethod):
-    """A method that exists only in this test module: the first linked code, one token."""
+    """A method that exists only in this test (registered inside it, so other test modules, e.g. the
+    README summary's count of registered methods, never see it): the first linked code, one token."""
 
     name = "test-first-code"
     summary = "first linked code only (test plug-in)"
@@ -211,6 +211,7 @@ class FirstCodeOnly(PrefixMethod):
 
 
 def test_a_method_registered_in_a_test_module_runs_everywhere(assets, tmp_path):
+    register(FirstCodeOnly)
     try:
         run = tmp_path / "first"
         best = train(run_config(assets, run, "test-first-code", steps=2))
