@@ -29,6 +29,7 @@ it reads) when it finishes and is skipped while that hash is unchanged; a traini
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -135,6 +136,9 @@ class EhrPipelineConfig:
     medtok_config: str = "configs/medtok_quick.yaml"  # its `medtok-qa train-tokenizer` config
     # MedFuse's fusion ablation and baselines on the same cohort (stage `medfuse`, off by default)
     medfuse: MedFuseStageOptions = field(default_factory=MedFuseStageOptions)
+    # trainings (one pretrain -> finetune chain per backbone x embedding x seed) run this many at a time,
+    # each in its own process on `pretrain.threads` / `finetune.threads` threads
+    workers: int = 1
     force: list[str] = field(default_factory=list)  # stages to redo: data, medtok, pretrain, finetune, eval, medfuse
     publish: str = ""  # also copy the report files here (e.g. docs/results/ehr_synthetic)
     page: str = ""  # and generate this Markdown page from summary.json (e.g. docs/results/ehr_synthetic.md)
@@ -154,6 +158,7 @@ class EhrPipelineConfig:
                                      f"{', '.join(variant_names())}")
         if not self.seeds:
             raise FieldError("seeds", "is empty; give at least one seed")
+        require_range(self, "workers", 1)
         for name in self.force:
             if name not in (*STAGE_GROUPS, "all"):
                 raise FieldError("force", f"holds unknown stage {name!r}; stages: {', '.join(STAGE_GROUPS)}, all")
@@ -323,6 +328,52 @@ def train_stage(cfg: EhrPipelineConfig, run: Run, stage: str, data: Path, upstre
     return folder, key
 
 
+def train_chain(cfg: EhrPipelineConfig, run: Run, data: Path, upstream: str, medtok: str | None, out: Path,
+                stages: Stages) -> tuple[Path, str]:
+    """Pretrain then finetune one backbone x embedding x seed; the finetuned folder and its stamp."""
+    _, pre_key = train_stage(cfg, run, "pretrain", data, upstream, medtok, out, stages)
+    return train_stage(cfg, run, "finetune", data, pre_key, medtok, out, stages)
+
+
+def _chain_in_worker(cfg: EhrPipelineConfig, run: Run, data: Path, upstream: str, medtok: str | None,
+                     out: Path) -> tuple[Path, str, dict]:
+    stages = Stages(cfg, out)
+    folder, key = train_chain(cfg, run, data, upstream, medtok, out, stages)
+    return folder, key, stages.timings
+
+
+def _die_with_parent() -> None:
+    """A worker whose pipeline is killed stops too (Linux), so a rerun never meets a stray writer."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def train_all(cfg: EhrPipelineConfig, runs: list[Run], data: Path, data_key: str, medtok: str | None,
+              medtok_key: str, out: Path, stages: Stages) -> dict[Run, tuple[Path, str]]:
+    """Every run's chain, ``cfg.workers`` at a time; the result keeps the planned order."""
+    def upstream(run: Run) -> str:
+        return data_key + (medtok_key if needs_medtok(run.variant) else "")
+
+    if cfg.workers == 1 or len(runs) == 1:
+        return {run: train_chain(cfg, run, data, upstream(run), medtok, out, stages) for run in runs}
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
+    finetuned = {}
+    with context.Pool(min(cfg.workers, len(runs)), initializer=_die_with_parent) as pool:
+        # leaving the block (done, a failed chain, Ctrl-C) terminates the workers; they keep their resumable state
+        pending = {run: pool.apply_async(_chain_in_worker, (cfg, run, data, upstream(run), medtok, out))
+                   for run in runs}
+        for run, result in pending.items():
+            folder, key, timings = result.get()  # a failing chain raises its error here
+            stages.timings.update(timings)
+            finetuned[run] = (folder, key)
+    return finetuned
+
+
 def eval_stage(cfg: EhrPipelineConfig, data: Path, finetuned: dict[Run, tuple[Path, str]], data_key: str,
                out: Path, stages: Stages) -> Path:
     from ehr.evaluate import EhrEvalConfig, evaluate
@@ -394,11 +445,7 @@ def run_pipeline(cfg: EhrPipelineConfig, config_file: str = "") -> dict:
     stages = Stages(cfg, out)
     data, data_key, meds = data_stage(cfg, out, stages)
     medtok, medtok_key = medtok_stage(cfg, out, stages)
-    finetuned: dict[Run, tuple[Path, str]] = {}
-    for run in planned_runs(cfg, medtok):
-        upstream = data_key + (medtok_key if needs_medtok(run.variant) else "")
-        _, pre_key = train_stage(cfg, run, "pretrain", data, upstream, medtok, out, stages)
-        finetuned[run] = train_stage(cfg, run, "finetune", data, pre_key, medtok, out, stages)
+    finetuned = train_all(cfg, planned_runs(cfg, medtok), data, data_key, medtok, medtok_key, out, stages)
     evaluation = eval_stage(cfg, data, finetuned, data_key, out, stages)
     medfuse = medfuse_stage(cfg, meds, data_key, medtok, medtok_key, out, stages)
     left_out = sorted({v for vs in cfg.runs.values() for v in vs if needs_medtok(v)}) if not medtok else []
@@ -413,4 +460,8 @@ def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_config(EhrPipelineConfig, argv, prog="medtok-qa ehr pipeline")
     config_file = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"), "")
-    return run_pipeline(cfg, config_file)
+    from commons.runlock import run_lock
+
+    check_writable_dir(Path(cfg.output), "--output")
+    with run_lock(cfg.output, "medtok-qa ehr pipeline"):  # two pipelines in one folder would train over each other
+        return run_pipeline(cfg, config_file)

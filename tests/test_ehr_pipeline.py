@@ -77,6 +77,21 @@ def test_a_second_call_reuses_every_stage_and_a_change_reruns_only_what_it_touch
     assert ran == {n for n in changed["timings"]["stages"] if n.startswith("finetune ")} | {"eval"}
 
 
+def test_two_workers_train_the_same_models_as_one(first_run):
+    tmp, summary = first_run
+    out = tmp / "out_workers"
+    medtok_qa(["ehr", "pipeline", "--config", str(tmp / "p.yaml"), "--output", str(out), "--medtok_artifact",
+               str(tmp / "medtok"), *TINY, "--workers", "2"])
+    parallel = json.loads((out / "summary.json").read_text())
+    # the serial folder's finetunes may have been rerun by another test; its pretrains and summary are as first made
+    losses = sorted((tmp / "out/runs").glob("*_pretrain/losses.jsonl"))
+    assert len(losses) == 6  # 3 backbone x embedding pairs x 2 seeds
+    for serial in losses:
+        assert (out / "runs" / serial.parent.name / "losses.jsonl").read_text() == serial.read_text()
+    assert parallel["methods"] == summary["methods"]  # the finetuned models score the same
+    assert set(parallel["timings"]["stages"]) == set(summary["timings"]["stages"])
+
+
 def test_runs_take_command_line_overrides(tmp_path):
     from commons.config import parse_config
     from recipes.ehr_pipeline import EhrPipelineConfig
