@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -41,12 +44,15 @@ PROCEDURE_SYSTEMS = {"http://snomed.info/sct": "SNOMED", "http://www.ama-assn.or
 OBSERVATION_CATEGORIES = ("laboratory", "LAB", "vital-signs")  # quantities worth a token (not surveys)
 
 
-def _ndjson(folder: Path, resource: str) -> list[dict]:
+def _ndjson(folder: Path, resource: str) -> Iterator[dict]:
+    """The resources of one type, one at a time (Observation.ndjson is ~2 GB for 7,000 patients)."""
     path = folder / f"{resource}.ndjson"
     if not path.is_file():
-        return []
+        return
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
 
 
 def _ref_id(ref: dict | None) -> str | None:
@@ -195,30 +201,137 @@ def code_descriptions(folder: str | Path, codes) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["code", "description"])
 
 
-def run_clinosim(out: Path, population: int, seed: int, start: str | None, end: str) -> Path:
-    """Run ``clinosim simulate`` into ``out``; returns its fhir_r4 folder."""
+def _clinosim_exe() -> str:
     exe = shutil.which("clinosim") or str(Path(sys.executable).parent / "clinosim")
     if not Path(exe).exists():
         raise UserError("clinosim is not installed; `pip install clinosim` (see pyproject.toml)")
-    cmd = [exe, "simulate", "-o", str(out), "-p", str(population), "-s", str(seed), "--country", "US",
-           "--end", end, "--format", "fhir-r4"] + (["--start", start] if start else [])
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    return exe
+
+
+def _check(done: subprocess.CompletedProcess, cmd: list[str]) -> None:
     if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        tail = (done.stderr or done.stdout or "").strip().splitlines()[-1:] or ["no output"]
         raise UserError(f"clinosim failed ({' '.join(cmd)}): {tail[0]}")
+
+
+def run_clinosim(out: Path, population: int, seed: int, start: str | None, end: str, workers: int = 1) -> Path:
+    """Simulate into ``out/cif``, then export FHIR R4 to ``out/fhir_r4`` (returned), ``workers`` shards at once."""
+    cmd = [_clinosim_exe(), "simulate", "-o", str(out), "-p", str(population), "-s", str(seed), "--country", "US",
+           "--end", end, "--format", "cif"] + (["--start", start] if start else [])
+    _check(subprocess.run(cmd, capture_output=True, text=True), cmd)
+    export_fhir(out / "cif", out / "fhir_r4", workers)
     return out / "fhir_r4"
 
 
-def cached_cohort(population: int, seed: int, start: str | None, end: str) -> Path:
+# ------------------------------------------------------------------ FHIR export, sharded by patient
+# clinosim's FHIR export is one process (measured ~30 CIF records/s, and slower per record on a large
+# CIF: 2,906 records took 533 s). The CIF holds one JSON record per encounter under
+# structural/patients/; a household's records (a mother's and her newborn's) go to one shard, each shard is exported by `clinosim
+# export-fhir` in its own process, and the shards' NDJSON files (each sorted by resource id, as
+# clinosim writes them) are merged by id; a resource in several shards (practitioners, departments)
+# has the same id and is kept once. So the result does not depend on the number of shards.
+RECORDS = Path("structural") / "patients"
+_ID = re.compile(r'"id":\s*"([^"]*)"')
+
+
+def _household_of(record: Path) -> str:
+    """The record's household (else patient) id, read from its head: clinosim writes
+    ``{"patient": {"patient_id": ..., "household_id": ...``. A newborn's records name its mother's
+    encounters, so a household's records must be exported together."""
+    with record.open(encoding="utf-8") as f:
+        head = f.read(600)
+    found = re.search(r'"household_id":\s*"([^"]+)"', head) or re.search(r'"patient_id":\s*"([^"]+)"', head)
+    if not found:
+        raise DataFileError(f"{record}: no patient_id near its start; is this a clinosim CIF record?")
+    return found.group(1)
+
+
+def _shards(cif: Path, n: int) -> list[list[Path]]:
+    """The CIF's records split into ``n`` shards of whole households with about equal record counts."""
+    by_household: dict[str, list[Path]] = {}
+    for record in sorted((cif / RECORDS).glob("*.json")):
+        by_household.setdefault(_household_of(record), []).append(record)
+    shards: list[list[Path]] = [[] for _ in range(n)]
+    for records in sorted(by_household.values(), key=len, reverse=True):  # largest first, to the lightest shard
+        min(shards, key=len).extend(records)
+    return [s for s in shards if s]
+
+
+def _shard_cif(cif: Path, records: list[Path], out: Path) -> Path:
+    """A CIF folder holding ``records`` (links) beside the original's hospital, metadata and narratives."""
+    (out / RECORDS).mkdir(parents=True)
+    for item in cif.iterdir():
+        if item.name != "structural":
+            (out / item.name).symlink_to(item.resolve())
+    for record in records:
+        (out / RECORDS / record.name).symlink_to(record.resolve())
+    return out
+
+
+def _resource_id(line: str) -> str:
+    found = _ID.search(line, 0, 300)
+    return found.group(1) if found else json.loads(line).get("id", "")
+
+
+def _merge_ndjson(parts: list[Path], out: Path) -> None:
+    """Merge NDJSON files each sorted by resource id into one, each id once."""
+    import heapq
+
+    files = [p.open(encoding="utf-8") for p in parts]
+    try:
+        last = None
+        with out.open("w", encoding="utf-8") as dst:
+            for line in heapq.merge(*files, key=_resource_id):
+                rid = _resource_id(line)
+                if rid != last:
+                    dst.write(line if line.endswith("\n") else line + "\n")
+                    last = rid
+    finally:
+        for f in files:
+            f.close()
+
+
+def export_fhir(cif: Path, out: Path, workers: int = 1) -> Path:
+    """clinosim's CIF -> FHIR R4 NDJSON in ``out``, with ``workers`` `clinosim export-fhir` processes."""
+    import tempfile
+
+    if not (cif / RECORDS).is_dir():
+        raise DataFileError(f"{cif} holds no {RECORDS}; pass the cif folder of a `clinosim simulate` output")
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".fhir_shards.") as tmp:
+        shards = [_shard_cif(cif, records, Path(tmp) / f"cif{i}") for i, records in enumerate(_shards(cif, workers))]
+        cmds = [[_clinosim_exe(), "export-fhir", "--cif-dir", str(s), "-o", str(Path(tmp) / f"fhir{i}"),
+                 "--country", "US"] for i, s in enumerate(shards)]
+        logs = [Path(tmp) / f"export{i}.log" for i in range(len(cmds))]  # files, not pipes: none may stall on a full pipe
+        procs = [subprocess.Popen(c, stdout=log.open("w"), stderr=subprocess.STDOUT) for c, log in zip(cmds, logs, strict=True)]
+        for proc, cmd, log in zip(procs, cmds, logs, strict=True):
+            proc.wait()
+            _check(subprocess.CompletedProcess(cmd, proc.returncode, log.read_text(errors="replace"), ""), cmd)
+        parts = [Path(tmp) / f"fhir{i}" for i in range(len(shards))]
+        for name in sorted({f.name for part in parts for f in part.iterdir()}):
+            files = [part / name for part in parts if (part / name).is_file()]
+            if name.endswith(".ndjson"):
+                _merge_ndjson(files, out / name)
+            elif name != "manifest.json":  # clinosim's metadata: the first shard's
+                shutil.copyfile(files[0], out / name)
+        manifest = json.loads((parts[0] / "manifest.json").read_text(encoding="utf-8"))
+        manifest["output"] = [{"type": f.stem, "url": f.name} for f in sorted(out.glob("*.ndjson"))]
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def cached_cohort(population: int, seed: int, start: str | None, end: str, workers: int | None = None) -> Path:
     """clinosim's FHIR output for these parameters, generated once under the project's cache dir.
 
     ``--end`` is a required parameter here (clinosim's default is today, which would change the
-    cohort every day and defeat the cache)."""
+    cohort every day and defeat the cache). ``workers`` (default: the CPU count) only sets how many
+    processes export FHIR: the files are the same for any number."""
+    workers = workers or os.cpu_count() or 1
     key = hashlib.sha256(json.dumps([population, seed, start, end, _clinosim_version()]).encode()).hexdigest()[:16]
     root = cache_dir() / "clinosim" / key
     if not (root / "fhir_r4" / "Patient.ndjson").is_file():
         with atomic_dir(root) as tmp:
-            run_clinosim(tmp, population, seed, start, end)
+            run_clinosim(tmp, population, seed, start, end, workers)
     return root / "fhir_r4"
 
 

@@ -68,8 +68,10 @@ def kgqa_summary(root: Path) -> str:
     longer = root / "docs/results/kgqa_cosine_2ep/results.json"
     if longer.is_file():  # the two-epoch run of the method whose signal is most readable
         m = read_json(longer)["methods"]
-        notes += (f" Two epochs, one seed: `medtok-cosine` {_pct(m['medtok-cosine']['tiers']['All']['mean'])} % vs "
-                   f"`none` {_pct(m['none']['tiers']['All']['mean'])} % ([page](docs/kgqa.md#two-epochs-for-medtok-cosine)).")
+        seeds = m["medtok-cosine"]["n_runs"]
+        notes += (f" Two epochs, {seeds} seed{'s' if seeds > 1 else ''}: `medtok-cosine` "
+                  f"{_pct(m['medtok-cosine']['tiers']['All']['mean'])} % vs `none` {_pct(m['none']['tiers']['All']['mean'])} % "
+                  "([page](docs/kgqa.md#two-epochs-for-medtok-cosine)).")
     from qa.prefix_methods import method_names
 
     ran = [m for m in res["methods"] if m in method_names()]
