@@ -12,7 +12,8 @@ Stages, in order:
               ``medtok-qa train-tokenizer --config <medtok_config>`` (``medtok_train: false``: the
               MedTok variants are left out, with a printed note)
 3. pretrain   next-token pretraining per backbone x code embedding x seed (``runs``, ``seeds``)
-4. finetune   multitask prompted finetuning from each pretrained model
+4. finetune   multitask prompted finetuning from each pretrained model; each run's pretrain -> finetune
+              chain is independent, and ``workers`` of them train at a time (a spawned process each)
 5. eval       every finetuned model and the gradient-boosting baseline on held_out: AUROC/AUPRC/F1 with
               patient-bootstrap intervals, the rare/unseen-code slice
 6. medfuse    with ``medfuse.enabled``: MedFuse's fusion ablation (MuFuse / additive / concat) and its GRU and
