@@ -3,6 +3,9 @@ held-out split, with bootstrap intervals over patients and the rare/unseen-code 
 
     output_dir/metrics.json   every method x task x slice: samples, positives, AUROC/AUPRC/F1, CIs
     output_dir/report.md      the same as tables; tasks that are not estimable say so
+    output_dir/scores.parquet every model's score per evaluated sample (tuning split included)
+    metrics.json "comparisons" each code embedding minus `learned` on the same backbone and seeds (paired
+                              patient bootstrap), per estimable task and slice
 
 Every row names its backbone (mamba = EhrMamba, transformer = the LLaMA-shaped baseline) and code
 embedding. The baseline is scikit-learn's HistGradientBoostingClassifier on each sample's code
@@ -21,7 +24,7 @@ import torch
 from commons.config import require_range, save_config
 from commons.errors import ConfigError
 from commons.io import read_json, write_json, write_text
-from ehr.metrics import rare_code_mask, task_metrics
+from ehr.metrics import estimable, paired_difference, rare_code_mask, task_metrics
 from ehr.model import collate
 from ehr.train import load_prepared, load_trained
 
@@ -134,15 +137,18 @@ def evaluate(cfg: EhrEvalConfig) -> dict:
     tasks = samples[samples["kind"] == "task"]
     if cfg.split not in set(tasks["split"]):
         raise ConfigError(f"--split {cfg.split}: {cfg.data} has no task samples in that split")
-    results = {}
+    results, scored, seeds = {}, {}, {}
+    rows = tasks[tasks["split"].isin([cfg.split, "tuning"])]
     for run in cfg.runs:
         model, run_cfg = load_trained(run, vocab)
         if run_cfg.stage != "finetune":
             raise ConfigError(f"{run} is a {run_cfg.stage} run; evaluate finetune runs (`medtok-qa ehr finetune`)")
-        rows = tasks[tasks["split"].isin([cfg.split, "tuning"])]
         scores = pd.Series(predict(model, rows.to_dict("records"), cfg.batch_size), index=rows.index)
         name = f"{run_cfg.model.backbone}/{run_cfg.model.code_embedding} ({Path(run).name})"
         results[name] = evaluate_scores(samples, scores, vocab, cfg)
+        scored[name] = scores
+        method = (run_cfg.model.backbone, run_cfg.model.code_embedding)
+        seeds.setdefault(method, {})[run_cfg.train.seed] = name
     if cfg.baseline:
         parts = [s for t in sorted(tasks["task"].unique()) if (s := baseline_scores(samples, vocab, t, cfg.seed)) is not None]
         if parts:
@@ -150,8 +156,51 @@ def evaluate(cfg: EhrEvalConfig) -> dict:
     if not results:
         raise ConfigError("nothing to evaluate: pass --runs FOLDER ... and/or --baseline true")
     positives = read_json(Path(cfg.data) / "positives.json")
+    comparisons = compare_to_learned(rows.assign(**scored), seeds, vocab, cfg)
     out = Path(cfg.output_dir)
     save_config(cfg, out / "config.yaml")
-    write_json(out / "metrics.json", {"note": SYNTHETIC_NOTE, "results": results})
-    write_text(out / "report.md", report_markdown(results, positives, cfg))
+    # every model's score per evaluated sample (row = its index in samples.parquet): paired tests re-run on it
+    rows[["task", "subject_id", "split", "label"]].assign(**scored).rename_axis("row").to_parquet(out / "scores.parquet")
+    write_json(out / "metrics.json", {"note": SYNTHETIC_NOTE, "results": results, "comparisons": comparisons})
+    write_text(out / "report.md", report_markdown(results, positives, cfg) + comparisons_markdown(comparisons, cfg.n_boot))
     return results
+
+
+BASELINE_EMBEDDING = "learned"  # what every other code embedding is compared with, on the same backbone
+
+
+def compare_to_learned(scored: pd.DataFrame, seeds: dict[tuple[str, str], dict[int, str]], vocab,
+                       cfg: EhrEvalConfig) -> list[dict]:
+    """Each code embedding minus the learned table on the same backbone and seeds, per estimable task
+    and slice: the paired AUPRC/AUROC difference with a patient-bootstrap interval."""
+    out = []
+    test = scored[scored["split"] == cfg.split]
+    rare_name = f"rare_codes_lt{cfg.rare_k}"
+    for (backbone, variant), runs in sorted(seeds.items()):
+        base = seeds.get((backbone, BASELINE_EMBEDDING))
+        common = sorted(set(runs) & set(base or {}))
+        if variant == BASELINE_EMBEDDING or not common:
+            continue
+        for task, rows in test.groupby("task"):
+            for slice_name, sel in (("all", rows), (rare_name, rows[rare_code_mask(rows["codes"], vocab.train_counts, cfg.rare_k)])):
+                if not estimable(sel["label"].to_numpy(), cfg.min_positives):
+                    continue
+                diff = paired_difference(sel, [runs[s] for s in common], [base[s] for s in common], cfg.n_boot, cfg.seed)
+                out.append({"backbone": backbone, "code_embedding": variant, "baseline": BASELINE_EMBEDDING,
+                            "task": task, "slice": slice_name, "seeds": common, "samples": len(sel),
+                            "positives": int(sel["label"].sum()), **diff})
+    return out
+
+
+def comparisons_markdown(comparisons: list[dict], n_boot: int) -> str:
+    if not comparisons:
+        return ""
+    lines = [f"## Paired differences from the `{BASELINE_EMBEDDING}` code embedding (same backbone, same seeds)", "",
+             f"Mean over seed pairs of (embedding − {BASELINE_EMBEDDING}); 95% interval over {n_boot} resamples of "
+             "patients, one resample for both sides.", "",
+             "| backbone | code embedding | task | slice | positives/samples | ΔAUPRC | ΔAUROC |", "|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        cells = [f"{c[m]['difference']:+.3f} [{c[m]['ci95'][0]:+.3f}, {c[m]['ci95'][1]:+.3f}]" for m in ("auprc", "auroc")]
+        lines.append(f"| {c['backbone']} | {c['code_embedding']} | {c['task']} | {c['slice']} | "
+                     f"{c['positives']}/{c['samples']} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"

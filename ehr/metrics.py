@@ -68,3 +68,31 @@ def task_metrics(test: pd.DataFrame, tuning: pd.DataFrame, min_positives: int, n
 def rare_code_mask(codes: pd.Series, train_counts: dict[str, int], k: int) -> np.ndarray:
     """Samples whose input holds a code seen fewer than ``k`` times in training (0: unseen)."""
     return codes.map(lambda cs: any(c and train_counts.get(c, 0) < k for c in cs)).to_numpy(dtype=bool)
+
+
+def paired_difference(frame: pd.DataFrame, a: list[str], b: list[str], n_boot: int, seed: int) -> dict:
+    """AUPRC and AUROC of score columns ``a`` minus ``b`` (``a[i]`` paired with ``b[i]``: the same seed),
+    averaged over the pairs, with a 95% interval over resampled patients: one resample serves every
+    pair and both sides, so what the two methods share (the patients drawn) cancels out.
+    ``frame``: subject_id, label and the score columns, one row per evaluated sample."""
+    groups = list(frame.groupby("subject_id").indices.values())
+    labels = frame["label"].to_numpy()
+    sa, sb = frame[a].to_numpy(), frame[b].to_numpy()
+
+    def diffs(idx: np.ndarray) -> dict[str, float]:
+        y = labels[idx]
+        return {m: float(np.mean([f(y, sa[idx, i]) - f(y, sb[idx, i]) for i in range(len(a))]))
+                for m, f in (("auprc", average_precision_score), ("auroc", roc_auc_score))}
+
+    point = diffs(np.arange(len(frame)))
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {"auprc": [], "auroc": []}
+    for _ in range(n_boot):
+        idx = np.concatenate([groups[g] for g in rng.integers(0, len(groups), len(groups))])
+        if len(set(labels[idx].tolist())) < 2:
+            continue
+        for k, v in diffs(idx).items():
+            draws[k].append(v)
+    return {k: {"difference": round(point[k], 4),
+                "ci95": [round(float(np.percentile(v, 2.5)), 4), round(float(np.percentile(v, 97.5)), 4)]}
+            for k, v in draws.items()}

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from commons.io import docs_root, page_link, read_json, write_json, write_text
-from ehr.evaluate import SYNTHETIC_NOTE
+from ehr.evaluate import SYNTHETIC_NOTE, comparisons_markdown
 from ehr.medfuse.run import ablation_tables
 
 METRICS = ("auprc", "auroc", "f1")
@@ -174,13 +174,19 @@ def report_markdown(summary: dict) -> str:
         lines += [f"MedTok variants left out ({', '.join(summary['medtok']['left_out'])}): no MedTok artifact.", ""]
     elif summary["medtok"]["artifact"]:
         lines += [f"MedTok artifact: {summary['medtok']['artifact']}.", ""]
-    lines += tables(summary)
+    lines += tables(summary) + comparison_lines(summary)
     lines += ["![AUPRC per task and method](auprc.png)", ""]
     lines += medfuse_section(summary, "medfuse/results.md")
     lines += [f"Stage time: {t['total_stage_seconds']:.0f} s in all ({stage_breakdown(t)}; {t['ran_seconds']:.0f} s "
               f"run in this call, the rest reused from earlier calls); machine: {summary['machine']['cpu']}, "
               f"{summary['machine']['cpus']} CPUs, load average {summary['machine']['load_average_1_5_15']}.", ""]
     return "\n".join(lines)
+
+
+def comparison_lines(summary: dict) -> list[str]:
+    """Does a code embedding beat the learned table? The eval's paired differences (seeds paired)."""
+    text = comparisons_markdown(summary.get("comparisons", []), summary["eval"]["n_boot"])
+    return text.splitlines() + [""] if text else []
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -283,7 +289,8 @@ def page_markdown(summary: dict, page: Path, published: Path) -> str:
              f"stage times [timings.json]({link('timings.json')}). {commit_line(summary)}", "",
              f"Stage time in all: {summary['timings']['total_stage_seconds']:.0f} s ({stage_breakdown(summary['timings'])}) "
              f"on {summary['machine']['cpu']} ({summary['machine']['cpus']} CPUs, {load_line(summary['machine'])}; "
-             f"{summary['machine']['training_threads']} torch thread(s) per training).", ""]
+             f"{summary['machine']['training_threads']} torch thread(s) per training, "
+             f"{summary['timings'].get('workers', 1)} training(s) at a time).", ""]
     speed = docs_root(page) / "docs" / "ehr.md"
     if speed.is_file():  # the speed/memory benchmark's figures are described beside the EHR docs
         lines += [f"Pretraining throughput and memory vs sequence length (Mamba vs transformer): "
@@ -291,7 +298,7 @@ def page_markdown(summary: dict, page: Path, published: Path) -> str:
     if summary["medtok"]["artifact"]:
         lines += [f"MedTok artifact: `{summary['medtok']['artifact']}` (trained by the preset's MedTok stage when "
                   "no artifact was given or found).", ""]
-    lines += tables(summary)
+    lines += tables(summary) + comparison_lines(summary)
     lines += [f"![AUPRC per task and method]({link('auprc.png')})", ""]
     lines += medfuse_section(summary, link("medfuse/results.md"))
     return "\n".join(lines)
@@ -320,9 +327,10 @@ def write_outputs(cfg, out: Path, data: Path, evaluation: Path, finetuned: dict,
         "medtok": {"artifact": medtok or "", "left_out": left_out},
         "positives": read_json(data / "positives.json"),
         "methods": summarize(metrics, finetuned, list(cfg.seeds)),
+        "comparisons": metrics.get("comparisons", []),
         "timings": {"stages": timings, "total_stage_seconds": round(total, 1),
                     "ran_seconds": round(sum(t["seconds"] for t in timings.values() if not t["reused"]), 1),
-                    "this_call_wall_seconds": round(wall, 1)},
+                    "this_call_wall_seconds": round(wall, 1), "workers": cfg.workers},
         "machine": machine,
         "provenance": provenance(list(cfg.seeds)),  # commit (and dirty tree), command
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+import pandas as pd
 import pytest
 from ehr_fixtures import FIXTURE, tiny_medtok
 
@@ -53,6 +54,21 @@ def test_every_variant_and_seed_is_trained_evaluated_and_pooled(first_run):
     lab = summary["data"]["value_bins"]  # the presets bin lab values: it reaches the report and the card
     assert lab["bins"] == 3 and 0 < lab["binned_events"] <= lab["numeric_events"]
     assert f"{lab['binned_events']}/{lab['numeric_events']} numeric events binned" in report and "//Q<k>" in card
+
+
+def test_each_code_embedding_is_compared_with_the_learned_table_on_paired_seeds(first_run):
+    tmp, summary = first_run
+    (c,) = [c for c in summary["comparisons"] if c["task"] == "next_hypertension" and c["slice"] == "all"]
+    assert (c["backbone"], c["code_embedding"], c["baseline"], c["seeds"]) == ("transformer", "medtok_frozen", "learned", [0, 1])
+    methods = summary["methods"]  # the paired difference is the difference of the seeds' mean AUPRC
+    mean = lambda m: methods[m]["tasks"]["next_hypertension"]["all"]["auprc"]["mean"]  # noqa: E731
+    assert c["auprc"]["difference"] == pytest.approx(mean("transformer/medtok_frozen") - mean("transformer/learned"), abs=2e-4)
+    lo, hi = c["auprc"]["ci95"]
+    assert lo <= hi and -1 <= lo and hi <= 1
+    assert all(c["backbone"] != "mamba" for c in summary["comparisons"])  # mamba ran the learned table alone
+    assert "Paired differences from the `learned` code embedding" in (tmp / "out/report.md").read_text()
+    scores = pd.read_parquet(tmp / "out/eval/scores.parquet")
+    assert len([c for c in scores.columns if c.startswith("transformer/medtok_frozen")]) == 2
 
 
 def test_the_published_page_links_to_the_published_files(first_run):
