@@ -165,7 +165,7 @@ def lab_tokens_sentence(data: dict) -> str:
 def report_markdown(summary: dict) -> str:
     t = summary["timings"]
     lines = ["# EHR pipeline report", "", f"**{SYNTHETIC_NOTE}**", "",
-             f"Data: {summary['data']['meds_dir']} ({summary['data']['sequences']} sequences). Backbones: "
+             f"Data: {summary['data']['meds_dir']} ({summary['data'].get('subjects', '?')} patients, {summary['data']['sequences']} sequences). Backbones: "
              "`mamba` = EhrMamba (Mamba, mambapy parallel scan), `transformer` = the LLaMA-shaped baseline. "
              f"Cells: mean ± sd over seeds {summary['seeds']} [mean of the seeds' 95% patient-bootstrap "
              f"intervals, {summary['eval']['n_boot']} resamples] (positives/samples). The gradient-boosting "
@@ -314,13 +314,14 @@ def write_outputs(cfg, out: Path, data: Path, evaluation: Path, finetuned: dict,
     from eval.provenance import provenance
 
     metrics = read_json(evaluation / "metrics.json")
+    samples = pd.read_parquet(data / "samples.parquet", columns=["kind", "subject_id"])
     machine = {**machine_facts(), "training_threads": cfg.finetune.threads,
                "note": "load average and torch_threads at report time; trainings ran on training_threads"}
     total = sum(t["seconds"] for t in timings.values())
     summary = {
         "note": SYNTHETIC_NOTE, "config_file": config_file,
         "data": {"meds_dir": cfg.data.meds_dir,
-                 "sequences": len(pd.read_parquet(data / "samples.parquet", columns=["kind"])),
+                 "sequences": len(samples), "subjects": int(samples["subject_id"].nunique()),
                  "value_bins": ({"bins": cfg.data.value_bins, **read_json(data / "value_bins.json")["report"]}
                                 if cfg.data.value_bins else None)},
         "seeds": list(cfg.seeds), "runs": cfg.runs, "model": to_dict(cfg.model), "eval": to_dict(cfg.eval),

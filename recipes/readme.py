@@ -125,12 +125,48 @@ def speed_summary(root: Path) -> str:
             f"costs x{res['prefix_overhead_ratio']:.2f} step time.")
 
 
+EHR_FULL = "docs/results/ehr_synthetic_full"
+
+
+def ehr_summary(root: Path) -> str:
+    """The full EHR preset: does a code embedding beat the learned table (paired, seeds paired), the
+    learned table's and gradient boosting's held-out AUPRC per estimable task, and MedFuse's fusion ablation."""
+    res = read_json(root / EHR_FULL / "summary.json")
+    estimable = [t for t, p in sorted(res["positives"].items()) if p["estimable"]]
+    held = {t: res["positives"][t]["held_out"] for t in estimable}
+    comparisons = [c for c in res["comparisons"] if c["slice"] == "all"]
+    above = sum(c["auprc"]["ci95"][0] > 0 for c in comparisons)
+    below = sum(c["auprc"]["ci95"][1] < 0 for c in comparisons)
+    methods = res["methods"]
+    baseline = next((m for m in methods if methods[m]["backbone"] == "none"), None)
+
+    def auprc(method: str, task: str) -> str:
+        cell = methods.get(method, {}).get("tasks", {}).get(task, {}).get("all", {})
+        return f"{cell['auprc']['mean']:.3f}" if cell.get("estimable") else "n/e"
+
+    per_task = "; ".join(f"`{t}` ({held[t]['positives']}/{held[t]['samples']}) " + " / ".join(
+        auprc(f"{b}/learned", t) for b in ("transformer", "mamba")) + (f" vs {auprc(baseline, t)}" if baseline else "")
+        for t in estimable)
+    fuse = ""
+    for task, t in sorted((res.get("medfuse") or {}).get("tasks", {}).items()):
+        d = (t.get("auprc_differences") or {}).get("medfuse:mufuse - medfuse:additive")
+        if d:
+            fuse += f" `{task}` {d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}];"
+    fuse = f" MedFuse, MuFuse − additive fusion, held-out AUPRC:{fuse.rstrip(';')}." if fuse else ""
+    return (f"**EHR models, full synthetic preset** ({res['data']['subjects']:,} clinosim patients, {len(res['seeds'])} seeds; "
+            f"numbers measure the software, not medicine; [page]({EHR_FULL}.md)): of {len(comparisons)} paired comparisons "
+            f"of a code embedding (MedTok frozen / fine-tuned / tokens, description text) with the learned table on the same "
+            f"backbone and seeds, {above} have a held-out AUPRC interval above 0 and {below} below 0. Held-out AUPRC of the "
+            f"learned table (transformer / mamba) vs gradient boosting on code counts: {per_task}.{fuse}")
+
+
 SUMMARIES: dict[str, Callable[[Path], str]] = {
     "summary:kgqa": kgqa_summary,
     "summary:meddx_cpu": meddx_summary,
     "summary:medtok_quality": medtok_quality_summary,
     "summary:linking": linking_summary,
     "summary:speed": speed_summary,
+    "summary:ehr": ehr_summary,
 }
 
 
