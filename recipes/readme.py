@@ -166,7 +166,6 @@ SUMMARIES: dict[str, Callable[[Path], str]] = {
     "summary:medtok_quality": medtok_quality_summary,
     "summary:linking": linking_summary,
     "summary:speed": speed_summary,
-    "summary:ehr": ehr_summary,
 }
 
 
