@@ -387,7 +387,7 @@ def eval_stage(cfg: EhrPipelineConfig, data: Path, finetuned: dict[Run, tuple[Pa
     def work():
         import torch
 
-        torch.set_num_threads(cfg.finetune.threads)  # scoring runs on the finetuning's thread count
+        torch.set_num_threads(cfg.finetune.threads * cfg.workers)  # scoring alone gets the trainings' cores
         evaluate(ecfg)
 
     stages.run("eval", "eval", folder, key, work)
