@@ -45,12 +45,16 @@ class EhrEvalConfig:
     rare_k: int = 5  # rare-code slice: an input code seen fewer than this many times in training
     seed: int = 0
     batch_size: int = 32
+    # at most this many samples per patient, task and split outside training (a seeded choice; 0: all).
+    # Intervals resample patients, so a patient's tenth visit adds little but costs as much to score.
+    max_per_subject: int = 0
 
     def __post_init__(self):
         require_range(self, "min_positives", 1)
         require_range(self, "n_boot", 10)
         require_range(self, "rare_k", 1)
         require_range(self, "batch_size", 1)
+        require_range(self, "max_per_subject", 0)
 
 
 @torch.inference_mode()
@@ -132,8 +136,20 @@ def report_markdown(results: dict, positives: dict, cfg: EhrEvalConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cap_per_subject(samples: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
+    """Keep at most ``k`` task samples per patient, task and split outside training (seeded); the
+    training samples (the baseline's fit) and the pretraining sequences stay whole. ``k`` = 0: all."""
+    if not k:
+        return samples
+    capped = (samples["kind"] == "task") & (samples["split"] != "train")
+    shuffled = samples[capped].sample(frac=1.0, random_state=seed)
+    kept = shuffled.groupby(["task", "split", "subject_id"], sort=False).head(k).index
+    return samples[~capped | samples.index.isin(kept)]
+
+
 def evaluate(cfg: EhrEvalConfig) -> dict:
     samples, vocab = load_prepared(cfg.data)
+    samples = cap_per_subject(samples, cfg.max_per_subject, cfg.seed)
     tasks = samples[samples["kind"] == "task"]
     if cfg.split not in set(tasks["split"]):
         raise ConfigError(f"--split {cfg.split}: {cfg.data} has no task samples in that split")

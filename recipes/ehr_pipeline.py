@@ -68,11 +68,13 @@ class EvalOptions:
     rare_k: int = 5  # rare-code slice: an input code seen fewer than this many times in training
     baseline: bool = True  # the gradient-boosting baseline on code counts + age
     batch_size: int = 32
+    max_per_subject: int = 0  # evaluate at most this many samples per patient, task and split (0: all)
 
     def __post_init__(self):
         require_range(self, "min_positives", 1)
         require_range(self, "n_boot", 10)
         require_range(self, "rare_k", 1)
+        require_range(self, "max_per_subject", 0)
 
 
 _EVAL_DEFAULTS = MedFuseEvalConfig()
@@ -382,7 +384,8 @@ def eval_stage(cfg: EhrPipelineConfig, data: Path, finetuned: dict[Run, tuple[Pa
     folder = out / "eval"
     ecfg = EhrEvalConfig(data=str(data), runs=[str(p) for p, _ in finetuned.values()], output_dir=str(folder),
                          baseline=cfg.eval.baseline, min_positives=cfg.eval.min_positives, n_boot=cfg.eval.n_boot,
-                         rare_k=cfg.eval.rare_k, batch_size=cfg.eval.batch_size)
+                         rare_k=cfg.eval.rare_k, batch_size=cfg.eval.batch_size,
+                         max_per_subject=cfg.eval.max_per_subject)
     key = settings_key({"eval": to_dict(cfg.eval), "runs": sorted(k for _, k in finetuned.values()), "data": data_key})
     def work():
         import torch
