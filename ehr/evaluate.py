@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from commons.config import require_range, save_config
 from commons.errors import ConfigError
@@ -155,7 +156,7 @@ def evaluate(cfg: EhrEvalConfig) -> dict:
         raise ConfigError(f"--split {cfg.split}: {cfg.data} has no task samples in that split")
     results, scored, seeds = {}, {}, {}
     rows = tasks[tasks["split"].isin([cfg.split, "tuning"])]
-    for run in cfg.runs:
+    for run in tqdm(cfg.runs, desc="ehr eval", unit="model"):
         model, run_cfg = load_trained(run, vocab)
         if run_cfg.stage != "finetune":
             raise ConfigError(f"{run} is a {run_cfg.stage} run; evaluate finetune runs (`medtok-qa ehr finetune`)")

@@ -103,8 +103,10 @@ def build_backbone(opts: ModelOptions) -> nn.Module:
             raise ConfigError("the mamba backbone needs the mambapy package for its parallel scan on CPU; "
                               "`pip install mambapy` (or --model.backbone transformer)")
 
+        # bos/eos None: its defaults (1, 2) lie outside the one-row unused vocabulary and transformers warns
         cfg = MambaConfig(vocab_size=1, hidden_size=opts.hidden, state_size=opts.state_size,
-                          num_hidden_layers=opts.layers, use_mambapy=True, pad_token_id=0)
+                          num_hidden_layers=opts.layers, use_mambapy=True, pad_token_id=0,
+                          bos_token_id=None, eos_token_id=None)
         return MambaModel(cfg)
     from transformers import LlamaConfig, LlamaModel
 
