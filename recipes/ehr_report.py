@@ -287,7 +287,8 @@ def page_markdown(summary: dict, page: Path, published: Path) -> str:
              f"[summary.json]({link('summary.json')}); full report [report.md]({link('report.md')}), "
              f"model card [README.md]({link('README.md')}), machine [machine.json]({link('machine.json')}), "
              f"stage times [timings.json]({link('timings.json')}). {commit_line(summary)}", "",
-             f"Stage time in all: {summary['timings']['total_stage_seconds']:.0f} s ({stage_breakdown(summary['timings'])}) "
+             f"Wall time of the call: {summary['timings']['this_call_wall_seconds']:.0f} s; its stages add up to "
+             f"{summary['timings']['total_stage_seconds']:.0f} s ({stage_breakdown(summary['timings'])}) "
              f"on {summary['machine']['cpu']} ({summary['machine']['cpus']} CPUs, {load_line(summary['machine'])}; "
              f"{summary['machine']['training_threads']} torch thread(s) per training, "
              f"{summary['timings'].get('workers', 1)} training(s) at a time).", ""]

@@ -133,18 +133,23 @@ def ehr_summary(root: Path) -> str:
     learned table's and gradient boosting's held-out AUPRC per estimable task, and MedFuse's fusion ablation."""
     res = read_json(root / EHR_FULL / "summary.json")
     estimable = [t for t, p in sorted(res["positives"].items()) if p["estimable"]]
-    held = {t: res["positives"][t]["held_out"] for t in estimable}
     comparisons = [c for c in res["comparisons"] if c["slice"] == "all"]
     above = sum(c["auprc"]["ci95"][0] > 0 for c in comparisons)
     below = sum(c["auprc"]["ci95"][1] < 0 for c in comparisons)
     methods = res["methods"]
     baseline = next((m for m in methods if methods[m]["backbone"] == "none"), None)
 
-    def auprc(method: str, task: str) -> str:
-        cell = methods.get(method, {}).get("tasks", {}).get(task, {}).get("all", {})
-        return f"{cell['auprc']['mean']:.3f}" if cell.get("estimable") else "n/e"
+    def cell(method: str, task: str) -> dict:
+        return methods.get(method, {}).get("tasks", {}).get(task, {}).get("all", {})
 
-    per_task = "; ".join(f"`{t}` ({held[t]['positives']}/{held[t]['samples']}) " + " / ".join(
+    def auprc(method: str, task: str) -> str:
+        return f"{cell(method, task)['auprc']['mean']:.3f}" if cell(method, task).get("estimable") else "n/e"
+
+    def scored(task: str) -> str:  # what eval scored (max_per_subject caps it), the same for every method
+        c = next(cell(m, task) for m in methods if cell(m, task))
+        return f"{c['positives']}/{c['samples']}"
+
+    per_task = "; ".join(f"`{t}` ({scored(t)}) " + " / ".join(
         auprc(f"{b}/learned", t) for b in ("transformer", "mamba")) + (f" vs {auprc(baseline, t)}" if baseline else "")
         for t in estimable)
     fuse = ""
@@ -166,6 +171,7 @@ SUMMARIES: dict[str, Callable[[Path], str]] = {
     "summary:medtok_quality": medtok_quality_summary,
     "summary:linking": linking_summary,
     "summary:speed": speed_summary,
+    "summary:ehr": ehr_summary,
 }
 
 
